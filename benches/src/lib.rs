@@ -1,0 +1,1 @@
+//! Benchmarks: criterion micro-benchmarks in benches/benches, the macro bench is tools' hs-bench.
