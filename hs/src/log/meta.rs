@@ -1,0 +1,84 @@
+//! The meta file: which history this node's log belongs to and the highest
+//! epoch it has taken or seen. A promotion writes epoch+1 here, durably, before
+//! the node accepts a single write in it.
+//!
+//! ```text
+//! <dir>/meta: { magic "HSMETA01" 8 | history u128 | epoch u32 | segment_bytes u64 | crc u32 (of the 36 bytes before) }
+//! ```
+//! Replaced atomically (write `meta.tmp`, fsync, rename, fsync the directory):
+//! a crash leaves the old meta or the new one.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"HSMETA01";
+const LEN: usize = 40;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Random id of the history; 0 = this node has no history yet.
+    pub history: u128,
+    /// Highest epoch taken or seen.
+    pub epoch: u32,
+    pub segment_bytes: u64,
+}
+
+impl Meta {
+    pub fn encode(&self) -> [u8; LEN] {
+        let mut b = [0u8; LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..24].copy_from_slice(&self.history.to_le_bytes());
+        b[24..28].copy_from_slice(&self.epoch.to_le_bytes());
+        b[28..36].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..36]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Meta> {
+        if b.len() != LEN || &b[0..8] != MAGIC || crc32fast::hash(&b[0..36]).to_le_bytes() != b[36..40] {
+            return None;
+        }
+        Some(Meta {
+            history: u128::from_le_bytes(b[8..24].try_into().unwrap()),
+            epoch: u32::from_le_bytes(b[24..28].try_into().unwrap()),
+            segment_bytes: u64::from_le_bytes(b[28..36].try_into().unwrap()),
+        })
+    }
+
+    pub fn load(dir: &Path) -> io::Result<Option<Meta>> {
+        match std::fs::read(dir.join("meta")) {
+            Ok(b) => Meta::decode(&b).map(Some).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: meta file is damaged; restore it or move the directory away to resync this node from its peer", dir.join("meta").display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn store(&self, dir: &Path) -> io::Result<()> {
+        let tmp = dir.join("meta.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&self.encode())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("meta"))?;
+        super::snapshot::sync_dir(dir)
+    }
+}
+
+/// A fresh random history id (never 0).
+pub fn new_history_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = 0u128;
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u32(std::process::id());
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        out = (out << 64) | h.finish() as u128;
+    }
+    out.max(1)
+}

@@ -1,0 +1,884 @@
+//! The segmented, memory-mapped log. It *is* the publish queue: `append` writes
+//! the record in place in a pre-faulted mapping and publishes the new tail with
+//! one atomic store; the sender streams byte ranges `[sent, tail)` straight out
+//! of the mapping. Only this module maps files or calls fsync/msync.
+//!
+//! Positions are byte offsets in the history. Segment `S` holds positions
+//! `[S.base, S.base + segment_bytes)`; bases are multiples of `segment_bytes`,
+//! the same on master and slave, so a record has the same position everywhere.
+//!
+//! Crash behaviour, step by step (see ARCHITECTURE.md for the whole picture):
+//! - during `append`: the length word is stored last; a record whose length is
+//!   there but whose body is torn fails its CRC on recovery and is cut off.
+//! - during segment preparation: the file is `*.seg.tmp` until complete; a
+//!   leftover tmp is deleted on open.
+//! - during compaction: the snapshot is durable before any segment is deleted;
+//!   segments wholly below the newest snapshot are deleted on open.
+
+pub mod meta;
+pub mod segment;
+pub mod snapshot;
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::proto::catchup::Epochs;
+use crate::proto::record::{self, Decoded, Op, RecordError, RecordRef};
+use meta::Meta;
+use segment::Segment;
+use snapshot::{Snapshot, State};
+
+/// Sizes and limits of a log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// Bytes of records per segment file. Larger: fewer files and rolls; smaller:
+    /// finer retention. Fixed for a history (a slave adopts its master's).
+    pub segment_bytes: u64,
+    /// Largest record, header included; checked before anything is written.
+    pub record_bytes_max: usize,
+    /// Bytes of segments kept on disk; older ones are folded into a snapshot
+    /// and deleted. At least two segments are always kept.
+    pub retention_bytes_max: u64,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogConfig { dir: dir.into(), segment_bytes: 64 << 20, record_bytes_max: 1 << 20, retention_bytes_max: 1 << 30 }
+    }
+}
+
+/// What the log refuses, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("record of {len} bytes exceeds record_bytes_max ({max} bytes); split the value or raise the limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("key of {len} bytes exceeds the 65535-byte key limit")]
+    KeyTooLarge { len: usize },
+    #[error("log is full: the next segment is not ready ({why}); retry, or check disk space and retention")]
+    Full { why: String },
+    #[error("an earlier write to disk failed ({0}); the log refuses writes until the node is reopened")]
+    PreviousIo(String),
+    #[error("expected data at position {expected}, got {got}: the stream skipped or repeated bytes")]
+    Gap { expected: u64, got: u64 },
+    #[error("position {pos} is no longer in the log (it starts at {first}); a snapshot is needed")]
+    Gone { pos: u64, first: u64 },
+    #[error("invalid record: {0}")]
+    Invalid(#[from] RecordError),
+    #[error("records at {pos} cross the end of segment {segment_base}: the peer uses another segment size")]
+    CrossesSegment { pos: u64, segment_base: u64 },
+    #[error("record epoch {found} at position {pos} is older than epoch {last} already in the log: forked history")]
+    EpochBackwards { pos: u64, last: u32, found: u32 },
+    #[error("log has no history yet; it gets one when it becomes master or follows one")]
+    NoHistory,
+    #[error("log directory {dir} is inconsistent: {what}; move it away to resync this node from its peer")]
+    Inconsistent { dir: PathBuf, what: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
+    move |source| LogError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub first: u64,
+    pub tail: u64,
+    pub records: u64,
+    /// Where a torn or corrupt record was found and the log cut, if anywhere.
+    pub truncated_at: Option<u64>,
+    /// Why it was cut.
+    pub reason: Option<String>,
+    /// Segment files dropped after the cut.
+    pub segments_dropped: usize,
+    pub snapshot_pos: Option<u64>,
+    pub duration: Duration,
+}
+
+/// Longest a blocking roll (the slave's) waits for the preparer.
+const SEGMENT_WAIT_MAX: Duration = Duration::from_secs(10);
+
+struct Appender {
+    /// The segment being written; `None` before the log has a history.
+    seg: Option<Arc<Segment>>,
+    tail: u64,
+    epoch: u32,
+    epochs: Epochs,
+    failed: Option<String>,
+    meta: Meta,
+}
+
+/// A chunk of committed log bytes inside one segment.
+pub struct Chunk {
+    pub seg: Arc<Segment>,
+    pub pos: u64,
+    pub len: usize,
+}
+
+impl Chunk {
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `read` only returns ranges below the committed tail.
+        unsafe { self.seg.slice(self.pos, self.len) }
+    }
+}
+
+/// The next segment, prepared by the `hs-prepare` thread, which holds only this
+/// (never the log, so dropping the log stops it).
+struct SpareShared {
+    m: Mutex<Spare>,
+    /// Signalled when a spare is needed (or on shutdown).
+    need_cv: Condvar,
+    /// Signalled when a spare becomes ready (publishers waiting on Full).
+    ready_cv: Condvar,
+    dir: PathBuf,
+}
+
+struct Spare {
+    seg: Option<Segment>,
+    /// Base the next spare must have.
+    want_base: u64,
+    error: Option<String>,
+    shutdown: bool,
+    history: u128,
+    segment_bytes: u64,
+}
+
+pub struct Log {
+    cfg: LogConfig,
+    app: Mutex<Appender>,
+    committed: AtomicU64,
+    flushed: AtomicU64,
+    first: AtomicU64,
+    segs: RwLock<VecDeque<Arc<Segment>>>,
+    spare: Arc<SpareShared>,
+    flush_lock: Mutex<()>,
+    /// Lowest position a connected reader still needs; compaction keeps it.
+    pin: AtomicU64,
+    failed: AtomicBool,
+    compact_lock: Mutex<()>,
+    preparer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `cfg.dir`, recovering a torn tail.
+    /// Starts the segment-preparer thread.
+    pub fn open(cfg: LogConfig) -> Result<(Arc<Log>, Recovery), LogError> {
+        let t0 = Instant::now();
+        let dir = cfg.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let mut rec = Recovery::default();
+        let mut seg_paths = Vec::new();
+        let mut snaps = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let e = e.map_err(io_err("list", &dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            } else if let Some(base) = segment::parse_name(&name) {
+                seg_paths.push((base, e.path()));
+            } else if let Some(pos) = snapshot::parse_name(&name) {
+                snaps.push((pos, e.path()));
+            }
+        }
+        seg_paths.sort();
+        snaps.sort();
+        let meta = Meta::load(&dir).map_err(io_err("read meta", &dir))?;
+        let mut meta = meta.unwrap_or(Meta { history: 0, epoch: 0, segment_bytes: cfg.segment_bytes });
+        if meta.history == 0 && !seg_paths.is_empty() {
+            return Err(LogError::Inconsistent { dir, what: "segments without a meta file".into() });
+        }
+        // The newest snapshot that decodes; older ones are redundant.
+        let mut snap: Option<Snapshot> = None;
+        while let Some((pos, path)) = snaps.pop() {
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| Snapshot::decode(&b)) {
+                Ok(s) if s.pos == pos && s.history == meta.history => {
+                    snap = Some(s);
+                    for (_, old) in snaps.drain(..) {
+                        let _ = std::fs::remove_file(old);
+                    }
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(path = %path.display(), "snapshot unreadable or from another history; ignored");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let mut first = snap.as_ref().map_or(0, |s| s.pos);
+        let mut epochs = snap.as_ref().map(|s| s.epochs.clone()).unwrap_or_default();
+        rec.snapshot_pos = snap.as_ref().map(|s| s.pos);
+        let mut segs: VecDeque<Arc<Segment>> = VecDeque::new();
+        for (base, path) in seg_paths {
+            if base < first {
+                // Folded into the snapshot by a compaction that crashed before deleting it.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let s = Segment::open(&path).map_err(io_err("open segment", &path))?;
+            if s.base != base || s.size != meta.segment_bytes || s.history != meta.history {
+                return Err(LogError::Inconsistent { dir, what: format!("segment {} does not match the meta file", path.display()) });
+            }
+            segs.push_back(Arc::new(s));
+        }
+        if let Some(s) = segs.front() {
+            if snap.is_none() {
+                first = s.base;
+            } else if s.base != first {
+                return Err(LogError::Inconsistent { dir, what: format!("first segment at {} but snapshot at {first}", s.base) });
+            }
+        }
+        // Scan every record: CRC, position, epoch order. Stop at the first bad one.
+        let max = cfg.record_bytes_max;
+        let mut tail = first;
+        let mut cut: Option<(usize, u64, String)> = None;
+        let mut spares_from: Option<usize> = None;
+        'segs: for (i, s) in segs.iter().enumerate() {
+            if s.base != tail {
+                cut = Some((i, tail, format!("segment {} missing", segment::file_name(tail))));
+                break;
+            }
+            let mut pos = s.base;
+            loop {
+                if pos == s.end() {
+                    tail = pos;
+                    continue 'segs;
+                }
+                // SAFETY: no writer exists yet.
+                let buf = unsafe { s.slice(pos, (s.end() - pos) as usize) };
+                match record::decode(buf, pos, max) {
+                    Ok(Decoded::Record { rec: r, size }) => {
+                        if let Err((last, found)) = epochs.observe(r.epoch, pos) {
+                            cut = Some((i, pos, format!("epoch {found} after epoch {last}")));
+                            break 'segs;
+                        }
+                        rec.records += 1;
+                        pos += size as u64;
+                    }
+                    Ok(Decoded::Skip) => {
+                        tail = s.end();
+                        continue 'segs;
+                    }
+                    Ok(Decoded::End) => {
+                        tail = pos;
+                        // Later segments: empty ones are prepared spares; data in
+                        // one is past a hole, a torn tail.
+                        let later_data = segs.iter().skip(i + 1).any(|s| {
+                            // SAFETY: no writer exists yet.
+                            unsafe { s.slice(s.base, 8) }.iter().any(|&b| b != 0)
+                        });
+                        if later_data {
+                            cut = Some((i, pos, "data after the end of a segment".into()));
+                        } else {
+                            spares_from = Some(i + 1);
+                        }
+                        break 'segs;
+                    }
+                    Err(e) => {
+                        cut = Some((i, pos, e.to_string()));
+                        break 'segs;
+                    }
+                }
+            }
+        }
+        if let Some(i) = spares_from {
+            while segs.len() > i {
+                let s = segs.pop_back().unwrap();
+                let _ = std::fs::remove_file(&s.path);
+            }
+        }
+        if let Some((i, pos, why)) = cut {
+            tail = pos;
+            // Zero the rest of the cut segment so no stale record can ever be read as valid again.
+            if let Some(s) = segs.get(i) {
+                if pos >= s.base && pos < s.end() {
+                    // SAFETY: no other user of the log exists yet.
+                    unsafe { s.slice_mut(pos, (s.end() - pos) as usize).fill(0) };
+                    s.flush(pos, s.end()).map_err(io_err("flush", &s.path))?;
+                }
+            }
+            let keep = if segs.get(i).is_some_and(|s| pos >= s.base) { i + 1 } else { i };
+            while segs.len() > keep {
+                let s = segs.pop_back().unwrap();
+                let _ = std::fs::remove_file(&s.path);
+                rec.segments_dropped += 1;
+            }
+            epochs.truncate(pos);
+            tracing::warn!(dir = %dir.display(), pos, reason = %why, dropped_segments = rec.segments_dropped, "log cut at a torn or corrupt record");
+            rec.truncated_at = Some(pos);
+            rec.reason = Some(why);
+        }
+        meta.epoch = meta.epoch.max(epochs.last_epoch());
+        rec.first = first;
+        rec.tail = tail;
+        // The writing segment: the one holding `tail`; none if tail is at a segment end.
+        let cur = segs.back().filter(|s| tail < s.end()).cloned();
+        let next_base = cur.as_ref().map_or(tail, |s| s.end());
+        let log = Arc::new(Log {
+            app: Mutex::new(Appender { seg: cur, tail, epoch: meta.epoch, epochs, failed: None, meta }),
+            committed: AtomicU64::new(tail),
+            flushed: AtomicU64::new(tail),
+            first: AtomicU64::new(first),
+            segs: RwLock::new(segs),
+            spare: Arc::new(SpareShared {
+                m: Mutex::new(Spare { seg: None, want_base: next_base, error: None, shutdown: false, history: meta.history, segment_bytes: meta.segment_bytes }),
+                need_cv: Condvar::new(),
+                ready_cv: Condvar::new(),
+                dir: dir.clone(),
+            }),
+            flush_lock: Mutex::new(()),
+            pin: AtomicU64::new(u64::MAX),
+            failed: AtomicBool::new(false),
+            compact_lock: Mutex::new(()),
+            preparer: Mutex::new(None),
+            cfg,
+        });
+        let shared = log.spare.clone();
+        let h = std::thread::Builder::new()
+            .name("hs-prepare".into())
+            .spawn(move || preparer(shared))
+            .map_err(io_err("spawn preparer thread", &dir))?;
+        *log.preparer.lock() = Some(h);
+        rec.duration = t0.elapsed();
+        Ok((log, rec))
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    /// One past the last complete record (Acquire: everything below is readable).
+    #[inline]
+    pub fn tail(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+    pub fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+    pub fn first(&self) -> u64 {
+        self.first.load(Ordering::Acquire)
+    }
+    pub fn meta(&self) -> Meta {
+        self.app.lock().meta
+    }
+    pub fn epochs(&self) -> Epochs {
+        self.app.lock().epochs.clone()
+    }
+    pub fn last_epoch(&self) -> u32 {
+        self.app.lock().epochs.last_epoch()
+    }
+    pub fn segment_bytes(&self) -> u64 {
+        self.app.lock().meta.segment_bytes
+    }
+    /// Bytes of segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segs.read().iter().map(|s| s.size).sum()
+    }
+
+    /// Gives the log a new history (a fresh master) and prepares its first segment.
+    pub fn start_history(&self, history: u128) -> Result<(), LogError> {
+        let mut a = self.app.lock();
+        assert_eq!(a.meta.history, 0, "log already has a history");
+        a.meta.history = history;
+        a.meta.epoch = a.meta.epoch.max(1);
+        a.epoch = a.meta.epoch;
+        a.meta.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+        drop(a);
+        self.kick_preparer();
+        Ok(())
+    }
+
+    /// Durably records that this node has taken or seen `epoch`; new records carry it.
+    /// Refuses to go backwards.
+    pub fn set_epoch(&self, epoch: u32) -> Result<(), LogError> {
+        let mut a = self.app.lock();
+        assert!(epoch >= a.meta.epoch, "epoch must only grow: {} -> {epoch}", a.meta.epoch);
+        if epoch != a.meta.epoch {
+            let mut m = a.meta;
+            m.epoch = epoch;
+            m.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+            a.meta = m;
+        }
+        a.epoch = epoch;
+        Ok(())
+    }
+
+    /// Appends one record; returns its position. Never waits for the disk or the
+    /// network; fails with `Full` when the next segment is not prepared yet.
+    #[inline]
+    pub fn append(&self, op: Op, key: &[u8], value: &[u8]) -> Result<u64, LogError> {
+        let len = record::RECORD_HEADER_BYTES + key.len() + value.len();
+        if key.len() > record::KEY_BYTES_MAX {
+            return Err(LogError::KeyTooLarge { len: key.len() });
+        }
+        if len > self.cfg.record_bytes_max {
+            return Err(LogError::TooLarge { len, max: self.cfg.record_bytes_max });
+        }
+        let size = record::align_up(len) as u64;
+        let mut a = self.app.lock();
+        if let Some(f) = &a.failed {
+            return Err(LogError::PreviousIo(f.clone()));
+        }
+        let pos = a.tail;
+        let fits = a.seg.as_ref().is_some_and(|s| pos + size <= s.end());
+        if !fits {
+            self.roll(&mut a, false)?;
+        }
+        let pos = a.tail;
+        let seg = a.seg.as_ref().expect("rolled");
+        // SAFETY: we hold the append lock and write at/after the committed tail.
+        let buf = unsafe { seg.slice_mut(pos, size as usize) };
+        record::encode_into(buf, pos, a.epoch, op, key, value);
+        if a.epochs.last_epoch() != a.epoch {
+            let e = a.epoch;
+            a.epochs.observe(e, pos).expect("epoch only grows");
+        }
+        a.tail = pos + size;
+        self.committed.store(a.tail, Ordering::Release);
+        Ok(pos)
+    }
+
+    /// Like `append`, but waits up to `timeout` for a segment to be prepared.
+    pub fn append_wait(&self, op: Op, key: &[u8], value: &[u8], timeout: Duration) -> Result<u64, LogError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.append(op, key, value) {
+                Err(LogError::Full { .. }) if Instant::now() < deadline => {
+                    let mut sp = self.spare.m.lock();
+                    if sp.seg.is_none() && sp.error.is_none() {
+                        self.spare.ready_cv.wait_until(&mut sp, deadline);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Moves the appender to the next segment: writes the end marker in the rest of the
+    /// current one and takes the prepared spare. `block`: wait for (or build) the spare.
+    fn roll(&self, a: &mut Appender, block: bool) -> Result<(), LogError> {
+        if a.meta.history == 0 {
+            return Err(LogError::NoHistory);
+        }
+        let next = match &a.seg {
+            Some(s) => s.end(),
+            None => a.tail,
+        };
+        let mut sp = self.spare.m.lock();
+        if sp.seg.as_ref().is_some_and(|s| s.base != next) {
+            let stale = sp.seg.take().unwrap();
+            let _ = std::fs::remove_file(&stale.path);
+        }
+        if sp.want_base != next {
+            sp.want_base = next;
+            self.spare.need_cv.notify_one();
+        }
+        // Only the preparer creates segments; a blocking caller (the slave) waits for it.
+        let deadline = Instant::now() + SEGMENT_WAIT_MAX;
+        while sp.seg.is_none() {
+            if let Some(e) = sp.error.take() {
+                self.spare.need_cv.notify_one();
+                return Err(LogError::Full { why: e });
+            }
+            if !block || Instant::now() >= deadline {
+                self.spare.need_cv.notify_one();
+                return Err(LogError::Full { why: "segment preparation is behind".into() });
+            }
+            self.spare.need_cv.notify_one();
+            self.spare.ready_cv.wait_until(&mut sp, deadline);
+        }
+        let new = Arc::new(sp.seg.take().unwrap());
+        sp.want_base = new.end();
+        self.spare.need_cv.notify_one();
+        drop(sp);
+        if let Some(cur) = &a.seg {
+            if a.tail < cur.end() {
+                // SAFETY: append lock held; at the tail.
+                record::encode_skip(unsafe { cur.slice_mut(a.tail, record::SKIP_BYTES) }, a.tail);
+            }
+        }
+        self.segs.write().push_back(new.clone());
+        a.seg = Some(new);
+        a.tail = next;
+        self.committed.store(next, Ordering::Release);
+        Ok(())
+    }
+
+    /// Tells the preparer what to build next (call without the append lock).
+    fn kick_preparer(&self) {
+        let a = self.app.lock();
+        let next = a.seg.as_ref().map_or(a.tail, |s| s.end());
+        let (h, size) = (a.meta.history, a.meta.segment_bytes);
+        drop(a);
+        let mut sp = self.spare.m.lock();
+        if sp.seg.as_ref().is_some_and(|s| s.base != next || s.history != h) {
+            let stale = sp.seg.take().unwrap();
+            let _ = std::fs::remove_file(&stale.path);
+        }
+        sp.want_base = next;
+        sp.history = h;
+        sp.segment_bytes = size;
+        sp.error = None;
+        self.spare.need_cv.notify_one();
+    }
+
+    /// Bytes of committed records from `from`, at most `max_bytes` (but at least one
+    /// whole record), within one segment, cut at a record boundary. `None`: nothing new.
+    pub fn read(&self, from: u64, max_bytes: usize) -> Result<Option<Chunk>, LogError> {
+        let tail = self.tail();
+        if from >= tail {
+            return Ok(None);
+        }
+        let first = self.first();
+        if from < first {
+            return Err(LogError::Gone { pos: from, first });
+        }
+        let seg = {
+            let segs = self.segs.read();
+            let i = segs.partition_point(|s| s.end() <= from);
+            match segs.get(i) {
+                Some(s) if s.base <= from => s.clone(),
+                _ => return Err(LogError::Gone { pos: from, first: self.first() }),
+            }
+        };
+        let end = tail.min(seg.end());
+        let mut len = (end - from) as usize;
+        if len > max_bytes {
+            // Walk our own record headers to cut at a boundary.
+            // SAFETY: below the committed tail.
+            let buf = unsafe { seg.slice(from, len) };
+            let mut at = 0usize;
+            while at < len {
+                let sz = record::peek_size(&buf[at..]).expect("committed bytes are records");
+                if at + sz > max_bytes && at > 0 {
+                    break;
+                }
+                at += sz;
+            }
+            len = at.min(len);
+        }
+        Ok(Some(Chunk { seg, pos: from, len }))
+    }
+
+    /// Writes records received from the master at `pos` (the slave's path): each is
+    /// checked (CRC, position, epoch order, size) before any byte is written, then
+    /// the bytes are copied as they are. Returns the new tail.
+    pub fn append_replicated(&self, pos: u64, bytes: &[u8]) -> Result<u64, LogError> {
+        let mut a = self.app.lock();
+        if let Some(f) = &a.failed {
+            return Err(LogError::PreviousIo(f.clone()));
+        }
+        if pos != a.tail {
+            return Err(LogError::Gap { expected: a.tail, got: pos });
+        }
+        if bytes.is_empty() {
+            return Ok(pos);
+        }
+        if a.seg.as_ref().is_none_or(|s| pos >= s.end()) {
+            self.roll(&mut a, true)?;
+        }
+        let seg = a.seg.clone().expect("rolled");
+        if pos + bytes.len() as u64 > seg.end() {
+            return Err(LogError::CrossesSegment { pos, segment_base: seg.base });
+        }
+        // Validate everything first: nothing is written from a bad frame.
+        let mut at = 0usize;
+        let mut last = a.epochs.last_epoch();
+        let mut new_epochs: Vec<(u32, u64)> = Vec::new();
+        let mut skipped = false;
+        while at < bytes.len() {
+            let p = pos + at as u64;
+            match record::decode(&bytes[at..], p, self.cfg.record_bytes_max)? {
+                Decoded::Record { rec, size } => {
+                    if rec.epoch < last {
+                        return Err(LogError::EpochBackwards { pos: p, last, found: rec.epoch });
+                    }
+                    if rec.epoch > last {
+                        new_epochs.push((rec.epoch, p));
+                        last = rec.epoch;
+                    }
+                    at += size;
+                }
+                Decoded::Skip => {
+                    // The marker ends the segment: only zeros may follow, up to its end.
+                    if pos + bytes.len() as u64 != seg.end() || bytes[at + record::SKIP_BYTES..].iter().any(|&b| b != 0) {
+                        return Err(RecordError::BadSkip { pos: p }.into());
+                    }
+                    skipped = true;
+                    at = bytes.len();
+                }
+                Decoded::End => return Err(RecordError::BadLength { pos: p, len: 0, max: self.cfg.record_bytes_max }.into()),
+            }
+        }
+        // SAFETY: append lock held; writing at the tail.
+        unsafe { seg.slice_mut(pos, bytes.len()) }.copy_from_slice(bytes);
+        for (e, p) in new_epochs {
+            a.epochs.observe(e, p).expect("checked above");
+        }
+        a.tail = if skipped { seg.end() } else { pos + bytes.len() as u64 };
+        self.committed.store(a.tail, Ordering::Release);
+        Ok(a.tail)
+    }
+
+    /// Writes `[flushed, tail)` to disk. After a failure the log refuses writes
+    /// until reopened: the kernel may have dropped the dirty pages (redb's PreviousIo).
+    pub fn flush(&self) -> Result<u64, LogError> {
+        let _g = self.flush_lock.lock();
+        if self.failed.load(Ordering::Acquire) {
+            return Err(LogError::PreviousIo(self.app.lock().failed.clone().unwrap_or_default()));
+        }
+        let to = self.tail();
+        let from = self.flushed();
+        if to <= from {
+            return Ok(from);
+        }
+        let segs: Vec<Arc<Segment>> = self.segs.read().iter().filter(|s| s.end() > from && s.base < to).cloned().collect();
+        for s in segs {
+            if let Err(e) = s.flush(from, to) {
+                let msg = format!("msync {}: {e}", s.path.display());
+                tracing::error!(error = %msg, "log flush failed; refusing writes until reopened");
+                self.app.lock().failed = Some(msg.clone());
+                self.failed.store(true, Ordering::Release);
+                return Err(LogError::PreviousIo(msg));
+            }
+        }
+        self.flushed.fetch_max(to, Ordering::AcqRel);
+        Ok(to)
+    }
+
+    /// Cuts the log back to `to` (a slave whose tail diverged). The bytes past it
+    /// are zeroed so no stale record can be read as valid again.
+    pub fn truncate(&self, to: u64) -> Result<(), LogError> {
+        let mut a = self.app.lock();
+        assert!(to <= a.tail, "truncate forward: {to} > {}", a.tail);
+        if to < self.first() {
+            return Err(LogError::Gone { pos: to, first: self.first() });
+        }
+        self.committed.store(to, Ordering::Release);
+        self.flushed.fetch_min(to, Ordering::AcqRel);
+        let mut segs = self.segs.write();
+        while segs.back().is_some_and(|s| s.base > to || (s.base == to && s.base > self.first())) {
+            let s = segs.pop_back().unwrap();
+            let _ = std::fs::remove_file(&s.path);
+        }
+        let cur = segs.back().filter(|s| to < s.end()).cloned();
+        if let Some(s) = &cur {
+            // SAFETY: append lock held, tail lowered; a slave has no reader past `to`.
+            unsafe { s.slice_mut(to, (s.end() - to) as usize) }.fill(0);
+            s.flush(to, s.end()).map_err(io_err("flush", &s.path))?;
+        }
+        drop(segs);
+        a.seg = cur;
+        a.tail = to;
+        a.epochs.truncate(to);
+        drop(a);
+        self.kick_preparer();
+        Ok(())
+    }
+
+    /// Replaces the whole log with a snapshot (a full resync): deletes every
+    /// segment and snapshot, stores the snapshot and the new history, and
+    /// continues at the snapshot's position.
+    pub fn reset_to(&self, snap: &Snapshot, snap_bytes: &[u8], segment_bytes: u64) -> Result<(), LogError> {
+        let _c = self.compact_lock.lock();
+        let mut a = self.app.lock();
+        let dir = self.cfg.dir.clone();
+        let mut segs = self.segs.write();
+        for s in segs.drain(..) {
+            let _ = std::fs::remove_file(&s.path);
+        }
+        for e in std::fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
+            if snapshot::parse_name(&e.file_name().to_string_lossy()).is_some() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        {
+            let mut sp = self.spare.m.lock();
+            if let Some(s) = sp.seg.take() {
+                let _ = std::fs::remove_file(&s.path);
+            }
+        }
+        snapshot::write_file(&dir, snap.pos, snap_bytes).map_err(io_err("write snapshot", &dir))?;
+        let meta = Meta { history: snap.history, epoch: a.meta.epoch, segment_bytes };
+        meta.store(&dir).map_err(io_err("write meta", &dir))?;
+        a.meta = meta;
+        a.seg = None;
+        a.tail = snap.pos;
+        a.epochs = snap.epochs.clone();
+        self.first.store(snap.pos, Ordering::Release);
+        self.committed.store(snap.pos, Ordering::Release);
+        self.flushed.store(snap.pos, Ordering::Release);
+        drop(segs);
+        drop(a);
+        self.kick_preparer();
+        Ok(())
+    }
+
+    /// Adopts a master's history on an empty log (no snapshot needed: it starts at 0).
+    pub fn adopt_history(&self, history: u128, segment_bytes: u64) -> Result<(), LogError> {
+        let mut a = self.app.lock();
+        assert!(a.tail == 0 && a.seg.is_none(), "adopting a history on a non-empty log");
+        a.meta.history = history;
+        a.meta.segment_bytes = segment_bytes;
+        a.meta.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+        drop(a);
+        self.kick_preparer();
+        Ok(())
+    }
+
+    /// Keeps positions from `pos` on disk (a reader still needs them); `u64::MAX` = none.
+    pub fn pin(&self, pos: u64) {
+        self.pin.store(pos, Ordering::Release);
+    }
+
+    /// The state at the log's first position, from the newest snapshot (empty if none).
+    pub fn load_snapshot(&self) -> Result<Snapshot, LogError> {
+        let a = self.app.lock();
+        let history = a.meta.history;
+        drop(a);
+        let first = self.first();
+        let path = self.cfg.dir.join(snapshot::file_name(first));
+        match std::fs::read(&path) {
+            Ok(b) => Snapshot::decode(&b).map_err(|what| LogError::Inconsistent { dir: self.cfg.dir.clone(), what: format!("snapshot {}: {what}", path.display()) }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && first == 0 => {
+                Ok(Snapshot { history, pos: 0, epochs: Epochs::default(), state: State::default() })
+            }
+            Err(e) => Err(LogError::Io { op: "read snapshot", path, source: e }),
+        }
+    }
+
+    /// Calls `f` for every record in `[from, to)` (both record boundaries, `to`
+    /// at most the tail). Records are CRC-checked again as they are read.
+    pub fn for_each(&self, from: u64, to: u64, mut f: impl FnMut(&RecordRef<'_>)) -> Result<(), LogError> {
+        let mut pos = from;
+        while pos < to {
+            let Some(chunk) = self.read(pos, 4 << 20)? else { break };
+            let (n, skipped) = for_each_in(chunk.bytes(), chunk.pos, self.cfg.record_bytes_max, &mut f)?;
+            pos = if skipped { chunk.seg.end() } else { chunk.pos + n as u64 };
+            assert!(pos > chunk.pos, "no progress reading the log at {}", chunk.pos);
+        }
+        Ok(())
+    }
+
+    /// Folds old segments into a snapshot and deletes them when the log holds more
+    /// than `retention_bytes_max`. Returns the new first position, if it moved.
+    pub fn compact(&self) -> Result<Option<u64>, LogError> {
+        let _c = self.compact_lock.lock();
+        let seg_bytes = self.segment_bytes();
+        let (n, bases): (usize, Vec<u64>) = {
+            let segs = self.segs.read();
+            (segs.len(), segs.iter().map(|s| s.base).collect())
+        };
+        let keep = ((self.cfg.retention_bytes_max / seg_bytes.max(1)) as usize).max(2);
+        if n <= keep {
+            return Ok(None);
+        }
+        let mut cut = bases[n - keep];
+        let pin = self.pin.load(Ordering::Acquire);
+        if pin < cut {
+            if (n as u64) * seg_bytes <= 2 * self.cfg.retention_bytes_max {
+                cut = bases.iter().copied().filter(|&b| b <= pin).max().unwrap_or(cut);
+            } else {
+                tracing::warn!(pin, cut, "a lagging slave needs more than twice the retention; dropping its history (it will resync)");
+            }
+        }
+        let first = self.first();
+        if cut <= first {
+            return Ok(None);
+        }
+        let mut snap = self.load_snapshot()?;
+        self.for_each(first, cut, |r| snap.state.apply(r))?;
+        let mut ep = self.epochs();
+        ep.truncate(cut);
+        snap.epochs = ep;
+        snap.pos = cut;
+        snap.history = self.meta().history;
+        let bytes = snap.encode();
+        snapshot::write_file(&self.cfg.dir, cut, &bytes).map_err(io_err("write snapshot", &self.cfg.dir))?;
+        self.first.store(cut, Ordering::Release);
+        let mut segs = self.segs.write();
+        while segs.front().is_some_and(|s| s.end() <= cut) {
+            let s = segs.pop_front().unwrap();
+            let _ = std::fs::remove_file(&s.path);
+        }
+        drop(segs);
+        let _ = std::fs::remove_file(self.cfg.dir.join(snapshot::file_name(first)));
+        tracing::info!(first = cut, "compacted old segments into a snapshot");
+        Ok(Some(cut))
+    }
+
+    /// Stops the preparer thread (also happens when the last `Arc<Log>` drops).
+    pub fn shutdown(&self) {
+        self.spare.m.lock().shutdown = true;
+        self.spare.need_cv.notify_all();
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // An unused spare stays on disk: recovery drops empty trailing segments.
+        // Joined, so a reopen of the same directory never races this log's preparer.
+        self.shutdown();
+        if let Some(h) = self.preparer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Calls `f` on each record in `bytes` (records starting at `pos`), re-checking
+/// each. Returns the bytes consumed and whether a segment-end marker ended them.
+pub fn for_each_in(bytes: &[u8], pos: u64, record_bytes_max: usize, f: &mut impl FnMut(&RecordRef<'_>)) -> Result<(usize, bool), LogError> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        match record::decode(&bytes[at..], pos + at as u64, record_bytes_max)? {
+            Decoded::Record { rec, size } => {
+                f(&rec);
+                at += size;
+            }
+            Decoded::Skip => return Ok((at + record::SKIP_BYTES, true)),
+            Decoded::End => return Ok((at, false)),
+        }
+    }
+    Ok((at, false))
+}
+
+fn preparer(sh: Arc<SpareShared>) {
+    let mut sp = sh.m.lock();
+    loop {
+        if sp.shutdown {
+            return;
+        }
+        if sp.seg.is_none() && sp.error.is_none() && sp.history != 0 {
+            let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
+            drop(sp);
+            let r = Segment::create(&sh.dir, h, base, size);
+            sp = sh.m.lock();
+            match r {
+                Ok(s) if sp.want_base == base && sp.history == h && sp.seg.is_none() && !sp.shutdown => sp.seg = Some(s),
+                Ok(s) => {
+                    let _ = std::fs::remove_file(&s.path);
+                }
+                Err(e) => {
+                    tracing::error!(base, error = %e, "cannot prepare the next log segment (disk full?)");
+                    sp.error = Some(format!("preparing segment at {base}: {e}"));
+                }
+            }
+            sh.ready_cv.notify_all();
+        } else {
+            sh.need_cv.wait(&mut sp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! One segment file: a 4 KiB header page, then `segment_bytes` of records.
+//!
+//! ```text
+//! <dir>/<base:020>.seg
+//! header page: { magic "HSSEG001" 8 | history u128 | base u64 | segment_bytes u64 | crc u32 (of the 40 bytes before) | zeros to 4096 }
+//! data:        records from position `base` to `base + segment_bytes`, pre-zeroed
+//! ```
+//! The file is allocated in full (posix_fallocate) when prepared, so a full disk
+//! is an error at preparation, never a SIGBUS on a store into the mapping.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+/// Bytes before the first record of a segment file (one page, so records are page-aligned).
+pub const SEGMENT_HEADER_BYTES: usize = 4096;
+const MAGIC: &[u8; 8] = b"HSSEG001";
+const PAGE_BYTES: usize = 4096;
+
+/// A mapped segment. Writers write only past the log's committed tail, under the
+/// log's append lock; readers read only below it.
+pub struct Segment {
+    pub base: u64,
+    pub size: u64,
+    pub history: u128,
+    pub path: PathBuf,
+    map: MmapRaw,
+    _file: File,
+}
+
+// SAFETY: the mapping is shared memory; all access goes through raw pointers with
+// the discipline above (disjoint regions, tail published with Release/Acquire).
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}.seg")
+}
+
+/// The base position encoded in a segment file name, if it is one.
+pub fn parse_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+fn header_bytes(history: u128, base: u64, size: u64) -> [u8; 44] {
+    let mut h = [0u8; 44];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..24].copy_from_slice(&history.to_le_bytes());
+    h[24..32].copy_from_slice(&base.to_le_bytes());
+    h[32..40].copy_from_slice(&size.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..40]);
+    h[40..44].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+impl Segment {
+    /// Creates, allocates, zeroes, pre-faults and maps a new segment file.
+    /// Slow (a few ms for 64 MiB): call it off the hot path.
+    pub fn create(dir: &Path, history: u128, base: u64, size: u64) -> io::Result<Segment> {
+        let path = dir.join(file_name(base));
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("{}.{}.{seq}.tmp", file_name(base), std::process::id()));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        let total = SEGMENT_HEADER_BYTES as u64 + size;
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, total as libc::off_t) };
+        if rc != 0 {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let map = MmapOptions::new().len(total as usize).map_raw(&file)?;
+        let p = map.as_mut_ptr();
+        // SAFETY: fresh mapping of `total` bytes that nobody else sees yet.
+        unsafe {
+            let h = header_bytes(history, base, size);
+            std::ptr::copy_nonoverlapping(h.as_ptr(), p, h.len());
+            // Touch every page for write, so appends never take a first-touch fault.
+            let mut off = SEGMENT_HEADER_BYTES;
+            while off < total as usize {
+                std::ptr::write_volatile(p.add(off), 0);
+                off += PAGE_BYTES;
+            }
+        }
+        map.flush_range(0, SEGMENT_HEADER_BYTES)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(Segment { base, size, history, path, map, _file: file })
+    }
+
+    /// Maps an existing segment file and checks its header.
+    pub fn open(path: &Path) -> io::Result<Segment> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("segment {}: {what}", path.display()));
+        if len < SEGMENT_HEADER_BYTES as u64 {
+            return Err(bad("shorter than its header"));
+        }
+        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
+        // SAFETY: the mapping is `len` bytes, at least the header.
+        let h = unsafe { std::slice::from_raw_parts(map.as_ptr(), 44) };
+        if &h[0..8] != MAGIC {
+            return Err(bad("bad magic (not an hs segment)"));
+        }
+        if crc32fast::hash(&h[0..40]).to_le_bytes() != h[40..44] {
+            return Err(bad("header fails its CRC check"));
+        }
+        let history = u128::from_le_bytes(h[8..24].try_into().unwrap());
+        let base = u64::from_le_bytes(h[24..32].try_into().unwrap());
+        let size = u64::from_le_bytes(h[32..40].try_into().unwrap());
+        if SEGMENT_HEADER_BYTES as u64 + size != len {
+            return Err(bad("file length does not match the header's segment size"));
+        }
+        Ok(Segment { base, size, history, path: path.to_path_buf(), map, _file: file })
+    }
+
+    /// One past the last position this segment can hold.
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    /// Bytes at positions `[pos, pos + len)`.
+    ///
+    /// # Safety
+    /// The range must be inside the segment and below the log's committed tail
+    /// (loaded with Acquire), or otherwise not concurrently written.
+    pub unsafe fn slice(&self, pos: u64, len: usize) -> &[u8] {
+        debug_assert!(pos >= self.base && pos + len as u64 <= self.end());
+        let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
+        // SAFETY: in bounds (asserted), and the caller guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
+    }
+
+    /// Mutable bytes at `[pos, pos + len)`.
+    ///
+    /// # Safety
+    /// Only the log's appender, holding the append lock, writing at or past the
+    /// committed tail (or truncating on a slave with no reader past the new tail).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, pos: u64, len: usize) -> &mut [u8] {
+        assert!(pos >= self.base && pos + len as u64 <= self.end(), "write outside segment");
+        let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
+        // SAFETY: in bounds, and the caller guarantees exclusive access to the range.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) }
+    }
+
+    /// Writes positions `[from, to)` of this segment to disk (msync).
+    pub fn flush(&self, from: u64, to: u64) -> io::Result<()> {
+        let from = from.max(self.base);
+        let to = to.min(self.end());
+        if to <= from {
+            return Ok(());
+        }
+        self.map.flush_range(SEGMENT_HEADER_BYTES + (from - self.base) as usize, (to - from) as usize)
+    }
+}

@@ -1,0 +1,236 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+const SEG: u64 = 4096;
+
+fn cfg(dir: &Path) -> LogConfig {
+    LogConfig { dir: dir.to_path_buf(), segment_bytes: SEG, record_bytes_max: 2048, retention_bytes_max: 1 << 30 }
+}
+
+fn new_log(dir: &Path) -> Arc<Log> {
+    let (log, _) = Log::open(cfg(dir)).unwrap();
+    log.start_history(0xabc).unwrap();
+    log
+}
+
+fn put(log: &Log, k: &[u8], v: &[u8]) -> u64 {
+    log.append_wait(Op::Put, k, v, Duration::from_secs(5)).unwrap()
+}
+
+fn all(log: &Log) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    log.for_each(log.first(), log.tail(), |r| out.push((r.pos, r.key.to_vec(), r.value.to_vec()))).unwrap();
+    out
+}
+
+#[test]
+fn append_roll_reopen_reads_the_same_records() {
+    let d = tempfile::tempdir().unwrap();
+    let log = new_log(d.path());
+    let mut want = Vec::new();
+    for i in 0..500u32 {
+        let v = vec![i as u8; (i % 200) as usize];
+        let pos = put(&log, &i.to_le_bytes(), &v);
+        want.push((pos, i.to_le_bytes().to_vec(), v));
+    }
+    assert!(log.disk_bytes() > 10 * SEG, "test must span many segments");
+    assert_eq!(all(&log), want);
+    let tail = log.tail();
+    log.flush().unwrap();
+    drop(log);
+    let (log, rec) = Log::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.tail, tail);
+    assert_eq!(rec.records, 500);
+    assert_eq!(rec.truncated_at, None);
+    assert_eq!(all(&log), want);
+    // and it keeps appending where it stopped
+    let p = put(&log, b"next", b"x");
+    assert_eq!(p, tail);
+}
+
+#[test]
+fn oversized_record_is_refused_and_nothing_written() {
+    let d = tempfile::tempdir().unwrap();
+    let log = new_log(d.path());
+    put(&log, b"a", b"1");
+    let tail = log.tail();
+    assert!(matches!(log.append(Op::Put, b"k", &[0; 4000]), Err(LogError::TooLarge { .. })));
+    assert_eq!(log.tail(), tail);
+}
+
+/// Writes records and returns (segment files' bytes in order, record end positions).
+fn build(dir: &Path, n: u32) -> (Vec<(u64, u64)>, u64) {
+    let log = new_log(dir);
+    let mut spans = Vec::new();
+    for i in 0..n {
+        // Last byte of key and value non-zero, so a cut anywhere in a record changes it.
+        let v = vec![(i * 7) as u8 | 1; (i as usize * 13) % 300];
+        let pos = put(&log, &(i | 0x8000_0000).to_le_bytes(), &v);
+        spans.push((pos, record::encoded_len(4, v.len()) as u64));
+    }
+    log.flush().unwrap();
+    let tail = log.tail();
+    drop(log);
+    (spans, tail)
+}
+
+fn seg_path(dir: &Path, pos: u64) -> PathBuf {
+    dir.join(segment::file_name(pos / SEG * SEG))
+}
+
+fn file_off(pos: u64) -> u64 {
+    segment::SEGMENT_HEADER_BYTES as u64 + pos % SEG
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A crash leaves a prefix of the bytes written (the rest still zero):
+    /// recovery keeps exactly the records wholly inside the prefix.
+    #[test]
+    fn any_prefix_recovers_to_the_last_whole_record(n in 1u32..60, cut_frac in 0.0f64..1.0) {
+        let d = tempfile::tempdir().unwrap();
+        let (spans, tail) = build(d.path(), n);
+        let cut = (tail as f64 * cut_frac) as u64;
+        // zero everything at or after `cut`
+        for e in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(base) = segment::parse_name(&name) {
+                let mut b = std::fs::read(e.path()).unwrap();
+                for p in base..base + SEG {
+                    if p >= cut { b[file_off(p) as usize] = 0; }
+                }
+                std::fs::write(e.path(), b).unwrap();
+            }
+        }
+        let (log, rec) = Log::open(cfg(d.path())).unwrap();
+        // A record survives iff its header+key+value (not its padding) is before the cut.
+        let expect: Vec<u64> = spans.iter().filter(|(p, _)| {
+            let i = spans.iter().position(|s| s.0 == *p).unwrap() as u32;
+            let len = 24 + 4 + (i as usize * 13) % 300;
+            p + len as u64 <= cut
+        }).map(|s| s.0).collect();
+        let got: Vec<u64> = all(&log).iter().map(|r| r.0).collect();
+        prop_assert_eq!(&got, &expect);
+        prop_assert_eq!(rec.records as usize, expect.len());
+        // and the recovered log accepts new records right after the last kept one
+        let p = put(&log, b"z", b"z");
+        prop_assert_eq!(p, log.tail() - 32);
+    }
+
+    /// One flipped byte anywhere in a record: everything before that record survives,
+    /// that record and everything after it is cut.
+    #[test]
+    fn any_flipped_byte_recovers_to_the_record_before(n in 1u32..40, which in any::<prop::sample::Index>(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let d = tempfile::tempdir().unwrap();
+        let (spans, _tail) = build(d.path(), n);
+        let i = which.index(spans.len());
+        let (pos, _) = spans[i];
+        let len = 24 + 4 + (i * 13) % 300;
+        let p = pos + at.index(len) as u64;
+        let path = seg_path(d.path(), p);
+        let mut b = std::fs::read(&path).unwrap();
+        b[file_off(p) as usize] ^= 1 << bit;
+        std::fs::write(&path, b).unwrap();
+        let (log, rec) = Log::open(cfg(d.path())).unwrap();
+        let got: Vec<u64> = all(&log).iter().map(|r| r.0).collect();
+        let expect: Vec<u64> = spans[..i].iter().map(|s| s.0).collect();
+        prop_assert_eq!(got, expect);
+        prop_assert_eq!(rec.truncated_at, Some(pos));
+    }
+}
+
+#[test]
+fn replicated_append_copies_bytes_and_refuses_bad_chunks_whole() {
+    let dm = tempfile::tempdir().unwrap();
+    let ds = tempfile::tempdir().unwrap();
+    let m = new_log(dm.path());
+    for i in 0..300u32 {
+        put(&m, &i.to_le_bytes(), &vec![1; (i % 90) as usize]);
+    }
+    let (s, _) = Log::open(cfg(ds.path())).unwrap();
+    s.adopt_history(0xabc, SEG).unwrap();
+    let mut pos = 0;
+    let mut rounds = 0;
+    while let Some(c) = m.read(pos, 1000).unwrap() {
+        rounds += 1;
+        assert!(rounds < 10_000);
+        // A damaged copy is refused and leaves the slave's log as it was.
+        let mut bad = c.bytes().to_vec();
+        let flip = bad.len() / 2;
+        bad[flip] ^= 0x55;
+        let before = s.tail();
+        if s.append_replicated(c.pos, &bad).is_err() {
+            assert_eq!(s.tail(), before);
+        } else {
+            panic!("damaged chunk accepted at {}", c.pos);
+        }
+        pos = s.append_replicated(c.pos, c.bytes()).unwrap();
+    }
+    assert_eq!(pos, m.tail());
+    assert_eq!(all(&s), all(&m));
+    // A chunk at the wrong place is a gap.
+    assert!(matches!(s.append_replicated(pos + 8, b"xxxxxxxx"), Err(LogError::Gap { .. })));
+}
+
+#[test]
+fn truncate_zeroes_the_tail_and_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let log = new_log(d.path());
+    let mut ps = Vec::new();
+    for i in 0..200u32 {
+        ps.push(put(&log, &i.to_le_bytes(), &[3; 40]));
+    }
+    let to = ps[77];
+    log.truncate(to).unwrap();
+    assert_eq!(log.tail(), to);
+    assert_eq!(all(&log).len(), 77);
+    let p = put(&log, b"new", b"");
+    assert_eq!(p, to);
+    log.flush().unwrap();
+    drop(log);
+    let (log, rec) = Log::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.truncated_at, None, "{:?}", rec.reason);
+    let got = all(&log);
+    assert_eq!(got.len(), 78);
+    assert_eq!(got[77].1, b"new".to_vec());
+}
+
+#[test]
+fn compaction_keeps_the_state_and_reopens_from_the_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.retention_bytes_max = 3 * SEG;
+    let (log, _) = Log::open(c.clone()).unwrap();
+    log.start_history(7).unwrap();
+    let mut want: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for i in 0..2000u32 {
+        let k = (i % 37).to_le_bytes().to_vec();
+        if i % 5 == 0 {
+            log.append_wait(Op::Delete, &k, b"", Duration::from_secs(5)).unwrap();
+            want.remove(&k);
+        } else {
+            let v = i.to_le_bytes().to_vec();
+            log.append_wait(Op::Put, &k, &v, Duration::from_secs(5)).unwrap();
+            want.insert(k, v);
+        }
+        if i % 100 == 0 {
+            log.compact().unwrap();
+        }
+    }
+    log.compact().unwrap();
+    assert!(log.first() > 0, "compaction never ran");
+    assert!(log.disk_bytes() <= 3 * SEG);
+    let fold = |log: &Log| {
+        let mut s = log.load_snapshot().unwrap().state;
+        log.for_each(log.first(), log.tail(), |r| s.apply(r)).unwrap();
+        s.map
+    };
+    assert_eq!(fold(&log), want);
+    log.flush().unwrap();
+    drop(log);
+    let (log, rec) = Log::open(c).unwrap();
+    assert!(rec.snapshot_pos.is_some());
+    assert_eq!(fold(&log), want);
+}

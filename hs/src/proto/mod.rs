@@ -1,0 +1,9 @@
+//! The sans-IO core: record and frame codecs, liveness, rate limit, and the
+//! catch-up decision. Nothing here touches a socket, a file or the clock:
+//! time comes in as a parameter, so tests drive it deterministically.
+
+pub mod catchup;
+pub mod frame;
+pub mod heartbeat;
+pub mod ratelimit;
+pub mod record;
