@@ -770,6 +770,18 @@ pub struct Zone {
     pub last_spawn_ms: Option<Millis>,
 }
 
+/// A process the prober connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// Process id.
+    pub id: String,
+    /// Endpoint to connect to.
+    pub addr: SocketAddr,
+    /// A success is news (send [`RegistryOp::ProbeOk`]): the process waits
+    /// for a probe to become running again.
+    pub confirms: bool,
+}
+
 /// What [`Registry::spawn_plan`] proposes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpawnPlan {
@@ -861,13 +873,13 @@ impl Registry {
         self.zone_of.is_empty()
     }
 
-    /// Processes that the prober should connect to: `(id, addr)`.
-    pub fn probe_targets(&self) -> Vec<(String, SocketAddr)> {
+    /// Processes that the prober should connect to.
+    pub fn probe_targets(&self) -> Vec<ProbeTarget> {
         self.zones
             .values()
             .flat_map(|z| z.processes.values())
             .filter(|p| p.wants_probe())
-            .map(|p| (p.id.clone(), p.addr()))
+            .map(|p| ProbeTarget { id: p.id.clone(), addr: p.addr(), confirms: p.status == Status::Starting })
             .collect()
     }
 

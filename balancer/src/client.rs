@@ -1,0 +1,273 @@
+//! A small client: a game-server process pushes its status with it, a game
+//! client picks a process with it, an operator drains with it.
+//!
+//! It speaks just enough HTTP/1.1 over one keep-alive connection (request
+//! with `Content-Length`, response with `Content-Length`), so a game server
+//! links no HTTP stack. It is given one or more balancer addresses (master
+//! and standby): on a connection error it moves to the next one.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::api::{ErrorBody, PickReply, ProcessView, PushReply, ZoneSummary, ZoneView};
+use crate::registry::{StatusPush, ZoneId};
+
+/// Largest response head (status line + headers) accepted.
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest response body accepted (a list of 10,000 processes is ~4 MiB).
+pub const RESPONSE_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Default time limit of one request, connect included.
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No balancer address accepted a connection or answered.
+    #[error("balancer at {addrs:?} unreachable: {source}; is it running, and are the addresses right?")]
+    Io {
+        /// Addresses tried.
+        addrs: Vec<SocketAddr>,
+        /// Last error.
+        source: std::io::Error,
+    },
+    /// The request took longer than the timeout.
+    #[error("balancer request timed out after {timeout_ms} ms")]
+    Timeout {
+        /// The limit.
+        timeout_ms: u64,
+    },
+    /// The balancer answered with an error.
+    #[error("balancer answered {status} {code}: {message}")]
+    Http {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the body (`unknown_zone`, `zone_full`, ...).
+        code: String,
+        /// Message from the body.
+        message: String,
+    },
+    /// The answer was not what this client understands.
+    #[error("bad response from balancer: {0}")]
+    BadResponse(String),
+}
+
+/// A raw response.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Type header, if any.
+    pub content_type: Option<String>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// A keep-alive connection to the balancer.
+#[derive(Debug)]
+pub struct Client {
+    addrs: Vec<SocketAddr>,
+    current: usize,
+    secret: Option<String>,
+    timeout: Duration,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Client {
+    /// A client for these balancer addresses (master first). Connects lazily.
+    pub fn new(addrs: Vec<SocketAddr>) -> Client {
+        Client { addrs, current: 0, secret: None, timeout: Duration::from_millis(REQUEST_TIMEOUT_MS), conn: None }
+    }
+
+    /// Sends `Authorization: Bearer <secret>` on every request.
+    pub fn with_secret(mut self, secret: Option<String>) -> Client {
+        self.secret = secret;
+        self
+    }
+
+    /// Time limit of one request.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends one request; on a broken connection, retries once on a fresh
+    /// connection (to the next address when there are several).
+    pub async fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let attempts = self.addrs.len().max(1) + 1;
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let fresh = self.conn.is_none();
+            match tokio::time::timeout(self.timeout, self.attempt(method, path, body)).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => {
+                    self.conn = None;
+                    if fresh && !self.addrs.is_empty() {
+                        self.current = (self.current + 1) % self.addrs.len();
+                    }
+                    last_err = Some(e);
+                }
+                Err(_) => {
+                    self.conn = None;
+                    return Err(ClientError::Timeout { timeout_ms });
+                }
+            }
+        }
+        Err(ClientError::Io {
+            addrs: self.addrs.clone(),
+            source: last_err.unwrap_or_else(|| std::io::Error::other("no balancer address given")),
+        })
+    }
+
+    async fn attempt(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            let addr = *self.addrs.get(self.current).ok_or_else(|| std::io::Error::other("no balancer address given"))?;
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(stream));
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let host = self.addrs.get(self.current).map(|a| a.to_string()).unwrap_or_default();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+        if let Some(secret) = &self.secret {
+            req.push_str(&format!("Authorization: Bearer {secret}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut buf = req.into_bytes();
+        buf.extend_from_slice(body);
+        conn.get_mut().write_all(&buf).await?;
+        let resp = read_response(conn).await?;
+        if resp.1 {
+            self.conn = None;
+        }
+        Ok(resp.0)
+    }
+
+    async fn call<T: DeserializeOwned>(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<T, ClientError> {
+        let resp = self.request(method, path, body).await?;
+        if !(200..300).contains(&resp.status) {
+            let err: Option<ErrorBody> = serde_json::from_slice(&resp.body).ok();
+            return Err(ClientError::Http {
+                status: resp.status,
+                code: err.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
+                message: err.map(|e| e.message).unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
+            });
+        }
+        serde_json::from_slice(&resp.body).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    fn json<T: Serialize>(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).expect("plain data serialises")
+    }
+
+    /// Pushes a game-server process's status.
+    pub async fn push_status(&mut self, push: &StatusPush) -> Result<PushReply, ClientError> {
+        self.call("POST", "/v1/status", Some(&Self::json(push))).await
+    }
+
+    /// Picks the least-loaded process of a zone (a seat is reserved).
+    pub async fn pick(&mut self, zone: ZoneId) -> Result<PickReply, ClientError> {
+        self.call("POST", &format!("/v1/zones/{zone}/pick"), None).await
+    }
+
+    /// The zone list.
+    pub async fn zones(&mut self) -> Result<Vec<ZoneSummary>, ClientError> {
+        self.call("GET", "/v1/zones", None).await
+    }
+
+    /// One zone's sorted process list.
+    pub async fn zone(&mut self, zone: ZoneId) -> Result<ZoneView, ClientError> {
+        self.call("GET", &format!("/v1/zones/{zone}"), None).await
+    }
+
+    /// One process.
+    pub async fn process(&mut self, id: &str) -> Result<ProcessView, ClientError> {
+        self.call("GET", &format!("/v1/processes/{id}"), None).await
+    }
+
+    /// Marks a process draining.
+    pub async fn drain(&mut self, id: &str) -> Result<ProcessView, ClientError> {
+        self.call("POST", &format!("/v1/processes/{id}/drain"), None).await
+    }
+
+    /// Puts a draining process back in service.
+    pub async fn undrain(&mut self, id: &str) -> Result<ProcessView, ClientError> {
+        self.call("POST", &format!("/v1/processes/{id}/undrain"), None).await
+    }
+}
+
+/// Reads one response; the flag says the server will close the connection.
+async fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Response, bool)> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut head_bytes = 0usize;
+    let mut line = String::new();
+    let mut status = None;
+    let mut content_length = None;
+    let mut content_type = None;
+    let mut close = false;
+    // Bounded: every line adds to head_bytes, capped below.
+    loop {
+        line.clear();
+        let n = conn.read_line(&mut line).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+        head_bytes += n;
+        if head_bytes > RESPONSE_HEAD_BYTES_MAX {
+            return Err(bad(format!("response head over {RESPONSE_HEAD_BYTES_MAX} bytes")));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if status.is_none() {
+            let code = l.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok());
+            status = Some(code.ok_or_else(|| bad(format!("bad status line {l:?}")))?);
+            continue;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => content_length = Some(value.parse::<usize>().map_err(|_| bad(format!("bad content-length {value:?}")))?),
+                "content-type" => content_type = Some(value.to_string()),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                "transfer-encoding" => return Err(bad("chunked responses are not supported by this client".into())),
+                _ => {}
+            }
+        }
+    }
+    let status = status.ok_or_else(|| bad("empty response".into()))?;
+    let len = content_length.unwrap_or(0);
+    if len > RESPONSE_BODY_BYTES_MAX {
+        return Err(bad(format!("response body of {len} bytes is over {RESPONSE_BODY_BYTES_MAX}")));
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await?;
+    Ok((Response { status, content_type, body }, close))
+}
+
+/// Seed 000's recommended process id: the MAC address of the first
+/// non-loopback interface, a dash, and the pid. Falls back to an all-zero
+/// MAC when none can be read.
+pub fn local_process_id() -> String {
+    let mac = std::fs::read_dir("/sys/class/net")
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .take(64)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+        .map(|s| s.trim().to_string())
+        .find(|m| m.len() == 17 && m != "00:00:00:00:00:00")
+        .unwrap_or_else(|| "00:00:00:00:00:00".to_string());
+    format!("{mac}-{}", std::process::id())
+}

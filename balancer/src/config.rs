@@ -1,0 +1,310 @@
+//! Configuration: a TOML file, with command-line flags laid over it.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7700"
+//! secret = "change-me"          # optional: required on pushes and drains
+//! probe_interval_ms = 500
+//!
+//! [[zones]]
+//! id = 1
+//! name = "天上人间"
+//! version = "v1.0.0 20131104"
+//! process_online_max = 1000
+//!
+//! [zones.spawn]                 # optional: start processes when full
+//! command = ["/opt/game/server", "--port", "{port}", "--zone", "{zone}", "--balancer", "{balancer}"]
+//! host = "127.0.0.1"
+//! port_min = 7000
+//! port_max = 7099
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{RegistryLimits, SpawnSpec, ZoneId, ZoneSpec};
+
+/// Zones a config may declare; bounds per-zone work in lists and metrics.
+pub const ZONES_MAX: usize = 1024;
+/// Arguments in a spawn command.
+pub const SPAWN_ARGS_MAX: usize = 64;
+
+/// A problem with the configuration, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// Path given.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path} is not valid: {source}")]
+    Parse {
+        /// Path given.
+        path: String,
+        /// Parser error, with line and column.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Spawn settings of a zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnConfig {
+    /// Program and arguments, run without a shell. Placeholders in any
+    /// argument: `{port}`, `{zone}`, `{host}`, `{balancer}` (this balancer's
+    /// address, `IP:PORT`).
+    pub command: Vec<String>,
+    /// Address spawned processes listen on.
+    #[serde(default = "default_spawn_host")]
+    pub host: IpAddr,
+    /// First port handed out.
+    pub port_min: u16,
+    /// Last port handed out (inclusive).
+    pub port_max: u16,
+}
+
+fn default_spawn_host() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// One zone (seed 000's `<server>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Zone id processes report.
+    pub id: ZoneId,
+    /// Display name.
+    pub name: String,
+    /// Version shown in lists.
+    #[serde(default)]
+    pub version: String,
+    /// Seats per process (online + reservations).
+    #[serde(default = "default_process_online_max")]
+    pub process_online_max: u32,
+    /// Present to spawn processes when the zone is full.
+    #[serde(default)]
+    pub spawn: Option<SpawnConfig>,
+}
+
+fn default_process_online_max() -> u32 {
+    1000
+}
+
+/// The whole configuration. Every field but `zones` has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Shared secret: when set, pushes, drains and forgets need
+    /// `Authorization: Bearer <secret>`. Picks and lists stay open.
+    pub secret: Option<String>,
+    /// Time between probe rounds. Dead detection takes at most this plus
+    /// `probe_timeout_ms`; each round connects to every live process.
+    pub probe_interval_ms: u64,
+    /// TCP connect timeout of a probe.
+    pub probe_timeout_ms: u64,
+    /// Probes in flight at once.
+    pub probe_concurrency_max: usize,
+    /// Time between registry ticks (reservation expiry, missed pushes,
+    /// reaping). Adds up to this to every timer below.
+    pub tick_interval_ms: u64,
+    /// See [`RegistryLimits::push_timeout_ms`].
+    pub push_timeout_ms: u64,
+    /// See [`RegistryLimits::reservation_ttl_ms`].
+    pub reservation_ttl_ms: u64,
+    /// See [`RegistryLimits::spawn_report_timeout_ms`].
+    pub spawn_report_timeout_ms: u64,
+    /// See [`RegistryLimits::spawn_interval_ms`].
+    pub spawn_interval_ms: u64,
+    /// See [`RegistryLimits::spawned_processes_max`].
+    pub spawned_processes_max: u32,
+    /// See [`RegistryLimits::processes_max`].
+    pub processes_max: u32,
+    /// See [`RegistryLimits::stopped_retention_ms`].
+    pub stopped_retention_ms: u64,
+    /// Pushes per second allowed per process id (token bucket refill).
+    pub push_rate_per_s: u32,
+    /// Pushes a process id may send in a burst.
+    pub push_burst: u32,
+    /// How long a pick waits for a spawned process when the zone is full,
+    /// before answering 503. 0 answers at once.
+    pub pick_wait_ms: u64,
+    /// Largest request body (a push is about 200 bytes).
+    pub request_body_bytes_max: usize,
+    /// Kill spawned children when the balancer stops. Off in production
+    /// (they keep serving players); on in tests.
+    pub kill_spawned_on_exit: bool,
+    /// Zones.
+    pub zones: Vec<ZoneConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = RegistryLimits::default();
+        Config {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7700),
+            secret: None,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 400,
+            probe_concurrency_max: 256,
+            tick_interval_ms: 100,
+            push_timeout_ms: limits.push_timeout_ms,
+            reservation_ttl_ms: limits.reservation_ttl_ms,
+            spawn_report_timeout_ms: limits.spawn_report_timeout_ms,
+            spawn_interval_ms: limits.spawn_interval_ms,
+            spawned_processes_max: limits.spawned_processes_max,
+            processes_max: limits.processes_max,
+            stopped_retention_ms: limits.stopped_retention_ms,
+            push_rate_per_s: 20,
+            push_burst: 40,
+            pick_wait_ms: 3_000,
+            request_body_bytes_max: 16 * 1024,
+            kill_spawned_on_exit: false,
+            zones: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.zones.is_empty() {
+            return bad("no [[zones]]: declare at least one zone".into());
+        }
+        if self.zones.len() > ZONES_MAX {
+            return bad(format!("{} zones, at most {ZONES_MAX}", self.zones.len()));
+        }
+        for (name, v) in [
+            ("probe_interval_ms", self.probe_interval_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("tick_interval_ms", self.tick_interval_ms),
+            ("push_timeout_ms", self.push_timeout_ms),
+            ("reservation_ttl_ms", self.reservation_ttl_ms),
+            ("spawn_report_timeout_ms", self.spawn_report_timeout_ms),
+            ("push_rate_per_s", self.push_rate_per_s as u64),
+            ("push_burst", self.push_burst as u64),
+            ("processes_max", self.processes_max as u64),
+            ("probe_concurrency_max", self.probe_concurrency_max as u64),
+            ("request_body_bytes_max", self.request_body_bytes_max as u64),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be above 0"));
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for z in &self.zones {
+            if !ids.insert(z.id) {
+                return bad(format!("zone id {} declared twice", z.id));
+            }
+            if z.process_online_max == 0 {
+                return bad(format!("zone {}: process_online_max must be above 0", z.id));
+            }
+            if let Some(s) = &z.spawn {
+                if s.command.is_empty() || s.command.len() > SPAWN_ARGS_MAX {
+                    return bad(format!("zone {}: spawn.command needs 1..={SPAWN_ARGS_MAX} items", z.id));
+                }
+                if s.port_min == 0 || s.port_min > s.port_max {
+                    return bad(format!("zone {}: spawn ports need 0 < port_min <= port_max", z.id));
+                }
+                if s.host.is_unspecified() {
+                    return bad(format!("zone {}: spawn.host must be an address clients can reach, not {}", z.id, s.host));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The registry's limits taken from this config.
+    pub fn limits(&self) -> RegistryLimits {
+        RegistryLimits {
+            push_timeout_ms: self.push_timeout_ms,
+            reservation_ttl_ms: self.reservation_ttl_ms,
+            spawn_report_timeout_ms: self.spawn_report_timeout_ms,
+            spawn_interval_ms: self.spawn_interval_ms,
+            spawned_processes_max: self.spawned_processes_max,
+            processes_max: self.processes_max,
+            stopped_retention_ms: self.stopped_retention_ms,
+        }
+    }
+
+    /// The registry's zone specs taken from this config.
+    pub fn zone_specs(&self) -> Vec<ZoneSpec> {
+        self.zones
+            .iter()
+            .map(|z| ZoneSpec {
+                id: z.id,
+                name: z.name.clone(),
+                version: z.version.clone(),
+                process_online_max: z.process_online_max,
+                spawn: z.spawn.as_ref().map(|s| SpawnSpec { host: s.host, port_min: s.port_min, port_max: s.port_max }),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_example_and_applies_defaults() {
+        let text = r#"
+            listen = "127.0.0.1:0"
+            secret = "s"
+            [[zones]]
+            id = 1
+            name = "天上人间"
+            [zones.spawn]
+            command = ["server", "--port", "{port}"]
+            port_min = 7000
+            port_max = 7001
+        "#;
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.probe_interval_ms, 500);
+        assert_eq!(c.zones[0].process_online_max, 1000);
+        assert_eq!(c.zone_specs()[0].spawn.as_ref().unwrap().host, default_spawn_host());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let base = r#"
+            [[zones]]
+            id = 1
+            name = "a"
+        "#;
+        let cases = [
+            ("", "no [[zones]]"),
+            (&format!("probe_interval_ms = 0\n{base}"), "probe_interval_ms"),
+            (&format!("{base}\n[[zones]]\nid = 1\nname = \"b\""), "twice"),
+            (&format!("{base}\n[zones.spawn]\ncommand = []\nport_min = 1\nport_max = 2"), "command"),
+            (&format!("{base}\n[zones.spawn]\ncommand = [\"x\"]\nport_min = 9\nport_max = 2"), "port_min"),
+        ];
+        for (text, needle) in cases {
+            let c: Config = toml::from_str(text).unwrap();
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+        }
+        assert!(toml::from_str::<Config>("probe_interval = 3").is_err(), "unknown keys are refused");
+    }
+}

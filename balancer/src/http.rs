@@ -1,0 +1,293 @@
+//! HTTP/JSON interface (axum). Handlers turn requests into [`RegistryOp`]s
+//! and answers; every error is JSON `{"error", "message"}` with a 4xx/5xx.
+//!
+//! | method | path | auth | what |
+//! |---|---|---|---|
+//! | POST | /v1/status | secret | status push ([`StatusPush`]) |
+//! | GET | /v1/zones | | zone list |
+//! | GET | /v1/servers[?format=xml] | | every zone, sorted (seed 000) |
+//! | GET | /v1/zones/{zone}[?format=xml] | | one zone, sorted |
+//! | POST | /v1/zones/{zone}/pick | | least-loaded process, seat reserved |
+//! | GET | /v1/processes/{id} | | one process |
+//! | POST | /v1/processes/{id}/drain | secret | stop picks to it |
+//! | POST | /v1/processes/{id}/undrain | secret | back in service |
+//! | DELETE | /v1/processes/{id} | secret | forget it |
+//! | GET | /healthz | | liveness |
+//! | GET | /metrics | | Prometheus text |
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::api::{render_xml, ErrorBody, PickReply, ProcessView, PushReply, ZoneSummary, ZoneView};
+use crate::metrics::Metrics;
+use crate::ratelimit::Refused;
+use crate::registry::{validate_process_id, RegistryError, RegistryOp, Status, StatusPush, ZoneId};
+use crate::server::{Balancer, PickError};
+
+type Shared = State<Arc<Balancer>>;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after_ms: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.code.to_string(), message: self.message };
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            let secs = ms.div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let (status, code) = match &e {
+            RegistryError::UnknownZone { .. } => (StatusCode::NOT_FOUND, "unknown_zone"),
+            RegistryError::UnknownProcess { .. } => (StatusCode::NOT_FOUND, "unknown_process"),
+            RegistryError::ZoneMismatch { .. } => (StatusCode::CONFLICT, "zone_mismatch"),
+            RegistryError::RegistryFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "registry_full"),
+            RegistryError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "zone_full"),
+            RegistryError::SpawnRejected { .. } => (StatusCode::CONFLICT, "spawn_rejected"),
+        };
+        let mut err = ApiError::new(status, code, e.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            err.retry_after_ms = Some(1000);
+        }
+        err
+    }
+}
+
+/// Builds the router.
+pub fn router(balancer: Arc<Balancer>) -> Router {
+    let body_max = balancer.config().request_body_bytes_max;
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", post(push))
+        .route("/v1/zones", get(zones))
+        .route("/v1/servers", get(servers))
+        .route("/v1/zones/:zone", get(zone))
+        .route("/v1/zones/:zone/pick", post(pick))
+        .route("/v1/processes/:id", get(process).delete(forget))
+        .route("/v1/processes/:id/drain", post(drain))
+        .route("/v1/processes/:id/undrain", post(undrain))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the balancer README") })
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(balancer)
+}
+
+/// Checks `Authorization: Bearer <secret>` when a secret is configured.
+fn authorize(b: &Balancer, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = &b.config().secret else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+        Ok(())
+    } else {
+        Metrics::inc(&b.metrics.unauthorized);
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong secret: send Authorization: Bearer <secret> with the balancer's configured secret",
+        ))
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_zone(text: &str) -> Result<ZoneId, ApiError> {
+    text.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_zone", format!("zone {text:?} is not a number")))
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    validate_process_id(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_process_id", e.to_string()))
+}
+
+async fn push(State(b): Shared, headers: HeaderMap, body: Bytes) -> Result<Json<PushReply>, ApiError> {
+    authorize(&b, &headers)?;
+    let wire: StatusPush = serde_json::from_slice(&body).map_err(|e| {
+        Metrics::inc(&b.metrics.pushes_invalid);
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("status push is not valid JSON for this schema: {e}"))
+    })?;
+    let report = wire.validate().map_err(|e| {
+        Metrics::inc(&b.metrics.pushes_invalid);
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_report", e.to_string())
+    })?;
+    let now_ms = b.now_ms();
+    let limited = b.limiter.lock().check(&report.id, now_ms);
+    if let Err(refused) = limited {
+        Metrics::inc(&b.metrics.pushes_limited);
+        let (message, retry_after_ms) = match refused {
+            Refused::Limited { retry_after_ms } => (
+                format!(
+                    "process {:?} pushes faster than {} per second; push once per interval",
+                    report.id,
+                    b.config().push_rate_per_s
+                ),
+                retry_after_ms,
+            ),
+            Refused::TableFull => ("too many distinct process ids are pushing at once".to_string(), 1000),
+        };
+        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        err.retry_after_ms = Some(retry_after_ms);
+        return Err(err);
+    }
+    let out = b.apply(RegistryOp::Push { now_ms, report })?;
+    Metrics::inc(&b.metrics.pushes);
+    let status = out.status.unwrap_or(Status::Running);
+    Ok(Json(PushReply { status: status.code(), status_name: status.name().into(), draining: status == Status::Draining }))
+}
+
+#[derive(Debug, Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+fn wants_xml(q: &FormatQuery) -> Result<bool, ApiError> {
+    match q.format.as_deref() {
+        None | Some("json") => Ok(false),
+        Some("xml") => Ok(true),
+        Some(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_format", format!("format {other:?}: use json or xml"))),
+    }
+}
+
+fn xml_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], body).into_response()
+}
+
+async fn zones(State(b): Shared) -> Json<Vec<ZoneSummary>> {
+    Json(b.read(|r| {
+        r.zones()
+            .map(|z| {
+                let s = r.zone_stats(z);
+                ZoneSummary {
+                    id: z.spec.id,
+                    name: z.spec.name.clone(),
+                    version: z.spec.version.clone(),
+                    size: s.by_status.iter().sum(),
+                    running: s.by_status[0],
+                    online: s.online,
+                    reserved: s.reserved,
+                }
+            })
+            .collect()
+    }))
+}
+
+async fn servers(State(b): Shared, Query(q): Query<FormatQuery>) -> Result<Response, ApiError> {
+    let xml = wants_xml(&q)?;
+    let views: Vec<ZoneView> = b.read(|r| r.zones().map(|z| ZoneView::of(r, z)).collect());
+    Ok(if xml { xml_response(render_xml(&views)) } else { Json(views).into_response() })
+}
+
+async fn zone(State(b): Shared, Path(zone): Path<String>, Query(q): Query<FormatQuery>) -> Result<Response, ApiError> {
+    let zone = parse_zone(&zone)?;
+    let xml = wants_xml(&q)?;
+    let view = b.read(|r| r.zone(zone).map(|z| ZoneView::of(r, z)))?;
+    Ok(if xml { xml_response(render_xml(std::slice::from_ref(&view))) } else { Json(view).into_response() })
+}
+
+async fn pick(State(b): Shared, Path(zone): Path<String>) -> Result<Json<PickReply>, ApiError> {
+    let zone = parse_zone(&zone)?;
+    let now_ms = b.now_ms();
+    match b.pick(zone).await {
+        Ok(p) => Ok(Json(PickReply {
+            id: p.id,
+            host: p.host,
+            port: p.port,
+            reservation: p.reservation,
+            expires_in_ms: p.expires_ms.saturating_sub(now_ms),
+        })),
+        Err(PickError::Registry { registry, spawn }) => {
+            let mut err = ApiError::from(registry);
+            if let Some(s) = spawn {
+                err.message = format!("{}; no process spawned: {s}", err.message);
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn process(State(b): Shared, Path(id): Path<String>) -> Result<Json<ProcessView>, ApiError> {
+    check_id(&id)?;
+    b.read(|r| r.process(&id).map(ProcessView::of))
+        .map(Json)
+        .ok_or_else(|| RegistryError::UnknownProcess { id }.into())
+}
+
+async fn set_drain(b: Arc<Balancer>, headers: HeaderMap, id: String, draining: bool) -> Result<Json<ProcessView>, ApiError> {
+    authorize(&b, &headers)?;
+    check_id(&id)?;
+    let now_ms = b.now_ms();
+    let op = if draining { RegistryOp::Drain { now_ms, id: id.clone() } } else { RegistryOp::Undrain { now_ms, id: id.clone() } };
+    b.apply(op)?;
+    tracing::info!(id, draining, "drain flag set by operator");
+    b.read(|r| r.process(&id).map(ProcessView::of))
+        .map(Json)
+        .ok_or_else(|| RegistryError::UnknownProcess { id }.into())
+}
+
+async fn drain(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ProcessView>, ApiError> {
+    set_drain(b, headers, id, true).await
+}
+
+async fn undrain(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ProcessView>, ApiError> {
+    set_drain(b, headers, id, false).await
+}
+
+async fn forget(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    authorize(&b, &headers)?;
+    check_id(&id)?;
+    b.apply(RegistryOp::Forget { id })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn metrics(State(b): Shared) -> Response {
+    let body = b.read(|r| b.metrics.render(r));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}
