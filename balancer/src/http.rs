@@ -221,14 +221,13 @@ async fn zone(State(b): Shared, Path(zone): Path<String>, Query(q): Query<Format
 
 async fn pick(State(b): Shared, Path(zone): Path<String>) -> Result<Json<PickReply>, ApiError> {
     let zone = parse_zone(&zone)?;
-    let now_ms = b.now_ms();
     match b.pick(zone).await {
         Ok(p) => Ok(Json(PickReply {
             id: p.id,
             host: p.host,
             port: p.port,
             reservation: p.reservation,
-            expires_in_ms: p.expires_ms.saturating_sub(now_ms),
+            expires_in_ms: p.expires_ms.saturating_sub(b.now_ms()),
         })),
         Err(PickError::Registry { registry, spawn }) => {
             let mut err = ApiError::from(registry);

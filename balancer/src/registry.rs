@@ -921,6 +921,14 @@ impl Registry {
     pub fn spawn_plan(&self, zone: ZoneId, now_ms: Millis) -> Result<SpawnPlan, SpawnRefused> {
         let z = self.zones.get(&zone).ok_or(SpawnRefused::NotConfigured { zone })?;
         let spec = z.spec.spawn.as_ref().ok_or(SpawnRefused::NotConfigured { zone })?;
+        // Hard limits first: waiting does not lift them.
+        let spawned = self.spawned_alive();
+        if spawned >= self.limits.spawned_processes_max {
+            return Err(SpawnRefused::LimitReached { spawned });
+        }
+        if self.len() >= self.limits.processes_max as usize {
+            return Err(SpawnRefused::RegistryFull);
+        }
         if z.processes.values().any(|p| p.spawned.as_ref().is_some_and(|s| !s.reported) && p.status == Status::Starting) {
             return Err(SpawnRefused::InFlight { zone });
         }
@@ -929,13 +937,6 @@ impl Registry {
             if since < self.limits.spawn_interval_ms {
                 return Err(SpawnRefused::RateLimited { zone, retry_in_ms: self.limits.spawn_interval_ms - since });
             }
-        }
-        let spawned = self.spawned_alive();
-        if spawned >= self.limits.spawned_processes_max {
-            return Err(SpawnRefused::LimitReached { spawned });
-        }
-        if self.len() >= self.limits.processes_max as usize {
-            return Err(SpawnRefused::RegistryFull);
         }
         let ports: Vec<u16> = (spec.port_min..=spec.port_max)
             .filter(|port| !self.endpoints.contains_key(&SocketAddr::new(spec.host, *port)))
