@@ -19,3 +19,4 @@ pub mod proto;
 pub use log::{LogConfig, LogError, Recovery};
 
 pub use proto::record::{Op, RecordRef};
+pub use node::{Apply, Config, Durability, Event, FlushPolicy, Node, NodeError, Role, Stats};

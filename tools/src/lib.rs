@@ -1,1 +1,7 @@
-//! Shared code of the operator tools.
+//! Code shared by the operator tools (`hs-node`, the drill, the bench) and the
+//! whole-system tests: a checking application, a deterministic workload, and
+//! the `hs-node` command line.
+
+pub mod app;
+pub mod cli;
+pub mod workload;

@@ -1,1 +1,616 @@
+//! The driver: threads, sockets, timers and the public Rust API.
+//!
+//! Threads of a node:
+//! - the caller's threads, in [`Node::publish`]: append to the log, wake the sender;
+//! - `hs-io`: a single-threaded tokio runtime running the replication protocol
+//!   (the master's listener and sender, or the slave's follower, which also runs
+//!   the application's [`Apply`] callback);
+//! - `hs-flush`: the flush policy's timer (none with `FlushPolicy::Never`);
+//! - `hs-prepare` (inside the log): prepares the next segment.
 
+mod master;
+mod net;
+mod slave;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::log::{Log, LogConfig, LogError, Recovery};
+use crate::proto::record::{Op, RecordRef};
+
+/// The application's side of replication, called on the slave for every record
+/// in log order, and on any node when it rebuilds its state from its own log at
+/// start-up or after a rollback.
+///
+/// Runs on the `hs-io` thread (or the thread calling [`Node::start`] during the
+/// initial replay). The record borrows the log's memory for the call only.
+pub trait Apply: Send + 'static {
+    /// One record, exactly once per position per process, in position order.
+    fn apply(&mut self, rec: &RecordRef<'_>);
+    /// Drop all state: a snapshot (through `restore`) and records follow.
+    fn reset(&mut self);
+    /// One key's value from a snapshot, after `reset`.
+    fn restore(&mut self, key: &[u8], value: &[u8]);
+}
+
+/// When the log is written to disk (msync). The memory-mapped log survives a
+/// process crash either way; this is about a machine crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Let the kernel write pages back when it likes.
+    Never,
+    /// Flush every this many milliseconds.
+    EveryMs(u64),
+    /// Flush as soon as possible: the slave flushes each received batch before
+    /// acknowledging it; the master flushes whenever new records are there (1 ms poll).
+    EveryBatch,
+}
+
+/// What this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    Slave,
+}
+
+impl Role {
+    fn to_u8(self) -> u8 {
+        match self {
+            Role::Master => 1,
+            Role::Slave => 2,
+        }
+    }
+    fn from_u8(v: u8) -> Role {
+        if v == 1 {
+            Role::Master
+        } else {
+            Role::Slave
+        }
+    }
+}
+
+/// Everything a node needs. Limits carry their unit in their name.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the log, snapshots and meta file live. One node per directory.
+    pub dir: PathBuf,
+    /// This node's id, sent in Hello (for logs and the master's bookkeeping).
+    pub node_id: u64,
+    /// Master: address to accept the slave on (port 0 picks one; see [`Node::local_addr`]).
+    pub listen: Option<SocketAddr>,
+    /// Slave: the master's address.
+    pub master: Option<SocketAddr>,
+    pub segment_bytes: u64,
+    pub record_bytes_max: usize,
+    pub retention_bytes_max: u64,
+    pub flush: FlushPolicy,
+    /// Catch-up traffic limit in bytes per second; 0 = unlimited. Live traffic is never limited.
+    pub catchup_rate_bytes_per_s: u64,
+    /// Largest Data frame the master sends (whole records; one record may exceed it).
+    pub batch_bytes_max: usize,
+    /// Heartbeat timer period.
+    pub heartbeat_interval_ms: u64,
+    /// Idle heartbeat ticks after which the peer is declared dead.
+    pub heartbeat_dead_ticks: u32,
+    /// First and longest wait between a slave's reconnection attempts.
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    /// How long `publish` waits for log space before `Full`; 0 = fail at once.
+    pub publish_timeout_ms: u64,
+}
+
+impl Config {
+    /// Defaults for a node storing its log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            dir: dir.into(),
+            node_id: std::process::id() as u64,
+            listen: None,
+            master: None,
+            segment_bytes: 64 << 20,
+            record_bytes_max: 1 << 20,
+            retention_bytes_max: 4 << 30,
+            flush: FlushPolicy::EveryMs(100),
+            catchup_rate_bytes_per_s: 0,
+            batch_bytes_max: 256 << 10,
+            heartbeat_interval_ms: 100,
+            heartbeat_dead_ticks: 5,
+            reconnect_backoff_min_ms: 20,
+            reconnect_backoff_max_ms: 1000,
+            publish_timeout_ms: 0,
+        }
+    }
+
+    fn log_config(&self) -> LogConfig {
+        LogConfig {
+            dir: self.dir.clone(),
+            segment_bytes: self.segment_bytes,
+            record_bytes_max: self.record_bytes_max,
+            retention_bytes_max: self.retention_bytes_max,
+        }
+    }
+
+    /// Largest frame this node accepts: a batch, or one record of the maximum size.
+    pub(crate) fn frame_bytes_max(&self) -> usize {
+        self.batch_bytes_max.max(self.record_bytes_max + 8) + 64
+    }
+
+    fn check(&self, role: Role) -> Result<(), NodeError> {
+        let bad = |s: &str| Err(NodeError::Config(s.to_string()));
+        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 4096 {
+            return bad("segment_bytes must be a positive multiple of 4096");
+        }
+        if self.record_bytes_max as u64 > self.segment_bytes / 2 || self.record_bytes_max < 64 {
+            return bad("record_bytes_max must be between 64 and half of segment_bytes");
+        }
+        if self.batch_bytes_max < 4096 {
+            return bad("batch_bytes_max must be at least 4096");
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_dead_ticks == 0 {
+            return bad("heartbeat_interval_ms and heartbeat_dead_ticks must be positive");
+        }
+        match role {
+            Role::Master if self.listen.is_none() => bad("a master needs `listen` (an address for its slave)"),
+            Role::Slave if self.master.is_none() => bad("a slave needs `master` (its master's address)"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Errors of the node API, each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("this node is not the master{}", .master.map(|m| format!("; the master is at {m}")).unwrap_or_default())]
+    NotMaster { master: Option<SocketAddr> },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{op}: {source}")]
+    Io { op: &'static str, source: std::io::Error },
+    #[error("the node is shut down")]
+    Shutdown,
+}
+
+/// How far a write must have travelled before [`Node::wait`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    /// Return at once: in the master's log (memory-mapped; survives a process crash).
+    Async,
+    /// In the slave's log (its memory; survives a master crash).
+    Received,
+    /// On the slave's disk.
+    Flushed,
+    /// Through the slave's `Apply` callback.
+    Applied,
+}
+
+/// Things that happened, for the application. Bounded: when nobody reads them
+/// the oldest are dropped and counted in [`Stats::events_dropped`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    SlaveConnected { node: u64, addr: SocketAddr, from: u64 },
+    SlaveCaughtUp { node: u64, pos: u64 },
+    SlaveLost { node: u64, reason: String },
+    MasterConnected { addr: SocketAddr, from: u64 },
+    /// The slave reached the master's tail (after connecting or a resync).
+    CaughtUp { pos: u64 },
+    MasterLost { reason: String },
+    /// This slave's log diverged and was cut back; records in `[from, to)` are gone
+    /// and the application state was rebuilt without them.
+    RolledBack { from: u64, to: u64 },
+    /// The slave dropped its log and loaded the master's snapshot at `pos`.
+    Resynced { pos: u64, keys: u64 },
+    /// A frame from the peer was refused; the connection was dropped.
+    FrameRejected { reason: String },
+}
+
+/// A consistent-enough snapshot of the node's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub role: Option<Role>,
+    pub epoch: u32,
+    pub history: u128,
+    /// Oldest position still in the log.
+    pub first: u64,
+    /// One past the last record written to this node's log.
+    pub written: u64,
+    pub flushed: u64,
+    /// Master: sent to the slave.
+    pub sent: u64,
+    /// Master: the slave's reported positions.
+    pub acked_received: u64,
+    pub acked_flushed: u64,
+    pub acked_applied: u64,
+    /// Slave: passed through `Apply`.
+    pub applied: u64,
+    /// Master: the master's tail as last heard (slave), or own tail (master).
+    pub master_tail: u64,
+    /// Bytes not yet applied by the slave.
+    pub lag_bytes: u64,
+    /// Records not yet applied by the slave (master: published minus acknowledged count).
+    pub lag_records: u64,
+    /// Age of the oldest record not yet applied by the slave, in milliseconds.
+    pub lag_ms: u64,
+    /// Bytes written but not yet sent (the publish queue).
+    pub queue_bytes: u64,
+    pub records_published: u64,
+    pub records_applied: u64,
+    pub slave_connected: bool,
+    pub catching_up: bool,
+    /// Catch-up progress: bytes sent since the session started and the target.
+    pub catchup_done_bytes: u64,
+    pub catchup_total_bytes: u64,
+    /// Average catch-up rate of the current or last session.
+    pub catchup_rate_bytes_per_s: u64,
+    pub reconnects: u64,
+    pub frames_rejected: u64,
+    pub events_dropped: u64,
+    pub disk_bytes: u64,
+}
+
+/// Longest event queue; past it the oldest event is dropped.
+const EVENTS_MAX: usize = 1024;
+
+/// Counters shared between the API, the IO thread and the flusher.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub log: Arc<Log>,
+    pub app: Mutex<Box<dyn Apply>>,
+    pub role: AtomicU8,
+    pub shutdown: AtomicBool,
+    pub shutdown_notify: tokio::sync::Notify,
+    /// The sender is parked waiting for new records; publishers wake it.
+    pub sender_parked: AtomicBool,
+    pub data_notify: tokio::sync::Notify,
+    pub sent: AtomicU64,
+    pub acked_received: AtomicU64,
+    pub acked_flushed: AtomicU64,
+    pub acked_applied: AtomicU64,
+    pub acked_records: AtomicU64,
+    pub applied: AtomicU64,
+    pub master_tail: AtomicU64,
+    pub records_published: AtomicU64,
+    pub records_applied: AtomicU64,
+    pub slave_connected: AtomicBool,
+    pub catching_up: AtomicBool,
+    pub catchup_done: AtomicU64,
+    pub catchup_total: AtomicU64,
+    pub catchup_rate: AtomicU64,
+    pub lag_ms: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub frames_rejected: AtomicU64,
+    pub events: Mutex<VecDeque<Event>>,
+    pub events_dropped: AtomicU64,
+    pub events_cv: Condvar,
+    /// Signalled when acknowledged positions move (for `wait`).
+    pub ack_lock: Mutex<()>,
+    pub ack_cv: Condvar,
+    pub local_addr: Mutex<Option<SocketAddr>>,
+}
+
+impl Shared {
+    pub fn emit(&self, e: Event) {
+        tracing::debug!(event = ?e, "event");
+        let mut q = self.events.lock();
+        if q.len() >= EVENTS_MAX {
+            q.pop_front();
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(e);
+        self.events_cv.notify_all();
+    }
+
+    pub fn acks_moved(&self) {
+        let _g = self.ack_lock.lock();
+        self.ack_cv.notify_all();
+    }
+
+    pub fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Rebuilds the application's state from this node's own log: snapshot, then records.
+    pub fn replay(&self) -> Result<u64, LogError> {
+        let snap = self.log.load_snapshot()?;
+        let mut app = self.app.lock();
+        app.reset();
+        for (k, v) in &snap.state.map {
+            app.restore(k, v);
+        }
+        let mut n = 0u64;
+        let tail = self.log.tail();
+        self.log.for_each(self.log.first(), tail, |r| {
+            app.apply(r);
+            n += 1;
+        })?;
+        self.applied.store(tail, Ordering::Release);
+        Ok(n)
+    }
+}
+
+/// A running hs node: master or slave.
+pub struct Node {
+    shared: Arc<Shared>,
+    io: Option<std::thread::JoinHandle<()>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+    recovery: Recovery,
+}
+
+impl Node {
+    /// Opens the log in `cfg.dir` (recovering a torn tail), rebuilds the
+    /// application's state from it through `app`, and starts replicating.
+    pub fn start(cfg: Config, role: Role, app: impl Apply) -> Result<Node, NodeError> {
+        cfg.check(role)?;
+        let (log, recovery) = Log::open(cfg.log_config())?;
+        if recovery.truncated_at.is_some() {
+            tracing::warn!(dir = %cfg.dir.display(), at = ?recovery.truncated_at, reason = ?recovery.reason, "log recovered with a cut");
+        }
+        if role == Role::Master && log.meta().history == 0 {
+            log.start_history(crate::log::meta::new_history_id())?;
+        }
+        let shared = Arc::new(Shared {
+            log: log.clone(),
+            app: Mutex::new(Box::new(app)),
+            role: AtomicU8::new(role.to_u8()),
+            shutdown: AtomicBool::new(false),
+            shutdown_notify: tokio::sync::Notify::new(),
+            sender_parked: AtomicBool::new(false),
+            data_notify: tokio::sync::Notify::new(),
+            sent: AtomicU64::new(0),
+            acked_received: AtomicU64::new(0),
+            acked_flushed: AtomicU64::new(0),
+            acked_applied: AtomicU64::new(0),
+            acked_records: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            master_tail: AtomicU64::new(log.tail()),
+            records_published: AtomicU64::new(recovery.records),
+            records_applied: AtomicU64::new(0),
+            slave_connected: AtomicBool::new(false),
+            catching_up: AtomicBool::new(false),
+            catchup_done: AtomicU64::new(0),
+            catchup_total: AtomicU64::new(0),
+            catchup_rate: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            frames_rejected: AtomicU64::new(0),
+            events: Mutex::new(VecDeque::new()),
+            events_dropped: AtomicU64::new(0),
+            events_cv: Condvar::new(),
+            ack_lock: Mutex::new(()),
+            ack_cv: Condvar::new(),
+            local_addr: Mutex::new(None),
+            cfg,
+        });
+        let replayed = shared.replay()?;
+        shared.records_applied.store(replayed, Ordering::Relaxed);
+        tracing::info!(dir = %shared.cfg.dir.display(), ?role, first = recovery.first, tail = recovery.tail, replayed, "node started");
+
+        // The listener is bound here so the caller learns the port (and a bind error) at once.
+        let listener = match role {
+            Role::Master => {
+                let l = std::net::TcpListener::bind(shared.cfg.listen.unwrap()).map_err(|source| NodeError::Io { op: "bind the replication listener", source })?;
+                l.set_nonblocking(true).map_err(|source| NodeError::Io { op: "set nonblocking", source })?;
+                *shared.local_addr.lock() = l.local_addr().ok();
+                Some(l)
+            }
+            Role::Slave => None,
+        };
+        let s2 = shared.clone();
+        let io = std::thread::Builder::new()
+            .name("hs-io".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the replication runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match listener {
+                        Some(l) => master::run(s2, l).await,
+                        None => slave::run(s2).await,
+                    }
+                });
+            })
+            .map_err(|source| NodeError::Io { op: "spawn hs-io thread", source })?;
+        let s3 = shared.clone();
+        let policy = shared.cfg.flush;
+        let flusher = Some(
+            std::thread::Builder::new()
+                .name("hs-flush".into())
+                .spawn(move || flusher(s3, policy))
+                .map_err(|source| NodeError::Io { op: "spawn hs-flush thread", source })?,
+        );
+        Ok(Node { shared, io: Some(io), flusher, recovery })
+    }
+
+    /// Appends a state change and returns its log position. Never waits for the
+    /// network, the disk or the slave; waits for log space at most
+    /// `publish_timeout_ms` (then `Full`). Any thread may call it.
+    #[inline]
+    pub fn publish(&self, key: &[u8], op: Op, value: &[u8]) -> Result<u64, NodeError> {
+        let s = &*self.shared;
+        if s.role.load(Ordering::Relaxed) != Role::Master.to_u8() {
+            return Err(NodeError::NotMaster { master: s.cfg.master });
+        }
+        let pos = if s.cfg.publish_timeout_ms == 0 {
+            s.log.append(op, key, value)?
+        } else {
+            s.log.append_wait(op, key, value, Duration::from_millis(s.cfg.publish_timeout_ms))?
+        };
+        s.records_published.fetch_add(1, Ordering::Relaxed);
+        if s.sender_parked.load(Ordering::SeqCst) {
+            s.sender_parked.store(false, Ordering::SeqCst);
+            s.data_notify.notify_one();
+        }
+        Ok(pos)
+    }
+
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, NodeError> {
+        self.publish(key, Op::Put, value)
+    }
+
+    pub fn delete(&self, key: &[u8]) -> Result<u64, NodeError> {
+        self.publish(key, Op::Delete, &[])
+    }
+
+    /// Waits until the record at `pos` (a position `publish` returned) has reached
+    /// `level`, or `timeout` passes.
+    pub fn wait(&self, pos: u64, level: Durability, timeout: Duration) -> Result<(), NodeError> {
+        let s = &*self.shared;
+        let reached = || {
+            let acked = match level {
+                Durability::Async => return true,
+                Durability::Received => s.acked_received.load(Ordering::Acquire),
+                Durability::Flushed => s.acked_flushed.load(Ordering::Acquire),
+                Durability::Applied => s.acked_applied.load(Ordering::Acquire),
+            };
+            acked > pos
+        };
+        let deadline = Instant::now() + timeout;
+        let mut g = s.ack_lock.lock();
+        while !reached() {
+            if s.is_shutdown() {
+                return Err(NodeError::Shutdown);
+            }
+            if s.ack_cv.wait_until(&mut g, deadline).timed_out() && !reached() {
+                return Err(NodeError::Timeout(timeout));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Option<Event> {
+        let mut q = self.shared.events.lock();
+        if q.is_empty() {
+            self.shared.events_cv.wait_for(&mut q, timeout);
+        }
+        q.pop_front()
+    }
+
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.shared.role.load(Ordering::Acquire))
+    }
+
+    /// The replication listener's address (a master started with port 0 learns its port here).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        *self.shared.local_addr.lock()
+    }
+
+    /// What opening the log found.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = &*self.shared;
+        let log = &s.log;
+        let meta = log.meta();
+        let role = self.role();
+        let written = log.tail();
+        let sent = s.sent.load(Ordering::Relaxed);
+        let applied = s.applied.load(Ordering::Relaxed);
+        let acked_applied = s.acked_applied.load(Ordering::Relaxed);
+        let master_tail = if role == Role::Master { written } else { s.master_tail.load(Ordering::Relaxed).max(written) };
+        let published = s.records_published.load(Ordering::Relaxed);
+        let (lag_bytes, lag_records) = match role {
+            Role::Master => (written.saturating_sub(acked_applied), published.saturating_sub(s.acked_records.load(Ordering::Relaxed))),
+            Role::Slave => (master_tail.saturating_sub(applied), 0),
+        };
+        Stats {
+            role: Some(role),
+            epoch: meta.epoch,
+            history: meta.history,
+            first: log.first(),
+            written,
+            flushed: log.flushed(),
+            sent,
+            acked_received: s.acked_received.load(Ordering::Relaxed),
+            acked_flushed: s.acked_flushed.load(Ordering::Relaxed),
+            acked_applied,
+            applied,
+            master_tail,
+            lag_bytes,
+            lag_records,
+            lag_ms: s.lag_ms.load(Ordering::Relaxed),
+            queue_bytes: if role == Role::Master && s.slave_connected.load(Ordering::Relaxed) { written.saturating_sub(sent) } else { 0 },
+            records_published: published,
+            records_applied: s.records_applied.load(Ordering::Relaxed),
+            slave_connected: s.slave_connected.load(Ordering::Relaxed),
+            catching_up: s.catching_up.load(Ordering::Relaxed),
+            catchup_done_bytes: s.catchup_done.load(Ordering::Relaxed),
+            catchup_total_bytes: s.catchup_total.load(Ordering::Relaxed),
+            catchup_rate_bytes_per_s: s.catchup_rate.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            frames_rejected: s.frames_rejected.load(Ordering::Relaxed),
+            events_dropped: s.events_dropped.load(Ordering::Relaxed),
+            disk_bytes: log.disk_bytes(),
+        }
+    }
+
+    /// Writes the log to disk now.
+    pub fn flush(&self) -> Result<u64, NodeError> {
+        Ok(self.shared.log.flush()?)
+    }
+
+    /// Stops replication and the node's threads. Also done on drop.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.shutdown_notify.notify_waiters();
+        self.shared.data_notify.notify_one();
+        self.shared.acks_moved();
+        if let Some(h) = self.io.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+        let _ = self.shared.log.flush();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Flushes the log on the policy's timer and runs retention once a second.
+fn flusher(s: Arc<Shared>, policy: FlushPolicy) {
+    let period = match policy {
+        FlushPolicy::EveryMs(ms) => Duration::from_millis(ms.max(1)),
+        FlushPolicy::EveryBatch => Duration::from_millis(1),
+        FlushPolicy::Never => Duration::from_millis(100),
+    };
+    let mut last_compact = Instant::now();
+    while !s.is_shutdown() {
+        std::thread::sleep(period);
+        if policy == FlushPolicy::Never {
+            // no flushing: the kernel writes pages back on its own
+        } else if let Err(e) = s.log.flush() {
+            tracing::error!(error = %e, "flush failed; the node refuses writes until restarted");
+            return;
+        }
+        if last_compact.elapsed() >= Duration::from_secs(1) {
+            last_compact = Instant::now();
+            if let Err(e) = s.log.compact() {
+                tracing::warn!(error = %e, "retention could not compact the log; it keeps growing until this is fixed");
+            }
+        }
+    }
+}

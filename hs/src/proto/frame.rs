@@ -3,14 +3,14 @@
 //! ```text
 //! frame:   { len u32 | kind u8 | 0 u8 | 0 u16 | crc u32 } payload[len]
 //!            crc = crc32 of the payload, except for Data, where it covers only the
-//!            first 12 bytes (pos, epoch): the records inside carry their own CRC,
+//!            first 24 bytes (pos, epoch, tail): the records inside carry their own CRC,
 //!            which the slave checks record by record before writing.
 //!
 //! Hello      { magic u32 "HSRP" | version u16 | 0 u16 | node u64 | history u128 |
 //!              epoch u32 | last_epoch u32 | tail u64 | role u8 }         slave → master
 //! Welcome    { history u128 | epoch u32 | 0 u32 | segment_bytes u64 | action u8 |
 //!              start u64 | snapshot_bytes u64 }                          master → slave
-//! Data       { pos u64 | epoch u32 | records... }                        master → slave
+//! Data       { pos u64 | epoch u32 | 0 u32 | tail u64 | records... }    master → slave
 //! Snapshot   { offset u64 | bytes... }                                   master → slave
 //! Heartbeat  { epoch u32 | 0 u32 | tail u64 | flushed u64 }              master → slave
 //! Ack        { epoch u32 | 0 u32 | received u64 | flushed u64 | applied u64 } slave → master
@@ -25,6 +25,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub const FRAME_HEADER_BYTES: usize = 12;
 /// Identifies the protocol in Hello.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"HSRP");
+/// Bytes of a Data frame's own header (pos, epoch, tail), before the records.
+pub const DATA_SUBHEADER_BYTES: usize = 24;
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 1;
 
@@ -46,8 +48,9 @@ pub enum Action {
 pub enum Frame {
     Hello { node: u64, history: u128, epoch: u32, last_epoch: u32, tail: u64, role: u8 },
     Welcome { history: u128, epoch: u32, segment_bytes: u64, action: Action, start: u64, snapshot_bytes: u64 },
-    /// Whole records starting at `pos`, all from one segment.
-    Data { pos: u64, epoch: u32, records: Bytes },
+    /// Whole records starting at `pos`, all from one segment; `tail` is the
+    /// master's tail when sent (so the slave knows its lag while catching up).
+    Data { pos: u64, epoch: u32, tail: u64, records: Bytes },
     Snapshot { offset: u64, bytes: Bytes },
     Heartbeat { epoch: u32, tail: u64, flushed: u64 },
     Ack { epoch: u32, received: u64, flushed: u64, applied: u64 },
@@ -105,12 +108,13 @@ fn put_header(dst: &mut BytesMut, kind: u8, payload_len: usize, crc: u32) {
 
 /// Encodes the header of a Data frame whose records (already in the log) follow it
 /// on the wire: the sender writes this header and then the log's bytes, no copy.
-pub fn data_header(pos: u64, epoch: u32, records_len: usize) -> [u8; FRAME_HEADER_BYTES + 12] {
-    let mut sub = [0u8; 12];
+pub fn data_header(pos: u64, epoch: u32, tail: u64, records_len: usize) -> [u8; FRAME_HEADER_BYTES + DATA_SUBHEADER_BYTES] {
+    let mut sub = [0u8; DATA_SUBHEADER_BYTES];
     sub[0..8].copy_from_slice(&pos.to_le_bytes());
     sub[8..12].copy_from_slice(&epoch.to_le_bytes());
-    let mut out = [0u8; FRAME_HEADER_BYTES + 12];
-    out[0..4].copy_from_slice(&((12 + records_len) as u32).to_le_bytes());
+    sub[16..24].copy_from_slice(&tail.to_le_bytes());
+    let mut out = [0u8; FRAME_HEADER_BYTES + DATA_SUBHEADER_BYTES];
+    out[0..4].copy_from_slice(&((DATA_SUBHEADER_BYTES + records_len) as u32).to_le_bytes());
     out[4] = K_DATA;
     out[8..12].copy_from_slice(&crc32fast::hash(&sub).to_le_bytes());
     out[12..].copy_from_slice(&sub);
@@ -148,8 +152,8 @@ impl Frame {
                 p.put_u64_le(*snapshot_bytes);
                 K_WELCOME
             }
-            Frame::Data { pos, epoch, records } => {
-                dst.extend_from_slice(&data_header(*pos, *epoch, records.len()));
+            Frame::Data { pos, epoch, tail, records } => {
+                dst.extend_from_slice(&data_header(*pos, *epoch, *tail, records.len()));
                 dst.extend_from_slice(records);
                 return;
             }
@@ -208,7 +212,7 @@ impl Frame {
         let crc = u32::from_le_bytes(src[8..12].try_into().unwrap());
         src.advance(FRAME_HEADER_BYTES);
         let mut p = src.split_to(len).freeze();
-        let covered = if kind == K_DATA { &p[..p.len().min(12)] } else { &p[..] };
+        let covered = if kind == K_DATA { &p[..p.len().min(DATA_SUBHEADER_BYTES)] } else { &p[..] };
         if crc32fast::hash(covered) != crc {
             return Err(FrameError::BadCrc { kind });
         }
@@ -249,10 +253,12 @@ impl Frame {
                 Frame::Welcome { history, epoch, segment_bytes, action, start: p.get_u64_le(), snapshot_bytes: p.get_u64_le() }
             }
             K_DATA => {
-                need(12, &p, "data shorter than its 12-byte header")?;
+                need(DATA_SUBHEADER_BYTES, &p, "data shorter than its 24-byte header")?;
                 let pos = p.get_u64_le();
                 let epoch = p.get_u32_le();
-                Frame::Data { pos, epoch, records: p }
+                p.advance(4);
+                let tail = p.get_u64_le();
+                Frame::Data { pos, epoch, tail, records: p }
             }
             K_SNAPSHOT => {
                 need(8, &p, "snapshot chunk shorter than 8 bytes")?;
@@ -298,7 +304,7 @@ mod tests {
                     action: [Action::Continue, Action::Truncate, Action::Resync][a as usize],
                     start, snapshot_bytes
                 }),
-            (any::<u64>(), any::<u32>(), bytes.clone()).prop_map(|(pos, epoch, records)| Frame::Data { pos, epoch, records }),
+            (any::<u64>(), any::<u32>(), any::<u64>(), bytes.clone()).prop_map(|(pos, epoch, tail, records)| Frame::Data { pos, epoch, tail, records }),
             (any::<u64>(), bytes).prop_map(|(offset, bytes)| Frame::Snapshot { offset, bytes }),
             (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, tail, flushed)| Frame::Heartbeat { epoch, tail, flushed }),
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>())

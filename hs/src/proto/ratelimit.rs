@@ -41,6 +41,18 @@ impl TokenBucket {
         n
     }
 
+    /// Spends `n` bytes (capped at the burst) if they are all there; otherwise spends nothing.
+    pub fn try_take(&mut self, now: Instant, n: u64) -> bool {
+        self.refill(now);
+        let need = n.min(self.burst_bytes) as u128 * SCALE;
+        if self.tokens_scaled >= need {
+            self.tokens_scaled -= need;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Gives back bytes taken but not sent (a batch cut at a record boundary).
     pub fn refund(&mut self, n: u64) {
         self.tokens_scaled = (self.tokens_scaled + n as u128 * SCALE).min(self.burst_bytes as u128 * SCALE);

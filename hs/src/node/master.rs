@@ -1,0 +1,323 @@
+//! The master's side: accept the slave, decide how it catches up, stream the
+//! log to it (rate-limited until it is live), watch its heartbeat.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::net::{write_data, write_frame, FrameReader, NetError};
+use super::{Event, Shared};
+use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
+use crate::proto::frame::{code, Action, Frame};
+use crate::proto::heartbeat::{Liveness, Tick};
+use crate::proto::ratelimit::TokenBucket;
+
+/// How long a connecting slave has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lag samples kept (one per millisecond at most): covers at least 4 s of lag.
+const LAG_SAMPLES_MAX: usize = 4096;
+
+pub async fn run(s: Arc<Shared>, l: std::net::TcpListener) {
+    let listener = match tokio::net::TcpListener::from_std(l) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the replication listener");
+            return;
+        }
+    };
+    let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    let mut conn_id = 0u64;
+    loop {
+        let shutdown = s.shutdown_notify.notified();
+        if s.is_shutdown() {
+            break;
+        }
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, addr)) => {
+                    conn_id += 1;
+                    // One slave at a time: a new connection (a slave that reconnected
+                    // before its old connection timed out) replaces the old one.
+                    if let Some(old) = current.take() {
+                        old.abort();
+                        let _ = old.await;
+                        tracing::info!(%addr, "a new slave connection replaces the previous one");
+                    }
+                    let s2 = s.clone();
+                    let span = tracing::info_span!("slave_conn", id = conn_id, %addr);
+                    current = Some(tokio::spawn(async move {
+                        let _guard = ConnectedGuard(s2.clone());
+                        match session(&s2, stream, addr).await {
+                            Ok(()) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "slave connection ended");
+                                if matches!(e, NetError::Frame(_) | NetError::Protocol(_)) {
+                                    s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                                    s2.emit(Event::FrameRejected { reason: e.to_string() });
+                                }
+                                s2.emit(Event::SlaveLost { node: 0, reason: e.to_string() });
+                            }
+                        }
+                    }.instrument(span)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = shutdown => break,
+        }
+    }
+    if let Some(old) = current.take() {
+        old.abort();
+        let _ = old.await;
+    }
+}
+
+/// Clears the connected flags when a session ends, however it ends.
+struct ConnectedGuard(Arc<Shared>);
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.slave_connected.store(false, Ordering::Release);
+        self.0.catching_up.store(false, Ordering::Release);
+        self.0.log.pin(u64::MAX);
+        self.0.acks_moved();
+    }
+}
+
+async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result<(), NetError> {
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd, s.cfg.frame_bytes_max());
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| NetError::Protocol("no Hello within 5 s".into()))??;
+    let Frame::Hello { node, history, epoch, last_epoch, tail, .. } = hello else {
+        let _ = write_frame(&mut wr, &Frame::Error { code: code::MALFORMED, message: "expected Hello".into() }).await;
+        return Err(NetError::Protocol(format!("expected Hello, got {hello:?}")));
+    };
+    let log = &s.log;
+    let meta = log.meta();
+    let epochs = log.epochs();
+    let view = MasterView { history: meta.history, epoch: meta.epoch, epochs: &epochs, first: log.first(), tail: log.tail() };
+    let decision = decide(view, SlaveView { history, epoch, last_epoch, tail });
+    tracing::info!(node, slave_tail = tail, slave_epoch = epoch, ?decision, "slave said hello");
+    let segment_bytes = meta.segment_bytes;
+    let welcome = |action, start, snapshot_bytes| Frame::Welcome { history: meta.history, epoch: meta.epoch, segment_bytes, action, start, snapshot_bytes };
+    let start_t = Instant::now();
+    let rate = s.cfg.catchup_rate_bytes_per_s;
+    // Burst: a twentieth of a second's worth, at least one frame, so the average
+    // over a catch-up of a few seconds is within a percent or two of the setting.
+    let burst = (rate / 20).max(s.cfg.frame_bytes_max() as u64);
+    let mut bucket = (rate > 0).then(|| TokenBucket::new(start_t, rate, burst));
+    let start = match decision {
+        Decision::Fenced { slave_epoch } => {
+            let msg = format!("slave has seen epoch {slave_epoch}, this master is at {}: it is stale", meta.epoch);
+            let _ = write_frame(&mut wr, &Frame::Error { code: code::FENCED, message: msg.clone() }).await;
+            return Err(NetError::Protocol(msg));
+        }
+        Decision::Continue { from } => {
+            write_frame(&mut wr, &welcome(Action::Continue, from, 0)).await?;
+            from
+        }
+        Decision::Truncate { to } => {
+            write_frame(&mut wr, &welcome(Action::Truncate, to, 0)).await?;
+            to
+        }
+        Decision::Resync => {
+            // The snapshot at our first position, then the log from there. Pin it so
+            // retention keeps what follows while the snapshot travels.
+            log.pin(log.first());
+            let snap = log.load_snapshot().map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
+            let bytes = snap.encode();
+            write_frame(&mut wr, &welcome(Action::Resync, snap.pos, bytes.len() as u64)).await?;
+            let mut off = 0usize;
+            let chunk_max = s.cfg.batch_bytes_max;
+            while off < bytes.len() {
+                let n = chunk_max.min(bytes.len() - off);
+                if let Some(b) = bucket.as_mut() {
+                    wait_tokens(s, b, n as u64).await?;
+                }
+                write_frame(&mut wr, &Frame::Snapshot { offset: off as u64, bytes: bytes::Bytes::copy_from_slice(&bytes[off..off + n]) }).await?;
+                off += n;
+            }
+            tracing::info!(pos = snap.pos, bytes = bytes.len(), keys = snap.state.map.len(), "snapshot sent");
+            snap.pos
+        }
+    };
+    log.pin(start);
+    s.slave_connected.store(true, Ordering::Release);
+    s.emit(Event::SlaveConnected { node, addr, from: start });
+
+    // The slave's acknowledgements arrive on their own task.
+    let seen = Arc::new(AtomicU64::new(0));
+    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<NetError>();
+    let s_ack = s.clone();
+    let seen2 = seen.clone();
+    let ack_task = tokio::spawn(async move {
+        let err = loop {
+            match reader.next().await {
+                Ok(Frame::Ack { received, flushed, applied, .. }) => {
+                    seen2.fetch_add(1, Ordering::Relaxed);
+                    let tail = s_ack.log.tail();
+                    if received > tail || applied > received || flushed > received {
+                        break NetError::Protocol(format!("ack beyond what was written: received {received} flushed {flushed} applied {applied} tail {tail}"));
+                    }
+                    s_ack.acked_received.fetch_max(received, Ordering::AcqRel);
+                    s_ack.acked_flushed.fetch_max(flushed, Ordering::AcqRel);
+                    s_ack.acked_applied.fetch_max(applied, Ordering::AcqRel);
+                    s_ack.acks_moved();
+                }
+                Ok(Frame::Error { code, message }) => break NetError::Protocol(format!("slave reported error {code}: {message}")),
+                Ok(other) => break NetError::Protocol(format!("unexpected frame from slave: {other:?}")),
+                Err(e) => break e,
+            }
+        };
+        let _ = closed_tx.send(err);
+    });
+    let _abort_acks = AbortOnDrop(ack_task);
+
+    let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    let mut next_tick = Instant::now() + hb;
+    let mut liveness = Liveness::new(s.cfg.heartbeat_dead_ticks);
+    let mut seen_last = 0u64;
+    let mut sent = start;
+    let mut sent_at_tick = sent;
+    s.sent.store(sent, Ordering::Release);
+    let catchup_total = log.tail().saturating_sub(start);
+    s.catchup_total.store(catchup_total, Ordering::Relaxed);
+    s.catchup_done.store(0, Ordering::Relaxed);
+    let mut live = false;
+    s.catching_up.store(true, Ordering::Relaxed);
+    let mut samples: VecDeque<(u64, u64, Instant)> = VecDeque::new();
+    let epoch = meta.epoch;
+    let batch = s.cfg.batch_bytes_max;
+
+    loop {
+        if s.is_shutdown() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + hb;
+            let n = seen.load(Ordering::Relaxed);
+            if n != seen_last {
+                seen_last = n;
+                liveness.on_frame();
+            }
+            if liveness.on_tick() == Tick::Dead {
+                return Err(NetError::Protocol(format!("slave silent for {} heartbeat ticks", s.cfg.heartbeat_dead_ticks)));
+            }
+            if sent == sent_at_tick {
+                write_frame(&mut wr, &Frame::Heartbeat { epoch, tail: log.tail(), flushed: log.flushed() }).await?;
+            }
+            sent_at_tick = sent;
+            update_lag(s, &mut samples, now);
+        }
+        if let Ok(e) = closed_rx.try_recv() {
+            return Err(e);
+        }
+        let tail = log.tail();
+        if sent < tail {
+            let limited = !live && bucket.is_some();
+            let max = if limited { batch.min(burst as usize) } else { batch };
+            let chunk = match log.read(sent, max) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => return Err(NetError::Protocol(format!("cannot read the log at {sent}: {e}"))),
+            };
+            if limited {
+                wait_tokens(s, bucket.as_mut().unwrap(), (chunk.len as u64).min(burst)).await?;
+            }
+            write_data(&mut wr, chunk.pos, epoch, tail, chunk.bytes()).await?;
+            sent = chunk.pos + chunk.len as u64;
+            s.sent.store(sent, Ordering::Release);
+            log.pin(s.acked_received.load(Ordering::Relaxed).max(start).min(sent));
+            if !live {
+                let done = sent - start;
+                s.catchup_done.store(done, Ordering::Relaxed);
+                let secs = start_t.elapsed().as_secs_f64();
+                if secs > 0.0 {
+                    s.catchup_rate.store((done as f64 / secs) as u64, Ordering::Relaxed);
+                }
+            }
+            if samples.back().is_none_or(|b| now.duration_since(b.2) >= Duration::from_millis(1)) {
+                if samples.len() >= LAG_SAMPLES_MAX {
+                    samples.pop_front();
+                }
+                samples.push_back((sent, s.records_published.load(Ordering::Relaxed), now));
+            }
+            continue;
+        }
+        if !live {
+            live = true;
+            s.catching_up.store(false, Ordering::Relaxed);
+            tracing::info!(pos = sent, bytes = sent - start, secs = start_t.elapsed().as_secs_f64(), "slave caught up; streaming live");
+            s.emit(Event::SlaveCaughtUp { node, pos: sent });
+        }
+        // Park until a publisher wakes us, the heartbeat is due, or the slave goes away.
+        s.sender_parked.store(true, Ordering::SeqCst);
+        if log.tail() > sent {
+            s.sender_parked.store(false, Ordering::SeqCst);
+            continue;
+        }
+        let shutdown = s.shutdown_notify.notified();
+        tokio::select! {
+            _ = s.data_notify.notified() => {}
+            _ = tokio::time::sleep_until(next_tick.into()) => {}
+            r = &mut closed_rx => {
+                s.sender_parked.store(false, Ordering::SeqCst);
+                return Err(r.unwrap_or(NetError::Closed));
+            }
+            _ = shutdown => {}
+        }
+        s.sender_parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Waits (on the runtime's timer) until the bucket grants `n` bytes, and spends them.
+async fn wait_tokens(s: &Shared, b: &mut TokenBucket, n: u64) -> Result<(), NetError> {
+    loop {
+        let now = Instant::now();
+        if b.try_take(now, n) {
+            return Ok(());
+        }
+        if s.is_shutdown() {
+            return Err(NetError::Closed);
+        }
+        tokio::time::sleep_until(b.ready_at(now, n).into()).await;
+    }
+}
+
+fn update_lag(s: &Shared, samples: &mut VecDeque<(u64, u64, Instant)>, now: Instant) {
+    let applied = s.acked_applied.load(Ordering::Relaxed);
+    let mut acked_records = None;
+    while let Some(&(pos, records, _)) = samples.front() {
+        if pos <= applied {
+            acked_records = Some(records);
+            samples.pop_front();
+        } else {
+            break;
+        }
+    }
+    if let Some(r) = acked_records {
+        s.acked_records.fetch_max(r, Ordering::Relaxed);
+    }
+    if applied >= s.log.tail() {
+        s.acked_records.fetch_max(s.records_published.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    let lag = samples.front().map_or(0, |f| now.duration_since(f.2).as_millis() as u64);
+    s.lag_ms.store(lag, Ordering::Relaxed);
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
