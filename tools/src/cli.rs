@@ -85,9 +85,10 @@ impl NodeOpts {
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkloadOpts {
-    /// Records to publish.
-    #[arg(long, default_value_t = 0)]
-    pub records: u64,
+    /// Records to publish; a comma-separated list runs phases: after each phase the
+    /// master prints `PUBLISHED <tail>` and, before the next, waits for a line on stdin.
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    pub records: Vec<u64>,
     /// Index of the first record (continue a workload after a restart).
     #[arg(long, default_value_t = 0)]
     pub start_index: u64,
@@ -127,6 +128,9 @@ pub struct MasterArgs {
     /// After that, keep serving this long before exiting.
     #[arg(long, default_value_t = 0)]
     pub linger_ms: u64,
+    /// Fold old segments into a snapshot after each phase (retention, now rather than within a second).
+    #[arg(long)]
+    pub compact: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -143,6 +147,9 @@ pub struct SlaveArgs {
     /// Give up after this long (exit code 1).
     #[arg(long, default_value_t = 600_000)]
     pub timeout_ms: u64,
+    /// Print `PROGRESS <applied>` on stdout every this many milliseconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub progress_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -253,7 +260,21 @@ fn master(a: MasterArgs) -> Result<ExitCode, String> {
     let _ = std::io::stdout().flush();
     let t0 = Instant::now();
     let (full_waits, publish_secs, tail, synced) = with_stats("master", &node, a.node.stats_ms, || -> Result<_, String> {
-        let full_waits = publish_workload(&node, Some(&app), a.work.workload(), a.work.start_index, a.work.records, a.work.rate)?;
+        let mut full_waits = 0;
+        let mut index = a.work.start_index;
+        for (phase, &n) in a.work.records.iter().enumerate() {
+            if phase > 0 {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| format!("reading stdin between phases: {e}"))?;
+            }
+            full_waits += publish_workload(&node, Some(&app), a.work.workload(), index, n, a.work.rate)?;
+            index += n;
+            if a.compact {
+                node.compact().map_err(|e| e.to_string())?;
+            }
+            println!("PUBLISHED {}", node.stats().written);
+            let _ = std::io::stdout().flush();
+        }
         let publish_secs = t0.elapsed().as_secs_f64();
         let tail = node.stats().written;
         let mut synced = false;
@@ -276,7 +297,8 @@ fn master(a: MasterArgs) -> Result<ExitCode, String> {
     let s = node.stats();
     let st = app.0.lock().unwrap();
     let out = serde_json::json!({
-        "tail": tail, "records": a.work.records, "digest": st.digest(), "keys": st.map.len(),
+        "tail": tail, "records": a.work.records.iter().sum::<u64>(), "digest": st.digest(),
+        "catchup_rate": s.catchup_rate_bytes_per_s, "catchup_bytes": s.catchup_done_bytes, "first": s.first, "keys": st.map.len(),
         "acked_applied": s.acked_applied, "synced": synced, "full_waits": full_waits,
         "publish_secs": publish_secs, "records_applied_at_start": st.applied,
         "duplicates": st.duplicates, "gaps": st.gaps,
@@ -291,12 +313,30 @@ fn slave(a: SlaveArgs) -> Result<ExitCode, String> {
     let app = KvApp::new(cfg.segment_bytes);
     let node = Node::start(cfg, Role::Slave, app.clone()).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
+    // `UNTIL <pos>` on stdin sets (or replaces) the target position.
+    let target = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(a.until_pos.unwrap_or(u64::MAX)));
+    let t2 = target.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if let Some(p) = line.strip_prefix("UNTIL ").and_then(|p| p.trim().parse().ok()) {
+                t2.store(p, std::sync::atomic::Ordering::Release);
+            }
+        }
+    });
     let done = with_stats("slave", &node, a.node.stats_ms, || {
+        let mut next_progress = Instant::now();
         while Instant::now() < deadline {
-            if a.until_pos.is_some_and(|p| node.stats().applied >= p) {
+            let applied = node.stats().applied;
+            if applied >= target.load(std::sync::atomic::Ordering::Acquire) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if a.progress_ms > 0 && Instant::now() >= next_progress {
+                next_progress += Duration::from_millis(a.progress_ms);
+                println!("PROGRESS {applied}");
+                let _ = std::io::stdout().flush();
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
         false
     });
@@ -309,7 +349,7 @@ fn slave(a: SlaveArgs) -> Result<ExitCode, String> {
         "catchup_rate": s.catchup_rate_bytes_per_s, "timeout": !done,
     });
     println!("DONE {out}");
-    Ok(if done || a.until_pos.is_none() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if done { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Runs `f` while a scoped thread prints the node's stats and events to stderr every `ms` (0: never).

@@ -559,6 +559,12 @@ impl Node {
         }
     }
 
+    /// Applies retention now: folds segments beyond `retention_bytes_max` into a
+    /// snapshot and deletes them. Returns the new first position if it moved.
+    pub fn compact(&self) -> Result<Option<u64>, NodeError> {
+        Ok(self.shared.log.compact()?)
+    }
+
     /// Writes the log to disk now.
     pub fn flush(&self) -> Result<u64, NodeError> {
         Ok(self.shared.log.flush()?)
