@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what the build and tests need on a fresh machine of this project's
+# kind (Debian with the Rust toolchain). Idempotent; quiet when all is there.
+set -euo pipefail
+need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "setup: please install: ${need[*]}" >&2
+    exit 1
+  fi
+fi
