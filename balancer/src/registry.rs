@@ -1149,7 +1149,8 @@ impl Registry {
                     }
                     Status::Starting => match &p.spawned {
                         Some(s) if !s.reported => {
-                            if now_ms.saturating_sub(s.started_ms) > limits.spawn_report_timeout_ms {
+                            let waited_ms = now_ms.saturating_sub(s.started_ms);
+                            if waited_ms > limits.spawn_report_timeout_ms {
                                 to_remove.push((p.id.clone(), Event::SpawnTimedOut { id: p.id.clone(), pid: s.pid }));
                             }
                         }

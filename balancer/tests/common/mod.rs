@@ -103,10 +103,7 @@ impl Player {
     /// False when the server closed the connection (the player was kicked).
     pub fn connected(&self) -> bool {
         let mut b = [0u8; 1];
-        match self.stream.try_read(&mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 
