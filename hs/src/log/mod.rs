@@ -398,6 +398,16 @@ impl Log {
         Ok(())
     }
 
+    /// Makes sure a segment is open for appends, waiting for the preparer if needed
+    /// (a fresh or just-recovered log): the first `append` then cannot get `Full`.
+    pub fn ensure_writable(&self) -> Result<(), LogError> {
+        let mut a = self.app.lock();
+        if a.seg.as_ref().is_some_and(|s| a.tail < s.end()) {
+            return Ok(());
+        }
+        self.roll(&mut a, true)
+    }
+
     /// Durably records that this node has taken or seen `epoch`; new records carry it.
     /// Refuses to go backwards.
     pub fn set_epoch(&self, epoch: u32) -> Result<(), LogError> {

@@ -51,8 +51,11 @@ pub async fn run(s: Arc<Shared>, l: std::net::TcpListener) {
                     let s2 = s.clone();
                     let span = tracing::info_span!("slave_conn", id = conn_id, %addr);
                     current = Some(tokio::spawn(async move {
-                        let _guard = ConnectedGuard(s2.clone());
-                        match session(&s2, stream, addr).await {
+                        let guard = ConnectedGuard(s2.clone());
+                        let r = session(&s2, stream, addr).await;
+                        // Flags first, so whoever sees the event also sees them cleared.
+                        drop(guard);
+                        match r {
                             Ok(()) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "slave connection ended");
@@ -267,6 +270,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             continue;
         }
         let shutdown = s.shutdown_notify.notified();
+        if s.is_shutdown() {
+            return Ok(());
+        }
         tokio::select! {
             _ = s.data_notify.notified() => {}
             _ = tokio::time::sleep_until(next_tick.into()) => {}

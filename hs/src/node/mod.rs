@@ -101,7 +101,8 @@ pub struct Config {
     /// First and longest wait between a slave's reconnection attempts.
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
-    /// How long `publish` waits for log space before `Full`; 0 = fail at once.
+    /// How long `publish` waits for log space (the next segment being prepared)
+    /// before `Full`; 0 = fail at once. Only a publisher outrunning the disk waits.
     pub publish_timeout_ms: u64,
 }
 
@@ -123,7 +124,7 @@ impl Config {
             heartbeat_dead_ticks: 5,
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 1000,
-            publish_timeout_ms: 0,
+            publish_timeout_ms: 100,
         }
     }
 
@@ -354,8 +355,11 @@ impl Node {
         if recovery.truncated_at.is_some() {
             tracing::warn!(dir = %cfg.dir.display(), at = ?recovery.truncated_at, reason = ?recovery.reason, "log recovered with a cut");
         }
-        if role == Role::Master && log.meta().history == 0 {
-            log.start_history(crate::log::meta::new_history_id())?;
+        if role == Role::Master {
+            if log.meta().history == 0 {
+                log.start_history(crate::log::meta::new_history_id())?;
+            }
+            log.ensure_writable()?;
         }
         let shared = Arc::new(Shared {
             log: log.clone(),

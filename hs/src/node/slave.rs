@@ -56,7 +56,11 @@ pub async fn run(s: Arc<Shared>) {
                 s.reconnects.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // Created before the flag is checked, so a shutdown in between is not missed.
         let shutdown = s.shutdown_notify.notified();
+        if s.is_shutdown() {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown => return,
@@ -103,6 +107,9 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
         let msg = format!("master is at epoch {epoch}, this node has seen {}: refusing a stale master", meta.epoch);
         let _ = write_frame(&mut wr, &Frame::Error { code: code::FENCED, message: msg.clone() }).await;
         return Err(proto_err(msg).into());
+    }
+    if history == 0 {
+        return Err(proto_err("master sent no history id").into());
     }
     if segment_bytes % 4096 != 0 || segment_bytes == 0 {
         return Err(proto_err(format!("master's segment size {segment_bytes} is not a multiple of 4096")).into());

@@ -1,0 +1,241 @@
+//! Bad input from a peer gets a clear error, the connection is dropped, the log
+//! is untouched, and the slave reconnects and resumes. The peer here is a fake
+//! written against the wire format, on 127.0.0.1 with port 0.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hs::proto::frame::{Action, Frame};
+use hs::proto::record::{encode_into, encoded_len};
+use hs::{Apply, Config, Event, Node, Op, RecordRef, Role};
+
+const HISTORY: u128 = 0x5eed;
+const SEG: u64 = 1 << 20;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Default)]
+struct Count(Arc<Mutex<Vec<u64>>>);
+impl Apply for Count {
+    fn apply(&mut self, r: &RecordRef<'_>) {
+        self.0.lock().unwrap().push(r.pos);
+    }
+    fn reset(&mut self) {
+        self.0.lock().unwrap().clear();
+    }
+    fn restore(&mut self, _: &[u8], _: &[u8]) {}
+}
+
+fn records(pos: u64, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut p = pos;
+    for i in 0..n {
+        let v = vec![i as u8; 20];
+        let mut b = vec![0u8; encoded_len(3, v.len())];
+        encode_into(&mut b, p, 1, Op::Put, b"key", &v);
+        p += b.len() as u64;
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+fn send(s: &mut TcpStream, f: &Frame) {
+    let mut b = BytesMut::new();
+    f.encode(&mut b);
+    s.write_all(&b).unwrap();
+}
+
+/// Reads exactly one frame (header, then its payload), so nothing is read ahead and lost.
+fn recv(s: &mut TcpStream) -> Option<Frame> {
+    let mut hdr = [0u8; 12];
+    s.read_exact(&mut hdr).ok()?;
+    let len = u32::from_le_bytes(hdr[0..4].try_into().unwrap()) as usize;
+    let mut buf = BytesMut::from(&hdr[..]);
+    buf.resize(12 + len, 0);
+    s.read_exact(&mut buf[12..]).ok()?;
+    Some(Frame::decode(&mut buf, 1 << 20).unwrap().expect("a whole frame"))
+}
+
+/// Accepts the slave, checks its Hello says `tail`, welcomes it to continue there.
+fn accept(l: &TcpListener, tail: u64, history: u128) -> TcpStream {
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    match recv(&mut s) {
+        Some(Frame::Hello { tail: t, history: h, .. }) => {
+            assert_eq!(t, tail, "slave did not resume from its own tail");
+            assert!(h == history || (h == 0 && tail == 0));
+        }
+        other => panic!("expected Hello, got {other:?}"),
+    }
+    send(&mut s, &Frame::Welcome { history, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0 });
+    s
+}
+
+/// Reads until the slave closes the connection; returns whether it did in time.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let t0 = Instant::now();
+    let mut tmp = [0u8; 4096];
+    while t0.elapsed() < DEADLINE {
+        match s.read(&mut tmp) {
+            Ok(0) => return true,
+            Ok(_) => continue, // acks
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn wait_rejection(node: &Node) -> String {
+    let t0 = Instant::now();
+    while t0.elapsed() < DEADLINE {
+        if let Some(Event::FrameRejected { reason }) = node.next_event(Duration::from_millis(50)) {
+            return reason;
+        }
+    }
+    panic!("no FrameRejected event");
+}
+
+#[test]
+fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.master = Some(l.local_addr().unwrap());
+    cfg.segment_bytes = SEG;
+    cfg.record_bytes_max = 4096;
+    cfg.batch_bytes_max = 8192;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 20;
+    let app = Count::default();
+    let node = Node::start(cfg, Role::Slave, app.clone()).unwrap();
+
+    // A good start: 5 records.
+    let mut s = accept(&l, 0, HISTORY);
+    let good = records(0, 5);
+    let tail = good.len() as u64;
+    send(&mut s, &Frame::Data { pos: 0, epoch: 1, tail, records: good.clone().into() });
+    let t0 = Instant::now();
+    while node.stats().applied < tail {
+        assert!(t0.elapsed() < DEADLINE, "good records never applied");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let applied_before = app.0.lock().unwrap().clone();
+    assert_eq!(applied_before.len(), 5);
+
+    let mut bad_crc = records(tail, 2);
+    bad_crc[30] ^= 1;
+    let mut oversized_record = records(tail, 1);
+    oversized_record[0..4].copy_from_slice(&5000u32.to_le_bytes());
+    let mut unknown_kind = BytesMut::new();
+    Frame::Heartbeat { epoch: 1, tail, flushed: 0 }.encode(&mut unknown_kind);
+    unknown_kind[4] = 42;
+    let mut short_data = BytesMut::new();
+    Frame::Data { pos: tail, epoch: 1, tail, records: Default::default() }.encode(&mut short_data);
+    // Claim 4 payload bytes and fix nothing else: a Data payload needs 24.
+    short_data.truncate(12 + 4);
+    short_data[0..4].copy_from_slice(&4u32.to_le_bytes());
+    let crc = crc32fast::hash(&short_data[12..16]);
+    short_data[8..12].copy_from_slice(&crc.to_le_bytes());
+    let mut too_large = BytesMut::new();
+    too_large.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
+    too_large.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    let frame = |f: Frame| {
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        b.to_vec()
+    };
+    // (what is sent, what the reason must mention, close the connection right after?)
+    let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
+        ("bad record CRC", frame(Frame::Data { pos: tail, epoch: 1, tail: tail + 200, records: bad_crc.into() }), "CRC", false),
+        ("record over the size limit", frame(Frame::Data { pos: tail, epoch: 1, tail: tail + 200, records: oversized_record.into() }), "impossible length", false),
+        ("unknown message type", unknown_kind.to_vec(), "unknown", false),
+        ("malformed frame", short_data.to_vec(), "malformed", false),
+        ("frame over the size limit", too_large.to_vec(), "exceeds the limit", false),
+        ("truncated frame", frame(Frame::Data { pos: tail, epoch: 1, tail: tail + 200, records: records(tail, 2).into() })[..40].to_vec(), "inside a frame", true),
+        ("data at the wrong position", frame(Frame::Data { pos: tail + 64, epoch: 1, tail: tail + 200, records: records(tail + 64, 1).into() }), "expected data at position", false),
+        ("data of another epoch", frame(Frame::Data { pos: tail, epoch: 7, tail: tail + 200, records: records(tail, 1).into() }), "epoch", false),
+    ];
+    for (what, bytes, needle, close) in cases {
+        s.write_all(&bytes).unwrap();
+        if close {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        assert!(closed_by_peer(&mut s), "{what}: slave kept the connection");
+        let reason = wait_rejection(&node);
+        assert!(reason.contains(needle), "{what}: reason {reason:?} does not mention {needle:?}");
+        assert_eq!(node.stats().written, tail, "{what}: the log changed");
+        assert_eq!(*app.0.lock().unwrap(), applied_before, "{what}: something was applied");
+        // The slave comes back, from its own tail.
+        s = accept(&l, tail, node.stats().history);
+    }
+
+    // A master of another history that pretends to continue is refused too.
+    drop(s);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert!(matches!(recv(&mut s), Some(Frame::Hello { .. })));
+    send(&mut s, &Frame::Welcome { history: HISTORY + 1, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0 });
+    assert!(closed_by_peer(&mut s), "slave followed a master of another history");
+    assert!(wait_rejection(&node).contains("history"));
+    assert_eq!(node.stats().written, tail);
+
+    // And after all that, good data still flows from where it stopped.
+    let mut s = accept(&l, tail, node.stats().history);
+    let more = records(tail, 3);
+    let t2 = tail + more.len() as u64;
+    send(&mut s, &Frame::Data { pos: tail, epoch: 1, tail: t2, records: more.into() });
+    let t0 = Instant::now();
+    while node.stats().applied < t2 {
+        assert!(t0.elapsed() < DEADLINE, "good records after bad ones never applied");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(app.0.lock().unwrap().len(), 8);
+}
+
+#[test]
+fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.segment_bytes = SEG;
+    cfg.record_bytes_max = 4096;
+    let node = Node::start(cfg, Role::Master, Count::default()).unwrap();
+    let addr = node.local_addr().unwrap();
+    for i in 0..10u32 {
+        node.put(&i.to_le_bytes(), b"v").unwrap();
+    }
+    // Not an hs peer at all.
+    let mut g = TcpStream::connect(addr).unwrap();
+    g.set_read_timeout(Some(DEADLINE)).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_by_peer(&mut g), "master kept a garbage connection");
+    let reason = wait_rejection(&node);
+    assert!(reason.contains("exceeds the limit") || reason.contains("unknown"), "{reason}");
+    // A Hello with the wrong magic.
+    let mut g = TcpStream::connect(addr).unwrap();
+    g.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut b = BytesMut::new();
+    Frame::Hello { node: 1, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2 }.encode(&mut b);
+    b[12] ^= 0xff;
+    let crc = crc32fast::hash(&b[12..]);
+    b[8..12].copy_from_slice(&crc.to_le_bytes());
+    g.write_all(&b).unwrap();
+    assert!(closed_by_peer(&mut g));
+    assert!(wait_rejection(&node).contains("not an hs node"));
+    // A well-behaved slave is still served from position 0.
+    let mut ok = TcpStream::connect(addr).unwrap();
+    ok.set_read_timeout(Some(DEADLINE)).unwrap();
+    send(&mut ok, &Frame::Hello { node: 2, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2 });
+    match recv(&mut ok) {
+        Some(Frame::Welcome { action: Action::Continue, start: 0, .. }) => {}
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    match recv(&mut ok) {
+        Some(Frame::Data { pos: 0, records, .. }) => assert!(!records.is_empty()),
+        other => panic!("expected Data, got {other:?}"),
+    }
+    assert_eq!(node.stats().records_published, 10);
+}
