@@ -287,6 +287,14 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let c: Config = toml::from_str(include_str!("../balancer.example.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, Config { zones: c.zones.clone(), ..Config::default() }, "the example shows the defaults");
+        assert_eq!(c.zones.len(), 2);
+    }
+
+    #[test]
     fn refuses_bad_values() {
         let base = r#"
             [[zones]]

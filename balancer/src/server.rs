@@ -29,7 +29,7 @@ pub const PICK_ATTEMPTS_MAX: usize = 16;
 pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
 
 /// Receives every op the registry accepted, in order, with the registry lock
-/// held. This is where hs plugs in: the master publishes `op.encode()`, and
+/// held (except ticks that changed nothing). This is where hs plugs in: the master publishes `op.encode()`, and
 /// a standby feeds decoded ops to [`Balancer::apply_replicated`].
 ///
 /// Called on the request path: it must not block (hs queues without
@@ -178,7 +178,11 @@ impl Balancer {
         let out = {
             let mut registry = self.registry.lock();
             let out = registry.apply(&op)?;
-            self.sink.applied(&op);
+            // A tick without events changed nothing (tested in the registry):
+            // skipping it keeps ten no-op records a second out of the stream.
+            if !(matches!(op, RegistryOp::Tick { .. }) && out.events.is_empty()) {
+                self.sink.applied(&op);
+            }
             out
         };
         self.after(&out);

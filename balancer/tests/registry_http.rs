@@ -161,3 +161,49 @@ async fn drain_gets_no_picks_reports_empty_and_kicks_nobody() {
     assert_eq!(v.status, 101);
     b.shutdown().await;
 }
+
+/// Records encoded ops, as the hs publisher will.
+#[derive(Default)]
+struct RecordingSink {
+    ops: parking_lot::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Ops the recording keeps at most; a run here makes a few hundred.
+const RECORDED_OPS_MAX: usize = 100_000;
+
+impl balancer::server::OpSink for RecordingSink {
+    fn applied(&self, op: &balancer::registry::RegistryOp) {
+        let mut ops = self.ops.lock();
+        assert!(ops.len() < RECORDED_OPS_MAX, "recording sink overflow");
+        ops.push(op.encode());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_published_ops_rebuilds_the_same_registry() {
+    let cfg = config(zone(3, None));
+    let sink = std::sync::Arc::new(RecordingSink::default());
+    let b = balancer::server::start(cfg.clone(), sink.clone()).await.unwrap();
+    let mut c = client(&b);
+    let a = fake(&b, "a", 0).await;
+    let _b2 = fake(&b, "b", 0).await;
+    eventually!("both running", 3_000, zone_view(&mut c).await.processes.iter().filter(|p| p.status == 101).count() == 2);
+    let _player = Player::join(a.addr()).await.unwrap();
+    for _ in 0..4 {
+        c.pick(ZONE).await.unwrap();
+    }
+    c.drain("b").await.unwrap();
+    a.kill();
+    eventually!("a stopped", 3_000, status_of(&mut c, "a").await == Some(105));
+    let master = b.balancer().clone();
+    b.shutdown().await;
+
+    let mut standby = balancer::registry::Registry::new(cfg.zone_specs(), cfg.limits());
+    let ops = sink.ops.lock().clone();
+    assert!(ops.len() > 10, "ops were published: {}", ops.len());
+    for bytes in &ops {
+        let op = balancer::registry::RegistryOp::decode(bytes).unwrap();
+        standby.apply(&op).unwrap();
+    }
+    master.read(|m| assert_eq!(m, &standby, "standby diverged from master"));
+}

@@ -387,3 +387,26 @@ fn validate_accepts_seed_example_and_refuses_absurd_values() {
         assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
     }
 }
+
+#[test]
+fn a_tick_without_events_changes_nothing() {
+    let mut r = registry(10);
+    push(&mut r, 0, report("a", 1, 0, 0));
+    pick(&mut r, 0).unwrap();
+    r.apply(&RegistryOp::Drain { now_ms: 0, id: "a".into() }).unwrap();
+    r.apply(&RegistryOp::SpawnStarted { now_ms: 0, zone: Z, port: 7000, pid: 1 }).unwrap();
+    let mut now = 0;
+    let mut quiet = 0;
+    // Walk time past every timer; whenever a tick reports nothing, the state
+    // must be exactly as before it.
+    while now < 400_000 {
+        let before = r.clone();
+        let out = r.apply(&RegistryOp::Tick { now_ms: now }).unwrap();
+        if out.events.is_empty() {
+            quiet += 1;
+            assert_eq!(r, before, "silent tick at {now} changed the registry");
+        }
+        now += 250;
+    }
+    assert!(quiet > 100 && r.is_empty(), "timers all fired: {r:?}");
+}
