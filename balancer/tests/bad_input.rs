@@ -122,7 +122,9 @@ async fn pushes_and_drains_need_the_secret_when_configured() {
     let mut cfg = config(zone(1000, None));
     cfg.secret = Some("s3cret".into());
     let b = balancer(cfg).await;
-    let body = serde_json::to_vec(&good_push(4000)).unwrap();
+    // A real listener, so the prober keeps the process running while we drain it.
+    let game = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let body = serde_json::to_vec(&good_push(game.local_addr().unwrap().port())).unwrap();
     let mut anonymous = client(&b);
     expect_error(&mut anonymous, "POST", "/v1/status", Some(&body), 401, "unauthorized").await;
     let mut wrong = client(&b).with_secret(Some("s3creT".into()));
