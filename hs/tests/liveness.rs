@@ -25,7 +25,7 @@ fn send(s: &mut TcpStream, f: &Frame) {
 
 fn slave_node(dir: &std::path::Path, master: std::net::SocketAddr, hb_ms: u64, ticks: u32) -> Node {
     let mut cfg = Config::new(dir);
-    cfg.master = Some(master);
+    cfg.peer = Some(master);
     cfg.segment_bytes = 1 << 20;
     cfg.record_bytes_max = 4096;
     cfg.heartbeat_interval_ms = hb_ms;

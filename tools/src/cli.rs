@@ -309,7 +309,7 @@ fn master(a: MasterArgs) -> Result<ExitCode, String> {
 
 fn slave(a: SlaveArgs) -> Result<ExitCode, String> {
     let mut cfg = a.node.config(a.dir.clone())?;
-    cfg.master = Some(a.master);
+    cfg.peer = Some(a.master);
     let app = KvApp::new(cfg.segment_bytes);
     let node = Node::start(cfg, Role::Slave, app.clone()).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
@@ -401,7 +401,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         t0.elapsed().as_secs_f64()
     );
     let mut sc = mk("slave");
-    sc.master = Some(addr);
+    sc.peer = Some(addr);
     let sapp = KvApp::new(sc.segment_bytes);
     let slave = Node::start(sc, Role::Slave, sapp.clone()).map_err(|e| e.to_string())?;
     println!("slave started late; catching up at most {:.0} MB/s", a.catchup_rate as f64 / 1e6);

@@ -79,6 +79,8 @@ pub enum LogError {
     EpochBackwards { pos: u64, last: u32, found: u32 },
     #[error("log has no history yet; it gets one when it becomes master or follows one")]
     NoHistory,
+    #[error("this node is not taking writes (not master, or handing over)")]
+    Sealed,
     #[error("log directory {dir} is inconsistent: {what}; move it away to resync this node from its peer")]
     Inconsistent { dir: PathBuf, what: String },
 }
@@ -114,6 +116,8 @@ struct Appender {
     epochs: Epochs,
     failed: Option<String>,
     meta: Meta,
+    /// Refuse `append` (not replication): this node is not taking writes.
+    sealed: bool,
 }
 
 /// A chunk of committed log bytes inside one segment.
@@ -322,7 +326,7 @@ impl Log {
         let cur = segs.back().filter(|s| tail < s.end()).cloned();
         let next_base = cur.as_ref().map_or(tail, |s| s.end());
         let log = Arc::new(Log {
-            app: Mutex::new(Appender { seg: cur, tail, epoch: meta.epoch, epochs, failed: None, meta }),
+            app: Mutex::new(Appender { seg: cur, tail, epoch: meta.epoch, epochs, failed: None, meta, sealed: false }),
             committed: AtomicU64::new(tail),
             flushed: AtomicU64::new(tail),
             first: AtomicU64::new(first),
@@ -408,6 +412,12 @@ impl Log {
         self.roll(&mut a, true)
     }
 
+    /// Seals (or unseals) the log against `append`. Once `seal(true)` returns, no
+    /// append can land: it is checked under the same lock appends take.
+    pub fn seal(&self, sealed: bool) {
+        self.app.lock().sealed = sealed;
+    }
+
     /// Durably records that this node has taken or seen `epoch`; new records carry it.
     /// Refuses to go backwards.
     pub fn set_epoch(&self, epoch: u32) -> Result<(), LogError> {
@@ -438,6 +448,9 @@ impl Log {
         let mut a = self.app.lock();
         if let Some(f) = &a.failed {
             return Err(LogError::PreviousIo(f.clone()));
+        }
+        if a.sealed {
+            return Err(LogError::Sealed);
         }
         let pos = a.tail;
         let fits = a.seg.as_ref().is_some_and(|s| pos + size <= s.end());

@@ -11,8 +11,9 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::net::{write_data, write_frame, FrameReader, NetError};
-use super::{Event, Shared};
+use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
+use crate::proto::election::lease_ms;
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 use crate::proto::ratelimit::TokenBucket;
@@ -22,20 +23,27 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lag samples kept (one per millisecond at most): covers at least 4 s of lag.
 const LAG_SAMPLES_MAX: usize = 4096;
 
-pub async fn run(s: Arc<Shared>, l: std::net::TcpListener) {
-    let listener = match tokio::net::TcpListener::from_std(l) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot use the replication listener");
-            return;
-        }
-    };
+/// Serves as master until shutdown or a step-down (fenced, lease lost, handed over).
+pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outcome {
+    let epoch = s.log.meta().epoch;
+    *s.master_addr.lock() = *s.local_addr.lock();
+    let mut helpers = Vec::new();
+    if let Some(w) = s.cfg.witness {
+        helpers.push(AbortOnDrop(tokio::spawn(renew_with_witness(s.clone(), w, epoch))));
+    }
+    if s.lease_required {
+        helpers.push(AbortOnDrop(tokio::spawn(watch_lease(s.clone()))));
+    }
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     let mut conn_id = 0u64;
-    loop {
+    let out = loop {
         let shutdown = s.shutdown_notify.notified();
+        let step_down = s.step_down_notify.notified();
         if s.is_shutdown() {
-            break;
+            break Outcome::Shutdown;
+        }
+        if let Some(why) = s.step_down.lock().take() {
+            break Outcome::SteppedDown(why);
         }
         tokio::select! {
             r = listener.accept() => match r {
@@ -73,12 +81,61 @@ pub async fn run(s: Arc<Shared>, l: std::net::TcpListener) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
-            _ = shutdown => break,
+            _ = step_down => {}
+            _ = shutdown => break Outcome::Shutdown,
         }
-    }
+    };
+    s.writable.store(false, Ordering::Release);
     if let Some(old) = current.take() {
         old.abort();
         let _ = old.await;
+    }
+    drop(helpers);
+    out
+}
+
+/// Renews the lease with the witness every heartbeat tick; a refusal naming a
+/// newer epoch means another node is master: step down.
+async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
+    let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    let lease = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+    loop {
+        let sent = s.now_ns();
+        let req = crate::proto::witness::Request::Renew { pair: s.cfg.pair_id, node: s.cfg.node_id, epoch };
+        match super::witness::ask(w, req, hb).await {
+            Some(r) if r.granted => s.renew_lease(sent + lease),
+            Some(r) if r.epoch > epoch => {
+                s.request_step_down(format!("the witness holds epoch {} (node {}): this master is stale", r.epoch, r.holder));
+                return;
+            }
+            Some(r) => tracing::warn!(epoch = r.epoch, holder = r.holder, "witness refused the lease renewal"),
+            None => tracing::debug!("witness unreachable"),
+        }
+        tokio::time::sleep(hb).await;
+    }
+}
+
+/// Keeps `writable` in step with the lease. A master whose lease ran out steps
+/// down: by then its slave may have been promoted.
+async fn watch_lease(s: Arc<Shared>) {
+    // A fresh master gets one lease period to hear from its slave or the witness.
+    let grace = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+    s.renew_lease(s.now_ns() + grace);
+    loop {
+        let until = s.lease_until_ns.load(Ordering::Acquire);
+        let now = s.now_ns();
+        if now >= until {
+            s.request_step_down("lease expired: neither the slave nor the witness confirmed this master in time".into());
+            return;
+        }
+        let renewed = s.lease_notify.notified();
+        if !s.demoting.load(Ordering::Acquire) {
+            s.writable.store(true, Ordering::Release);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_nanos(until - now)) => {}
+            _ = renewed => {}
+        }
     }
 }
 
@@ -120,8 +177,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let mut bucket = (rate > 0).then(|| TokenBucket::new(start_t, rate, burst));
     let start = match decision {
         Decision::Fenced { slave_epoch } => {
-            let msg = format!("slave has seen epoch {slave_epoch}, this master is at {}: it is stale", meta.epoch);
+            let msg = format!("peer has seen epoch {slave_epoch}, this master is at {}: it is stale", meta.epoch);
             let _ = write_frame(&mut wr, &Frame::Error { code: code::FENCED, message: msg.clone() }).await;
+            s.request_step_down(msg.clone());
             return Err(NetError::Protocol(msg));
         }
         Decision::Continue { from } => {
@@ -157,6 +215,8 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     s.slave_connected.store(true, Ordering::Release);
     s.emit(Event::SlaveConnected { node, addr, from: start });
 
+    let epoch = meta.epoch;
+    let lease_ns = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
     // The slave's acknowledgements arrive on their own task.
     let seen = Arc::new(AtomicU64::new(0));
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<NetError>();
@@ -165,8 +225,14 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let ack_task = tokio::spawn(async move {
         let err = loop {
             match reader.next().await {
-                Ok(Frame::Ack { received, flushed, applied, .. }) => {
+                Ok(Frame::Ack { received, flushed, applied, echo_ns, epoch: e }) => {
                     seen2.fetch_add(1, Ordering::Relaxed);
+                    if e != epoch {
+                        break NetError::Protocol(format!("ack of epoch {e} in a session of epoch {epoch}"));
+                    }
+                    if s_ack.lease_required && echo_ns > 0 {
+                        s_ack.renew_lease(echo_ns + lease_ns);
+                    }
                     let tail = s_ack.log.tail();
                     if received > tail || applied > received || flushed > received {
                         break NetError::Protocol(format!("ack beyond what was written: received {received} flushed {flushed} applied {applied} tail {tail}"));
@@ -190,7 +256,6 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let mut liveness = Liveness::new(s.cfg.heartbeat_dead_ticks);
     let mut seen_last = 0u64;
     let mut sent = start;
-    let mut sent_at_tick = sent;
     s.sent.store(sent, Ordering::Release);
     let catchup_total = log.tail().saturating_sub(start);
     s.catchup_total.store(catchup_total, Ordering::Relaxed);
@@ -198,7 +263,6 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let mut live = false;
     s.catching_up.store(true, Ordering::Relaxed);
     let mut samples: VecDeque<(u64, u64, Instant)> = VecDeque::new();
-    let epoch = meta.epoch;
     let batch = s.cfg.batch_bytes_max;
 
     loop {
@@ -216,10 +280,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             if liveness.on_tick() == Tick::Dead {
                 return Err(NetError::Protocol(format!("slave silent for {} heartbeat ticks", s.cfg.heartbeat_dead_ticks)));
             }
-            if sent == sent_at_tick {
-                write_frame(&mut wr, &Frame::Heartbeat { epoch, tail: log.tail(), flushed: log.flushed() }).await?;
-            }
-            sent_at_tick = sent;
+            // Every tick, even while streaming: the slave echoes `sent_ns` in its
+            // acks, which is what renews the lease.
+            write_frame(&mut wr, &Frame::Heartbeat { epoch, tail: log.tail(), flushed: log.flushed(), sent_ns: s.now_ns() }).await?;
             update_lag(s, &mut samples, now);
         }
         if let Ok(e) = closed_rx.try_recv() {
@@ -257,6 +320,15 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             }
             continue;
         }
+        if s.handover.load(Ordering::Acquire) && s.acked_applied.load(Ordering::Acquire) >= sent && sent == log.tail() {
+            // Planned switchover: writes are stopped and the slave has applied
+            // everything. It takes over; this node steps down and will follow it.
+            write_frame(&mut wr, &Frame::Handover { epoch, tail: sent }).await?;
+            tracing::info!(pos = sent, "handed over to the slave");
+            s.handover.store(false, Ordering::Release);
+            s.request_step_down(format!("planned switchover at {sent}"));
+            return Ok(());
+        }
         if !live {
             live = true;
             s.catching_up.store(false, Ordering::Relaxed);
@@ -273,8 +345,11 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
         if s.is_shutdown() {
             return Ok(());
         }
+        // While a handover waits for acks, poll them every millisecond.
+        let handover_poll = if s.handover.load(Ordering::Acquire) { Duration::from_millis(1) } else { Duration::from_secs(3600) };
         tokio::select! {
             _ = s.data_notify.notified() => {}
+            _ = tokio::time::sleep(handover_poll) => {}
             _ = tokio::time::sleep_until(next_tick.into()) => {}
             r = &mut closed_rx => {
                 s.sender_parked.store(false, Ordering::SeqCst);

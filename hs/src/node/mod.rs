@@ -11,6 +11,7 @@
 mod master;
 mod net;
 mod slave;
+pub mod witness;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -52,27 +53,41 @@ pub enum FlushPolicy {
     EveryBatch,
 }
 
-/// What this node is.
+/// What this node is. Passed to [`Node::start`], it is the preferred role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Accepts writes and streams them to its slave.
     Master,
+    /// Follows a master.
     Slave,
+    /// Starting, or just stepped down: finding out who the master is.
+    Candidate,
 }
 
 impl Role {
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             Role::Master => 1,
             Role::Slave => 2,
+            Role::Candidate => 3,
         }
     }
-    fn from_u8(v: u8) -> Role {
-        if v == 1 {
-            Role::Master
-        } else {
-            Role::Slave
+    pub(crate) fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Master,
+            2 => Role::Slave,
+            _ => Role::Candidate,
         }
     }
+}
+
+/// What the master does when the slave lags more than `lag_bytes_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagPolicy {
+    /// `publish` waits (up to `publish_timeout_ms`) for the slave to catch up.
+    Wait,
+    /// `publish` fails at once with `LagExceeded`.
+    Refuse,
 }
 
 /// Everything a node needs. Limits carry their unit in their name.
@@ -80,12 +95,28 @@ impl Role {
 pub struct Config {
     /// Where the log, snapshots and meta file live. One node per directory.
     pub dir: PathBuf,
-    /// This node's id, sent in Hello (for logs and the master's bookkeeping).
+    /// This node's id: in Hello, in the witness's records, and the last tie-break
+    /// of start-up settlement. Random by default; give it a stable value to read logs.
     pub node_id: u64,
-    /// Master: address to accept the slave on (port 0 picks one; see [`Node::local_addr`]).
+    /// Address this node accepts its peer on when it is master (port 0 picks one;
+    /// see [`Node::local_addr`]). A node without one can never become master.
     pub listen: Option<SocketAddr>,
-    /// Slave: the master's address.
-    pub master: Option<SocketAddr>,
+    /// The other node of the pair (its `listen` address): followed when it is
+    /// master, contacted at start-up to settle who is. None: a lone master.
+    pub peer: Option<SocketAddr>,
+    /// A witness shared by pairs (`hs-witness`, or the balancer): it must agree to
+    /// a promotion on silence, and renews the master's lease.
+    pub witness: Option<SocketAddr>,
+    /// Identifies this pair at the witness; both nodes of a pair use the same.
+    pub pair_id: u64,
+    /// Accept the risk of two masters: without a witness, a slave promotes when its
+    /// master goes silent, and a preferred master starts alone when its peer cannot
+    /// be reached. Off by default: silence alone never makes a second master.
+    pub accept_split_risk: bool,
+    /// Most bytes the slave may lag behind (not yet received) while connected; past
+    /// it `lag_policy` applies. 0: no limit. Bounds what async writes can lose.
+    pub lag_bytes_max: u64,
+    pub lag_policy: LagPolicy,
     pub segment_bytes: u64,
     pub record_bytes_max: usize,
     pub retention_bytes_max: u64,
@@ -111,9 +142,14 @@ impl Config {
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
-            node_id: std::process::id() as u64,
+            node_id: crate::log::meta::new_history_id() as u64,
             listen: None,
-            master: None,
+            peer: None,
+            witness: None,
+            pair_id: 1,
+            accept_split_risk: false,
+            lag_bytes_max: 0,
+            lag_policy: LagPolicy::Wait,
             segment_bytes: 64 << 20,
             record_bytes_max: 1 << 20,
             retention_bytes_max: 4 << 30,
@@ -158,7 +194,8 @@ impl Config {
         }
         match role {
             Role::Master if self.listen.is_none() => bad("a master needs `listen` (an address for its slave)"),
-            Role::Slave if self.master.is_none() => bad("a slave needs `master` (its master's address)"),
+            Role::Slave | Role::Candidate if self.peer.is_none() => bad("a slave needs `peer` (its master's address)"),
+            _ if self.witness.is_some() && self.listen.is_none() => bad("a witness only makes sense for a node that can become master (set `listen`)"),
             _ => Ok(()),
         }
     }
@@ -171,6 +208,10 @@ pub enum NodeError {
     Log(#[from] LogError),
     #[error("this node is not the master{}", .master.map(|m| format!("; the master is at {m}")).unwrap_or_default())]
     NotMaster { master: Option<SocketAddr> },
+    #[error("the slave lags {lag} bytes behind, over lag_bytes_max ({max}); retry when it has caught up")]
+    LagExceeded { lag: u64, max: u64 },
+    #[error("no slave is connected: nothing to hand over to")]
+    NoStandby,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("invalid configuration: {0}")]
@@ -212,6 +253,10 @@ pub enum Event {
     Resynced { pos: u64, keys: u64 },
     /// A frame from the peer was refused; the connection was dropped.
     FrameRejected { reason: String },
+    /// This node's role changed (promotion, step-down, switchover).
+    RoleChanged { role: Role, epoch: u32, reason: String },
+    /// The slave's lag went over `lag_bytes_max`.
+    LagOverLimit { lag: u64 },
 }
 
 /// A consistent-enough snapshot of the node's counters.
@@ -296,9 +341,64 @@ pub(crate) struct Shared {
     pub ack_lock: Mutex<()>,
     pub ack_cv: Condvar,
     pub local_addr: Mutex<Option<SocketAddr>>,
+    /// `publish` is allowed: master, lease valid (if one is required), not handing over.
+    pub writable: AtomicBool,
+    /// A witness is configured and the split risk is not accepted: writes need a lease.
+    pub lease_required: bool,
+    /// The lease runs until this point of `clock` (nanoseconds).
+    pub lease_until_ns: AtomicU64,
+    pub lease_notify: tokio::sync::Notify,
+    /// Origin of the monotonic nanosecond timestamps in heartbeats and leases.
+    pub clock: Instant,
+    /// Preferred role given to `start`.
+    pub prefer_master: bool,
+    /// A planned switchover is in progress (the master stopped taking writes).
+    pub demoting: AtomicBool,
+    /// Ask the master's session to send Handover once the slave has applied everything.
+    pub handover: AtomicBool,
+    /// Set by anything that makes the master step down; `master::run` returns.
+    pub step_down: Mutex<Option<String>>,
+    pub step_down_notify: tokio::sync::Notify,
+    /// Where the master is, as far as this node knows (for `NotMaster`).
+    pub master_addr: Mutex<Option<SocketAddr>>,
 }
 
 impl Shared {
+    /// Monotonic nanoseconds since this node started.
+    pub fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Extends the lease to `until_ns` (never shortens it).
+    pub fn renew_lease(&self, until_ns: u64) {
+        if self.lease_until_ns.fetch_max(until_ns, Ordering::AcqRel) < until_ns {
+            self.lease_notify.notify_one();
+        }
+    }
+
+    /// Records a role change: role, writability, the event and a log line.
+    pub fn set_role(&self, role: Role, reason: &str) {
+        let old = Role::from_u8(self.role.swap(role.to_u8(), Ordering::AcqRel));
+        let epoch = self.log.meta().epoch;
+        let writable = role == Role::Master && !self.lease_required && !self.demoting.load(Ordering::Acquire);
+        self.log.seal(role != Role::Master);
+        self.writable.store(writable, Ordering::Release);
+        if old != role {
+            tracing::info!(?old, new = ?role, epoch, reason, "role changed");
+            self.emit(Event::RoleChanged { role, epoch, reason: reason.to_string() });
+        }
+    }
+
+    /// Asks the master loop to step down (to candidate) for `reason`.
+    pub fn request_step_down(&self, reason: String) {
+        let mut g = self.step_down.lock();
+        if g.is_none() {
+            *g = Some(reason);
+        }
+        self.writable.store(false, Ordering::Release);
+        self.step_down_notify.notify_one();
+    }
+
     pub fn emit(&self, e: Event) {
         tracing::debug!(event = ?e, "event");
         let mut q = self.events.lock();
@@ -355,11 +455,8 @@ impl Node {
         if recovery.truncated_at.is_some() {
             tracing::warn!(dir = %cfg.dir.display(), at = ?recovery.truncated_at, reason = ?recovery.reason, "log recovered with a cut");
         }
-        if role == Role::Master {
-            if log.meta().history == 0 {
-                log.start_history(crate::log::meta::new_history_id())?;
-            }
-            log.ensure_writable()?;
+        if cfg.peer.is_none() && log.meta().history == 0 {
+            log.start_history(crate::log::meta::new_history_id())?;
         }
         let shared = Arc::new(Shared {
             log: log.clone(),
@@ -392,6 +489,17 @@ impl Node {
             ack_lock: Mutex::new(()),
             ack_cv: Condvar::new(),
             local_addr: Mutex::new(None),
+            writable: AtomicBool::new(false),
+            lease_required: cfg.witness.is_some() && !cfg.accept_split_risk,
+            lease_until_ns: AtomicU64::new(0),
+            lease_notify: tokio::sync::Notify::new(),
+            clock: Instant::now(),
+            prefer_master: role == Role::Master,
+            demoting: AtomicBool::new(false),
+            handover: AtomicBool::new(false),
+            step_down: Mutex::new(None),
+            step_down_notify: tokio::sync::Notify::new(),
+            master_addr: Mutex::new(None),
             cfg,
         });
         let replayed = shared.replay()?;
@@ -399,15 +507,21 @@ impl Node {
         tracing::info!(dir = %shared.cfg.dir.display(), ?role, first = recovery.first, tail = recovery.tail, replayed, "node started");
 
         // The listener is bound here so the caller learns the port (and a bind error) at once.
-        let listener = match role {
-            Role::Master => {
-                let l = std::net::TcpListener::bind(shared.cfg.listen.unwrap()).map_err(|source| NodeError::Io { op: "bind the replication listener", source })?;
+        let listener = match shared.cfg.listen {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::Io { op: "bind the replication listener", source })?;
                 l.set_nonblocking(true).map_err(|source| NodeError::Io { op: "set nonblocking", source })?;
                 *shared.local_addr.lock() = l.local_addr().ok();
                 Some(l)
             }
-            Role::Slave => None,
+            None => None,
         };
+        // A lone master serves at once; a node with a peer first finds out who is master.
+        let first_role = if shared.cfg.peer.is_none() { Role::Master } else { Role::Candidate };
+        if first_role == Role::Master {
+            log.ensure_writable()?;
+        }
+        shared.set_role(first_role, "started");
         let s2 = shared.clone();
         let io = std::thread::Builder::new()
             .name("hs-io".into())
@@ -419,12 +533,7 @@ impl Node {
                         return;
                     }
                 };
-                rt.block_on(async move {
-                    match listener {
-                        Some(l) => master::run(s2, l).await,
-                        None => slave::run(s2).await,
-                    }
-                });
+                rt.block_on(run_roles(s2, listener, first_role));
             })
             .map_err(|source| NodeError::Io { op: "spawn hs-io thread", source })?;
         let s3 = shared.clone();
@@ -444,13 +553,21 @@ impl Node {
     #[inline]
     pub fn publish(&self, key: &[u8], op: Op, value: &[u8]) -> Result<u64, NodeError> {
         let s = &*self.shared;
-        if s.role.load(Ordering::Relaxed) != Role::Master.to_u8() {
-            return Err(NodeError::NotMaster { master: s.cfg.master });
+        if !s.writable.load(Ordering::Acquire) {
+            return Err(NodeError::NotMaster { master: self.master_addr() });
         }
-        let pos = if s.cfg.publish_timeout_ms == 0 {
-            s.log.append(op, key, value)?
+        if s.cfg.lag_bytes_max > 0 {
+            self.check_lag()?;
+        }
+        let r = if s.cfg.publish_timeout_ms == 0 {
+            s.log.append(op, key, value)
         } else {
-            s.log.append_wait(op, key, value, Duration::from_millis(s.cfg.publish_timeout_ms))?
+            s.log.append_wait(op, key, value, Duration::from_millis(s.cfg.publish_timeout_ms))
+        };
+        let pos = match r {
+            Ok(p) => p,
+            Err(LogError::Sealed) => return Err(NodeError::NotMaster { master: self.master_addr() }),
+            Err(e) => return Err(e.into()),
         };
         s.records_published.fetch_add(1, Ordering::Relaxed);
         if s.sender_parked.load(Ordering::SeqCst) {
@@ -460,9 +577,91 @@ impl Node {
         Ok(pos)
     }
 
+    /// Applies `lag_bytes_max` while a slave is connected (with no slave there is
+    /// nothing to lag; the `SlaveLost` event and `slave_connected` report it).
+    fn check_lag(&self) -> Result<(), NodeError> {
+        let s = &*self.shared;
+        let max = s.cfg.lag_bytes_max;
+        let lag = || s.log.tail().saturating_sub(s.acked_received.load(Ordering::Acquire));
+        if !s.slave_connected.load(Ordering::Acquire) || lag() <= max {
+            return Ok(());
+        }
+        s.emit(Event::LagOverLimit { lag: lag() });
+        if s.cfg.lag_policy == LagPolicy::Refuse {
+            return Err(NodeError::LagExceeded { lag: lag(), max });
+        }
+        let deadline = Instant::now() + Duration::from_millis(s.cfg.publish_timeout_ms);
+        let mut g = s.ack_lock.lock();
+        while s.slave_connected.load(Ordering::Acquire) && lag() > max {
+            if s.ack_cv.wait_until(&mut g, deadline).timed_out() {
+                return Err(NodeError::LagExceeded { lag: lag(), max });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the master is, as far as this node knows (itself if it is master).
+    pub fn master_addr(&self) -> Option<SocketAddr> {
+        if self.role() == Role::Master {
+            return self.local_addr();
+        }
+        *self.shared.master_addr.lock()
+    }
+
+    /// Whether `publish` would be accepted now.
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Acquire)
+    }
+
+    /// Planned switchover (for upgrades): stops taking writes, waits until the slave
+    /// has applied everything, hands mastership over, and continues as its slave.
+    /// Nothing is lost. On timeout the node keeps (or takes back) the master role.
+    pub fn switchover(&self, timeout: Duration) -> Result<(), NodeError> {
+        let s = &*self.shared;
+        if self.role() != Role::Master {
+            return Err(NodeError::NotMaster { master: self.master_addr() });
+        }
+        if !s.slave_connected.load(Ordering::Acquire) {
+            return Err(NodeError::NoStandby);
+        }
+        let deadline = Instant::now() + timeout;
+        s.demoting.store(true, Ordering::Release);
+        s.writable.store(false, Ordering::Release);
+        // After this, no publish can land: the handover position is final.
+        s.log.seal(true);
+        let undo = |e: NodeError| {
+            s.handover.store(false, Ordering::Release);
+            s.demoting.store(false, Ordering::Release);
+            if self.role() == Role::Master {
+                s.set_role(Role::Master, "switchover abandoned");
+                if s.lease_required {
+                    s.lease_notify.notify_one();
+                }
+            }
+            Err(e)
+        };
+        // Writes in flight finish; then the slave must apply up to the tail.
+        s.handover.store(true, Ordering::Release);
+        s.data_notify.notify_one();
+        let mut g = s.ack_lock.lock();
+        loop {
+            if self.role() != Role::Master {
+                break;
+            }
+            if s.ack_cv.wait_until(&mut g, deadline).timed_out() {
+                drop(g);
+                return undo(NodeError::Timeout(timeout));
+            }
+        }
+        drop(g);
+        s.demoting.store(false, Ordering::Release);
+        Ok(())
+    }
+
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, NodeError> {
         self.publish(key, Op::Put, value)
     }
+
 
     pub fn delete(&self, key: &[u8]) -> Result<u64, NodeError> {
         self.publish(key, Op::Delete, &[])
@@ -530,7 +729,7 @@ impl Node {
         let published = s.records_published.load(Ordering::Relaxed);
         let (lag_bytes, lag_records) = match role {
             Role::Master => (written.saturating_sub(acked_applied), published.saturating_sub(s.acked_records.load(Ordering::Relaxed))),
-            Role::Slave => (master_tail.saturating_sub(applied), 0),
+            Role::Slave | Role::Candidate => (master_tail.saturating_sub(applied), 0),
         };
         Stats {
             role: Some(role),
@@ -583,6 +782,8 @@ impl Node {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.shutdown_notify.notify_waiters();
         self.shared.data_notify.notify_one();
+        self.shared.step_down_notify.notify_one();
+        self.shared.lease_notify.notify_one();
         self.shared.acks_moved();
         if let Some(h) = self.io.take() {
             let _ = h.join();
@@ -597,6 +798,58 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How a role's loop ended.
+pub(crate) enum Outcome {
+    Shutdown,
+    /// Promoted (the epoch is durable): serve as master.
+    Promoted(String),
+    /// Stepped down (fenced, lease lost, handed over): find the master.
+    SteppedDown(String),
+}
+
+/// The IO thread's life: master or slave loop, switching as roles change.
+async fn run_roles(s: Arc<Shared>, listener: Option<std::net::TcpListener>, first: Role) {
+    let listener = match listener.map(tokio::net::TcpListener::from_std).transpose() {
+        Ok(l) => l.map(Arc::new),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the replication listener");
+            return;
+        }
+    };
+    let mut role = first;
+    loop {
+        let out = match (role, &listener) {
+            (Role::Master, Some(l)) => master::run(s.clone(), l.clone()).await,
+            (Role::Master, None) => unreachable!("a master always has a listener (checked at start)"),
+            _ => slave::run(s.clone(), listener.clone()).await,
+        };
+        match out {
+            Outcome::Shutdown => return,
+            Outcome::Promoted(why) => {
+                *s.step_down.lock() = None;
+                if s.log.meta().history == 0 {
+                    if let Err(e) = s.log.start_history(crate::log::meta::new_history_id()) {
+                        tracing::error!(error = %e, "cannot start a history; staying candidate");
+                        continue;
+                    }
+                }
+                if let Err(e) = s.log.ensure_writable() {
+                    tracing::error!(error = %e, "promoted but the log cannot take writes; staying candidate");
+                    s.set_role(Role::Candidate, "log not writable");
+                    role = Role::Candidate;
+                    continue;
+                }
+                s.set_role(Role::Master, &why);
+                role = Role::Master;
+            }
+            Outcome::SteppedDown(why) => {
+                s.set_role(Role::Candidate, &why);
+                role = Role::Candidate;
+            }
+        }
     }
 }
 

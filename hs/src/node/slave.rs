@@ -1,7 +1,7 @@
-//! The slave's side: connect (with backoff), say where its log ends, follow
-//! what the master decides (continue, truncate, or resync from a snapshot),
-//! then write, apply and acknowledge every batch; declare the master lost after
-//! `heartbeat_dead_ticks` silent ticks or when the connection closes.
+//! The slave's side, and the candidate's: find the master (settling with the
+//! peer at start-up), follow it — say where the log ends, do what the master
+//! decides (continue, truncate, or resync from a snapshot), then write, apply
+//! and acknowledge every batch — and decide, when it is gone, whether to take over.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,73 +11,228 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::net::{write_frame, FrameReader, NetError};
-use super::{Event, FlushPolicy, Shared};
-use crate::log::snapshot::Snapshot;
+use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_in;
+use crate::log::snapshot::Snapshot;
+use crate::proto::election::{lease_ms, settle, verdict, Cause, Rank, Verdict};
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 
 /// How long connecting and the Welcome may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the probe of a lost master's port may take: refused means its
+/// process is gone; no answer at all means it may be cut off.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
-pub async fn run(s: Arc<Shared>) {
-    let master = s.cfg.master.expect("checked in Config::check");
+/// Follows the peer while it is master; returns when this node should take
+/// over (the epoch is already durable) or on shutdown.
+pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>) -> Outcome {
+    let peer = s.cfg.peer.expect("checked in Config::check");
+    let _answer = listener.as_ref().map(|l| AbortOnDrop(tokio::spawn(answer_hellos(s.clone(), l.clone()))));
+    let can_promote = listener.is_some();
     let min = Duration::from_millis(s.cfg.reconnect_backoff_min_ms.max(1));
     let max = Duration::from_millis(s.cfg.reconnect_backoff_max_ms.max(s.cfg.reconnect_backoff_min_ms).max(1));
     let mut backoff = min;
     let mut attempt = 0u64;
     while !s.is_shutdown() {
         attempt += 1;
-        let span = tracing::info_span!("master_conn", attempt, %master);
+        let span = tracing::info_span!("master_conn", attempt, %peer);
         let r = async {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(master))
-                .await
-                .map_err(|_| NetError::Protocol("connect timed out".into()))??;
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+                Err(_) => return Err(Failure::new(End::ConnectTimeout)),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(Failure::new(End::ConnectRefused)),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(st)) => st,
+            };
             follow(&s, stream, &mut backoff, min).await
         }
         .instrument(span)
         .await;
-        match r {
-            Ok(()) => return,
-            Err(Failure { err, connected }) => {
+        if s.role.load(Ordering::Acquire) == Role::Slave.to_u8() {
+            s.set_role(Role::Candidate, "lost the master");
+        }
+        let mut peer_epoch = 0;
+        let cause = match r {
+            Ok(End::Shutdown) => return Outcome::Shutdown,
+            Ok(End::Handover) => Some(Cause::Handover),
+            Ok(_) => None,
+            Err(Failure { err, connected, end }) => {
                 if s.is_shutdown() {
-                    return;
+                    return Outcome::Shutdown;
                 }
                 if matches!(err, NetError::Frame(_) | NetError::Protocol(_)) {
                     s.frames_rejected.fetch_add(1, Ordering::Relaxed);
                     s.emit(Event::FrameRejected { reason: err.to_string() });
                 }
                 if connected {
-                    tracing::warn!(error = %err, "lost the master; reconnecting");
+                    tracing::warn!(error = %err, "lost the master");
                     s.emit(Event::MasterLost { reason: err.to_string() });
                 } else {
-                    tracing::debug!(error = %err, ?backoff, "cannot reach the master yet");
+                    tracing::debug!(error = %err, ?backoff, "no master at the peer yet");
                 }
                 s.reconnects.fetch_add(1, Ordering::Relaxed);
+                match end {
+                    End::PeerStatus(p) => {
+                        peer_epoch = p.epoch;
+                        settle(my_rank(&s), p).then_some(Cause::Settled)
+                    }
+                    End::Silent => Some(Cause::MasterSilent),
+                    // The connection ended without a goodbye: knock once. Refused means
+                    // the master's process is gone; an answer means it lives (follow it
+                    // again); no answer means it may be cut off (treat as silence).
+                    End::Closed if connected => match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer)).await {
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(Cause::MasterProcessDead),
+                        Ok(_) => None,
+                        Err(_) => Some(Cause::MasterSilent),
+                    },
+                    End::ConnectRefused if connected_before(&s) => Some(Cause::MasterProcessDead),
+                    End::ConnectRefused | End::ConnectTimeout => Some(Cause::PeerUnreachable),
+                    _ => None,
+                }
+            }
+        };
+        if let (Some(cause), true) = (cause, can_promote) {
+            if let Some(why) = try_promote(&s, cause, peer_epoch).await {
+                return Outcome::Promoted(why);
             }
         }
         // Created before the flag is checked, so a shutdown in between is not missed.
         let shutdown = s.shutdown_notify.notified();
         if s.is_shutdown() {
-            return;
+            return Outcome::Shutdown;
         }
+        let wait = if matches!(cause, Some(Cause::Settled) | Some(Cause::Handover)) { min } else { backoff };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown => return Outcome::Shutdown,
         }
         backoff = (backoff * 2).min(max);
     }
+    Outcome::Shutdown
+}
+
+/// Whether this node has followed a master since it started (a refused
+/// connection then means that master died, not that the peer is not up yet).
+fn connected_before(s: &Shared) -> bool {
+    s.master_addr.lock().is_some()
+}
+
+fn my_rank(s: &Shared) -> Rank {
+    let meta = s.log.meta();
+    Rank { epoch: meta.epoch, last_epoch: s.log.last_epoch(), tail: s.log.tail(), prefer_master: s.prefer_master, node: s.cfg.node_id }
+}
+
+/// Decides on promotion for `cause`, asking the witness where the policy says
+/// so; on yes, makes epoch+1 durable before anything is served in it.
+async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<String> {
+    let meta = s.log.meta();
+    let epoch = meta.epoch.max(peer_epoch) + 1;
+    let yes = match verdict(cause, s.cfg.witness.is_some(), s.cfg.accept_split_risk, s.prefer_master) {
+        Verdict::Refuse => {
+            tracing::warn!(?cause, "not promoting: without a witness, silence alone must not make a second master (set accept_split_risk to allow it)");
+            false
+        }
+        Verdict::Promote => true,
+        Verdict::AskWitness => {
+            let w = s.cfg.witness.expect("verdict asks only when there is one");
+            let sent = s.now_ns();
+            let req = crate::proto::witness::Request::Promote { pair: s.cfg.pair_id, node: s.cfg.node_id, epoch, dead: cause == Cause::MasterProcessDead };
+            match super::witness::ask(w, req, Duration::from_millis(s.cfg.heartbeat_interval_ms.max(50) * 2)).await {
+                Some(r) if r.granted => {
+                    let lease = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+                    s.renew_lease(sent + lease);
+                    true
+                }
+                Some(r) => {
+                    tracing::warn!(?cause, witness_epoch = r.epoch, holder = r.holder, "the witness refused the promotion");
+                    false
+                }
+                // The kernel said the master's process is gone: that is enough.
+                None => cause == Cause::MasterProcessDead,
+            }
+        }
+    };
+    if !yes {
+        return None;
+    }
+    if let Err(e) = s.log.set_epoch(epoch) {
+        tracing::error!(error = %e, "cannot make the new epoch durable; not promoting");
+        return None;
+    }
+    tracing::info!(?cause, epoch, tail = s.log.tail(), "taking over as master");
+    Some(format!("promoted: {cause:?}"))
+}
+
+/// While not master, answer a peer's Hello with this node's rank, so a starting
+/// peer can settle who serves.
+async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let s2 = s.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut reader = FrameReader::new(rd, 4096);
+            if let Ok(Ok(Frame::Hello { .. })) = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await {
+                let r = my_rank(&s2);
+                let role = s2.role.load(Ordering::Acquire);
+                let _ = write_frame(&mut wr, &Frame::Status { node: r.node, epoch: r.epoch, last_epoch: r.last_epoch, tail: r.tail, role, prefer: r.prefer_master as u8 }).await;
+            }
+        });
+    }
+}
+
+/// How a session with the peer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Shutdown,
+    /// The master handed over (planned switchover): take over now.
+    Handover,
+    /// The peer is not master; its rank.
+    PeerStatus(Rank),
+    Silent,
+    Closed,
+    ConnectRefused,
+    ConnectTimeout,
+    Other,
 }
 
 struct Failure {
     err: NetError,
     /// Whether the session got past the handshake (the master was really there).
     connected: bool,
+    end: End,
+}
+
+impl Failure {
+    fn new(end: End) -> Self {
+        let err = match end {
+            End::ConnectRefused => NetError::Protocol("connection refused".into()),
+            End::ConnectTimeout => NetError::Protocol("connect timed out".into()),
+            _ => NetError::Closed,
+        };
+        Failure { err, connected: false, end }
+    }
 }
 
 impl<E: Into<NetError>> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure { err: e.into(), connected: false }
+        let err = e.into();
+        let end = match &err {
+            NetError::Closed => End::Closed,
+            NetError::Io(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof) => End::Closed,
+            _ => End::Other,
+        };
+        Failure { err, connected: false, end }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -85,7 +240,7 @@ fn proto_err(msg: impl Into<String>) -> NetError {
     NetError::Protocol(msg.into())
 }
 
-async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, backoff_min: Duration) -> Result<(), Failure> {
+async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, backoff_min: Duration) -> Result<End, Failure> {
     stream.set_nodelay(true)?;
     let addr = stream.peer_addr()?;
     let (rd, mut wr) = stream.into_split();
@@ -94,12 +249,16 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
     let meta = log.meta();
     write_frame(
         &mut wr,
-        &Frame::Hello { node: s.cfg.node_id, history: meta.history, epoch: meta.epoch, last_epoch: log.last_epoch(), tail: log.tail(), role: 2 },
+        &Frame::Hello { node: s.cfg.node_id, history: meta.history, epoch: meta.epoch, last_epoch: log.last_epoch(), tail: log.tail(), role: if s.prefer_master { 3 } else { 2 } },
     )
     .await?;
     let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| proto_err("no Welcome within 3 s"))??;
     let (history, epoch, segment_bytes, action, start, snapshot_bytes) = match welcome {
         Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes } => (history, epoch, segment_bytes, action, start, snapshot_bytes),
+        Frame::Status { node, epoch, last_epoch, tail, prefer, .. } => {
+            let rank = Rank { epoch, last_epoch, tail, prefer_master: prefer != 0, node };
+            return Err(Failure { err: proto_err(format!("peer is not master ({rank:?})")), connected: false, end: End::PeerStatus(rank) });
+        }
         Frame::Error { code, message } => return Err(proto_err(format!("master refused us (code {code}): {message}")).into()),
         other => return Err(proto_err(format!("expected Welcome, got {other:?}")).into()),
     };
@@ -171,12 +330,22 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
         log.set_epoch(epoch).map_err(map_log)?;
     }
     *backoff = backoff_min;
+    *s.master_addr.lock() = Some(addr);
+    s.set_role(Role::Slave, "following the master");
     s.emit(Event::MasterConnected { addr, from: start });
     tracing::info!(from = start, epoch, "following the master");
-    stream_loop(s, &mut reader, &mut wr, epoch).await.map_err(|err| Failure { err, connected: true })
+    stream_loop(s, &mut reader, &mut wr, epoch).await.map_err(|err| {
+        let end = match &err {
+            NetError::Closed => End::Closed,
+            NetError::Io(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof) => End::Closed,
+            NetError::Protocol(m) if m.contains("heartbeat ticks") => End::Silent,
+            _ => End::Other,
+        };
+        Failure { err, connected: true, end }
+    })
 }
 
-async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::net::tcp::OwnedWriteHalf, epoch: u32) -> Result<(), NetError> {
+async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::net::tcp::OwnedWriteHalf, epoch: u32) -> Result<End, NetError> {
     let log = &s.log;
     let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
     let mut next_tick = Instant::now() + hb;
@@ -185,15 +354,16 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
     let mut acked_at_tick = u64::MAX;
     let flush_each = s.cfg.flush == FlushPolicy::EveryBatch;
     let max = s.cfg.record_bytes_max;
+    let mut echo_ns = 0u64;
     loop {
         let shutdown = s.shutdown_notify.notified();
         if s.is_shutdown() {
-            return Ok(());
+            return Ok(End::Shutdown);
         }
         let first = tokio::select! {
             f = reader.next() => Some(f?),
             _ = tokio::time::sleep_until(next_tick.into()) => None,
-            _ = shutdown => return Ok(()),
+            _ = shutdown => return Ok(End::Shutdown),
         };
         let mut got_data = false;
         let mut next = first;
@@ -220,11 +390,22 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
                     s.master_tail.fetch_max(tail, Ordering::Relaxed);
                     got_data = true;
                 }
-                Frame::Heartbeat { epoch: e, tail, .. } => {
+                Frame::Heartbeat { epoch: e, tail, sent_ns, .. } => {
                     if e != epoch {
                         return Err(NetError::Protocol(format!("heartbeat of epoch {e} in a session of epoch {epoch}")));
                     }
                     s.master_tail.fetch_max(tail, Ordering::Relaxed);
+                    echo_ns = sent_ns;
+                    // Echo at once: the master's lease depends on it.
+                    got_data = true;
+                }
+                Frame::Handover { epoch: e, tail } => {
+                    let mine = log.tail();
+                    if e != epoch || tail != mine || s.applied.load(Ordering::Acquire) != mine {
+                        return Err(NetError::Protocol(format!("handover at {tail} of epoch {e}, but this slave is at {mine} of epoch {epoch}")));
+                    }
+                    tracing::info!(pos = tail, "the master handed over");
+                    return Ok(End::Handover);
                 }
                 Frame::Error { code, message } => return Err(NetError::Protocol(format!("master reported error {code}: {message}"))),
                 other => return Err(NetError::Protocol(format!("unexpected frame from master: {other:?}"))),
@@ -253,7 +434,7 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
             let applied = s.applied.load(Ordering::Acquire);
             if got_data || tick || applied != acked_at_tick {
                 acked_at_tick = applied;
-                write_frame(wr, &Frame::Ack { epoch, received: tail, flushed: log.flushed(), applied }).await?;
+                write_frame(wr, &Frame::Ack { epoch, received: tail, flushed: log.flushed(), applied, echo_ns }).await?;
             }
         }
     }

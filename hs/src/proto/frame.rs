@@ -12,9 +12,14 @@
 //!              start u64 | snapshot_bytes u64 }                          master → slave
 //! Data       { pos u64 | epoch u32 | 0 u32 | tail u64 | records... }    master → slave
 //! Snapshot   { offset u64 | bytes... }                                   master → slave
-//! Heartbeat  { epoch u32 | 0 u32 | tail u64 | flushed u64 }              master → slave
-//! Ack        { epoch u32 | 0 u32 | received u64 | flushed u64 | applied u64 } slave → master
+//! Heartbeat  { epoch u32 | 0 u32 | tail u64 | flushed u64 | sent_ns u64 } master → slave
+//! Ack        { epoch u32 | 0 u32 | received u64 | flushed u64 | applied u64 | echo_ns u64 } slave → master
 //! Error      { code u16 | message utf-8 }                                either way
+//! Status     { node u64 | epoch u32 | last_epoch u32 | tail u64 | role u8 | prefer u8 }
+//!                                         a node that is not master, answering a Hello
+//! Handover   { epoch u32 | 0 u32 | tail u64 }                            master → slave (switchover)
+//! WitnessReq { pair u64 | node u64 | epoch u32 | promote u8 | dead u8 }  node → witness
+//! WitnessRep { granted u8 | 0 u8 | 0 u16 | epoch u32 | holder u64 }      witness → node
 //! ```
 //! Little-endian everywhere. The decoder rejects a length over the limit before
 //! allocating anything (as tokio-util's LengthDelimitedCodec does).
@@ -52,9 +57,18 @@ pub enum Frame {
     /// master's tail when sent (so the slave knows its lag while catching up).
     Data { pos: u64, epoch: u32, tail: u64, records: Bytes },
     Snapshot { offset: u64, bytes: Bytes },
-    Heartbeat { epoch: u32, tail: u64, flushed: u64 },
-    Ack { epoch: u32, received: u64, flushed: u64, applied: u64 },
+    /// `sent_ns`: the master's monotonic clock when sent; the slave echoes it (lease).
+    Heartbeat { epoch: u32, tail: u64, flushed: u64, sent_ns: u64 },
+    /// `echo_ns`: the `sent_ns` of the latest heartbeat the slave received.
+    Ack { epoch: u32, received: u64, flushed: u64, applied: u64, echo_ns: u64 },
     Error { code: u16, message: String },
+    /// A node that is not serving as master answers a Hello with its rank.
+    Status { node: u64, epoch: u32, last_epoch: u32, tail: u64, role: u8, prefer: u8 },
+    /// Planned switchover: the master stopped writing at `tail`; the slave, having
+    /// applied up to it, takes over in `epoch + 1`.
+    Handover { epoch: u32, tail: u64 },
+    WitnessRequest { pair: u64, node: u64, epoch: u32, promote: bool, dead: bool },
+    WitnessReply { granted: bool, epoch: u32, holder: u64 },
 }
 
 const K_HELLO: u8 = 1;
@@ -64,6 +78,11 @@ const K_SNAPSHOT: u8 = 4;
 const K_HEARTBEAT: u8 = 5;
 const K_ACK: u8 = 6;
 const K_ERROR: u8 = 7;
+const K_STATUS: u8 = 8;
+const K_HANDOVER: u8 = 9;
+const K_WITNESS_REQ: u8 = 10;
+const K_WITNESS_REP: u8 = 11;
+const K_MAX: u8 = K_WITNESS_REP;
 
 /// Error codes carried by `Frame::Error`.
 pub mod code {
@@ -162,20 +181,53 @@ impl Frame {
                 p.extend_from_slice(bytes);
                 K_SNAPSHOT
             }
-            Frame::Heartbeat { epoch, tail, flushed } => {
+            Frame::Heartbeat { epoch, tail, flushed, sent_ns } => {
                 p.put_u32_le(*epoch);
                 p.put_u32_le(0);
                 p.put_u64_le(*tail);
                 p.put_u64_le(*flushed);
+                p.put_u64_le(*sent_ns);
                 K_HEARTBEAT
             }
-            Frame::Ack { epoch, received, flushed, applied } => {
+            Frame::Ack { epoch, received, flushed, applied, echo_ns } => {
                 p.put_u32_le(*epoch);
                 p.put_u32_le(0);
                 p.put_u64_le(*received);
                 p.put_u64_le(*flushed);
                 p.put_u64_le(*applied);
+                p.put_u64_le(*echo_ns);
                 K_ACK
+            }
+            Frame::Status { node, epoch, last_epoch, tail, role, prefer } => {
+                p.put_u64_le(*node);
+                p.put_u32_le(*epoch);
+                p.put_u32_le(*last_epoch);
+                p.put_u64_le(*tail);
+                p.put_u8(*role);
+                p.put_u8(*prefer);
+                K_STATUS
+            }
+            Frame::Handover { epoch, tail } => {
+                p.put_u32_le(*epoch);
+                p.put_u32_le(0);
+                p.put_u64_le(*tail);
+                K_HANDOVER
+            }
+            Frame::WitnessRequest { pair, node, epoch, promote, dead } => {
+                p.put_u64_le(*pair);
+                p.put_u64_le(*node);
+                p.put_u32_le(*epoch);
+                p.put_u8(*promote as u8);
+                p.put_u8(*dead as u8);
+                K_WITNESS_REQ
+            }
+            Frame::WitnessReply { granted, epoch, holder } => {
+                p.put_u8(*granted as u8);
+                p.put_u8(0);
+                p.put_u16_le(0);
+                p.put_u32_le(*epoch);
+                p.put_u64_le(*holder);
+                K_WITNESS_REP
             }
             Frame::Error { code, message } => {
                 p.put_u16_le(*code);
@@ -202,7 +254,7 @@ impl Frame {
             return Err(FrameError::TooLarge { len, max: frame_bytes_max });
         }
         let kind = src[4];
-        if !(K_HELLO..=K_ERROR).contains(&kind) {
+        if !(K_HELLO..=K_MAX).contains(&kind) {
             return Err(FrameError::UnknownKind(kind));
         }
         if src.len() < FRAME_HEADER_BYTES + len {
@@ -266,16 +318,43 @@ impl Frame {
                 Frame::Snapshot { offset, bytes: p }
             }
             K_HEARTBEAT => {
-                need(24, &p, "heartbeat shorter than 24 bytes")?;
+                need(32, &p, "heartbeat shorter than 32 bytes")?;
                 let epoch = p.get_u32_le();
                 p.advance(4);
-                Frame::Heartbeat { epoch, tail: p.get_u64_le(), flushed: p.get_u64_le() }
+                Frame::Heartbeat { epoch, tail: p.get_u64_le(), flushed: p.get_u64_le(), sent_ns: p.get_u64_le() }
             }
             K_ACK => {
-                need(32, &p, "ack shorter than 32 bytes")?;
+                need(40, &p, "ack shorter than 40 bytes")?;
                 let epoch = p.get_u32_le();
                 p.advance(4);
-                Frame::Ack { epoch, received: p.get_u64_le(), flushed: p.get_u64_le(), applied: p.get_u64_le() }
+                Frame::Ack { epoch, received: p.get_u64_le(), flushed: p.get_u64_le(), applied: p.get_u64_le(), echo_ns: p.get_u64_le() }
+            }
+            K_STATUS => {
+                need(26, &p, "status shorter than 26 bytes")?;
+                Frame::Status {
+                    node: p.get_u64_le(),
+                    epoch: p.get_u32_le(),
+                    last_epoch: p.get_u32_le(),
+                    tail: p.get_u64_le(),
+                    role: p.get_u8(),
+                    prefer: p.get_u8(),
+                }
+            }
+            K_HANDOVER => {
+                need(16, &p, "handover shorter than 16 bytes")?;
+                let epoch = p.get_u32_le();
+                p.advance(4);
+                Frame::Handover { epoch, tail: p.get_u64_le() }
+            }
+            K_WITNESS_REQ => {
+                need(22, &p, "witness request shorter than 22 bytes")?;
+                Frame::WitnessRequest { pair: p.get_u64_le(), node: p.get_u64_le(), epoch: p.get_u32_le(), promote: p.get_u8() != 0, dead: p.get_u8() != 0 }
+            }
+            K_WITNESS_REP => {
+                need(16, &p, "witness reply shorter than 16 bytes")?;
+                let granted = p.get_u8() != 0;
+                p.advance(3);
+                Frame::WitnessReply { granted, epoch: p.get_u32_le(), holder: p.get_u64_le() }
             }
             K_ERROR => {
                 need(2, &p, "error shorter than 2 bytes")?;
@@ -306,9 +385,15 @@ mod tests {
                 }),
             (any::<u64>(), any::<u32>(), any::<u64>(), bytes.clone()).prop_map(|(pos, epoch, tail, records)| Frame::Data { pos, epoch, tail, records }),
             (any::<u64>(), bytes).prop_map(|(offset, bytes)| Frame::Snapshot { offset, bytes }),
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, tail, flushed)| Frame::Heartbeat { epoch, tail, flushed }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(epoch, received, flushed, applied)| Frame::Ack { epoch, received, flushed, applied }),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, tail, flushed, sent_ns)| Frame::Heartbeat { epoch, tail, flushed, sent_ns }),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(epoch, received, flushed, applied, echo_ns)| Frame::Ack { epoch, received, flushed, applied, echo_ns }),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u8>(), any::<u8>())
+                .prop_map(|(node, epoch, last_epoch, tail, role, prefer)| Frame::Status { node, epoch, last_epoch, tail, role, prefer }),
+            (any::<u32>(), any::<u64>()).prop_map(|(epoch, tail)| Frame::Handover { epoch, tail }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>(), any::<bool>())
+                .prop_map(|(pair, node, epoch, promote, dead)| Frame::WitnessRequest { pair, node, epoch, promote, dead }),
+            (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(granted, epoch, holder)| Frame::WitnessReply { granted, epoch, holder }),
             (any::<u16>(), "[a-z ]{0,40}").prop_map(|(code, message)| Frame::Error { code, message }),
         ]
     }
@@ -352,7 +437,7 @@ mod tests {
     #[test]
     fn damaged_control_frame_and_unknown_kind_are_refused() {
         let mut wire = BytesMut::new();
-        Frame::Ack { epoch: 1, received: 2, flushed: 3, applied: 4 }.encode(&mut wire);
+        Frame::Ack { epoch: 1, received: 2, flushed: 3, applied: 4, echo_ns: 5 }.encode(&mut wire);
         let mut bad = wire.clone();
         bad[20] ^= 0x40;
         assert_eq!(Frame::decode(&mut bad, 1024), Err(FrameError::BadCrc { kind: K_ACK }));

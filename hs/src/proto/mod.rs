@@ -3,7 +3,9 @@
 //! time comes in as a parameter, so tests drive it deterministically.
 
 pub mod catchup;
+pub mod election;
 pub mod frame;
 pub mod heartbeat;
 pub mod ratelimit;
 pub mod record;
+pub mod witness;

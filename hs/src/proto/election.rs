@@ -1,0 +1,119 @@
+//! Who may be master, decided without IO.
+//!
+//! - **Start-up settlement** (seed 004 fig. 4): two nodes that find each other
+//!   not serving compare [`Rank`]s; the higher becomes master, the other follows.
+//!   The order puts the newest history first (epoch taken or seen, epoch of the
+//!   last record, then log length), so
+//!   the node holding the most acknowledged data wins; the preferred-master flag
+//!   and the node id only break ties. Both sides compute the same answer.
+//! - **Lease** (`lease_ms`): a master with a witness configured accepts writes
+//!   only while its lease runs. The lease is renewed by the slave's acks, which
+//!   echo the send time of the master's latest heartbeat, and by the witness. A
+//!   slave promotes on silence only after `heartbeat_dead_ticks` ticks without a
+//!   frame, which is longer than the lease, so the old master has stopped
+//!   writing before the new one starts:
+//!   `old lease ends = send(last heartbeat the slave saw) + lease < receive(last frame) + silence = promotion`.
+
+/// What a node says of itself when it is not serving as master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rank {
+    /// The highest epoch the node has taken or seen: a node that just promoted
+    /// (its epoch is durable) outranks any node that has not seen that epoch.
+    pub epoch: u32,
+    pub last_epoch: u32,
+    pub tail: u64,
+    pub prefer_master: bool,
+    pub node: u64,
+}
+
+impl Rank {
+    fn key(&self) -> (u32, u32, u64, bool, u64) {
+        (self.epoch, self.last_epoch, self.tail, self.prefer_master, self.node)
+    }
+}
+
+/// Whether `me` should become master rather than `peer` (exactly one of the two
+/// calls `settle(a, b)` and `settle(b, a)` is true, unless the ranks are equal,
+/// which two distinct nodes never are).
+pub fn settle(me: Rank, peer: Rank) -> bool {
+    me.key() > peer.key()
+}
+
+/// Why a slave is considering promotion; it decides what evidence is enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The master's port refused a connection: its process is gone (the kernel said so).
+    MasterProcessDead,
+    /// No frame for `heartbeat_dead_ticks` ticks: dead, or cut off — cannot tell.
+    MasterSilent,
+    /// The master handed over on purpose (planned switchover), after we applied everything.
+    Handover,
+    /// Start-up: the peer is not serving and ranks below us.
+    Settled,
+    /// Start-up: the peer cannot be reached at all.
+    PeerUnreachable,
+}
+
+/// The promotion policy's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Promote without asking anyone.
+    Promote,
+    /// Promote if the witness grants it.
+    AskWitness,
+    /// Do not promote: silence alone must not make two masters.
+    Refuse,
+}
+
+/// What a node may do about `cause`, given its configuration.
+pub fn verdict(cause: Cause, has_witness: bool, accept_split_risk: bool, prefer_master: bool) -> Verdict {
+    match (cause, has_witness) {
+        // The old master asked for it after it stopped writing.
+        (Cause::Handover, _) => Verdict::Promote,
+        // The witness records the new epoch so a lingering old master is fenced;
+        // without one, the kernel's word is enough.
+        (Cause::MasterProcessDead | Cause::Settled, true) => Verdict::AskWitness,
+        (Cause::MasterProcessDead | Cause::Settled, false) => Verdict::Promote,
+        (Cause::MasterSilent | Cause::PeerUnreachable, true) => Verdict::AskWitness,
+        (Cause::MasterSilent, false) if accept_split_risk => Verdict::Promote,
+        (Cause::PeerUnreachable, false) if accept_split_risk && prefer_master => Verdict::Promote,
+        _ => Verdict::Refuse,
+    }
+}
+
+/// How long a lease lasts, from the heartbeat settings: the silence that makes a
+/// slave promote, minus two ticks of margin (at least one tick).
+pub fn lease_ms(heartbeat_interval_ms: u64, heartbeat_dead_ticks: u32) -> u64 {
+    let silence = heartbeat_interval_ms * heartbeat_dead_ticks as u64;
+    silence.saturating_sub(2 * heartbeat_interval_ms).max(heartbeat_interval_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn exactly_one_of_two_distinct_nodes_wins(a in (0u32..4, 0u64..4, any::<bool>(), 0u64..3),
+                                                   b in (0u32..4, 0u64..4, any::<bool>(), 0u64..3)) {
+            let ra = Rank { epoch: a.0, last_epoch: a.0, tail: a.1, prefer_master: a.2, node: a.3 };
+            let rb = Rank { epoch: b.0, last_epoch: b.0, tail: b.1, prefer_master: b.2, node: b.3 + 3 };
+            prop_assert!(settle(ra, rb) != settle(rb, ra));
+            // The newer history always wins, whatever the preference.
+            if (ra.last_epoch, ra.tail) > (rb.last_epoch, rb.tail) { prop_assert!(settle(ra, rb)); }
+        }
+    }
+
+    #[test]
+    fn silence_alone_never_promotes_without_a_witness_or_consent() {
+        assert_eq!(verdict(Cause::MasterSilent, false, false, true), Verdict::Refuse);
+        assert_eq!(verdict(Cause::MasterSilent, false, true, false), Verdict::Promote);
+        assert_eq!(verdict(Cause::MasterSilent, true, false, false), Verdict::AskWitness);
+        assert_eq!(verdict(Cause::PeerUnreachable, false, true, false), Verdict::Refuse);
+        assert_eq!(verdict(Cause::PeerUnreachable, false, true, true), Verdict::Promote);
+        assert_eq!(verdict(Cause::MasterProcessDead, false, false, false), Verdict::Promote);
+        assert!(lease_ms(100, 5) < 100 * 5);
+        assert_eq!(lease_ms(50, 6), 200);
+    }
+}

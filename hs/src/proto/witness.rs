@@ -1,0 +1,113 @@
+//! The witness, sans-IO: a third party that several master/slave pairs share.
+//! It remembers, per pair, which node is master in which epoch and when that
+//! master last renewed. It grants a promotion only to a newer epoch, and only
+//! when the recorded master has been silent longer than a lease plus a margin,
+//! or when the requester has the kernel's word that the master process is dead.
+//! Renewals from an older epoch are answered `Fenced`: that node must step down.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Most pairs one witness tracks; a request for a new pair past it is refused.
+pub const PAIRS_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// "I am master of `pair` in `epoch`; keep my lease."
+    Renew { pair: u64, node: u64, epoch: u32 },
+    /// "May I become master of `pair` in `epoch`?" `dead`: the old master's port refused us.
+    Promote { pair: u64, node: u64, epoch: u32, dead: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub granted: bool,
+    /// The epoch the witness holds for the pair after this request.
+    pub epoch: u32,
+    /// The node it holds as master.
+    pub holder: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PairState {
+    epoch: u32,
+    holder: u64,
+    renewed: Instant,
+}
+
+#[derive(Debug)]
+pub struct Witness {
+    /// How long a renewal keeps a master alive in the witness's eyes (lease + margin).
+    hold: Duration,
+    pairs: HashMap<u64, PairState>,
+}
+
+impl Witness {
+    pub fn new(hold: Duration) -> Self {
+        Witness { hold, pairs: HashMap::new() }
+    }
+
+    pub fn handle(&mut self, now: Instant, req: Request) -> Reply {
+        let full = self.pairs.len() >= PAIRS_MAX;
+        match req {
+            Request::Renew { pair, node, epoch } => match self.pairs.get_mut(&pair) {
+                Some(p) if p.holder == node && p.epoch == epoch => {
+                    p.renewed = now;
+                    Reply { granted: true, epoch, holder: node }
+                }
+                // A master the witness has not heard of (first contact, or the
+                // witness restarted): record it if nothing newer is known.
+                Some(p) if epoch > p.epoch => {
+                    *p = PairState { epoch, holder: node, renewed: now };
+                    Reply { granted: true, epoch, holder: node }
+                }
+                Some(p) => Reply { granted: false, epoch: p.epoch, holder: p.holder },
+                None if full => Reply { granted: false, epoch: 0, holder: 0 },
+                None => {
+                    self.pairs.insert(pair, PairState { epoch, holder: node, renewed: now });
+                    Reply { granted: true, epoch, holder: node }
+                }
+            },
+            Request::Promote { pair, node, epoch, dead } => match self.pairs.get_mut(&pair) {
+                Some(p) if epoch <= p.epoch => Reply { granted: false, epoch: p.epoch, holder: p.holder },
+                Some(p) if p.holder == node || dead || now.saturating_duration_since(p.renewed) > self.hold => {
+                    *p = PairState { epoch, holder: node, renewed: now };
+                    Reply { granted: true, epoch, holder: node }
+                }
+                Some(p) => Reply { granted: false, epoch: p.epoch, holder: p.holder },
+                None if full => Reply { granted: false, epoch: 0, holder: 0 },
+                None => {
+                    self.pairs.insert(pair, PairState { epoch, holder: node, renewed: now });
+                    Reply { granted: true, epoch, holder: node }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_only_newer_epochs_and_only_when_the_master_is_silent() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = Witness::new(Duration::from_millis(300));
+        assert!(w.handle(ms(0), Request::Renew { pair: 1, node: 10, epoch: 1 }).granted);
+        // The master renews: the slave may not take over.
+        assert!(w.handle(ms(100), Request::Renew { pair: 1, node: 10, epoch: 1 }).granted);
+        assert!(!w.handle(ms(200), Request::Promote { pair: 1, node: 20, epoch: 2, dead: false }).granted);
+        // Silent longer than the hold: granted, once.
+        assert!(w.handle(ms(500), Request::Promote { pair: 1, node: 20, epoch: 2, dead: false }).granted);
+        assert!(!w.handle(ms(501), Request::Promote { pair: 1, node: 30, epoch: 2, dead: false }).granted);
+        // The old master comes back: fenced, told who holds which epoch.
+        let r = w.handle(ms(600), Request::Renew { pair: 1, node: 10, epoch: 1 });
+        assert_eq!(r, Reply { granted: false, epoch: 2, holder: 20 });
+        // The kernel's word that the master is dead is enough, even right after a renewal.
+        assert!(w.handle(ms(700), Request::Renew { pair: 1, node: 20, epoch: 2 }).granted);
+        assert!(w.handle(ms(701), Request::Promote { pair: 1, node: 10, epoch: 3, dead: true }).granted);
+        // Pairs are independent.
+        assert!(w.handle(ms(701), Request::Promote { pair: 2, node: 10, epoch: 1, dead: false }).granted);
+    }
+}
