@@ -387,6 +387,8 @@ impl Shared {
             tracing::info!(?old, new = ?role, epoch, reason, "role changed");
             self.emit(Event::RoleChanged { role, epoch, reason: reason.to_string() });
         }
+        // Waiters (`wait`, `switchover`) re-check their condition on a role change too.
+        self.acks_moved();
     }
 
     /// Asks the master loop to step down (to candidate) for `reason`.
@@ -648,7 +650,7 @@ impl Node {
             if self.role() != Role::Master {
                 break;
             }
-            if s.ack_cv.wait_until(&mut g, deadline).timed_out() {
+            if s.ack_cv.wait_until(&mut g, deadline).timed_out() && self.role() == Role::Master {
                 drop(g);
                 return undo(NodeError::Timeout(timeout));
             }

@@ -1,0 +1,228 @@
+//! Failover with two real nodes in one process on 127.0.0.1 (port 0): start-up
+//! settlement, promotion when the master's process is gone, rejoin with the
+//! divergent tail rolled back, planned switchover, fencing by the witness.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hs::{Apply, Config, Durability, Event, Node, NodeError, RecordRef, Role};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Default)]
+struct Kv(Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>);
+impl Apply for Kv {
+    fn apply(&mut self, r: &RecordRef<'_>) {
+        let mut m = self.0.lock().unwrap();
+        match r.op {
+            hs::Op::Put => {
+                m.insert(r.key.to_vec(), r.value.to_vec());
+            }
+            hs::Op::Delete => {
+                m.remove(r.key);
+            }
+        }
+    }
+    fn reset(&mut self) {
+        self.0.lock().unwrap().clear();
+    }
+    fn restore(&mut self, k: &[u8], v: &[u8]) {
+        self.0.lock().unwrap().insert(k.to_vec(), v.to_vec());
+    }
+}
+
+/// Two free ports on 127.0.0.1 (bound then released; the nodes bind them again).
+fn two_ports() -> (SocketAddr, SocketAddr) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+fn cfg(dir: &Path, listen: SocketAddr, peer: SocketAddr, id: u64) -> Config {
+    let mut c = Config::new(dir);
+    c.listen = Some(listen);
+    c.peer = Some(peer);
+    c.node_id = id;
+    c.segment_bytes = 1 << 20;
+    c.record_bytes_max = 4096;
+    c.heartbeat_interval_ms = 20;
+    c.heartbeat_dead_ticks = 5;
+    c.reconnect_backoff_min_ms = 5;
+    c.reconnect_backoff_max_ms = 50;
+    c
+}
+
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn wait_event(n: &Node, what: &str, mut f: impl FnMut(&Event) -> bool) -> Event {
+    let t0 = Instant::now();
+    while t0.elapsed() < DEADLINE {
+        if let Some(e) = n.next_event(Duration::from_millis(10)) {
+            if f(&e) {
+                return e;
+            }
+        }
+    }
+    panic!("no {what} event");
+}
+
+/// Publishes `count` records with keys `prefix-i`, each acknowledged at
+/// `Received`; like any master's application, it applies them to its own state too.
+fn write_acked(n: &Node, kv: &Kv, prefix: &str, count: usize) {
+    for i in 0..count {
+        let k = format!("{prefix}-{i}");
+        let pos = n.put(k.as_bytes(), b"v").unwrap();
+        kv.0.lock().unwrap().insert(k.into_bytes(), b"v".to_vec());
+        n.wait(pos, Durability::Received, DEADLINE).unwrap();
+    }
+}
+
+/// The same state, compared without printing it.
+fn assert_same(a: &Kv, b: &Kv) {
+    let (a, b) = (a.0.lock().unwrap(), b.0.lock().unwrap());
+    assert!(*a == *b, "states differ: {} keys vs {} keys", a.len(), b.len());
+}
+
+fn write_async(n: &Node, kv: &Kv, prefix: &str, count: usize) {
+    for i in 0..count {
+        let k = format!("{prefix}-{i}");
+        n.put(k.as_bytes(), b"v").unwrap();
+        kv.0.lock().unwrap().insert(k.into_bytes(), b"v".to_vec());
+    }
+}
+
+#[test]
+fn pair_settles_fails_over_rejoins_and_switches_over() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let (ka, kb) = (Kv::default(), Kv::default());
+    // Both start at once; A prefers to be master. Exactly one serves: A.
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
+    let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, kb.clone()).unwrap();
+    until("A to serve and B to follow", || a.role() == Role::Master && b.role() == Role::Slave);
+    assert!(a.is_writable());
+    assert!(matches!(b.put(b"x", b"y"), Err(NodeError::NotMaster { master: Some(m) }) if m == pa));
+    write_acked(&a, &ka, "first", 200);
+    let epoch_a = a.stats().epoch;
+
+    // A's process goes away (its listener closes with it): B takes over at once.
+    drop(a);
+    let e = wait_event(&b, "RoleChanged", |e| matches!(e, Event::RoleChanged { role: Role::Master, .. }));
+    assert!(matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("MasterProcessDead")), "{e:?}");
+    assert!(b.stats().epoch > epoch_a);
+    // Nothing acknowledged at Received is lost.
+    for i in 0..200 {
+        assert!(kb.0.lock().unwrap().contains_key(format!("first-{i}").as_bytes()), "lost first-{i}");
+    }
+    // B serves alone for now: these are async writes, acknowledged by nobody.
+    write_async(&b, &kb, "second", 100);
+
+    // A comes back: it must follow B, not serve.
+    let ka2 = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka2.clone()).unwrap();
+    until("A to rejoin as slave", || a.role() == Role::Slave && a.stats().applied == b.stats().written);
+    assert_same(&ka2, &kb);
+    assert!(a.put(b"no", b"").is_err());
+
+    // Planned switchover back to A: stop, drain, hand over; nothing lost.
+    write_acked(&b, &kb, "third", 50);
+    b.switchover(DEADLINE).unwrap();
+    until("A to serve after the switchover", || a.role() == Role::Master && a.is_writable());
+    until("B to follow A", || b.role() == Role::Slave);
+    assert_same(&ka2, &kb);
+    assert_eq!(ka2.0.lock().unwrap().len(), 350);
+    write_acked(&a, &ka2, "fourth", 10);
+    until("B to apply A's writes", || b.stats().applied == a.stats().written);
+    assert_eq!(kb.0.lock().unwrap().len(), 360);
+}
+
+#[test]
+fn old_master_rejoining_rolls_back_its_unreplicated_tail() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let ka0 = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka0.clone()).unwrap();
+    let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, Kv::default()).unwrap();
+    until("pair", || a.role() == Role::Master && b.role() == Role::Slave);
+    write_acked(&a, &ka0, "k", 50);
+    // B goes away; A keeps writing: those records exist only on A.
+    drop(b);
+    until("A to notice", || !a.stats().slave_connected);
+    for i in 0..30 {
+        a.put(format!("lonely-{i}").as_bytes(), b"v").unwrap();
+    }
+    let a_tail = a.stats().written;
+    drop(a);
+    // B restarts alone. It has not followed A in this life, so A's refused port is
+    // no proof of anything: only an accepted split risk (and a preference) lets it serve.
+    let mut cb = cfg(db.path(), pb, pa, 2);
+    cb.accept_split_risk = true;
+    let kb = Kv::default();
+    let b = Node::start(cb, Role::Master, kb.clone()).unwrap();
+    until("B to serve alone", || b.role() == Role::Master);
+    write_async(&b, &kb, "new", 5);
+    // A returns: its 30 lonely records diverge from B's history and are rolled back.
+    let ka = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Slave, ka.clone()).unwrap();
+    let e = wait_event(&a, "RolledBack", |e| matches!(e, Event::RolledBack { .. }));
+    let Event::RolledBack { from, to } = e else { unreachable!() };
+    assert_eq!(to, a_tail);
+    assert!(from < to);
+    until("A to follow B", || a.role() == Role::Slave && a.stats().applied == b.stats().written);
+    assert!(ka.0.lock().unwrap().keys().all(|k| !k.starts_with(b"lonely")), "rolled-back records still applied");
+    assert_same(&ka, &kb);
+    assert_eq!(ka.0.lock().unwrap().len(), 55);
+}
+
+#[test]
+fn a_witness_fences_a_stale_master() {
+    // The witness runs in this process on its own runtime.
+    let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let waddr = wl.local_addr().unwrap();
+    wl.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let hold = hs::node::witness::hold_for(20, 5);
+    rt.spawn(async move { hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await });
+
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let mut ca = cfg(da.path(), pa, pb, 1);
+    ca.witness = Some(waddr);
+    let mut cb = cfg(db.path(), pb, pa, 2);
+    cb.witness = Some(waddr);
+    let ka = Kv::default();
+    let a = Node::start(ca, Role::Master, ka.clone()).unwrap();
+    let b = Node::start(cb, Role::Slave, Kv::default()).unwrap();
+    until("pair with a witness", || a.role() == Role::Master && a.is_writable() && b.role() == Role::Slave);
+    write_acked(&a, &ka, "w", 20);
+    // B asks the witness for epoch+1 as if A had died: granted only with the
+    // kernel's word; A then learns from the witness that it is stale and steps down.
+    let reply = rt.block_on(hs::node::witness::ask(
+        waddr,
+        hs::proto::witness::Request::Promote { pair: 1, node: 2, epoch: a.stats().epoch + 1, dead: false },
+        Duration::from_secs(1),
+    ));
+    assert_eq!(reply.map(|r| r.granted), Some(false), "the witness granted a promotion while the master renews");
+    let reply = rt.block_on(hs::node::witness::ask(
+        waddr,
+        hs::proto::witness::Request::Promote { pair: 1, node: 2, epoch: a.stats().epoch + 1, dead: true },
+        Duration::from_secs(1),
+    ));
+    assert_eq!(reply.map(|r| r.granted), Some(true));
+    let e = wait_event(&a, "step-down", |e| matches!(e, Event::RoleChanged { role: Role::Candidate, reason, .. } if reason.contains("stale")));
+    assert!(matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("stale")), "{e:?}");
+    assert!(a.put(b"after", b"").is_err(), "a fenced master accepted a write");
+}
+
