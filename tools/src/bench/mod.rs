@@ -1,0 +1,413 @@
+//! `hs-bench`: the system benchmark. The master runs in this process, the slave
+//! in a child process (this binary re-executed with the hidden `__slave`
+//! subcommand), both on 127.0.0.1, so the numbers include the real socket,
+//! two address spaces and two schedulers' worth of threads on one machine.
+//!
+//! Scenarios (each prints a table; `--json` adds one JSON object as the last line):
+//! - `replicate`: publish as fast as one thread can for `--secs`, then wait until
+//!   the slave has applied everything: records/s and bytes/s published-to-applied.
+//! - `latency`: publish at a fixed `--rate`; each value carries the publish time
+//!   (CLOCK_MONOTONIC, shared by all processes of a Linux machine) and the slave's
+//!   `Apply` records `now - then` in an HDR histogram.
+//! - `catchup`: the master writes `--volume` with no slave, then a slave with an
+//!   empty log starts: time until it has applied everything, and the accuracy of
+//!   `--rate-limit` when one is set.
+//! - `recovery`: write `--volume` of log, close it, time `Log::open` (the recovery
+//!   scan) and `Node::start` (scan + replay through `Apply`).
+//! - `report`: merge hs and Redis results, print the side-by-side table, write SVGs.
+//!
+//! Record size means the value's bytes (as `redis-benchmark -d`); keys are 16
+//! bytes, `key:000000001234`, like redis-benchmark's `-r` keys.
+
+mod report;
+mod scenarios;
+mod slave;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+#[derive(Parser, Debug)]
+#[command(name = "hs-bench", about = "Benchmarks of hs: master and slave as two processes on 127.0.0.1")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Sustained records/s and bytes/s, published to applied on the slave.
+    Replicate(ReplicateArgs),
+    /// Publish → applied latency at a fixed rate (HDR histogram).
+    Latency(LatencyArgs),
+    /// A slave attached after the master wrote a volume: time to catch up.
+    Catchup(CatchupArgs),
+    /// Time to reopen (recover) a log of a given volume.
+    Recovery(RecoveryArgs),
+    /// Merge hs and Redis results: side-by-side table, JSON and SVG plots.
+    Report(report::ReportArgs),
+    /// The slave side (started by the other scenarios).
+    #[command(name = "__slave", hide = true)]
+    Slave(slave::SlaveArgs),
+}
+
+/// Options every scenario shares.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Print one JSON object (the median of the runs) as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Repeat the measurement this many times and report the median.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Where the logs go (a fresh directory inside it, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Bytes of records per segment file.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
+    /// Largest Data frame in bytes.
+    #[arg(long, default_value_t = 256 << 10)]
+    pub batch_bytes: usize,
+    /// Flush policy of both nodes: never (the kernel writes back; as a Redis
+    /// replica without persistence), batch, or a period in milliseconds.
+    #[arg(long, default_value = "never")]
+    pub flush: String,
+    /// What the slave's `Apply` does: count (touch each record) or kv (a HashMap, as a Redis replica's dict).
+    #[arg(long, default_value = "count")]
+    pub apply: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplicateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 64)]
+    pub record_size: usize,
+    /// Seconds of publishing per run.
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+    /// Stop publishing after this many records, whichever comes first (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub records: u64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Bytes of each value (at least 8: the publish timestamp).
+    #[arg(long, default_value_t = 64)]
+    pub record_size: usize,
+    /// Records per second.
+    #[arg(long, default_value_t = 100_000)]
+    pub rate: u64,
+    /// Seconds measured per run (after `--warmup-secs`).
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup_secs: f64,
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CatchupArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Value bytes written before the slave starts (1GiB, 256MiB, 100MB or a number).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub volume: u64,
+    /// Catch-up limit in bytes per second (0: none).
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    pub rate_limit: u64,
+    /// Distinct keys (default: every record its own key, as a filled Redis).
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecoveryArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Log bytes to write and recover.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub volume: u64,
+}
+
+/// `1GiB`, `256MiB`, `64KiB`, `100MB`, `5GB`, or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    Ok((n * mult) as u64)
+}
+
+pub fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Replicate(a) => runs(&a.common.clone(), "replicate", |dir| scenarios::replicate(&a, dir)),
+        Cmd::Latency(a) => runs(&a.common.clone(), "latency", |dir| scenarios::latency(&a, dir)),
+        Cmd::Catchup(a) => runs(&a.common.clone(), "catchup", |dir| scenarios::catchup(&a, dir)),
+        Cmd::Recovery(a) => runs(&a.common.clone(), "recovery", |dir| scenarios::recovery(&a, dir)),
+        Cmd::Report(a) => report::run(&a),
+        Cmd::Slave(a) => slave::run(&a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hs-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One measurement: an ordered set of named numbers (and a few strings).
+pub type Row = Map<String, Value>;
+
+/// Runs a scenario `common.runs` times, each in a fresh directory; prints each
+/// run and the median; with `--json` the median as the last line.
+fn runs(common: &Common, name: &str, mut f: impl FnMut(&std::path::Path) -> Result<Row, String>) -> Result<(), String> {
+    let base = common.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let n = common.runs.max(1);
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = base.join(format!("hs-bench-{}-{name}-{i}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let r = f(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let row = r?;
+        eprintln!("run {}/{n}: {}", i + 1, Value::Object(row.clone()));
+        rows.push(row);
+    }
+    let med = median_row(&rows);
+    print_table(name, &rows, &med);
+    if common.json {
+        println!("{}", Value::Object(med));
+    }
+    Ok(())
+}
+
+/// Per field: the median of the numbers; strings and the like from the first run.
+fn median_row(rows: &[Row]) -> Row {
+    let mut out = Row::new();
+    let Some(first) = rows.first() else { return out };
+    // Non-numbers (a latency distribution) come from the run with the median p99
+    // (or the first run), so a plot agrees with the table.
+    let mut by_p99: Vec<&Row> = rows.iter().collect();
+    by_p99.sort_by(|a, b| a.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0).total_cmp(&b.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0)));
+    let typical = if first.contains_key("p99_us") { by_p99[by_p99.len() / 2] } else { first };
+    for (k, v) in first {
+        let v = if v.is_number() { v } else { typical.get(k).unwrap_or(v) };
+        if v.is_number() && rows.len() > 1 {
+            let mut xs: Vec<f64> = rows.iter().filter_map(|r| r.get(k).and_then(Value::as_f64)).collect();
+            xs.sort_by(f64::total_cmp);
+            let m = if xs.len() % 2 == 1 { xs[xs.len() / 2] } else { (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0 };
+            out.insert(k.clone(), num(m));
+        } else {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out.insert("runs".into(), json!(rows.len()));
+    out
+}
+
+/// A JSON number, integral when the value is (so tables read well).
+pub fn num(x: f64) -> Value {
+    if x.is_finite() && x.fract() == 0.0 && x.abs() < 9e15 {
+        json!(x as i64)
+    } else if x.is_finite() {
+        json!((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+fn print_table(name: &str, rows: &[Row], med: &Row) {
+    let keys: Vec<&String> = med.keys().filter(|k| med[*k].is_number() || med[*k].is_string()).filter(|k| *k != "runs").collect();
+    let cell = |v: Option<&Value>| match v {
+        Some(Value::Number(n)) => fmt_num(n.as_f64().unwrap_or(0.0)),
+        Some(Value::String(s)) => s.clone(),
+        _ => "-".into(),
+    };
+    let mut out = String::new();
+    out.push_str(&format!("\n{name}\n"));
+    let w = keys.iter().map(|k| k.len()).max().unwrap_or(8).max(8);
+    out.push_str(&format!("{:<w$}", "metric"));
+    for i in 0..rows.len() {
+        out.push_str(&format!(" {:>14}", format!("run {}", i + 1)));
+    }
+    if rows.len() > 1 {
+        out.push_str(&format!(" {:>14}", "median"));
+    }
+    out.push('\n');
+    for k in keys {
+        out.push_str(&format!("{k:<w$}"));
+        for r in rows {
+            out.push_str(&format!(" {:>14}", cell(r.get(k))));
+        }
+        if rows.len() > 1 {
+            out.push_str(&format!(" {:>14}", cell(med.get(k))));
+        }
+        out.push('\n');
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Human form of a number: thousands separated, at most 3 decimals.
+pub fn fmt_num(x: f64) -> String {
+    if x.fract() != 0.0 && x.abs() < 1000.0 {
+        return format!("{x:.3}").trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    let s = format!("{}", x.round() as i64);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut o = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            o.push(',');
+        }
+        o.push(c);
+    }
+    format!("{sign}{o}")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine,
+/// so a slave process can compare it with a timestamp its master wrote.
+#[inline]
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The 16-byte key of index `i`: `key:000000001234`, as redis-benchmark's.
+pub fn key_of(i: u64) -> [u8; 16] {
+    let mut k = *b"key:000000000000";
+    let mut n = i % 1_000_000_000_000;
+    for j in (4..16).rev() {
+        k[j] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    k
+}
+
+/// A child process running `hs-bench __slave`. Killed (by its pid, through
+/// `Child::kill`) when dropped if it has not exited by then.
+pub struct SlaveProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Lines of the child's stdout buffered at most; the child prints a handful.
+const SLAVE_LINES_MAX: usize = 64;
+
+impl SlaveProc {
+    pub fn spawn(args: &[String]) -> Result<SlaveProc, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let mut child = Command::new(exe)
+            .arg("__slave")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the slave process: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::sync_channel(SLAVE_LINES_MAX);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(SlaveProc { child, stdin, lines: rx })
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => return Err(format!("the slave did not print {prefix} within {timeout:?}")),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(format!("the slave exited before printing {prefix}")),
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<(), String> {
+        let w = self.stdin.as_mut().ok_or("slave stdin closed")?;
+        writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| format!("cannot talk to the slave: {e}"))
+    }
+
+    /// Asks the slave for its result and waits for it to exit.
+    pub fn finish(mut self, timeout: Duration) -> Result<Row, String> {
+        self.send("STOP")?;
+        let r = self.expect("RESULT ", timeout)?;
+        let v: Value = serde_json::from_str(&r).map_err(|e| format!("slave result is not JSON: {e}"))?;
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match v {
+            Value::Object(m) => Ok(m),
+            _ => Err("slave result is not an object".into()),
+        }
+    }
+}
+
+impl Drop for SlaveProc {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
