@@ -31,6 +31,10 @@ pub enum Cmd {
     Slave(SlaveArgs),
     /// A local master and a late slave in one process: records flowing, catch-up, digests compared.
     Demo(DemoArgs),
+    /// One node of a failover pair, with a line-based client port (see `tools::pair`).
+    Pair(crate::pair::PairArgs),
+    /// The witness (as `hs-witness`).
+    Witness(crate::witness::WitnessArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -175,15 +179,22 @@ pub struct DemoArgs {
 }
 
 pub fn main() -> ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// `main` with explicit arguments (the drill re-executes itself through this).
+pub fn main_from<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .try_init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     let r = match cli.cmd {
         Cmd::Master(a) => master(a),
         Cmd::Slave(a) => slave(a),
         Cmd::Demo(a) => demo(a),
+        Cmd::Pair(a) => crate::pair::run(a),
+        Cmd::Witness(a) => Ok(crate::witness::run(a)),
     };
     match r {
         Ok(code) => code,

@@ -4,4 +4,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod drill;
+pub mod pair;
+pub mod witness;
 pub mod workload;

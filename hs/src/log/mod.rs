@@ -680,8 +680,11 @@ impl Log {
     }
 
     /// Cuts the log back to `to` (a slave whose tail diverged). The bytes past it
-    /// are zeroed so no stale record can be read as valid again.
-    pub fn truncate(&self, to: u64) -> Result<(), LogError> {
+    /// are zeroed so no stale record can be read as valid again. Returns how many
+    /// records were cut.
+    pub fn truncate(&self, to: u64) -> Result<u64, LogError> {
+        let mut cut = 0u64;
+        self.for_each(to, self.tail(), |_| cut += 1)?;
         let mut a = self.app.lock();
         assert!(to <= a.tail, "truncate forward: {to} > {}", a.tail);
         if to < self.first() {
@@ -706,7 +709,7 @@ impl Log {
         a.epochs.truncate(to);
         drop(a);
         self.kick_preparer();
-        Ok(())
+        Ok(cut)
     }
 
     /// Replaces the whole log with a snapshot (a full resync): deletes every

@@ -246,9 +246,9 @@ pub enum Event {
     /// The slave reached the master's tail (after connecting or a resync).
     CaughtUp { pos: u64 },
     MasterLost { reason: String },
-    /// This slave's log diverged and was cut back; records in `[from, to)` are gone
-    /// and the application state was rebuilt without them.
-    RolledBack { from: u64, to: u64 },
+    /// This slave's log diverged and was cut back; the `records` in `[from, to)`
+    /// are gone and the application state was rebuilt without them.
+    RolledBack { from: u64, to: u64, records: u64 },
     /// The slave dropped its log and loaded the master's snapshot at `pos`.
     Resynced { pos: u64, keys: u64 },
     /// A frame from the peer was refused; the connection was dropped.
@@ -556,6 +556,11 @@ impl Node {
     pub fn publish(&self, key: &[u8], op: Op, value: &[u8]) -> Result<u64, NodeError> {
         let s = &*self.shared;
         if !s.writable.load(Ordering::Acquire) {
+            return Err(NodeError::NotMaster { master: self.master_addr() });
+        }
+        // The lease watcher clears `writable` when the lease ends, but a process
+        // resumed after a long stop must not take a write before it runs.
+        if s.lease_required && s.now_ns() >= s.lease_until_ns.load(Ordering::Acquire) {
             return Err(NodeError::NotMaster { master: self.master_addr() });
         }
         if s.cfg.lag_bytes_max > 0 {

@@ -101,7 +101,9 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
         if s.is_shutdown() {
             return Outcome::Shutdown;
         }
-        let wait = if matches!(cause, Some(Cause::Settled) | Some(Cause::Handover)) { min } else { backoff };
+        // A promotion that was refused (the witness still hears the master, or the
+        // peer outranks us) is retried within a tick, not after a long backoff.
+        let wait = if cause.is_some() { min.min(Duration::from_millis(s.cfg.heartbeat_interval_ms)) } else { backoff };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown => return Outcome::Shutdown,
@@ -290,11 +292,11 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
             if history != meta.history || start > old {
                 return Err(proto_err(format!("master asks to truncate to {start}, our tail is {old}")).into());
             }
-            log.truncate(start).map_err(map_log)?;
+            let records = log.truncate(start).map_err(map_log)?;
             // The application saw records past `start`: rebuild it without them.
             s.replay().map_err(map_log)?;
-            tracing::warn!(from = start, to = old, "log diverged from the master's; rolled back");
-            s.emit(Event::RolledBack { from: start, to: old });
+            tracing::warn!(from = start, to = old, records, "log diverged from the master's; rolled back");
+            s.emit(Event::RolledBack { from: start, to: old, records });
         }
         Action::Resync => {
             let mut buf: Vec<u8> = Vec::new();
