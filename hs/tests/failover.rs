@@ -176,8 +176,9 @@ fn old_master_rejoining_rolls_back_its_unreplicated_tail() {
     let ka = Kv::default();
     let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Slave, ka.clone()).unwrap();
     let e = wait_event(&a, "RolledBack", |e| matches!(e, Event::RolledBack { .. }));
-    let Event::RolledBack { from, to } = e else { unreachable!() };
+    let Event::RolledBack { from, to, records } = e else { unreachable!() };
     assert_eq!(to, a_tail);
+    assert_eq!(records, 30, "the lonely records are the ones rolled back");
     assert!(from < to);
     until("A to follow B", || a.role() == Role::Slave && a.stats().applied == b.stats().written);
     assert!(ka.0.lock().unwrap().keys().all(|k| !k.starts_with(b"lonely")), "rolled-back records still applied");
