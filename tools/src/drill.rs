@@ -280,6 +280,37 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
+#[derive(clap::Parser, Debug)]
+#[command(name = "hs-drill", about = "Failover drill for an hs pair: kill the master under load, measure, check")]
+struct DrillCli {
+    #[command(flatten)]
+    args: DrillArgs,
+}
+
+/// The `hs-drill` program: the drill, or (`__node ...`) one of its processes.
+pub fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "__node") {
+        argv.remove(1);
+        return crate::cli::main_from(argv);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("hs-drill: cannot find my own executable: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(DrillCli::parse().args, exe) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hs-drill: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String> {
     if !["async", "received", "flushed", "applied"].contains(&a.level.as_str()) {
         return Err(format!("--level takes async, received, flushed or applied, not {:?}", a.level));

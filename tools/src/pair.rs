@@ -10,6 +10,7 @@
 //! HAVE <prefix> <from> <to>   ->  BITS <hex>   bit i set if key <prefix><from+i> is present
 //! ROLE                        ->  ROLE <master|slave|candidate> <epoch> <writable 0|1>
 //! STATS                       ->  STATS <json>
+//! SWITCHOVER                  ->  OK | ERR <msg>   planned handover to the slave (master only)
 //! ```
 //! Stdout: `LISTEN <replication addr>`, `CLIENT <client addr>`, then `EVENT <debug>`
 //! lines for role changes and rollbacks.
@@ -175,6 +176,10 @@ fn serve_client(node: &Node, app: &KvApp, conn: TcpStream, wait: Duration) -> st
                 };
                 format!("ROLE {role} {} {}", s.epoch, node.is_writable() as u8)
             }
+            ["SWITCHOVER"] => match node.switchover(Duration::from_secs(10)) {
+                Ok(()) => "OK".to_string(),
+                Err(e) => format!("ERR {e}"),
+            },
             ["STATS"] => {
                 let s = node.stats();
                 format!(
