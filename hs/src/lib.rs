@@ -12,6 +12,7 @@
 //! decision); `log` is the only module that maps files or syncs them; `node` is
 //! the driver (threads, sockets, timers, the public API).
 
+pub mod ffi;
 pub mod log;
 pub mod node;
 pub mod proto;
