@@ -582,7 +582,15 @@ impl Log {
             let buf = unsafe { seg.slice(from, len) };
             let mut at = 0usize;
             while at < len {
-                let sz = record::peek_size(&buf[at..]).expect("committed bytes are records");
+                // A segment-end marker owns the rest of the segment (the tail is at the
+                // segment's end once it is written): it goes whole, with its zeros, as
+                // the slave expects. The remainder is shorter than one record.
+                let is_skip = buf[at..].get(0..4).is_some_and(|w| w == record::SKIP_MARKER.to_le_bytes());
+                let sz = if is_skip {
+                    len - at
+                } else {
+                    record::peek_size(&buf[at..]).unwrap_or(len - at)
+                };
                 if at + sz > max_bytes && at > 0 {
                     break;
                 }
