@@ -105,6 +105,12 @@ pub struct Recovery {
     pub duration: Duration,
 }
 
+/// `now + d`, saturating instead of panicking on an absurd duration.
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// Longest a blocking roll (the slave's) waits for the preparer.
 const SEGMENT_WAIT_MAX: Duration = Duration::from_secs(10);
 
@@ -149,7 +155,11 @@ struct Spare {
     seg: Option<Segment>,
     /// Base the next spare must have.
     want_base: u64,
+    /// Why the last preparation failed; kept until one succeeds, so every caller
+    /// that finds the log full is told the cause (a full disk, say).
     error: Option<String>,
+    /// A caller hit the error: try again.
+    retry: bool,
     shutdown: bool,
     history: u128,
     segment_bytes: u64,
@@ -332,7 +342,7 @@ impl Log {
             first: AtomicU64::new(first),
             segs: RwLock::new(segs),
             spare: Arc::new(SpareShared {
-                m: Mutex::new(Spare { seg: None, want_base: next_base, error: None, shutdown: false, history: meta.history, segment_bytes: meta.segment_bytes }),
+                m: Mutex::new(Spare { seg: None, want_base: next_base, error: None, retry: false, shutdown: false, history: meta.history, segment_bytes: meta.segment_bytes }),
                 need_cv: Condvar::new(),
                 ready_cv: Condvar::new(),
                 dir: dir.clone(),
@@ -473,12 +483,18 @@ impl Log {
 
     /// Like `append`, but waits up to `timeout` for a segment to be prepared.
     pub fn append_wait(&self, op: Op, key: &[u8], value: &[u8], timeout: Duration) -> Result<u64, LogError> {
-        let deadline = Instant::now() + timeout;
+        // The clock is read only when the log is full: not on the hot path.
+        let first = self.append(op, key, value);
+        if !matches!(first, Err(LogError::Full { .. })) {
+            return first;
+        }
+        let deadline = deadline_after(timeout);
         loop {
             match self.append(op, key, value) {
                 Err(LogError::Full { .. }) if Instant::now() < deadline => {
+                    // Wait for the preparer's next attempt (it signals after each one).
                     let mut sp = self.spare.m.lock();
-                    if sp.seg.is_none() && sp.error.is_none() {
+                    if sp.seg.is_none() {
                         self.spare.ready_cv.wait_until(&mut sp, deadline);
                     }
                 }
@@ -509,7 +525,8 @@ impl Log {
         // Only the preparer creates segments; a blocking caller (the slave) waits for it.
         let deadline = Instant::now() + SEGMENT_WAIT_MAX;
         while sp.seg.is_none() {
-            if let Some(e) = sp.error.take() {
+            if let Some(e) = sp.error.clone() {
+                sp.retry = true;
                 self.spare.need_cv.notify_one();
                 return Err(LogError::Full { why: e });
             }
@@ -869,6 +886,21 @@ impl Drop for Log {
     }
 }
 
+/// Calls `f` on each record of bytes that `append_replicated` has just checked
+/// (CRC included): the apply pass does not pay for the CRC a second time.
+pub fn for_each_checked(bytes: &[u8], pos: u64, f: &mut impl FnMut(&RecordRef<'_>)) {
+    let mut at = 0usize;
+    while at + record::RECORD_HEADER_BYTES <= bytes.len() {
+        match record::decode_unchecked(&bytes[at..], pos + at as u64) {
+            Some((rec, size)) => {
+                f(&rec);
+                at += size;
+            }
+            None => return,
+        }
+    }
+}
+
 /// Calls `f` on each record in `bytes` (records starting at `pos`), re-checking
 /// each. Returns the bytes consumed and whether a segment-end marker ended them.
 pub fn for_each_in(bytes: &[u8], pos: u64, record_bytes_max: usize, f: &mut impl FnMut(&RecordRef<'_>)) -> Result<(usize, bool), LogError> {
@@ -892,13 +924,17 @@ fn preparer(sh: Arc<SpareShared>) {
         if sp.shutdown {
             return;
         }
-        if sp.seg.is_none() && sp.error.is_none() && sp.history != 0 {
+        if sp.seg.is_none() && (sp.error.is_none() || sp.retry) && sp.history != 0 {
             let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
+            sp.retry = false;
             drop(sp);
             let r = Segment::create(&sh.dir, h, base, size);
             sp = sh.m.lock();
             match r {
-                Ok(s) if sp.want_base == base && sp.history == h && sp.seg.is_none() && !sp.shutdown => sp.seg = Some(s),
+                Ok(s) if sp.want_base == base && sp.history == h && sp.seg.is_none() && !sp.shutdown => {
+                    sp.seg = Some(s);
+                    sp.error = None;
+                }
                 Ok(s) => {
                     let _ = std::fs::remove_file(&s.path);
                 }

@@ -528,7 +528,8 @@ impl Node {
         let io = std::thread::Builder::new()
             .name("hs-io".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // IO and timers only: no signal driver (it leaves a process-wide global behind).
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the replication runtime");
@@ -597,7 +598,7 @@ impl Node {
         if s.cfg.lag_policy == LagPolicy::Refuse {
             return Err(NodeError::LagExceeded { lag: lag(), max });
         }
-        let deadline = Instant::now() + Duration::from_millis(s.cfg.publish_timeout_ms);
+        let deadline = crate::log::deadline_after(Duration::from_millis(s.cfg.publish_timeout_ms));
         let mut g = s.ack_lock.lock();
         while s.slave_connected.load(Ordering::Acquire) && lag() > max {
             if s.ack_cv.wait_until(&mut g, deadline).timed_out() {
@@ -631,7 +632,7 @@ impl Node {
         if !s.slave_connected.load(Ordering::Acquire) {
             return Err(NodeError::NoStandby);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::log::deadline_after(timeout);
         s.demoting.store(true, Ordering::Release);
         s.writable.store(false, Ordering::Release);
         // After this, no publish can land: the handover position is final.
@@ -687,7 +688,7 @@ impl Node {
             };
             acked > pos
         };
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::log::deadline_after(timeout);
         let mut g = s.ack_lock.lock();
         while !reached() {
             if s.is_shutdown() {

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::net::{write_frame, FrameReader, NetError};
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
-use crate::log::for_each_in;
+use crate::log::for_each_checked;
 use crate::log::snapshot::Snapshot;
 use crate::proto::election::{lease_ms, settle, verdict, Cause, Rank, Verdict};
 use crate::proto::frame::{code, Action, Frame};
@@ -355,7 +355,6 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
     let mut caught_up = false;
     let mut acked_at_tick = u64::MAX;
     let flush_each = s.cfg.flush == FlushPolicy::EveryBatch;
-    let max = s.cfg.record_bytes_max;
     let mut echo_ns = 0u64;
     loop {
         let shutdown = s.shutdown_notify.notified();
@@ -380,12 +379,12 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
                     let tail = log.append_replicated(pos, &records).map_err(|e| NetError::Protocol(format!("refused data at {pos}: {e}")))?;
                     let mut n = 0u64;
                     {
+                        // `append_replicated` checked every record (CRC too) before writing.
                         let mut app = s.app.lock();
-                        for_each_in(&records, pos, max, &mut |r| {
+                        for_each_checked(&records, pos, &mut |r| {
                             app.apply(r);
                             n += 1;
-                        })
-                        .map_err(|e| NetError::Protocol(format!("re-reading data at {pos}: {e}")))?;
+                        });
                     }
                     s.records_applied.fetch_add(n, Ordering::Relaxed);
                     s.applied.store(tail, Ordering::Release);

@@ -205,6 +205,25 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
     Ok(Decoded::Record { rec: RecordRef { pos, epoch, op, key, value }, size: align_up(len).min(buf.len()) })
 }
 
+/// Decodes a record already checked by [`decode`] (same bytes, same position)
+/// without computing its CRC again. `None` at a segment-end marker or zeros.
+/// Only for bytes this process has checked: it trusts the lengths (but stays in bounds).
+#[inline]
+pub fn decode_unchecked(buf: &[u8], pos: u64) -> Option<(RecordRef<'_>, usize)> {
+    let len = u32::from_le_bytes(buf.get(0..4)?.try_into().unwrap());
+    if len == 0 || len == SKIP_MARKER {
+        return None;
+    }
+    let len = len as usize;
+    let key_len = u16::from_le_bytes(buf.get(22..24)?.try_into().unwrap()) as usize;
+    let body = buf.get(RECORD_HEADER_BYTES..len)?;
+    let (key, value) = body.split_at(key_len.min(body.len()));
+    let epoch = u32::from_le_bytes(buf[16..20].try_into().unwrap());
+    let op = Op::from_u8(buf[20])?;
+    debug_assert_eq!(u64::from_le_bytes(buf[8..16].try_into().unwrap()), pos);
+    Some((RecordRef { pos, epoch, op, key, value }, align_up(len).min(buf.len())))
+}
+
 /// The length word at the start of `buf` as a record size with padding, without
 /// checking the CRC: used by a sender that walks records it wrote itself to cut
 /// a batch at a record boundary. `None` at the end of data.
