@@ -2,7 +2,7 @@
 //! [`crate::client`], and the XML form of seed 000.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,44 @@ pub struct ErrorBody {
     pub error: String,
     /// What happened and what to do.
     pub message: String,
+    /// With `not_master`: the master's HTTP address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<SocketAddr>,
+}
+
+/// Answer to `GET /v1/role`: what this balancer is in its hs pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleReply {
+    /// `master`, `standby` (following a master), `candidate` (finding one), or
+    /// `master` for a balancer without hs.
+    pub role: String,
+    /// Whether mutations are accepted here now.
+    pub serving: bool,
+    /// hs epoch (0 without hs).
+    pub epoch: u32,
+    /// The master's HTTP address, when known.
+    pub master: Option<SocketAddr>,
+    /// Replication positions, when hs is embedded.
+    pub hs: Option<HsView>,
+}
+
+/// Replication numbers of the embedded hs node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HsView {
+    /// One past the last record in this node's log.
+    pub written: u64,
+    /// Standby: records applied to its registry (position).
+    pub applied: u64,
+    /// Master: what the standby reports applied (position).
+    pub acked_applied: u64,
+    /// Master: a standby is connected.
+    pub standby_connected: bool,
+    /// Records published by this balancer.
+    pub published: u64,
+    /// Publishes that failed after the change was applied (rebuilt from the log).
+    pub publish_failed: u64,
+    /// Replicated records that could not be applied.
+    pub replica_errors: u64,
 }
 
 /// Escapes text for an XML attribute.

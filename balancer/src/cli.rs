@@ -3,15 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::client::Client;
-use crate::config::Config;
+use crate::config::{Config, HsConfig};
 use crate::rolling::{rolling_restart, CommandRestarter, RollingOptions};
-use crate::server::{start, NoSink};
+use crate::server::start_replicated;
 
 /// `balancer`: run the registry.
 #[derive(Debug, Parser)]
@@ -41,6 +40,30 @@ pub struct ServeArgs {
     /// Overrides `pick_wait_ms`.
     #[arg(long)]
     pub pick_wait_ms: Option<u64>,
+    /// Overrides `advertise` (the HTTP address a standby names as the master's).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Overrides `witness_listen`: serve as hs witness for game-server pairs here.
+    #[arg(long)]
+    pub witness_listen: Option<SocketAddr>,
+    /// Overrides `[hs] dir` (with --hs-listen, enables the standby if the file has no [hs]).
+    #[arg(long)]
+    pub hs_dir: Option<PathBuf>,
+    /// Overrides `[hs] listen` (replication address).
+    #[arg(long)]
+    pub hs_listen: Option<SocketAddr>,
+    /// Overrides `[hs] peer` (the other balancer's replication address).
+    #[arg(long)]
+    pub hs_peer: Option<SocketAddr>,
+    /// Overrides `[hs] witness` (an external hs witness for this pair).
+    #[arg(long)]
+    pub hs_witness: Option<SocketAddr>,
+    /// Overrides `[hs] pair_id`.
+    #[arg(long)]
+    pub hs_pair_id: Option<u64>,
+    /// Overrides `[hs] prefer_master` (true on exactly one of the pair).
+    #[arg(long)]
+    pub prefer_master: Option<bool>,
 }
 
 impl ServeArgs {
@@ -63,6 +86,41 @@ impl ServeArgs {
         for (field, value) in overrides {
             if let Some(v) = value {
                 *field = v;
+            }
+        }
+        if self.advertise.is_some() {
+            c.advertise = self.advertise;
+        }
+        if self.witness_listen.is_some() {
+            c.witness_listen = self.witness_listen;
+        }
+        if c.hs.is_none() {
+            if let (Some(dir), Some(listen)) = (&self.hs_dir, self.hs_listen) {
+                c.hs = Some(HsConfig::new(dir.clone(), listen));
+            } else if self.hs_dir.is_some() || self.hs_listen.is_some() || self.hs_peer.is_some() {
+                return Err(crate::config::ConfigError::Invalid(
+                    "the config has no [hs] table: give both --hs-dir and --hs-listen to enable the standby".into(),
+                ));
+            }
+        }
+        if let Some(h) = c.hs.as_mut() {
+            if let Some(v) = &self.hs_dir {
+                h.dir = v.clone();
+            }
+            if let Some(v) = self.hs_listen {
+                h.listen = v;
+            }
+            if self.hs_peer.is_some() {
+                h.peer = self.hs_peer;
+            }
+            if self.hs_witness.is_some() {
+                h.witness = self.hs_witness;
+            }
+            if let Some(v) = self.hs_pair_id {
+                h.pair_id = v;
+            }
+            if let Some(v) = self.prefer_master {
+                h.prefer_master = v;
             }
         }
         c.validate()?;
@@ -99,7 +157,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let handle = match start(config, Arc::new(NoSink)).await {
+        let handle = match start_replicated(config).await {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -4,7 +4,11 @@
 //! It speaks just enough HTTP/1.1 over one keep-alive connection (request
 //! with `Content-Length`, response with `Content-Length`), so a game server
 //! links no HTTP stack. It is given one or more balancer addresses (master
-//! and standby): on a connection error it moves to the next one.
+//! and standby) and uses whichever is master: on a connection error it moves
+//! to the next address, and on a 503 `not_master` answer to the master that
+//! answer names (if it is one of its addresses; else to the next one), and
+//! sends the request again there. Reads are answered by a standby too (from
+//! its replica), so a client only moves when it has to.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -95,16 +99,45 @@ impl Client {
         self
     }
 
+    /// The address requests go to now.
+    pub fn current(&self) -> Option<SocketAddr> {
+        self.addrs.get(self.current).copied()
+    }
+
+    /// Moves to the master a `not_master` answer named, else to the next address.
+    fn follow(&mut self, master: Option<SocketAddr>) {
+        self.conn = None;
+        if self.addrs.is_empty() {
+            return;
+        }
+        self.current = match master.and_then(|m| self.addrs.iter().position(|a| *a == m)) {
+            Some(i) if i != self.current => i,
+            _ => (self.current + 1) % self.addrs.len(),
+        };
+    }
+
     /// Sends one request; on a broken connection, retries once on a fresh
-    /// connection (to the next address when there are several).
+    /// connection (to the next address when there are several); on 503
+    /// `not_master`, retries at the master. When every attempt met a
+    /// non-master (a failover in progress), the last `not_master` answer is
+    /// returned.
     pub async fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
         let timeout_ms = self.timeout.as_millis() as u64;
         let attempts = self.addrs.len().max(1) + 1;
         let mut last_err = None;
+        let mut not_master = None;
         for _ in 0..attempts {
             let fresh = self.conn.is_none();
             match tokio::time::timeout(self.timeout, self.attempt(method, path, body)).await {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    match not_master_answer(&resp) {
+                        Some(master) if self.addrs.len() > 1 => {
+                            self.follow(master);
+                            not_master = Some(resp);
+                        }
+                        _ => return Ok(resp),
+                    }
+                }
                 Ok(Err(e)) => {
                     self.conn = None;
                     if fresh && !self.addrs.is_empty() {
@@ -117,6 +150,9 @@ impl Client {
                     return Err(ClientError::Timeout { timeout_ms });
                 }
             }
+        }
+        if let Some(resp) = not_master {
+            return Ok(resp);
         }
         Err(ClientError::Io {
             addrs: self.addrs.clone(),
@@ -203,6 +239,15 @@ impl Client {
     pub async fn undrain(&mut self, id: &str) -> Result<ProcessView, ClientError> {
         self.call("POST", &format!("/v1/processes/{id}/undrain"), None).await
     }
+}
+
+/// For a 503 `not_master` answer: the master it names, if any.
+fn not_master_answer(resp: &Response) -> Option<Option<SocketAddr>> {
+    if resp.status != 503 {
+        return None;
+    }
+    let body: ErrorBody = serde_json::from_slice(&resp.body).ok()?;
+    (body.error == "not_master").then_some(body.master)
 }
 
 /// Reads one response; the flag says the server will close the connection.

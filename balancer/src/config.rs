@@ -19,7 +19,7 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,117 @@ fn default_process_online_max() -> u32 {
     1000
 }
 
+/// The embedded hs node (the `[hs]` table): the balancer's own standby.
+/// Both balancers of a pair run the same binary with the same `[[zones]]`;
+/// each names the other as `peer`, and one has `prefer_master = true`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsConfig {
+    /// Directory of the replicated log (one balancer per directory).
+    pub dir: PathBuf,
+    /// Replication address this balancer listens on (the peer's `peer`).
+    pub listen: SocketAddr,
+    /// The other balancer's replication address. None: a lone balancer whose
+    /// registry survives a restart, with no standby.
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
+    /// An hs witness (`hs-witness`, or another balancer's `witness_listen`)
+    /// that must agree to a promotion when the master goes silent. Not this
+    /// pair's own balancers: a witness inside one node cannot arbitrate its pair.
+    #[serde(default)]
+    pub witness: Option<SocketAddr>,
+    /// Identifies the pair at the witness; both balancers use the same.
+    #[serde(default = "default_pair_id")]
+    pub pair_id: u64,
+    /// Serve when both start at once (give exactly one of the pair `true`).
+    #[serde(default)]
+    pub prefer_master: bool,
+    /// Promote on silence alone (no witness) and let a preferred master start
+    /// without its peer. Risks two masters during a partition; off by default.
+    #[serde(default)]
+    pub accept_split_risk: bool,
+    /// Heartbeat period; a silent peer is dead after `heartbeat_dead_ticks`.
+    /// A killed master is noticed at once (its kernel closes the connection).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Idle heartbeat ticks before the peer is declared dead.
+    #[serde(default = "default_heartbeat_dead_ticks")]
+    pub heartbeat_dead_ticks: u32,
+    /// Log segment size (disk: about two segments plus retention).
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Log kept before old segments are folded into a snapshot (the latest
+    /// value per key, which is the registry).
+    #[serde(default = "default_retention_bytes_max")]
+    pub retention_bytes_max: u64,
+    /// How often the log is written to disk (a process crash loses nothing
+    /// either way; this is about a machine crash).
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+fn default_pair_id() -> u64 {
+    1
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    100
+}
+fn default_heartbeat_dead_ticks() -> u32 {
+    5
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_retention_bytes_max() -> u64 {
+    256 << 20
+}
+fn default_flush_interval_ms() -> u64 {
+    100
+}
+
+impl HsConfig {
+    /// A table with defaults for these required values.
+    pub fn new(dir: PathBuf, listen: SocketAddr) -> HsConfig {
+        HsConfig {
+            dir,
+            listen,
+            peer: None,
+            witness: None,
+            pair_id: default_pair_id(),
+            prefer_master: false,
+            accept_split_risk: false,
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            heartbeat_dead_ticks: default_heartbeat_dead_ticks(),
+            segment_bytes: default_segment_bytes(),
+            retention_bytes_max: default_retention_bytes_max(),
+            flush_interval_ms: default_flush_interval_ms(),
+        }
+    }
+
+    /// The hs node configuration.
+    pub fn resolve(&self) -> Result<crate::standby::StandbyConfig, ConfigError> {
+        let mut n = hs::Config::new(&self.dir);
+        n.listen = Some(self.listen);
+        n.peer = self.peer;
+        n.witness = self.witness;
+        n.pair_id = self.pair_id;
+        n.accept_split_risk = self.accept_split_risk;
+        n.heartbeat_interval_ms = self.heartbeat_interval_ms;
+        n.heartbeat_dead_ticks = self.heartbeat_dead_ticks;
+        n.segment_bytes = self.segment_bytes;
+        n.record_bytes_max = (self.segment_bytes / 2).min(crate::standby::VALUE_BYTES_MAX as u64 + 4096) as usize;
+        n.retention_bytes_max = self.retention_bytes_max;
+        n.flush = hs::FlushPolicy::EveryMs(self.flush_interval_ms.max(1));
+        if self.segment_bytes < 1 << 20 || self.segment_bytes & 4095 != 0 {
+            return Err(ConfigError::Invalid("[hs] segment_bytes must be a multiple of 4096, at least 1 MiB".into()));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_dead_ticks == 0 {
+            return Err(ConfigError::Invalid("[hs] heartbeat_interval_ms and heartbeat_dead_ticks must be above 0".into()));
+        }
+        Ok(crate::standby::StandbyConfig { node: n, prefer_master: self.prefer_master || self.peer.is_none() })
+    }
+}
+
 /// The whole configuration. Every field but `zones` has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -143,6 +254,18 @@ pub struct Config {
     /// Kill spawned children when the balancer stops. Off in production
     /// (they keep serving players); on in tests.
     pub kill_spawned_on_exit: bool,
+    /// HTTP address this balancer gives clients as the master's (in
+    /// `not_master` answers from its standby). Default: the bound `listen`
+    /// address; set it when listening on 0.0.0.0.
+    pub advertise: Option<SocketAddr>,
+    /// Serve as an hs witness for game-server pairs on this address (their
+    /// `witness` points here). Not replicated: each balancer's witness is its own.
+    pub witness_listen: Option<SocketAddr>,
+    /// How long a master's renewal holds at the witness: the pairs' lease plus
+    /// a tick (`hs::node::witness::hold_for`; 400 for 100 ms x 5 ticks).
+    pub witness_hold_ms: u64,
+    /// The balancer's own standby (hs). Absent: no replication.
+    pub hs: Option<HsConfig>,
     /// Zones.
     pub zones: Vec<ZoneConfig>,
 }
@@ -169,6 +292,10 @@ impl Default for Config {
             pick_wait_ms: 3_000,
             request_body_bytes_max: 16 * 1024,
             kill_spawned_on_exit: false,
+            advertise: None,
+            witness_listen: None,
+            witness_hold_ms: hs::node::witness::hold_for(100, 5).as_millis() as u64,
+            hs: None,
             zones: Vec::new(),
         }
     }
@@ -206,10 +333,14 @@ impl Config {
             ("processes_max", self.processes_max as u64),
             ("probe_concurrency_max", self.probe_concurrency_max as u64),
             ("request_body_bytes_max", self.request_body_bytes_max as u64),
+            ("witness_hold_ms", self.witness_hold_ms),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be above 0"));
             }
+        }
+        if let Some(h) = &self.hs {
+            h.resolve()?;
         }
         let mut ids = std::collections::BTreeSet::new();
         for z in &self.zones {

@@ -12,7 +12,13 @@
 //! | POST | /v1/processes/{id}/drain | secret | stop picks to it |
 //! | POST | /v1/processes/{id}/undrain | secret | back in service |
 //! | DELETE | /v1/processes/{id} | secret | forget it |
+//! | GET | /v1/role | | master / standby / candidate, epoch, master address |
 //! | GET | /healthz | | liveness |
+//!
+//! On a balancer that is not the master (its hs standby, or one between
+//! roles) every mutation (push, pick, drain, undrain, forget) answers 503
+//! `not_master` with `"master": "IP:PORT"` when the master is known; reads
+//! are served from the replica (at most the replication lag behind).
 //! | GET | /metrics | | Prometheus text |
 
 use std::sync::Arc;
@@ -25,11 +31,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::api::{render_xml, ErrorBody, PickReply, ProcessView, PushReply, ZoneSummary, ZoneView};
+use crate::api::{render_xml, ErrorBody, HsView, PickReply, ProcessView, PushReply, RoleReply, ZoneSummary, ZoneView};
 use crate::metrics::Metrics;
 use crate::ratelimit::Refused;
 use crate::registry::{validate_process_id, RegistryError, RegistryOp, Status, StatusPush, ZoneId};
-use crate::server::{Balancer, PickError};
+use crate::server::{ApplyError, Balancer, NotMaster, PickError};
 
 type Shared = State<Arc<Balancer>>;
 
@@ -40,17 +46,36 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_ms: Option<u64>,
+    master: Option<std::net::SocketAddr>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_ms: None }
+        ApiError { status, code, message: message.into(), retry_after_ms: None, master: None }
+    }
+}
+
+impl From<NotMaster> for ApiError {
+    fn from(e: NotMaster) -> ApiError {
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_master", e.to_string());
+        err.master = e.master;
+        err.retry_after_ms = Some(1000);
+        err
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> ApiError {
+        match e {
+            ApplyError::Registry(r) => r.into(),
+            ApplyError::NotMaster(n) => n.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.code.to_string(), message: self.message };
+        let body = ErrorBody { error: self.code.to_string(), message: self.message, master: self.master };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(ms) = self.retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);
@@ -86,6 +111,7 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/v1/role", get(role))
         .route("/v1/status", post(push))
         .route("/v1/zones", get(zones))
         .route("/v1/servers", get(servers))
@@ -229,6 +255,7 @@ async fn pick(State(b): Shared, Path(zone): Path<String>) -> Result<Json<PickRep
             reservation: p.reservation,
             expires_in_ms: p.expires_ms.saturating_sub(b.now_ms()),
         })),
+        Err(PickError::NotMaster(e)) => Err(e.into()),
         Err(PickError::Registry { registry, spawn }) => {
             let mut err = ApiError::from(registry);
             if let Some(s) = spawn {
@@ -273,8 +300,33 @@ async fn forget(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) ->
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn role(State(b): Shared) -> Json<RoleReply> {
+    let serving = b.is_master();
+    let Some(sink) = b.hs() else {
+        return Json(RoleReply { role: "master".into(), serving, epoch: 0, master: Some(b.advertised()), hs: None });
+    };
+    let node = sink.with_node(|n| (n.role(), n.stats()));
+    let role = match node.as_ref().map(|(r, _)| *r) {
+        Some(hs::Role::Master) => "master",
+        Some(hs::Role::Slave) => "standby",
+        _ => "candidate",
+    };
+    let epoch = node.as_ref().map(|(_, st)| st.epoch).unwrap_or(0);
+    let hs = node.map(|(_, st)| HsView {
+        written: st.written,
+        applied: st.applied,
+        acked_applied: st.acked_applied,
+        standby_connected: st.slave_connected,
+        published: sink.published.load(std::sync::atomic::Ordering::Relaxed),
+        publish_failed: sink.publish_failed.load(std::sync::atomic::Ordering::Relaxed),
+        replica_errors: sink.replica_errors.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    Json(RoleReply { role: role.into(), serving, epoch, master: sink.master_http(), hs })
+}
+
 async fn metrics(State(b): Shared) -> Response {
-    let body = b.read(|r| b.metrics.render(r));
+    let mut body = b.read(|r| b.metrics.render(r));
+    crate::metrics::render_role(&mut body, b.is_master(), b.epoch(), b.hs().map(|h| h.as_ref()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -10,6 +10,9 @@
 //!   requests, probe results and timer ticks into ops, hands every applied op
 //!   to an [`server::OpSink`] (where hs replication plugs in), spawns and
 //!   reaps children.
+//! - [`standby`]: the balancer's own hot standby: an embedded hs node, the
+//!   entity records the master publishes, the replica's `Apply`, and the role
+//!   watcher that opens and closes the master gate.
 //! - [`http`]: the axum routes; [`api`]: wire types and seed 000's XML.
 //! - [`client`]: the library a game server or game client links to push
 //!   status and pick; [`rolling`]: rolling restart; [`fake`]: a simulated
@@ -26,3 +29,4 @@ pub mod ratelimit;
 pub mod registry;
 pub mod rolling;
 pub mod server;
+pub mod standby;

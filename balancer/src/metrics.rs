@@ -88,3 +88,22 @@ impl Metrics {
         out
     }
 }
+
+/// Appends the role gauges and, when hs is embedded, its counters.
+pub fn render_role(out: &mut String, master: bool, epoch: u32, hs: Option<&crate::standby::HsSink>) {
+    let _ = writeln!(
+        out,
+        "# HELP balancer_master 1 while this balancer serves as master.\n# TYPE balancer_master gauge\nbalancer_master {}",
+        u8::from(master)
+    );
+    let _ = writeln!(out, "# HELP balancer_hs_epoch hs epoch at the last role change.\n# TYPE balancer_hs_epoch gauge\nbalancer_hs_epoch {epoch}");
+    let Some(h) = hs else { return };
+    let counters: [(&str, &str, &AtomicU64); 3] = [
+        ("balancer_hs_published_total", "Registry records published to the standby.", &h.published),
+        ("balancer_hs_publish_failed_total", "Publishes that failed after the change was applied (the node is restarted to rebuild from its log).", &h.publish_failed),
+        ("balancer_replica_errors_total", "Replicated records that could not be applied (e.g. the pair's [[zones]] differ).", &h.replica_errors),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+    }
+}

@@ -2,7 +2,14 @@
 //!
 //! Invariants (the standby depends on them):
 //! - **Every state change goes through [`Registry::apply`].** Nothing else takes
-//!   `&mut self`, except construction and [`Registry::restore`].
+//!   `&mut self`, except construction, [`Registry::restore`] and the replica
+//!   setters ([`Registry::put_process`], [`Registry::remove_process`],
+//!   [`Registry::set_last_spawn`], [`Registry::set_next_token`],
+//!   [`Registry::clear`]) through which a standby loads the master's entities.
+//! - **[`Changes::of`] names every entity an op changed** (processes, zone
+//!   spawn times, the token counter), so the master publishes exactly those
+//!   and a standby that applies them, or only the latest value of each, is
+//!   equal to the master (checked over random op sequences in the tests).
 //! - **No clock, no IO, no randomness inside.** Time arrives in the op
 //!   (`now_ms`, unix milliseconds chosen by the driver); reservation tokens come
 //!   from a counter in the state. Two registries built from the same zones that
@@ -759,6 +766,68 @@ pub struct Outcome {
     pub status: Option<Status>,
 }
 
+/// The entities an applied op changed: what the master publishes after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Processes changed, added or removed (look each up after the op: absent
+    /// means removed). Removals are listed before the rest, so a replica never
+    /// holds two owners of one endpoint.
+    pub processes: Vec<String>,
+    /// Zones whose spawn time changed.
+    pub zones: Vec<ZoneId>,
+    /// The reservation token counter moved.
+    pub next_token: bool,
+}
+
+impl Changes {
+    /// What `op`, applied with outcome `out`, changed. Tick changes are read
+    /// from its events (every change a tick makes has one).
+    pub fn of(op: &RegistryOp, out: &Outcome) -> Changes {
+        let mut c = Changes::default();
+        let mut removed = Vec::new();
+        for e in &out.events {
+            match e {
+                Event::Replaced { old, .. } => removed.push(old.clone()),
+                Event::SpawnTimedOut { id, .. } | Event::Forgotten { id } => removed.push(id.clone()),
+                Event::Registered { id }
+                | Event::Running { id }
+                | Event::Stopped { id, .. }
+                | Event::DrainComplete { id }
+                | Event::ReservationsExpired { id, .. } => c.processes.push(id.clone()),
+            }
+        }
+        match op {
+            RegistryOp::Push { report, .. } => c.processes.push(report.id.clone()),
+            RegistryOp::Pick { .. } => {
+                if let Some(p) = &out.picked {
+                    c.processes.push(p.id.clone());
+                }
+                c.next_token = true;
+            }
+            RegistryOp::Tick { .. } => {}
+            RegistryOp::ProbeFailed { id, .. }
+            | RegistryOp::ProbeOk { id, .. }
+            | RegistryOp::Drain { id, .. }
+            | RegistryOp::Undrain { id, .. } => c.processes.push(id.clone()),
+            RegistryOp::SpawnStarted { zone, .. } | RegistryOp::SpawnFailed { zone, .. } => c.zones.push(*zone),
+            RegistryOp::Forget { id } => removed.push(id.clone()),
+        }
+        c.processes.retain(|id| !removed.contains(id));
+        c.processes.sort();
+        c.processes.dedup();
+        removed.sort();
+        removed.dedup();
+        removed.append(&mut c.processes);
+        c.processes = removed;
+        c
+    }
+
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty() && self.zones.is_empty() && !self.next_token
+    }
+}
+
 /// Per-zone state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Zone {
@@ -972,6 +1041,68 @@ impl Registry {
                 Ok(Outcome { events: vec![Event::Forgotten { id: id.clone() }], ..Outcome::default() })
             }
         }
+    }
+
+    /// Next reservation token (replicated so a new master never reuses one).
+    pub fn next_token(&self) -> u64 {
+        self.next_token
+    }
+
+    /// When the zone last spawned (or tried to), for the spawn rate limit.
+    pub fn last_spawn(&self, zone: ZoneId) -> Option<Millis> {
+        self.zones.get(&zone).and_then(|z| z.last_spawn_ms)
+    }
+
+    /// Replica: drops every process and spawn time (zones and limits stay):
+    /// the state before the first op. A snapshot or records follow.
+    pub fn clear(&mut self) {
+        for z in self.zones.values_mut() {
+            z.processes.clear();
+            z.last_spawn_ms = None;
+        }
+        self.zone_of.clear();
+        self.endpoints.clear();
+        self.next_token = 1;
+    }
+
+    /// Replica: sets a process to the master's copy, keeping the id and
+    /// endpoint indexes. Refused (nothing changes) when its zone is unknown
+    /// here: the two balancers' `[[zones]]` differ.
+    pub fn put_process(&mut self, p: Process) -> Result<(), RegistryError> {
+        if !self.zones.contains_key(&p.zone) {
+            return Err(RegistryError::UnknownZone { zone: p.zone });
+        }
+        self.remove(&p.id);
+        let addr = p.addr();
+        // The master removes an endpoint's old owner before it publishes the
+        // new one; if a replica still has one, the newer entry wins.
+        if let Some(owner) = self.endpoints.insert(addr, p.id.clone()) {
+            if let Some(zone) = self.zone_of.remove(&owner) {
+                if let Some(z) = self.zones.get_mut(&zone) {
+                    z.processes.remove(&owner);
+                }
+            }
+        }
+        self.zone_of.insert(p.id.clone(), p.zone);
+        self.zones.get_mut(&p.zone).expect("zone checked above").processes.insert(p.id.clone(), p);
+        Ok(())
+    }
+
+    /// Replica: removes a process the master removed. Unknown ids are fine.
+    pub fn remove_process(&mut self, id: &str) {
+        self.remove(id);
+    }
+
+    /// Replica: sets a zone's last spawn time. Unknown zones are ignored.
+    pub fn set_last_spawn(&mut self, zone: ZoneId, last_spawn_ms: Option<Millis>) {
+        if let Some(z) = self.zones.get_mut(&zone) {
+            z.last_spawn_ms = last_spawn_ms;
+        }
+    }
+
+    /// Replica: sets the token counter.
+    pub fn set_next_token(&mut self, next_token: u64) {
+        self.next_token = next_token;
     }
 
     fn process_mut(&mut self, id: &str) -> Result<&mut Process, RegistryError> {

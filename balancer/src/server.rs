@@ -21,6 +21,7 @@ use crate::registry::{
     Event, Millis, Outcome, Picked, ProbeTarget, Registry, RegistryError, RegistryOp, SpawnRefused, StopReason,
     ZoneId,
 };
+use crate::standby::{Entity, HsSink, RoleWatcher};
 
 /// Pick attempts per request while waiting for a spawned process; with
 /// `pick_wait_ms` this bounds the loop.
@@ -29,14 +30,22 @@ pub const PICK_ATTEMPTS_MAX: usize = 16;
 pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
 
 /// Receives every op the registry accepted, in order, with the registry lock
-/// held (except ticks that changed nothing). This is where hs plugs in: the master publishes `op.encode()`, and
-/// a standby feeds decoded ops to [`Balancer::apply_replicated`].
+/// held (except ticks that changed nothing), and the state after it. This is
+/// where hs plugs in ([`crate::standby::HsSink`] publishes the entities the
+/// op changed).
 ///
 /// Called on the request path: it must not block (hs queues without
 /// blocking).
 pub trait OpSink: Send + Sync + 'static {
-    /// `op` was applied and changed (or confirmed) the registry.
-    fn applied(&self, op: &RegistryOp);
+    /// Whether this balancer may change the registry now; checked with the
+    /// registry lock held, before the op is applied. A standby refuses.
+    fn check(&self) -> Result<(), NotMaster> {
+        Ok(())
+    }
+    /// `op` was applied with outcome `out`; `registry` is the state after it.
+    /// An error means the change was not replicated: the caller is told the
+    /// op failed.
+    fn applied(&self, op: &RegistryOp, out: &Outcome, registry: &Registry) -> Result<(), NotMaster>;
 }
 
 /// An [`OpSink`] that drops ops: a balancer without a standby.
@@ -44,7 +53,28 @@ pub trait OpSink: Send + Sync + 'static {
 pub struct NoSink;
 
 impl OpSink for NoSink {
-    fn applied(&self, _op: &RegistryOp) {}
+    fn applied(&self, _op: &RegistryOp, _out: &Outcome, _registry: &Registry) -> Result<(), NotMaster> {
+        Ok(())
+    }
+}
+
+/// This balancer is not the master (a standby, or one between roles).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this balancer is not the master{}", .master.map(|m| format!("; the master is at {m}")).unwrap_or_else(|| "; no master is known right now (failover in progress?), retry shortly".into()))]
+pub struct NotMaster {
+    /// The master's HTTP address, when known.
+    pub master: Option<SocketAddr>,
+}
+
+/// Why [`Balancer::apply`] did not apply an op.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The registry refused it; nothing changed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Not the master: nothing changed, or the change was not replicated.
+    #[error(transparent)]
+    NotMaster(#[from] NotMaster),
 }
 
 /// Wall clock in unix ms that never goes backwards within a process.
@@ -67,6 +97,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The embedded hs node did not start.
+    #[error("{0}")]
+    Standby(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}; choose another --listen address or stop what uses it")]
     Bind {
@@ -91,9 +124,9 @@ pub enum SpawnError {
         /// OS error.
         source: std::io::Error,
     },
-    /// The registry refused to record it.
+    /// The registry refused to record it, or this balancer is not the master.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] ApplyError),
 }
 
 /// Why a pick failed.
@@ -107,6 +140,9 @@ pub enum PickError {
         /// Why no spawn helped, if one was tried.
         spawn: Option<String>,
     },
+    /// This balancer is not the master.
+    #[error(transparent)]
+    NotMaster(#[from] NotMaster),
 }
 
 /// Shared state of a running balancer.
@@ -123,6 +159,13 @@ pub struct Balancer {
     spawn_lock: Mutex<()>,
     capacity: Notify,
     addr: SocketAddr,
+    /// True while this balancer serves as master: mutations are accepted and
+    /// the prober and ticker run.
+    master: watch::Sender<bool>,
+    /// hs epoch when the role last changed (0 without hs).
+    epoch: AtomicU64,
+    /// The embedded hs node's sink, when replicated.
+    hs: Option<Arc<HsSink>>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -132,7 +175,7 @@ impl std::fmt::Debug for Balancer {
 }
 
 impl Balancer {
-    fn new(config: Config, sink: Arc<dyn OpSink>, addr: SocketAddr) -> Balancer {
+    fn new(config: Config, sink: Arc<dyn OpSink>, addr: SocketAddr, hs: Option<Arc<HsSink>>) -> Balancer {
         let registry = Registry::new(config.zone_specs(), config.limits());
         let limiter = RateLimiter::new(
             config.push_rate_per_s,
@@ -150,7 +193,69 @@ impl Balancer {
             spawn_lock: Mutex::new(()),
             capacity: Notify::new(),
             addr,
+            // Without hs this balancer is always the master.
+            master: watch::channel(hs.is_none()).0,
+            epoch: AtomicU64::new(0),
+            hs,
         }
+    }
+
+    /// Whether this balancer serves as master now.
+    pub fn is_master(&self) -> bool {
+        *self.master.borrow()
+    }
+
+    /// Follows the master flag (the prober and ticker wait on it).
+    pub fn watch_master(&self) -> watch::Receiver<bool> {
+        self.master.subscribe()
+    }
+
+    /// hs epoch at the last role change (0 without hs).
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Relaxed) as u32
+    }
+
+    /// The embedded hs node's sink, when this balancer is replicated.
+    pub fn hs(&self) -> Option<&Arc<HsSink>> {
+        self.hs.as_ref()
+    }
+
+    /// Opens or closes the gate (called by the role watcher).
+    pub(crate) fn set_master(&self, master: bool, epoch: Option<u32>) {
+        if let Some(e) = epoch {
+            self.epoch.store(e as u64, Ordering::Relaxed);
+        }
+        let was = self.master.send_replace(master);
+        if was != master {
+            if master {
+                info!(addr = %self.advertised(), epoch = self.epoch(), "serving as master: accepting changes, probing, ticking");
+            } else {
+                warn!(epoch = self.epoch(), "not master: refusing changes, prober and ticker idle");
+            }
+            self.capacity.notify_waiters();
+        }
+    }
+
+    /// The HTTP address clients should use for this balancer: `advertise`,
+    /// else the bound address.
+    pub fn advertised(&self) -> SocketAddr {
+        self.config.advertise.unwrap_or(self.addr)
+    }
+
+    /// Where the master is, for a `not_master` answer.
+    pub fn not_master(&self) -> NotMaster {
+        NotMaster { master: self.hs.as_ref().and_then(|h| h.master_http()) }
+    }
+
+    /// Loads a replicated entity into the registry (standby, or a node
+    /// rebuilding from its log).
+    pub(crate) fn load_replicated(&self, entity: Entity) -> Result<(), RegistryError> {
+        crate::standby::load(&mut self.registry.lock(), entity)
+    }
+
+    /// Empties the registry before a replicated snapshot is loaded.
+    pub(crate) fn clear_replica(&self) {
+        self.registry.lock().clear();
     }
 
     /// The configuration in force.
@@ -174,28 +279,24 @@ impl Balancer {
     }
 
     /// Applies an op, publishes it to the sink, then acts on its events.
-    pub fn apply(&self, op: RegistryOp) -> Result<Outcome, RegistryError> {
+    /// Refused with [`NotMaster`] (nothing applied) unless this balancer is
+    /// the master.
+    pub fn apply(&self, op: RegistryOp) -> Result<Outcome, ApplyError> {
         let out = {
             let mut registry = self.registry.lock();
+            if !self.is_master() {
+                return Err(self.not_master().into());
+            }
+            self.sink.check()?;
             let out = registry.apply(&op)?;
             // A tick without events changed nothing (tested in the registry):
             // skipping it keeps ten no-op records a second out of the stream.
             if !(matches!(op, RegistryOp::Tick { .. }) && out.events.is_empty()) {
-                self.sink.applied(&op);
+                self.sink.applied(&op, &out, &registry)?;
             }
             out
         };
         self.after(&out);
-        Ok(out)
-    }
-
-    /// Applies an op that a master published (standby side). Events are
-    /// logged but no process is spawned or killed: the master owns children.
-    pub fn apply_replicated(&self, op: &RegistryOp) -> Result<Outcome, RegistryError> {
-        let out = self.registry.lock().apply(op)?;
-        for e in &out.events {
-            debug!(event = ?e, "replicated");
-        }
         Ok(out)
     }
 
@@ -338,7 +439,7 @@ impl Balancer {
                     Metrics::inc(&self.metrics.picks);
                     return Ok(out.picked.expect("a successful pick names a process"));
                 }
-                Err(e @ RegistryError::NoCapacity { starting, .. }) => {
+                Err(ApplyError::Registry(e @ RegistryError::NoCapacity { starting, .. })) => {
                     let spawn = self.try_spawn(zone);
                     let worth_waiting = starting > 0
                         || matches!(
@@ -351,7 +452,8 @@ impl Balancer {
                     }
                     let _ = tokio::time::timeout_at(deadline, notified).await;
                 }
-                Err(e) => return Err(PickError::Registry { registry: e, spawn: None }),
+                Err(ApplyError::Registry(e)) => return Err(PickError::Registry { registry: e, spawn: None }),
+                Err(ApplyError::NotMaster(e)) => return Err(e.into()),
             }
         }
         Metrics::inc(&self.metrics.picks_full);
@@ -403,11 +505,14 @@ pub async fn probe_all(targets: Vec<ProbeTarget>, timeout: Duration, concurrency
     results
 }
 
-/// A running balancer. Dropping it stops the server tasks.
+/// A running balancer. Dropping it stops the server tasks (and, without
+/// waiting, the embedded hs node).
 pub struct ServerHandle {
     balancer: Arc<Balancer>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    watcher: Option<RoleWatcher>,
+    witness_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -427,9 +532,18 @@ impl ServerHandle {
         &self.balancer
     }
 
-    /// Stops serving; waits up to [`SHUTDOWN_GRACE_MS`] for open connections.
+    /// Address the hs witness listens on, when `witness_listen` is set.
+    pub fn witness_addr(&self) -> Option<SocketAddr> {
+        self.witness_addr
+    }
+
+    /// Stops serving; waits up to [`SHUTDOWN_GRACE_MS`] for open connections,
+    /// then stops the hs node.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(mut w) = self.watcher.take() {
+            let _ = tokio::task::spawn_blocking(move || w.stop()).await;
+        }
         let grace = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
         for task in self.tasks.drain(..) {
             let abort = task.abort_handle();
@@ -466,14 +580,95 @@ async fn until_stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Binds, then runs the HTTP server, the prober and the ticker as tasks.
+/// Ops go to `sink`; this balancer is always the master (no hs).
 pub async fn start(config: Config, sink: Arc<dyn OpSink>) -> Result<ServerHandle, StartError> {
+    start_with(config, Some(sink)).await
+}
+
+/// Like [`start`], with the standby the config asks for: when `[hs]` is set
+/// the registry is replicated through an embedded hs node (replayed from its
+/// log before serving), and this balancer serves as master only while hs
+/// says so. Without `[hs]` it is [`start`] with no sink.
+pub async fn start_replicated(config: Config) -> Result<ServerHandle, StartError> {
+    start_with(config, None).await
+}
+
+/// Runs a loop's `round` every `period` while this balancer is master; idles
+/// (no timer) while it is not, and stops when `stop` resolves.
+async fn while_master<F, Fut>(b: Arc<Balancer>, period_ms: u64, stop: watch::Receiver<bool>, what: &'static str, mut round: F)
+where
+    F: FnMut(Arc<Balancer>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let stopped = until_stopped(stop);
+    tokio::pin!(stopped);
+    let mut master = b.watch_master();
+    loop {
+        tokio::select! {
+            ok = async { master.wait_for(|m| *m).await.is_ok() } => if !ok { return },
+            _ = &mut stopped => return,
+        }
+        debug!(what, "starting (master)");
+        let mut interval = tokio::time::interval(Duration::from_millis(period_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => round(b.clone()).await,
+                ok = async { master.wait_for(|m| !*m).await.is_ok() } => {
+                    if !ok { return }
+                    debug!(what, "stopped (stepped down)");
+                    break;
+                }
+                _ = &mut stopped => return,
+            }
+        }
+    }
+}
+
+async fn start_with(config: Config, sink: Option<Arc<dyn OpSink>>) -> Result<ServerHandle, StartError> {
     config.validate()?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let balancer = Arc::new(Balancer::new(config, sink, addr));
+    let witness = match config.witness_listen {
+        Some(w) => Some(TcpListener::bind(w).await.map_err(|source| StartError::Bind { addr: w, source })?),
+        None => None,
+    };
+    let witness_addr = witness.as_ref().and_then(|w| w.local_addr().ok());
+    let standby = match (&sink, &config.hs) {
+        (None, Some(hs)) => Some(hs.resolve()?),
+        _ => None,
+    };
+    let hs_sink = standby.as_ref().map(|_| Arc::new(HsSink::default()));
+    let sink: Arc<dyn OpSink> = match (&hs_sink, sink) {
+        (Some(h), _) => h.clone(),
+        (None, Some(s)) => s,
+        (None, None) => Arc::new(NoSink),
+    };
+    let balancer = Arc::new(Balancer::new(config, sink, addr, hs_sink.clone()));
+    // Rebuild the registry from the log, then find out who is master, before serving.
+    let watcher = match (standby, hs_sink) {
+        (Some(cfg), Some(h)) => {
+            let b = balancer.clone();
+            let started = tokio::task::spawn_blocking(move || RoleWatcher::start(cfg, &b, h)).await;
+            Some(started.map_err(|e| StartError::Standby(e.to_string()))?.map_err(|e| StartError::Standby(e.to_string()))?)
+        }
+        _ => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+
+    if let Some(w) = witness {
+        let hold = Duration::from_millis(balancer.config.witness_hold_ms);
+        let stop_witness = until_stopped(stopped.clone());
+        info!(addr = ?witness_addr, hold_ms = balancer.config.witness_hold_ms, "hs witness listening");
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = hs::node::witness::serve(w, hold) => {}
+                _ = stop_witness => {}
+            }
+        }));
+    }
 
     let app = crate::http::router(balancer.clone());
     let shutdown = until_stopped(stopped.clone());
@@ -483,36 +678,15 @@ pub async fn start(config: Config, sink: Arc<dyn OpSink>) -> Result<ServerHandle
         }
     }));
 
-    let b = balancer.clone();
-    let stop_probing = until_stopped(stopped.clone());
-    tasks.push(tokio::spawn(async move {
-        tokio::pin!(stop_probing);
-        let mut interval = tokio::time::interval(Duration::from_millis(b.config.probe_interval_ms));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => b.probe_round().await,
-                _ = &mut stop_probing => return,
-            }
-        }
-    }));
-
-    let b = balancer.clone();
-    let stop_ticking = until_stopped(stopped);
-    tasks.push(tokio::spawn(async move {
-        tokio::pin!(stop_ticking);
-        let mut interval = tokio::time::interval(Duration::from_millis(b.config.tick_interval_ms));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => {
-                    let _ = b.apply(RegistryOp::Tick { now_ms: b.now_ms() });
-                    b.reap_exited();
-                }
-                _ = &mut stop_ticking => return,
-            }
-        }
-    }));
-    info!(%addr, zones = balancer.config.zones.len(), "balancer listening");
-    Ok(ServerHandle { balancer, stop, tasks })
+    let period = balancer.config.probe_interval_ms;
+    tasks.push(tokio::spawn(while_master(balancer.clone(), period, stopped.clone(), "prober", |b| async move {
+        b.probe_round().await
+    })));
+    let period = balancer.config.tick_interval_ms;
+    tasks.push(tokio::spawn(while_master(balancer.clone(), period, stopped, "ticker", |b| async move {
+        let _ = b.apply(RegistryOp::Tick { now_ms: b.now_ms() });
+        b.reap_exited();
+    })));
+    info!(%addr, zones = balancer.config.zones.len(), replicated = watcher.is_some(), "balancer listening");
+    Ok(ServerHandle { balancer, stop, tasks, watcher, witness_addr })
 }

@@ -166,16 +166,26 @@ async fn drain_gets_no_picks_reports_empty_and_kicks_nobody() {
 #[derive(Default)]
 struct RecordingSink {
     ops: parking_lot::Mutex<Vec<Vec<u8>>>,
+    /// The entity records hs would carry.
+    records: parking_lot::Mutex<Vec<balancer::standby::Record>>,
 }
 
 /// Ops the recording keeps at most; a run here makes a few hundred.
 const RECORDED_OPS_MAX: usize = 100_000;
 
 impl balancer::server::OpSink for RecordingSink {
-    fn applied(&self, op: &balancer::registry::RegistryOp) {
+    fn applied(
+        &self,
+        op: &balancer::registry::RegistryOp,
+        out: &balancer::registry::Outcome,
+        registry: &balancer::registry::Registry,
+    ) -> Result<(), balancer::server::NotMaster> {
         let mut ops = self.ops.lock();
         assert!(ops.len() < RECORDED_OPS_MAX, "recording sink overflow");
         ops.push(op.encode());
+        let changes = balancer::registry::Changes::of(op, out);
+        self.records.lock().extend(balancer::standby::records(&changes, registry));
+        Ok(())
     }
 }
 
@@ -206,4 +216,12 @@ async fn replaying_the_published_ops_rebuilds_the_same_registry() {
         standby.apply(&op).unwrap();
     }
     master.read(|m| assert_eq!(m, &standby, "standby diverged from master"));
+
+    // The entity records the hs sink publishes rebuild the same registry.
+    let mut replica = balancer::registry::Registry::new(cfg.zone_specs(), cfg.limits());
+    for (key, op, value) in sink.records.lock().iter() {
+        let e = balancer::standby::decode(key, *op, value).unwrap();
+        balancer::standby::load(&mut replica, e).unwrap();
+    }
+    master.read(|m| assert_eq!(m, &replica, "entity replica diverged from master"));
 }
