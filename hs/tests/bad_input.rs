@@ -81,7 +81,7 @@ fn accept(l: &TcpListener, tail: u64, history: u128) -> TcpStream {
         }
         other => panic!("expected Hello, got {other:?}"),
     }
-    send(&mut s, &Frame::Welcome { history, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0 });
+    send(&mut s, &Frame::Welcome { history, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0, node: 77 });
     s
 }
 
@@ -188,7 +188,7 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     drop(s);
     let (mut s, hello) = accept_hello(&l);
     assert!(matches!(hello, Frame::Hello { .. }));
-    send(&mut s, &Frame::Welcome { history: HISTORY + 1, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0 });
+    send(&mut s, &Frame::Welcome { history: HISTORY + 1, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0, node: 77 });
     assert!(closed_by_peer(&mut s), "slave followed a master of another history");
     assert!(wait_rejection(&node).contains("history"));
     assert_eq!(node.stats().written, tail);
@@ -229,7 +229,7 @@ fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
     let mut g = TcpStream::connect(addr).unwrap();
     g.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut b = BytesMut::new();
-    Frame::Hello { node: 1, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2 }.encode(&mut b);
+    Frame::Hello { node: 1, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2, epochs: vec![] }.encode(&mut b);
     b[12] ^= 0xff;
     let crc = crc32fast::hash(&b[12..]);
     b[8..12].copy_from_slice(&crc.to_le_bytes());
@@ -239,7 +239,7 @@ fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
     // A well-behaved slave is still served from position 0.
     let mut ok = TcpStream::connect(addr).unwrap();
     ok.set_read_timeout(Some(DEADLINE)).unwrap();
-    send(&mut ok, &Frame::Hello { node: 2, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2 });
+    send(&mut ok, &Frame::Hello { node: 2, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2, epochs: vec![] });
     match recv(&mut ok) {
         Some(Frame::Welcome { action: Action::Continue, start: 0, .. }) => {}
         other => panic!("expected Welcome, got {other:?}"),

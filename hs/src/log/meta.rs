@@ -3,7 +3,7 @@
 //! the node accepts a single write in it.
 //!
 //! ```text
-//! <dir>/meta: { magic "HSMETA01" 8 | history u128 | epoch u32 | segment_bytes u64 | crc u32 (of the 36 bytes before) }
+//! <dir>/meta: { magic "HSMETA02" 8 | history u128 | epoch u32 | segment_bytes u64 | node u64 | peer u64 | crc u32 (of the 52 bytes before) }
 //! ```
 //! Replaced atomically (write `meta.tmp`, fsync, rename, fsync the directory):
 //! a crash leaves the old meta or the new one.
@@ -11,8 +11,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"HSMETA01";
-const LEN: usize = 40;
+const MAGIC: &[u8; 8] = b"HSMETA02";
+const LEN: usize = 56;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
@@ -21,6 +21,11 @@ pub struct Meta {
     /// Highest epoch taken or seen.
     pub epoch: u32,
     pub segment_bytes: u64,
+    /// This node's id, made once and kept (0 until the node first starts).
+    pub node: u64,
+    /// The other node's id, once learned (0 before): with both, each node owns
+    /// one parity of the epoch space, so two nodes never take the same epoch.
+    pub peer: u64,
 }
 
 impl Meta {
@@ -30,19 +35,23 @@ impl Meta {
         b[8..24].copy_from_slice(&self.history.to_le_bytes());
         b[24..28].copy_from_slice(&self.epoch.to_le_bytes());
         b[28..36].copy_from_slice(&self.segment_bytes.to_le_bytes());
-        let crc = crc32fast::hash(&b[0..36]);
-        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b[36..44].copy_from_slice(&self.node.to_le_bytes());
+        b[44..52].copy_from_slice(&self.peer.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..52]);
+        b[52..56].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
     pub fn decode(b: &[u8]) -> Option<Meta> {
-        if b.len() != LEN || &b[0..8] != MAGIC || crc32fast::hash(&b[0..36]).to_le_bytes() != b[36..40] {
+        if b.len() != LEN || &b[0..8] != MAGIC || crc32fast::hash(&b[0..52]).to_le_bytes() != b[52..56] {
             return None;
         }
         Some(Meta {
             history: u128::from_le_bytes(b[8..24].try_into().unwrap()),
             epoch: u32::from_le_bytes(b[24..28].try_into().unwrap()),
             segment_bytes: u64::from_le_bytes(b[28..36].try_into().unwrap()),
+            node: u64::from_le_bytes(b[36..44].try_into().unwrap()),
+            peer: u64::from_le_bytes(b[44..52].try_into().unwrap()),
         })
     }
 

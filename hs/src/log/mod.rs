@@ -205,7 +205,7 @@ impl Log {
         seg_paths.sort();
         snaps.sort();
         let meta = Meta::load(&dir).map_err(io_err("read meta", &dir))?;
-        let mut meta = meta.unwrap_or(Meta { history: 0, epoch: 0, segment_bytes: cfg.segment_bytes });
+        let mut meta = meta.unwrap_or(Meta { history: 0, epoch: 0, segment_bytes: cfg.segment_bytes, node: 0, peer: 0 });
         if meta.history == 0 && !seg_paths.is_empty() {
             return Err(LogError::Inconsistent { dir, what: "segments without a meta file".into() });
         }
@@ -420,6 +420,23 @@ impl Log {
             return Ok(());
         }
         self.roll(&mut a, true)
+    }
+
+    /// Durably records this node's id and its peer's (0: leave as is).
+    pub fn set_ids(&self, node: u64, peer: u64) -> Result<(), LogError> {
+        let mut a = self.app.lock();
+        let mut m = a.meta;
+        if node != 0 {
+            m.node = node;
+        }
+        if peer != 0 {
+            m.peer = peer;
+        }
+        if m != a.meta {
+            m.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+            a.meta = m;
+        }
+        Ok(())
     }
 
     /// Seals (or unseals) the log against `append`. Once `seal(true)` returns, no
@@ -760,7 +777,7 @@ impl Log {
             }
         }
         snapshot::write_file(&dir, snap.pos, snap_bytes).map_err(io_err("write snapshot", &dir))?;
-        let meta = Meta { history: snap.history, epoch: a.meta.epoch, segment_bytes };
+        let meta = Meta { history: snap.history, segment_bytes, ..a.meta };
         meta.store(&dir).map_err(io_err("write meta", &dir))?;
         a.meta = meta;
         a.seg = None;

@@ -101,7 +101,7 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
     let lease = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
     loop {
         let sent = s.now_ns();
-        let req = crate::proto::witness::Request::Renew { pair: s.cfg.pair_id, node: s.cfg.node_id, epoch };
+        let req = crate::proto::witness::Request::Renew { pair: s.cfg.pair_id, node: s.node_id, epoch };
         match super::witness::ask(w, req, hb).await {
             Some(r) if r.granted => s.renew_lease(sent + lease),
             Some(r) if r.epoch > epoch => {
@@ -157,7 +157,7 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
         .await
         .map_err(|_| NetError::Protocol("no Hello within 5 s".into()))??;
-    let Frame::Hello { node, history, epoch, last_epoch, tail, .. } = hello else {
+    let Frame::Hello { node, history, epoch, tail, epochs: slave_epochs, .. } = hello else {
         let _ = write_frame(&mut wr, &Frame::Error { code: code::MALFORMED, message: "expected Hello".into() }).await;
         return Err(NetError::Protocol(format!("expected Hello, got {hello:?}")));
     };
@@ -165,10 +165,15 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let meta = log.meta();
     let epochs = log.epochs();
     let view = MasterView { history: meta.history, epoch: meta.epoch, epochs: &epochs, first: log.first(), tail: log.tail() };
-    let decision = decide(view, SlaveView { history, epoch, last_epoch, tail });
+    let decision = decide(view, SlaveView { history, epoch, tail, epochs: &slave_epochs });
     tracing::info!(node, slave_tail = tail, slave_epoch = epoch, ?decision, "slave said hello");
     let segment_bytes = meta.segment_bytes;
-    let welcome = |action, start, snapshot_bytes| Frame::Welcome { history: meta.history, epoch: meta.epoch, segment_bytes, action, start, snapshot_bytes };
+    // The peer's id decides which epochs each node may take: remember it.
+    if node != 0 && node != s.node_id {
+        log.set_ids(0, node).map_err(|e| NetError::Protocol(format!("cannot record the peer's id: {e}")))?;
+    }
+    let my_id = s.node_id;
+    let welcome = |action, start, snapshot_bytes| Frame::Welcome { history: meta.history, epoch: meta.epoch, segment_bytes, action, start, snapshot_bytes, node: my_id };
     let start_t = Instant::now();
     let rate = s.cfg.catchup_rate_bytes_per_s;
     // Burst: a twentieth of a second's worth, at least one frame, so the average

@@ -95,8 +95,9 @@ pub enum LagPolicy {
 pub struct Config {
     /// Where the log, snapshots and meta file live. One node per directory.
     pub dir: PathBuf,
-    /// This node's id: in Hello, in the witness's records, and the last tie-break
-    /// of start-up settlement. Random by default; give it a stable value to read logs.
+    /// This node's id: in Hello, in the witness's records, the last tie-break of
+    /// start-up settlement, and what decides which epochs the node may take.
+    /// 0 (the default): the id kept in the log directory, made at first start.
     pub node_id: u64,
     /// Address this node accepts its peer on when it is master (port 0 picks one;
     /// see [`Node::local_addr`]). A node without one can never become master.
@@ -142,7 +143,7 @@ impl Config {
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
-            node_id: crate::log::meta::new_history_id() as u64,
+            node_id: 0,
             listen: None,
             peer: None,
             witness: None,
@@ -348,6 +349,13 @@ pub(crate) struct Shared {
     /// The lease runs until this point of `clock` (nanoseconds).
     pub lease_until_ns: AtomicU64,
     pub lease_notify: tokio::sync::Notify,
+    /// This node's id (from the config, or kept in the meta file).
+    pub node_id: u64,
+    /// When this node last got a frame from a master (`clock` ns; 0 = its start).
+    /// A promotion on silence needs a full silence period since then, measured by
+    /// this node itself: its own acks, sent before a crash, may still be
+    /// extending the old master's lease.
+    pub last_master_frame_ns: AtomicU64,
     /// Origin of the monotonic nanosecond timestamps in heartbeats and leases.
     pub clock: Instant,
     /// Preferred role given to `start`.
@@ -457,6 +465,13 @@ impl Node {
         if recovery.truncated_at.is_some() {
             tracing::warn!(dir = %cfg.dir.display(), at = ?recovery.truncated_at, reason = ?recovery.reason, "log recovered with a cut");
         }
+        // The node's id is made once and kept with its log.
+        let node_id = match (cfg.node_id, log.meta().node) {
+            (0, 0) => (crate::log::meta::new_history_id() as u64).max(1),
+            (0, kept) => kept,
+            (given, _) => given,
+        };
+        log.set_ids(node_id, 0)?;
         if cfg.peer.is_none() && log.meta().history == 0 {
             log.start_history(crate::log::meta::new_history_id())?;
         }
@@ -496,6 +511,8 @@ impl Node {
             lease_until_ns: AtomicU64::new(0),
             lease_notify: tokio::sync::Notify::new(),
             clock: Instant::now(),
+            node_id,
+            last_master_frame_ns: AtomicU64::new(0),
             prefer_master: role == Role::Master,
             demoting: AtomicBool::new(false),
             handover: AtomicBool::new(false),

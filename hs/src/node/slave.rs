@@ -14,7 +14,7 @@ use super::net::{write_frame, FrameReader, NetError};
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_checked;
 use crate::log::snapshot::Snapshot;
-use crate::proto::election::{lease_ms, settle, verdict, Cause, Rank, Verdict};
+use crate::proto::election::{lease_ms, next_epoch, settle, verdict, Cause, Rank, Verdict};
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 
@@ -121,14 +121,23 @@ fn connected_before(s: &Shared) -> bool {
 
 fn my_rank(s: &Shared) -> Rank {
     let meta = s.log.meta();
-    Rank { epoch: meta.epoch, last_epoch: s.log.last_epoch(), tail: s.log.tail(), prefer_master: s.prefer_master, node: s.cfg.node_id }
+    Rank { epoch: meta.epoch, last_epoch: s.log.last_epoch(), tail: s.log.tail(), prefer_master: s.prefer_master, node: s.node_id }
 }
 
 /// Decides on promotion for `cause`, asking the witness where the policy says
 /// so; on yes, makes epoch+1 durable before anything is served in it.
 async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<String> {
+    if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable) {
+        // The old master's lease may still run on acks this node sent (maybe in a
+        // previous life): only a full silence period heard by this node ends it.
+        let silence_ns = Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64).as_nanos() as u64;
+        if s.now_ns().saturating_sub(s.last_master_frame_ns.load(Ordering::Acquire)) < silence_ns {
+            tracing::debug!(?cause, "not promoting yet: a master may still hold a lease on our acks");
+            return None;
+        }
+    }
     let meta = s.log.meta();
-    let epoch = meta.epoch.max(peer_epoch) + 1;
+    let epoch = next_epoch(meta.epoch.max(peer_epoch), s.node_id, meta.peer);
     let yes = match verdict(cause, s.cfg.witness.is_some(), s.cfg.accept_split_risk, s.prefer_master) {
         Verdict::Refuse => {
             tracing::warn!(?cause, "not promoting: without a witness, silence alone must not make a second master (set accept_split_risk to allow it)");
@@ -138,7 +147,7 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
         Verdict::AskWitness => {
             let w = s.cfg.witness.expect("verdict asks only when there is one");
             let sent = s.now_ns();
-            let req = crate::proto::witness::Request::Promote { pair: s.cfg.pair_id, node: s.cfg.node_id, epoch, dead: cause == Cause::MasterProcessDead };
+            let req = crate::proto::witness::Request::Promote { pair: s.cfg.pair_id, node: s.node_id, epoch, dead: cause == Cause::MasterProcessDead };
             match super::witness::ask(w, req, Duration::from_millis(s.cfg.heartbeat_interval_ms.max(50) * 2)).await {
                 Some(r) if r.granted => {
                     let lease = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
@@ -149,8 +158,11 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
                     tracing::warn!(?cause, witness_epoch = r.epoch, holder = r.holder, "the witness refused the promotion");
                     false
                 }
-                // The kernel said the master's process is gone: that is enough.
-                None => cause == Cause::MasterProcessDead,
+                // Every promotion needs the witness's grant, or epochs could be reused.
+                None => {
+                    tracing::warn!(?cause, "the witness cannot be reached: not promoting");
+                    false
+                }
             }
         }
     };
@@ -251,13 +263,29 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
     let meta = log.meta();
     write_frame(
         &mut wr,
-        &Frame::Hello { node: s.cfg.node_id, history: meta.history, epoch: meta.epoch, last_epoch: log.last_epoch(), tail: log.tail(), role: if s.prefer_master { 3 } else { 2 } },
+        &Frame::Hello {
+            node: s.node_id,
+            history: meta.history,
+            epoch: meta.epoch,
+            last_epoch: log.last_epoch(),
+            tail: log.tail(),
+            role: if s.prefer_master { 3 } else { 2 },
+            epochs: log.epochs().as_slice().to_vec(),
+        },
     )
     .await?;
     let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| proto_err("no Welcome within 3 s"))??;
     let (history, epoch, segment_bytes, action, start, snapshot_bytes) = match welcome {
-        Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes } => (history, epoch, segment_bytes, action, start, snapshot_bytes),
+        Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes, node } => {
+            if node != 0 && node != s.node_id {
+                log.set_ids(0, node).map_err(|e| proto_err(format!("cannot record the peer's id: {e}")))?;
+            }
+            (history, epoch, segment_bytes, action, start, snapshot_bytes)
+        }
         Frame::Status { node, epoch, last_epoch, tail, prefer, .. } => {
+            if node != 0 && node != s.node_id {
+                log.set_ids(0, node).map_err(|e| proto_err(format!("cannot record the peer's id: {e}")))?;
+            }
             let rank = Rank { epoch, last_epoch, tail, prefer_master: prefer != 0, node };
             return Err(Failure { err: proto_err(format!("peer is not master ({rank:?})")), connected: false, end: End::PeerStatus(rank) });
         }
@@ -368,6 +396,9 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
         };
         let mut got_data = false;
         let mut next = first;
+        if next.is_some() {
+            s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+        }
         while let Some(f) = next {
             liveness.on_frame();
             match f {

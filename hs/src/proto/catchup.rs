@@ -1,9 +1,12 @@
 //! How a slave starts following, decided from its Hello (sans-IO).
 //!
-//! Divergence detection follows Kafka's leader-epoch scheme: the log knows, for
-//! each epoch, where its records start. A slave whose last record is in epoch
-//! `e` may keep its log up to where the master's epoch `e` ended; anything past
-//! that was written by a master that lost its role and is truncated.
+//! Divergence detection follows Kafka's leader-epoch scheme, in one round trip:
+//! each log knows where each epoch's records start, and the slave sends its
+//! list in Hello. Epochs are unique to one term (each node owns a parity of
+//! the epoch space, and the witness grants each epoch once), so the latest
+//! epoch both logs hold has the same records in both, up to where the first of
+//! them moved on (Raft's log-matching property). The slave keeps its log up to
+//! there; anything past it was written by a master that lost its role.
 
 /// Where each epoch's records start in a log, ascending in both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,14 +66,19 @@ pub struct MasterView<'a> {
     pub tail: u64,
 }
 
+/// Most epoch boundaries a Hello carries (the latest ones); a slave whose common
+/// epoch with the master is older than that is resynced.
+pub const HELLO_EPOCHS_MAX: usize = 256;
+
 /// What the slave said of its own log.
 #[derive(Debug, Clone, Copy)]
-pub struct SlaveView {
+pub struct SlaveView<'a> {
     /// 0 for a slave with no log yet.
     pub history: u128,
     pub epoch: u32,
-    pub last_epoch: u32,
     pub tail: u64,
+    /// Where each of its epochs starts (the latest `HELLO_EPOCHS_MAX`), ascending.
+    pub epochs: &'a [(u32, u64)],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +93,14 @@ pub enum Decision {
     Fenced { slave_epoch: u32 },
 }
 
-pub fn decide(m: MasterView<'_>, s: SlaveView) -> Decision {
+impl Epochs {
+    /// Where `epoch` starts in this log, if it has records of it.
+    pub fn start_of(&self, epoch: u32) -> Option<u64> {
+        self.starts.iter().find(|e| e.0 == epoch).map(|e| e.1)
+    }
+}
+
+pub fn decide(m: MasterView<'_>, s: SlaveView<'_>) -> Decision {
     if s.epoch > m.epoch {
         return Decision::Fenced { slave_epoch: s.epoch };
     }
@@ -95,8 +110,27 @@ pub fn decide(m: MasterView<'_>, s: SlaveView) -> Decision {
     if s.history != m.history {
         return Decision::Resync;
     }
-    let end = m.epochs.end_of(s.last_epoch, m.tail);
-    let resume = s.tail.min(end);
+    if s.tail == 0 || s.epochs.is_empty() {
+        // Same history, nothing written (or all before a snapshot): from where it is.
+        return if s.tail < m.first { Decision::Resync } else if s.tail <= m.tail { Decision::Continue { from: s.tail } } else { Decision::Truncate { to: m.tail } };
+    }
+    // The latest epoch both logs hold: the same term, so the same records from its
+    // start until either log moved on.
+    let mut common = None;
+    for (i, &(e, start)) in s.epochs.iter().enumerate().rev() {
+        if let Some(mstart) = m.epochs.start_of(e) {
+            if mstart != start {
+                // One epoch, two starts: the logs are not of one history after all.
+                return Decision::Resync;
+            }
+            let slave_end = s.epochs.get(i + 1).map_or(s.tail, |n| n.1);
+            common = Some(slave_end.min(m.epochs.end_of(e, m.tail)));
+            break;
+        }
+    }
+    // None in common: if the master's log starts after a snapshot that covers the
+    // slave's epochs, the master cannot tell; resync.
+    let Some(resume) = common else { return Decision::Resync };
     if resume < m.first {
         return Decision::Resync;
     }
@@ -123,21 +157,35 @@ mod tests {
     fn continue_truncate_resync_fenced() {
         let e = epochs(&[(1, 0), (3, 1000)]);
         let m = MasterView { history: 7, epoch: 3, epochs: &e, first: 0, tail: 5000 };
-        let s = |history, epoch, last_epoch, tail| SlaveView { history, epoch, last_epoch, tail };
+        let s = |history, epoch, tail, ep: &'static [(u32, u64)]| SlaveView { history, epoch, tail, epochs: ep };
         // Behind in the same history: continue from its tail.
-        assert_eq!(decide(m, s(7, 3, 3, 2000)), Decision::Continue { from: 2000 });
+        assert_eq!(decide(m, s(7, 3, 2000, &[(1, 0), (3, 1000)])), Decision::Continue { from: 2000 });
         // Old master of epoch 1 wrote past 1000 after the promotion at 1000: truncate.
-        assert_eq!(decide(m, s(7, 1, 1, 1800)), Decision::Truncate { to: 1000 });
+        assert_eq!(decide(m, s(7, 1, 1800, &[(1, 0)])), Decision::Truncate { to: 1000 });
         // Empty slave, full history on disk: stream from 0.
-        assert_eq!(decide(m, s(0, 0, 0, 0)), Decision::Continue { from: 0 });
+        assert_eq!(decide(m, s(0, 0, 0, &[])), Decision::Continue { from: 0 });
         // Another history: resync.
-        assert_eq!(decide(m, s(8, 1, 1, 10)), Decision::Resync);
+        assert_eq!(decide(m, s(8, 1, 10, &[(1, 0)])), Decision::Resync);
         // History needed is gone.
         let m2 = MasterView { first: 4096, ..m };
-        assert_eq!(decide(m2, s(7, 3, 3, 2000)), Decision::Resync);
-        assert_eq!(decide(m2, s(0, 0, 0, 0)), Decision::Resync);
+        assert_eq!(decide(m2, s(7, 3, 2000, &[(1, 0), (3, 1000)])), Decision::Resync);
+        assert_eq!(decide(m2, s(0, 0, 0, &[])), Decision::Resync);
         // Slave has seen epoch 4: this master is stale.
-        assert_eq!(decide(m, s(7, 4, 3, 10)), Decision::Fenced { slave_epoch: 4 });
+        assert_eq!(decide(m, s(7, 4, 10, &[(1, 0)])), Decision::Fenced { slave_epoch: 4 });
+    }
+
+    /// The slave was master for a while in an epoch the master never had (2): its
+    /// records of epoch 2 are cut back to where epoch 1 ended in its own log, even
+    /// though the master's epoch 1 ran longer.
+    #[test]
+    fn an_epoch_the_master_never_had_is_cut_where_it_started() {
+        let e = epochs(&[(1, 0), (3, 1000)]);
+        let m = MasterView { history: 7, epoch: 3, epochs: &e, first: 0, tail: 5000 };
+        let ep: &[(u32, u64)] = &[(1, 0), (2, 600)];
+        assert_eq!(decide(m, SlaveView { history: 7, epoch: 2, tail: 900, epochs: ep }), Decision::Truncate { to: 600 });
+        // One epoch with two different starts: not one history; resync.
+        let bad: &[(u32, u64)] = &[(1, 8)];
+        assert_eq!(decide(m, SlaveView { history: 7, epoch: 1, tail: 900, epochs: bad }), Decision::Resync);
     }
 
     #[test]

@@ -70,14 +70,34 @@ pub fn verdict(cause: Cause, has_witness: bool, accept_split_risk: bool, prefer_
     match (cause, has_witness) {
         // The old master asked for it after it stopped writing.
         (Cause::Handover, _) => Verdict::Promote,
-        // The witness records the new epoch so a lingering old master is fenced;
-        // without one, the kernel's word is enough.
+        // With a witness, every promotion goes through it: it grants each epoch
+        // once and fences a lingering old master. (Promoting on the kernel's word
+        // while the witness was unreachable let a later grant reuse the epoch.)
         (Cause::MasterProcessDead | Cause::Settled, true) => Verdict::AskWitness,
         (Cause::MasterProcessDead | Cause::Settled, false) => Verdict::Promote,
         (Cause::MasterSilent | Cause::PeerUnreachable, true) => Verdict::AskWitness,
         (Cause::MasterSilent, false) if accept_split_risk => Verdict::Promote,
         (Cause::PeerUnreachable, false) if accept_split_risk && prefer_master => Verdict::Promote,
         _ => Verdict::Refuse,
+    }
+}
+
+/// The epoch a node takes when it promotes, above `seen` (the highest it has
+/// taken or seen). Once both ids are known, each node owns one parity of the
+/// epoch space (the node with the larger id the odd epochs), so the two nodes
+/// of a pair can never take the same epoch, even both promoting at once without
+/// a witness. Unknown peer (0): just the next one; only a witness (which grants
+/// each epoch once) or an accepted split risk allows promoting then.
+pub fn next_epoch(seen: u32, me: u64, peer: u64) -> u32 {
+    if peer == 0 || peer == me {
+        return seen + 1;
+    }
+    let parity = (me > peer) as u32;
+    let e = seen + 1;
+    if e % 2 == parity {
+        e
+    } else {
+        e + 1
     }
 }
 
@@ -114,6 +134,13 @@ mod tests {
         assert_eq!(verdict(Cause::PeerUnreachable, false, true, true), Verdict::Promote);
         assert_eq!(verdict(Cause::MasterProcessDead, false, false, false), Verdict::Promote);
         assert!(lease_ms(100, 5) < 100 * 5);
+        // Each node owns a parity once both ids are known: never the same epoch.
+        for seen in 0..10 {
+            assert_ne!(next_epoch(seen, 7, 9), next_epoch(seen, 9, 7));
+            assert!(next_epoch(seen, 7, 9) > seen && next_epoch(seen, 9, 7) > seen);
+            assert_eq!(next_epoch(seen, 9, 7) % 2, 1);
+        }
+        assert_eq!(next_epoch(4, 3, 0), 5);
         assert_eq!(lease_ms(50, 6), 200);
     }
 }

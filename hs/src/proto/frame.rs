@@ -7,9 +7,11 @@
 //!            which the slave checks record by record before writing.
 //!
 //! Hello      { magic u32 "HSRP" | version u16 | 0 u16 | node u64 | history u128 |
-//!              epoch u32 | last_epoch u32 | tail u64 | role u8 }         slave → master
+//!              epoch u32 | last_epoch u32 | tail u64 | role u8 |
+//!              n u16 | { epoch u32 | start u64 } * n }                   slave → master
+//!              (n <= 256: where the slave's latest epochs start)
 //! Welcome    { history u128 | epoch u32 | 0 u32 | segment_bytes u64 | action u8 |
-//!              start u64 | snapshot_bytes u64 }                          master → slave
+//!              start u64 | snapshot_bytes u64 | node u64 }               master → slave
 //! Data       { pos u64 | epoch u32 | 0 u32 | tail u64 | records... }    master → slave
 //! Snapshot   { offset u64 | bytes... }                                   master → slave
 //! Heartbeat  { epoch u32 | 0 u32 | tail u64 | flushed u64 | sent_ns u64 } master → slave
@@ -51,8 +53,9 @@ pub enum Action {
 /// One protocol message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    Hello { node: u64, history: u128, epoch: u32, last_epoch: u32, tail: u64, role: u8 },
-    Welcome { history: u128, epoch: u32, segment_bytes: u64, action: Action, start: u64, snapshot_bytes: u64 },
+    Hello { node: u64, history: u128, epoch: u32, last_epoch: u32, tail: u64, role: u8, epochs: Vec<(u32, u64)> },
+    /// `node`: the master's id (the slave records it as its peer's).
+    Welcome { history: u128, epoch: u32, segment_bytes: u64, action: Action, start: u64, snapshot_bytes: u64, node: u64 },
     /// Whole records starting at `pos`, all from one segment; `tail` is the
     /// master's tail when sent (so the slave knows its lag while catching up).
     Data { pos: u64, epoch: u32, tail: u64, records: Bytes },
@@ -145,7 +148,7 @@ impl Frame {
     pub fn encode(&self, dst: &mut BytesMut) {
         let mut p = BytesMut::new();
         let kind = match self {
-            Frame::Hello { node, history, epoch, last_epoch, tail, role } => {
+            Frame::Hello { node, history, epoch, last_epoch, tail, role, epochs } => {
                 p.put_u32_le(MAGIC);
                 p.put_u16_le(VERSION);
                 p.put_u16_le(0);
@@ -155,9 +158,15 @@ impl Frame {
                 p.put_u32_le(*last_epoch);
                 p.put_u64_le(*tail);
                 p.put_u8(*role);
+                let n = epochs.len().min(crate::proto::catchup::HELLO_EPOCHS_MAX);
+                p.put_u16_le(n as u16);
+                for &(e, start) in &epochs[epochs.len() - n..] {
+                    p.put_u32_le(e);
+                    p.put_u64_le(start);
+                }
                 K_HELLO
             }
-            Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes } => {
+            Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes, node } => {
                 p.put_u128_le(*history);
                 p.put_u32_le(*epoch);
                 p.put_u32_le(0);
@@ -169,6 +178,7 @@ impl Frame {
                 });
                 p.put_u64_le(*start);
                 p.put_u64_le(*snapshot_bytes);
+                p.put_u64_le(*node);
                 K_WELCOME
             }
             Frame::Data { pos, epoch, tail, records } => {
@@ -271,7 +281,7 @@ impl Frame {
         let need = |n: usize, p: &Bytes, what| if p.len() < n { Err(FrameError::Malformed { kind, what }) } else { Ok(()) };
         let f = match kind {
             K_HELLO => {
-                need(45, &p, "hello shorter than 45 bytes")?;
+                need(47, &p, "hello shorter than 47 bytes")?;
                 let magic = p.get_u32_le();
                 if magic != MAGIC {
                     return Err(FrameError::BadMagic(magic));
@@ -281,17 +291,16 @@ impl Frame {
                     return Err(FrameError::BadVersion(version));
                 }
                 p.advance(2);
-                Frame::Hello {
-                    node: p.get_u64_le(),
-                    history: p.get_u128_le(),
-                    epoch: p.get_u32_le(),
-                    last_epoch: p.get_u32_le(),
-                    tail: p.get_u64_le(),
-                    role: p.get_u8(),
+                let (node, history, epoch, last_epoch, tail, role) = (p.get_u64_le(), p.get_u128_le(), p.get_u32_le(), p.get_u32_le(), p.get_u64_le(), p.get_u8());
+                let n = p.get_u16_le() as usize;
+                if n > crate::proto::catchup::HELLO_EPOCHS_MAX || p.len() != n * 12 {
+                    return Err(FrameError::Malformed { kind, what: "hello epoch list length" });
                 }
+                let epochs = (0..n).map(|_| (p.get_u32_le(), p.get_u64_le())).collect();
+                Frame::Hello { node, history, epoch, last_epoch, tail, role, epochs }
             }
             K_WELCOME => {
-                need(49, &p, "welcome shorter than 49 bytes")?;
+                need(57, &p, "welcome shorter than 57 bytes")?;
                 let history = p.get_u128_le();
                 let epoch = p.get_u32_le();
                 p.advance(4);
@@ -302,7 +311,7 @@ impl Frame {
                     2 => Action::Resync,
                     _ => return Err(FrameError::Malformed { kind, what: "unknown welcome action" }),
                 };
-                Frame::Welcome { history, epoch, segment_bytes, action, start: p.get_u64_le(), snapshot_bytes: p.get_u64_le() }
+                Frame::Welcome { history, epoch, segment_bytes, action, start: p.get_u64_le(), snapshot_bytes: p.get_u64_le(), node: p.get_u64_le() }
             }
             K_DATA => {
                 need(DATA_SUBHEADER_BYTES, &p, "data shorter than its 24-byte header")?;
@@ -375,13 +384,13 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let bytes = proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from);
         prop_oneof![
-            (any::<u64>(), any::<u128>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u8>())
-                .prop_map(|(node, history, epoch, last_epoch, tail, role)| Frame::Hello { node, history, epoch, last_epoch, tail, role }),
-            (any::<u128>(), any::<u32>(), any::<u64>(), 0u8..3, any::<u64>(), any::<u64>()).prop_map(
-                |(history, epoch, segment_bytes, a, start, snapshot_bytes)| Frame::Welcome {
+            (any::<u64>(), any::<u128>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u8>(), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..20))
+                .prop_map(|(node, history, epoch, last_epoch, tail, role, epochs)| Frame::Hello { node, history, epoch, last_epoch, tail, role, epochs }),
+            (any::<u128>(), any::<u32>(), any::<u64>(), 0u8..3, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(history, epoch, segment_bytes, a, start, snapshot_bytes, node)| Frame::Welcome {
                     history, epoch, segment_bytes,
                     action: [Action::Continue, Action::Truncate, Action::Resync][a as usize],
-                    start, snapshot_bytes
+                    start, snapshot_bytes, node
                 }),
             (any::<u64>(), any::<u32>(), any::<u64>(), bytes.clone()).prop_map(|(pos, epoch, tail, records)| Frame::Data { pos, epoch, tail, records }),
             (any::<u64>(), bytes).prop_map(|(offset, bytes)| Frame::Snapshot { offset, bytes }),
@@ -445,7 +454,7 @@ mod tests {
         unk[4] = 42;
         assert_eq!(Frame::decode(&mut unk, 1024), Err(FrameError::UnknownKind(42)));
         let mut hello = BytesMut::new();
-        Frame::Hello { node: 1, history: 2, epoch: 3, last_epoch: 3, tail: 0, role: 0 }.encode(&mut hello);
+        Frame::Hello { node: 1, history: 2, epoch: 3, last_epoch: 3, tail: 0, role: 0, epochs: vec![] }.encode(&mut hello);
         hello[12] ^= 0xff; // magic, and fix the CRC so only the magic is wrong
         let crc = crc32fast::hash(&hello[12..]);
         hello[8..12].copy_from_slice(&crc.to_le_bytes());
