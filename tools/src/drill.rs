@@ -9,9 +9,8 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,73 +55,18 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client request without an answer in this long counts as unacknowledged
 /// (above the nodes' --wait-ms, so only a dead or stopped node hits it).
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long the per-round check of every write (one HAVE over all keys) may take.
+const BULK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node waits for a write's durability level before answering TIMEOUT.
 const NODE_WAIT_MS: u64 = 100;
 
-/// A child process whose stdout lines arrive on a bounded channel.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-}
+use crate::proc::Proc;
 
-impl Proc {
-    fn spawn(exe: &std::path::Path, args: &[String]) -> Result<Proc, String> {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // HS_DRILL_LOG=1 shows the nodes' logs (set RUST_LOG too).
-            .stderr(if std::env::var_os("HS_DRILL_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        let out = child.stdout.take().expect("piped");
-        let (tx, rx) = sync_channel(10_000);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Proc { child, lines: rx })
-    }
-
-    fn wait_line(&self, prefix: &str) -> Result<String, String> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return Ok(l[prefix.len()..].trim().to_string()),
-                Ok(_) => {}
-                Err(_) => return Err(format!("process {} printed no {prefix:?} line", self.child.id())),
-            }
-        }
-    }
-
-    /// Lines printed so far that start with `prefix`.
-    fn drain(&self, prefix: &str) -> Vec<String> {
-        self.lines.try_iter().filter(|l| l.starts_with(prefix)).collect()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: a signal to a child we started and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(libc::SIGCONT);
-            self.kill9();
-        }
-    }
+/// Starts one of the drill's processes (this binary, re-executed).
+/// HS_DRILL_LOG=1 shows their logs (set RUST_LOG too).
+fn spawn(exe: &std::path::Path, args: &[String]) -> Result<Proc, String> {
+    let stderr = if std::env::var_os("HS_DRILL_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+    Proc::spawn(&args.get(1).cloned().unwrap_or_default(), exe, args, stderr, false)
 }
 
 /// One request on a fresh connection (control queries).
@@ -137,6 +81,14 @@ fn ask_within(addr: SocketAddr, req: &str, timeout: Duration) -> Option<String> 
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     Some(line.trim().to_string())
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc/<pid>/stat).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit(')').next().map(|rest| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
 }
 
 fn role_of(addr: SocketAddr) -> Option<(String, bool)> {
@@ -247,9 +199,9 @@ struct Node {
 }
 
 fn start_node(exe: &std::path::Path, args: Vec<String>) -> Result<Node, String> {
-    let proc = Proc::spawn(exe, &args)?;
-    proc.wait_line("LISTEN ")?;
-    let client = proc.wait_line("CLIENT ")?.parse().map_err(|e| format!("bad CLIENT line: {e}"))?;
+    let mut proc = spawn(exe, &args)?;
+    proc.wait_line("LISTEN ", STEP_TIMEOUT)?;
+    let client = proc.wait_line("CLIENT ", STEP_TIMEOUT)?.parse().map_err(|e| format!("bad CLIENT line: {e}"))?;
     Ok(Node { proc, args, client })
 }
 
@@ -334,8 +286,8 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
     let (wa, ra, rb, ca, cb) = (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
     let hb = a.heartbeat_ms.to_string();
     let dt = a.dead_ticks.to_string();
-    let _witness = Proc::spawn(&exe, &["__node".into(), "witness".into(), "--listen".into(), wa.to_string(), "--heartbeat-ms".into(), hb.clone(), "--dead-ticks".into(), dt.clone()])?;
-    _witness.wait_line("LISTEN ")?;
+    let mut witness = spawn(&exe, &["__node".into(), "witness".into(), "--listen".into(), wa.to_string(), "--heartbeat-ms".into(), hb.clone(), "--dead-ticks".into(), dt.clone()])?;
+    witness.wait_line("LISTEN ", STEP_TIMEOUT)?;
     let node_args = |name: &str, listen: SocketAddr, peer: SocketAddr, client: SocketAddr, prefer: bool| {
         let mut v: Vec<String> = vec!["__node", "pair", "--dir"].into_iter().map(String::from).collect();
         v.push(base.join(name).display().to_string());
@@ -378,6 +330,16 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
             let load = rng.gen_range(a.load_ms_min..=a.load_ms_max.max(a.load_ms_min));
             std::thread::sleep(Duration::from_millis(load));
             let m = until("a writable master", || clients.iter().position(|c| role_of(*c).is_some_and(|(r, w)| r == "master" && w)))?;
+            // The fault first, then the mark: a signal takes effect after kill()
+            // returns, and a write the old master accepted before it died or stopped
+            // must not count as the new master's.
+            if *kind == "kill" {
+                nodes[m].proc.kill9();
+            } else {
+                nodes[m].proc.signal(libc::SIGSTOP);
+                let pid = nodes[m].proc.pid();
+                until("the master to stop", || is_stopped(pid).then_some(()))?;
+            }
             let t0 = Instant::now();
             {
                 let mut l = ledger.lock().unwrap();
@@ -389,11 +351,8 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
                 eprintln!("hs-drill: round {} {kind} of node {m} at unix {}.{:06}", i + 1, t.as_secs(), t.subsec_micros());
             }
             if *kind == "kill" {
-                // Killed, and restarted at once by its supervisor (us): it must rejoin as a slave.
-                nodes[m].proc.kill9();
+                // Restarted at once by its supervisor (us): it must rejoin as a slave.
                 nodes[m] = start_node(&exe, nodes[m].args.clone())?;
-            } else {
-                nodes[m].proc.signal(libc::SIGSTOP);
             }
             let failover_at = until("the first write accepted by the new master", || ledger.lock().unwrap().first_accept_after_mark)?;
             let failover_ms = failover_at.duration_since(t0).as_secs_f64() * 1e3;
@@ -427,7 +386,7 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
             // Every acknowledged write must be on the new master.
             let snapshot: Vec<u8> = ledger.lock().unwrap().state.clone();
             let n = snapshot.len() as u64;
-            let bits = ask(clients[master], &format!("HAVE k 0 {n}")).ok_or("HAVE query failed")?;
+            let bits = ask_within(clients[master], &format!("HAVE k 0 {n}"), BULK_TIMEOUT).ok_or("HAVE query failed")?;
             let hex = bits.strip_prefix("BITS ").ok_or_else(|| format!("bad HAVE reply {bits:?}"))?;
             let present = |i: usize| -> bool {
                 let byte = u8::from_str_radix(&hex[(i / 8) * 2..(i / 8) * 2 + 2], 16).unwrap_or(0);

@@ -6,5 +6,6 @@ pub mod app;
 pub mod cli;
 pub mod drill;
 pub mod pair;
+pub mod proc;
 pub mod witness;
 pub mod workload;

@@ -23,11 +23,10 @@ mod report;
 mod scenarios;
 mod slave;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
@@ -324,62 +323,27 @@ pub fn key_of(i: u64) -> [u8; 16] {
     k
 }
 
-/// A child process running `hs-bench __slave`. Killed (by its pid, through
-/// `Child::kill`) when dropped if it has not exited by then.
+/// A child process running `hs-bench __slave` (killed by its pid when dropped
+/// if it has not exited by then).
 pub struct SlaveProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    proc: tools::proc::Proc,
 }
-
-/// Lines of the child's stdout buffered at most; the child prints a handful.
-const SLAVE_LINES_MAX: usize = 64;
 
 impl SlaveProc {
     pub fn spawn(args: &[String]) -> Result<SlaveProc, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-        let mut child = Command::new(exe)
-            .arg("__slave")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start the slave process: {e}"))?;
-        let stdout = child.stdout.take().expect("piped");
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::sync_channel(SLAVE_LINES_MAX);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(SlaveProc { child, stdin, lines: rx })
+        let mut all = vec!["__slave".to_string()];
+        all.extend_from_slice(args);
+        Ok(SlaveProc { proc: tools::proc::Proc::spawn("slave", &exe, &all, Stdio::inherit(), false)? })
     }
 
     /// Waits for a stdout line starting with `prefix`; returns the rest.
     pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    if let Some(rest) = l.strip_prefix(prefix) {
-                        return Ok(rest.trim().to_string());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => return Err(format!("the slave did not print {prefix} within {timeout:?}")),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(format!("the slave exited before printing {prefix}")),
-            }
-        }
+        self.proc.wait_line(prefix, timeout)
     }
 
     pub fn send(&mut self, line: &str) -> Result<(), String> {
-        let w = self.stdin.as_mut().ok_or("slave stdin closed")?;
-        writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| format!("cannot talk to the slave: {e}"))
+        self.proc.send_line(line)
     }
 
     /// Asks the slave for its result and waits for it to exit.
@@ -387,27 +351,11 @@ impl SlaveProc {
         self.send("STOP")?;
         let r = self.expect("RESULT ", timeout)?;
         let v: Value = serde_json::from_str(&r).map_err(|e| format!("slave result is not JSON: {e}"))?;
-        self.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.proc.close_stdin();
+        let _ = self.proc.wait_exit(Duration::from_secs(10));
         match v {
             Value::Object(m) => Ok(m),
             _ => Err("slave result is not an object".into()),
         }
-    }
-}
-
-impl Drop for SlaveProc {
-    fn drop(&mut self) {
-        self.stdin = None;
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
