@@ -40,15 +40,28 @@ pub struct Witness {
     /// How long a renewal keeps a master alive in the witness's eyes (lease + margin).
     hold: Duration,
     pairs: HashMap<u64, PairState>,
+    /// When this witness started: it remembers nothing from before, so for one
+    /// hold period a master may still run on a lease granted by its previous life.
+    started: Option<Instant>,
 }
 
 impl Witness {
     pub fn new(hold: Duration) -> Self {
-        Witness { hold, pairs: HashMap::new() }
+        Witness { hold, pairs: HashMap::new(), started: None }
+    }
+
+    /// Records `node` as the master of `pair` in `epoch` (a grant), if there is room.
+    fn record(&mut self, now: Instant, pair: u64, node: u64, epoch: u32) -> Reply {
+        if !self.pairs.contains_key(&pair) && self.pairs.len() >= PAIRS_MAX {
+            return Reply { granted: false, epoch: 0, holder: 0 };
+        }
+        self.pairs.insert(pair, PairState { epoch, holder: node, renewed: now });
+        Reply { granted: true, epoch, holder: node }
     }
 
     pub fn handle(&mut self, now: Instant, req: Request) -> Reply {
-        let full = self.pairs.len() >= PAIRS_MAX;
+        let started = *self.started.get_or_insert(now);
+        let refuse = |p: &PairState| Reply { granted: false, epoch: p.epoch, holder: p.holder };
         match req {
             Request::Renew { pair, node, epoch } => match self.pairs.get_mut(&pair) {
                 Some(p) if p.holder == node && p.epoch == epoch => {
@@ -56,31 +69,23 @@ impl Witness {
                     Reply { granted: true, epoch, holder: node }
                 }
                 // A master the witness has not heard of (first contact, or the
-                // witness restarted): record it if nothing newer is known.
-                Some(p) if epoch > p.epoch => {
-                    *p = PairState { epoch, holder: node, renewed: now };
-                    Reply { granted: true, epoch, holder: node }
-                }
-                Some(p) => Reply { granted: false, epoch: p.epoch, holder: p.holder },
-                None if full => Reply { granted: false, epoch: 0, holder: 0 },
-                None => {
-                    self.pairs.insert(pair, PairState { epoch, holder: node, renewed: now });
-                    Reply { granted: true, epoch, holder: node }
-                }
+                // witness restarted): recorded if nothing newer is known.
+                Some(p) if epoch <= p.epoch => refuse(p),
+                _ => self.record(now, pair, node, epoch),
             },
-            Request::Promote { pair, node, epoch, dead } => match self.pairs.get_mut(&pair) {
-                Some(p) if epoch <= p.epoch => Reply { granted: false, epoch: p.epoch, holder: p.holder },
-                Some(p) if p.holder == node || dead || now.saturating_duration_since(p.renewed) > self.hold => {
-                    *p = PairState { epoch, holder: node, renewed: now };
-                    Reply { granted: true, epoch, holder: node }
+            Request::Promote { pair, node, epoch, dead } => {
+                let fresh = now.saturating_duration_since(started) <= self.hold;
+                match self.pairs.get(&pair) {
+                    Some(p) if epoch <= p.epoch => refuse(p),
+                    // The kernel's word that the master's process is gone is enough.
+                    _ if dead => self.record(now, pair, node, epoch),
+                    // Just started: a master may still run on a lease from our previous life.
+                    Some(p) if fresh && p.holder != node => refuse(p),
+                    None if fresh => Reply { granted: false, epoch: 0, holder: 0 },
+                    Some(p) if p.holder != node && now.saturating_duration_since(p.renewed) <= self.hold => refuse(p),
+                    _ => self.record(now, pair, node, epoch),
                 }
-                Some(p) => Reply { granted: false, epoch: p.epoch, holder: p.holder },
-                None if full => Reply { granted: false, epoch: 0, holder: 0 },
-                None => {
-                    self.pairs.insert(pair, PairState { epoch, holder: node, renewed: now });
-                    Reply { granted: true, epoch, holder: node }
-                }
-            },
+            }
         }
     }
 }
@@ -95,6 +100,8 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut w = Witness::new(Duration::from_millis(300));
         assert!(w.handle(ms(0), Request::Renew { pair: 1, node: 10, epoch: 1 }).granted);
+        // Just started, it knows nothing of other pairs' masters: no promotion on silence yet.
+        assert!(!w.handle(ms(10), Request::Promote { pair: 3, node: 10, epoch: 1, dead: false }).granted);
         // The master renews: the slave may not take over.
         assert!(w.handle(ms(100), Request::Renew { pair: 1, node: 10, epoch: 1 }).granted);
         assert!(!w.handle(ms(200), Request::Promote { pair: 1, node: 20, epoch: 2, dead: false }).granted);
@@ -107,7 +114,7 @@ mod tests {
         // The kernel's word that the master is dead is enough, even right after a renewal.
         assert!(w.handle(ms(700), Request::Renew { pair: 1, node: 20, epoch: 2 }).granted);
         assert!(w.handle(ms(701), Request::Promote { pair: 1, node: 10, epoch: 3, dead: true }).granted);
-        // Pairs are independent.
+        // Pairs are independent (and past the first hold period, a new pair is granted).
         assert!(w.handle(ms(701), Request::Promote { pair: 2, node: 10, epoch: 1, dead: false }).granted);
     }
 }
