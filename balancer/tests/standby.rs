@@ -286,10 +286,14 @@ async fn the_balancer_answers_as_an_hs_witness() {
     let w = b.witness_addr().expect("witness bound");
     use hs::proto::witness::Request;
     let t = Duration::from_secs(2);
-    // A first master of pair 7 is granted epoch 1; a renewal from a stale
-    // epoch is refused, and a live master's pair is not handed to another
-    // node without the kernel's word that it died.
+    // Just started, the witness grants no promotion on silence for one hold
+    // period (a master may still run on a lease from its previous life).
     let r = hs::node::witness::ask(w, Request::Promote { pair: 7, node: 1, epoch: 1, dead: false }, t).await.expect("witness answers");
+    assert!(!r.granted, "a fresh witness granted a promotion on silence: {r:?}");
+    // A serving master of pair 7 registers by renewing; a renewal from a stale
+    // epoch is refused, and a live master's pair is not handed to another node
+    // without the kernel's word that it died.
+    let r = hs::node::witness::ask(w, Request::Renew { pair: 7, node: 1, epoch: 1 }, t).await.unwrap();
     assert!(r.granted, "{r:?}");
     assert_eq!((r.epoch, r.holder), (1, 1));
     let r = hs::node::witness::ask(w, Request::Renew { pair: 7, node: 1, epoch: 1 }, t).await.unwrap();
