@@ -250,7 +250,10 @@ mod tests {
             spawn: None,
         };
         let mut r = Registry::new(vec![spec], RegistryLimits::default());
-        for (id, port, online) in [("00:16:3E:00:14:A6-10001", 1861, 0), ("00:16:3E:00:14:A6-9894", 1860, 4)] {
+        for (id, port, online) in [
+            ("00:16:3E:00:14:A6-10001", 1861, 0),
+            ("00:16:3E:00:14:A6-9894", 1860, 4),
+        ] {
             let report = StatusReport {
                 id: id.into(),
                 zone: 1,

@@ -14,7 +14,11 @@ use crate::server::start_replicated;
 
 /// `balancer`: run the registry.
 #[derive(Debug, Parser)]
-#[command(name = "balancer", version, about = "Registry for game-server processes: status push, probes, sorted lists, pick, spawn, drain")]
+#[command(
+    name = "balancer",
+    version,
+    about = "Registry for game-server processes: status push, probes, sorted lists, pick, spawn, drain"
+)]
 pub struct ServeArgs {
     /// TOML config file (zones, caps, spawn templates, timers).
     #[arg(long, short)]
@@ -132,14 +136,20 @@ impl ServeArgs {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
-        eprintln!("error: cannot start the async runtime: {e}");
-        ExitCode::FAILURE
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 /// Runs the balancer until Ctrl-C or SIGTERM.
@@ -175,13 +185,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -195,7 +206,11 @@ async fn wait_for_signal() {
 
 /// `balancer-ctl`: operator commands against a running balancer.
 #[derive(Debug, Parser)]
-#[command(name = "balancer-ctl", version, about = "Operator commands for a running balancer")]
+#[command(
+    name = "balancer-ctl",
+    version,
+    about = "Operator commands for a running balancer"
+)]
 pub struct CtlArgs {
     /// Balancer address(es), IP:PORT; give master and standby to use either.
     #[arg(long, short, required = true, value_delimiter = ',')]
@@ -269,7 +284,10 @@ pub fn ctl_main(args: CtlArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let secret = args.secret.clone().or_else(|| std::env::var("BALANCER_SECRET").ok());
+        let secret = args
+            .secret
+            .clone()
+            .or_else(|| std::env::var("BALANCER_SECRET").ok());
         let mut client = Client::new(args.balancer.clone()).with_secret(secret);
         match ctl(&mut client, args.command).await {
             Ok(text) => {
@@ -288,21 +306,34 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-async fn ctl(client: &mut Client, command: CtlCommand) -> Result<String, Box<dyn std::error::Error>> {
+async fn ctl(
+    client: &mut Client,
+    command: CtlCommand,
+) -> Result<String, Box<dyn std::error::Error>> {
     Ok(match command {
         CtlCommand::Zones => pretty(&client.zones().await?),
         CtlCommand::List { zone, xml: false } => pretty(&client.zone(zone).await?),
         CtlCommand::List { zone, xml: true } => {
-            let r = client.request("GET", &format!("/v1/zones/{zone}?format=xml"), None).await?;
+            let r = client
+                .request("GET", &format!("/v1/zones/{zone}?format=xml"), None)
+                .await?;
             String::from_utf8_lossy(&r.body).into_owned()
         }
         CtlCommand::Pick { zone } => pretty(&client.pick(zone).await?),
-        CtlCommand::Drain { id, wait, timeout_ms } => {
+        CtlCommand::Drain {
+            id,
+            wait,
+            timeout_ms,
+        } => {
             let mut view = client.drain(&id).await?;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
             while wait && !view.drained {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(format!("{id} still has {} players after {timeout_ms} ms (it stays draining)", view.online).into());
+                    return Err(format!(
+                        "{id} still has {} players after {timeout_ms} ms (it stays draining)",
+                        view.online
+                    )
+                    .into());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 view = client.process(&id).await?;
@@ -310,10 +341,22 @@ async fn ctl(client: &mut Client, command: CtlCommand) -> Result<String, Box<dyn
             pretty(&view)
         }
         CtlCommand::Undrain { id } => pretty(&client.undrain(&id).await?),
-        CtlCommand::RollingRestart { zone, drain_timeout_ms, ready_timeout_ms, restart_timeout_ms, restart_cmd } => {
-            let mut restarter =
-                CommandRestarter { command: restart_cmd, timeout: Duration::from_millis(restart_timeout_ms) };
-            let opts = RollingOptions { drain_timeout_ms, ready_timeout_ms, ..RollingOptions::default() };
+        CtlCommand::RollingRestart {
+            zone,
+            drain_timeout_ms,
+            ready_timeout_ms,
+            restart_timeout_ms,
+            restart_cmd,
+        } => {
+            let mut restarter = CommandRestarter {
+                command: restart_cmd,
+                timeout: Duration::from_millis(restart_timeout_ms),
+            };
+            let opts = RollingOptions {
+                drain_timeout_ms,
+                ready_timeout_ms,
+                ..RollingOptions::default()
+            };
             let done = rolling_restart(client, zone, &mut restarter, &opts).await?;
             let lines: Vec<String> = done
                 .iter()

@@ -32,7 +32,9 @@ pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No balancer address accepted a connection or answered.
-    #[error("balancer at {addrs:?} unreachable: {source}; is it running, and are the addresses right?")]
+    #[error(
+        "balancer at {addrs:?} unreachable: {source}; is it running, and are the addresses right?"
+    )]
     Io {
         /// Addresses tried.
         addrs: Vec<SocketAddr>,
@@ -84,7 +86,13 @@ pub struct Client {
 impl Client {
     /// A client for these balancer addresses (master first). Connects lazily.
     pub fn new(addrs: Vec<SocketAddr>) -> Client {
-        Client { addrs, current: 0, secret: None, timeout: Duration::from_millis(REQUEST_TIMEOUT_MS), conn: None }
+        Client {
+            addrs,
+            current: 0,
+            secret: None,
+            timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            conn: None,
+        }
     }
 
     /// Sends `Authorization: Bearer <secret>` on every request.
@@ -121,7 +129,12 @@ impl Client {
     /// `not_master`, retries at the master. When every attempt met a
     /// non-master (a failover in progress), the last `not_master` answer is
     /// returned.
-    pub async fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, ClientError> {
         let timeout_ms = self.timeout.as_millis() as u64;
         let attempts = self.addrs.len().max(1) + 1;
         let mut last_err = None;
@@ -129,15 +142,13 @@ impl Client {
         for _ in 0..attempts {
             let fresh = self.conn.is_none();
             match tokio::time::timeout(self.timeout, self.attempt(method, path, body)).await {
-                Ok(Ok(resp)) => {
-                    match not_master_answer(&resp) {
-                        Some(master) if self.addrs.len() > 1 => {
-                            self.follow(master);
-                            not_master = Some(resp);
-                        }
-                        _ => return Ok(resp),
+                Ok(Ok(resp)) => match not_master_answer(&resp) {
+                    Some(master) if self.addrs.len() > 1 => {
+                        self.follow(master);
+                        not_master = Some(resp);
                     }
-                }
+                    _ => return Ok(resp),
+                },
                 Ok(Err(e)) => {
                     self.conn = None;
                     if fresh && !self.addrs.is_empty() {
@@ -160,22 +171,37 @@ impl Client {
         })
     }
 
-    async fn attempt(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Response> {
+    async fn attempt(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Response> {
         if self.conn.is_none() {
-            let addr = *self.addrs.get(self.current).ok_or_else(|| std::io::Error::other("no balancer address given"))?;
+            let addr = *self
+                .addrs
+                .get(self.current)
+                .ok_or_else(|| std::io::Error::other("no balancer address given"))?;
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             self.conn = Some(BufReader::new(stream));
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let host = self.addrs.get(self.current).map(|a| a.to_string()).unwrap_or_default();
+        let host = self
+            .addrs
+            .get(self.current)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
         if let Some(secret) = &self.secret {
             req.push_str(&format!("Authorization: Bearer {secret}\r\n"));
         }
         let body = body.unwrap_or_default();
         if !body.is_empty() || method == "POST" {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
         }
         req.push_str("\r\n");
         let mut buf = req.into_bytes();
@@ -188,14 +214,21 @@ impl Client {
         Ok(resp.0)
     }
 
-    async fn call<T: DeserializeOwned>(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<T, ClientError> {
         let resp = self.request(method, path, body).await?;
         if !(200..300).contains(&resp.status) {
             let err: Option<ErrorBody> = serde_json::from_slice(&resp.body).ok();
             return Err(ClientError::Http {
                 status: resp.status,
                 code: err.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
-                message: err.map(|e| e.message).unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
+                message: err
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
             });
         }
         serde_json::from_slice(&resp.body).map_err(|e| ClientError::BadResponse(e.to_string()))
@@ -207,12 +240,14 @@ impl Client {
 
     /// Pushes a game-server process's status.
     pub async fn push_status(&mut self, push: &StatusPush) -> Result<PushReply, ClientError> {
-        self.call("POST", "/v1/status", Some(&Self::json(push))).await
+        self.call("POST", "/v1/status", Some(&Self::json(push)))
+            .await
     }
 
     /// Picks the least-loaded process of a zone (a seat is reserved).
     pub async fn pick(&mut self, zone: ZoneId) -> Result<PickReply, ClientError> {
-        self.call("POST", &format!("/v1/zones/{zone}/pick"), None).await
+        self.call("POST", &format!("/v1/zones/{zone}/pick"), None)
+            .await
     }
 
     /// The zone list.
@@ -232,12 +267,14 @@ impl Client {
 
     /// Marks a process draining.
     pub async fn drain(&mut self, id: &str) -> Result<ProcessView, ClientError> {
-        self.call("POST", &format!("/v1/processes/{id}/drain"), None).await
+        self.call("POST", &format!("/v1/processes/{id}/drain"), None)
+            .await
     }
 
     /// Puts a draining process back in service.
     pub async fn undrain(&mut self, id: &str) -> Result<ProcessView, ClientError> {
-        self.call("POST", &format!("/v1/processes/{id}/undrain"), None).await
+        self.call("POST", &format!("/v1/processes/{id}/undrain"), None)
+            .await
     }
 }
 
@@ -264,11 +301,16 @@ async fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Resp
         line.clear();
         let n = conn.read_line(&mut line).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
         }
         head_bytes += n;
         if head_bytes > RESPONSE_HEAD_BYTES_MAX {
-            return Err(bad(format!("response head over {RESPONSE_HEAD_BYTES_MAX} bytes")));
+            return Err(bad(format!(
+                "response head over {RESPONSE_HEAD_BYTES_MAX} bytes"
+            )));
         }
         let l = line.trim_end();
         if l.is_empty() {
@@ -282,10 +324,20 @@ async fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Resp
         if let Some((name, value)) = l.split_once(':') {
             let value = value.trim();
             match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => content_length = Some(value.parse::<usize>().map_err(|_| bad(format!("bad content-length {value:?}")))?),
+                "content-length" => {
+                    content_length = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| bad(format!("bad content-length {value:?}")))?,
+                    )
+                }
                 "content-type" => content_type = Some(value.to_string()),
                 "connection" => close = value.eq_ignore_ascii_case("close"),
-                "transfer-encoding" => return Err(bad("chunked responses are not supported by this client".into())),
+                "transfer-encoding" => {
+                    return Err(bad(
+                        "chunked responses are not supported by this client".into()
+                    ))
+                }
                 _ => {}
             }
         }
@@ -293,11 +345,20 @@ async fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Resp
     let status = status.ok_or_else(|| bad("empty response".into()))?;
     let len = content_length.unwrap_or(0);
     if len > RESPONSE_BODY_BYTES_MAX {
-        return Err(bad(format!("response body of {len} bytes is over {RESPONSE_BODY_BYTES_MAX}")));
+        return Err(bad(format!(
+            "response body of {len} bytes is over {RESPONSE_BODY_BYTES_MAX}"
+        )));
     }
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).await?;
-    Ok((Response { status, content_type, body }, close))
+    Ok((
+        Response {
+            status,
+            content_type,
+            body,
+        },
+        close,
+    ))
 }
 
 /// Seed 000's recommended process id: the MAC address of the first

@@ -196,16 +196,24 @@ impl HsConfig {
         n.heartbeat_interval_ms = self.heartbeat_interval_ms;
         n.heartbeat_dead_ticks = self.heartbeat_dead_ticks;
         n.segment_bytes = self.segment_bytes;
-        n.record_bytes_max = (self.segment_bytes / 2).min(crate::standby::VALUE_BYTES_MAX as u64 + 4096) as usize;
+        n.record_bytes_max =
+            (self.segment_bytes / 2).min(crate::standby::VALUE_BYTES_MAX as u64 + 4096) as usize;
         n.retention_bytes_max = self.retention_bytes_max;
         n.flush = hs::FlushPolicy::EveryMs(self.flush_interval_ms.max(1));
         if self.segment_bytes < 1 << 20 || self.segment_bytes & 4095 != 0 {
-            return Err(ConfigError::Invalid("[hs] segment_bytes must be a multiple of 4096, at least 1 MiB".into()));
+            return Err(ConfigError::Invalid(
+                "[hs] segment_bytes must be a multiple of 4096, at least 1 MiB".into(),
+            ));
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_dead_ticks == 0 {
-            return Err(ConfigError::Invalid("[hs] heartbeat_interval_ms and heartbeat_dead_ticks must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "[hs] heartbeat_interval_ms and heartbeat_dead_ticks must be above 0".into(),
+            ));
         }
-        Ok(crate::standby::StandbyConfig { node: n, prefer_master: self.prefer_master || self.peer.is_none() })
+        Ok(crate::standby::StandbyConfig {
+            node: n,
+            prefer_master: self.prefer_master || self.peer.is_none(),
+        })
     }
 }
 
@@ -304,10 +312,14 @@ impl Default for Config {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -352,13 +364,22 @@ impl Config {
             }
             if let Some(s) = &z.spawn {
                 if s.command.is_empty() || s.command.len() > SPAWN_ARGS_MAX {
-                    return bad(format!("zone {}: spawn.command needs 1..={SPAWN_ARGS_MAX} items", z.id));
+                    return bad(format!(
+                        "zone {}: spawn.command needs 1..={SPAWN_ARGS_MAX} items",
+                        z.id
+                    ));
                 }
                 if s.port_min == 0 || s.port_min > s.port_max {
-                    return bad(format!("zone {}: spawn ports need 0 < port_min <= port_max", z.id));
+                    return bad(format!(
+                        "zone {}: spawn ports need 0 < port_min <= port_max",
+                        z.id
+                    ));
                 }
                 if s.host.is_unspecified() {
-                    return bad(format!("zone {}: spawn.host must be an address clients can reach, not {}", z.id, s.host));
+                    return bad(format!(
+                        "zone {}: spawn.host must be an address clients can reach, not {}",
+                        z.id, s.host
+                    ));
                 }
             }
         }
@@ -387,7 +408,11 @@ impl Config {
                 name: z.name.clone(),
                 version: z.version.clone(),
                 process_online_max: z.process_online_max,
-                spawn: z.spawn.as_ref().map(|s| SpawnSpec { host: s.host, port_min: s.port_min, port_max: s.port_max }),
+                spawn: z.spawn.as_ref().map(|s| SpawnSpec {
+                    host: s.host,
+                    port_min: s.port_min,
+                    port_max: s.port_max,
+                }),
             })
             .collect()
     }
@@ -414,14 +439,24 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.probe_interval_ms, 500);
         assert_eq!(c.zones[0].process_online_max, 1000);
-        assert_eq!(c.zone_specs()[0].spawn.as_ref().unwrap().host, default_spawn_host());
+        assert_eq!(
+            c.zone_specs()[0].spawn.as_ref().unwrap().host,
+            default_spawn_host()
+        );
     }
 
     #[test]
     fn example_config_is_valid() {
         let c: Config = toml::from_str(include_str!("../balancer.example.toml")).unwrap();
         c.validate().unwrap();
-        assert_eq!(c, Config { zones: c.zones.clone(), ..Config::default() }, "the example shows the defaults");
+        assert_eq!(
+            c,
+            Config {
+                zones: c.zones.clone(),
+                ..Config::default()
+            },
+            "the example shows the defaults"
+        );
         assert_eq!(c.zones.len(), 2);
     }
 
@@ -434,16 +469,28 @@ mod tests {
         "#;
         let cases = [
             ("", "no [[zones]]"),
-            (&format!("probe_interval_ms = 0\n{base}"), "probe_interval_ms"),
+            (
+                &format!("probe_interval_ms = 0\n{base}"),
+                "probe_interval_ms",
+            ),
             (&format!("{base}\n[[zones]]\nid = 1\nname = \"b\""), "twice"),
-            (&format!("{base}\n[zones.spawn]\ncommand = []\nport_min = 1\nport_max = 2"), "command"),
-            (&format!("{base}\n[zones.spawn]\ncommand = [\"x\"]\nport_min = 9\nport_max = 2"), "port_min"),
+            (
+                &format!("{base}\n[zones.spawn]\ncommand = []\nport_min = 1\nport_max = 2"),
+                "command",
+            ),
+            (
+                &format!("{base}\n[zones.spawn]\ncommand = [\"x\"]\nport_min = 9\nport_max = 2"),
+                "port_min",
+            ),
         ];
         for (text, needle) in cases {
             let c: Config = toml::from_str(text).unwrap();
             let msg = c.validate().unwrap_err().to_string();
             assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
         }
-        assert!(toml::from_str::<Config>("probe_interval = 3").is_err(), "unknown keys are refused");
+        assert!(
+            toml::from_str::<Config>("probe_interval = 3").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

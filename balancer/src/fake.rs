@@ -65,7 +65,10 @@ impl FakeServer {
     pub async fn start(opts: FakeOptions) -> std::io::Result<FakeServer> {
         let listener = TcpListener::bind((opts.host, opts.port)).await?;
         let addr = listener.local_addr()?;
-        let id = opts.id.clone().unwrap_or_else(crate::client::local_process_id);
+        let id = opts
+            .id
+            .clone()
+            .unwrap_or_else(crate::client::local_process_id);
         let online = Arc::new(AtomicU32::new(0));
         let pushes_ok = Arc::new(AtomicU64::new(0));
 
@@ -74,7 +77,9 @@ impl FakeServer {
             // Dropping this set (when the task is aborted) closes every player.
             let mut conns = JoinSet::new();
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { continue };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    continue;
+                };
                 while conns.try_join_next().is_some() {}
                 if conns.len() >= CONNECTIONS_MAX {
                     continue;
@@ -82,7 +87,11 @@ impl FakeServer {
                 let on = on.clone();
                 conns.spawn(async move {
                     let mut hello = [0u8; 1];
-                    let said = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), sock.read(&mut hello)).await;
+                    let said = tokio::time::timeout(
+                        Duration::from_millis(HELLO_TIMEOUT_MS),
+                        sock.read(&mut hello),
+                    )
+                    .await;
                     if !matches!(said, Ok(Ok(1))) || hello[0] != PLAYER_HELLO {
                         return;
                     }
@@ -104,7 +113,8 @@ impl FakeServer {
             let mut client = Client::new(opts.balancer.clone())
                 .with_secret(opts.secret.clone())
                 .with_timeout(Duration::from_millis(opts.push_interval_ms.max(200) * 2));
-            let mut interval = tokio::time::interval(Duration::from_millis(opts.push_interval_ms.max(1)));
+            let mut interval =
+                tokio::time::interval(Duration::from_millis(opts.push_interval_ms.max(1)));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
@@ -127,7 +137,13 @@ impl FakeServer {
                 }
             }
         });
-        Ok(FakeServer { addr, id, online, pushes_ok, tasks: vec![accept, push] })
+        Ok(FakeServer {
+            addr,
+            id,
+            online,
+            pushes_ok,
+            tasks: vec![accept, push],
+        })
     }
 
     /// Address players connect to.

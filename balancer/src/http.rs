@@ -31,7 +31,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::api::{render_xml, ErrorBody, HsView, PickReply, ProcessView, PushReply, RoleReply, ZoneSummary, ZoneView};
+use crate::api::{
+    render_xml, ErrorBody, HsView, PickReply, ProcessView, PushReply, RoleReply, ZoneSummary,
+    ZoneView,
+};
 use crate::metrics::Metrics;
 use crate::ratelimit::Refused;
 use crate::registry::{validate_process_id, RegistryError, RegistryOp, Status, StatusPush, ZoneId};
@@ -51,7 +54,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_ms: None, master: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            master: None,
+        }
     }
 }
 
@@ -75,7 +84,11 @@ impl From<ApplyError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.code.to_string(), message: self.message, master: self.master };
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            message: self.message,
+            master: self.master,
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(ms) = self.retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);
@@ -93,7 +106,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::UnknownZone { .. } => (StatusCode::NOT_FOUND, "unknown_zone"),
             RegistryError::UnknownProcess { .. } => (StatusCode::NOT_FOUND, "unknown_process"),
             RegistryError::ZoneMismatch { .. } => (StatusCode::CONFLICT, "zone_mismatch"),
-            RegistryError::RegistryFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "registry_full"),
+            RegistryError::RegistryFull { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "registry_full")
+            }
             RegistryError::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "zone_full"),
             RegistryError::SpawnRejected { .. } => (StatusCode::CONFLICT, "spawn_rejected"),
         };
@@ -120,14 +135,22 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
         .route("/v1/processes/:id", get(process).delete(forget))
         .route("/v1/processes/:id/drain", post(drain))
         .route("/v1/processes/:id/undrain", post(undrain))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the balancer README") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see the balancer README",
+            )
+        })
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(balancer)
 }
 
 /// Checks `Authorization: Bearer <secret>` when a secret is configured.
 fn authorize(b: &Balancer, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(secret) = &b.config().secret else { return Ok(()) };
+    let Some(secret) = &b.config().secret else {
+        return Ok(());
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -154,18 +177,33 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn parse_zone(text: &str) -> Result<ZoneId, ApiError> {
-    text.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_zone", format!("zone {text:?} is not a number")))
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_zone",
+            format!("zone {text:?} is not a number"),
+        )
+    })
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    validate_process_id(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_process_id", e.to_string()))
+    validate_process_id(id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_process_id", e.to_string()))
 }
 
-async fn push(State(b): Shared, headers: HeaderMap, body: Bytes) -> Result<Json<PushReply>, ApiError> {
+async fn push(
+    State(b): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PushReply>, ApiError> {
     authorize(&b, &headers)?;
     let wire: StatusPush = serde_json::from_slice(&body).map_err(|e| {
         Metrics::inc(&b.metrics.pushes_invalid);
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("status push is not valid JSON for this schema: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("status push is not valid JSON for this schema: {e}"),
+        )
     })?;
     let report = wire.validate().map_err(|e| {
         Metrics::inc(&b.metrics.pushes_invalid);
@@ -184,7 +222,10 @@ async fn push(State(b): Shared, headers: HeaderMap, body: Bytes) -> Result<Json<
                 ),
                 retry_after_ms,
             ),
-            Refused::TableFull => ("too many distinct process ids are pushing at once".to_string(), 1000),
+            Refused::TableFull => (
+                "too many distinct process ids are pushing at once".to_string(),
+                1000,
+            ),
         };
         let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
         err.retry_after_ms = Some(retry_after_ms);
@@ -193,7 +234,11 @@ async fn push(State(b): Shared, headers: HeaderMap, body: Bytes) -> Result<Json<
     let out = b.apply(RegistryOp::Push { now_ms, report })?;
     Metrics::inc(&b.metrics.pushes);
     let status = out.status.unwrap_or(Status::Running);
-    Ok(Json(PushReply { status: status.code(), status_name: status.name().into(), draining: status == Status::Draining }))
+    Ok(Json(PushReply {
+        status: status.code(),
+        status_name: status.name().into(),
+        draining: status == Status::Draining,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,12 +250,20 @@ fn wants_xml(q: &FormatQuery) -> Result<bool, ApiError> {
     match q.format.as_deref() {
         None | Some("json") => Ok(false),
         Some("xml") => Ok(true),
-        Some(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_format", format!("format {other:?}: use json or xml"))),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_format",
+            format!("format {other:?}: use json or xml"),
+        )),
     }
 }
 
 fn xml_response(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn zones(State(b): Shared) -> Json<Vec<ZoneSummary>> {
@@ -235,14 +288,26 @@ async fn zones(State(b): Shared) -> Json<Vec<ZoneSummary>> {
 async fn servers(State(b): Shared, Query(q): Query<FormatQuery>) -> Result<Response, ApiError> {
     let xml = wants_xml(&q)?;
     let views: Vec<ZoneView> = b.read(|r| r.zones().map(|z| ZoneView::of(r, z)).collect());
-    Ok(if xml { xml_response(render_xml(&views)) } else { Json(views).into_response() })
+    Ok(if xml {
+        xml_response(render_xml(&views))
+    } else {
+        Json(views).into_response()
+    })
 }
 
-async fn zone(State(b): Shared, Path(zone): Path<String>, Query(q): Query<FormatQuery>) -> Result<Response, ApiError> {
+async fn zone(
+    State(b): Shared,
+    Path(zone): Path<String>,
+    Query(q): Query<FormatQuery>,
+) -> Result<Response, ApiError> {
     let zone = parse_zone(&zone)?;
     let xml = wants_xml(&q)?;
     let view = b.read(|r| r.zone(zone).map(|z| ZoneView::of(r, z)))?;
-    Ok(if xml { xml_response(render_xml(std::slice::from_ref(&view))) } else { Json(view).into_response() })
+    Ok(if xml {
+        xml_response(render_xml(std::slice::from_ref(&view)))
+    } else {
+        Json(view).into_response()
+    })
 }
 
 async fn pick(State(b): Shared, Path(zone): Path<String>) -> Result<Json<PickReply>, ApiError> {
@@ -273,11 +338,26 @@ async fn process(State(b): Shared, Path(id): Path<String>) -> Result<Json<Proces
         .ok_or_else(|| RegistryError::UnknownProcess { id }.into())
 }
 
-async fn set_drain(b: Arc<Balancer>, headers: HeaderMap, id: String, draining: bool) -> Result<Json<ProcessView>, ApiError> {
+async fn set_drain(
+    b: Arc<Balancer>,
+    headers: HeaderMap,
+    id: String,
+    draining: bool,
+) -> Result<Json<ProcessView>, ApiError> {
     authorize(&b, &headers)?;
     check_id(&id)?;
     let now_ms = b.now_ms();
-    let op = if draining { RegistryOp::Drain { now_ms, id: id.clone() } } else { RegistryOp::Undrain { now_ms, id: id.clone() } };
+    let op = if draining {
+        RegistryOp::Drain {
+            now_ms,
+            id: id.clone(),
+        }
+    } else {
+        RegistryOp::Undrain {
+            now_ms,
+            id: id.clone(),
+        }
+    };
     b.apply(op)?;
     tracing::info!(id, draining, "drain flag set by operator");
     b.read(|r| r.process(&id).map(ProcessView::of))
@@ -285,15 +365,27 @@ async fn set_drain(b: Arc<Balancer>, headers: HeaderMap, id: String, draining: b
         .ok_or_else(|| RegistryError::UnknownProcess { id }.into())
 }
 
-async fn drain(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ProcessView>, ApiError> {
+async fn drain(
+    State(b): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessView>, ApiError> {
     set_drain(b, headers, id, true).await
 }
 
-async fn undrain(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<ProcessView>, ApiError> {
+async fn undrain(
+    State(b): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessView>, ApiError> {
     set_drain(b, headers, id, false).await
 }
 
-async fn forget(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn forget(
+    State(b): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     authorize(&b, &headers)?;
     check_id(&id)?;
     b.apply(RegistryOp::Forget { id })?;
@@ -303,7 +395,13 @@ async fn forget(State(b): Shared, headers: HeaderMap, Path(id): Path<String>) ->
 async fn role(State(b): Shared) -> Json<RoleReply> {
     let serving = b.is_master();
     let Some(sink) = b.hs() else {
-        return Json(RoleReply { role: "master".into(), serving, epoch: 0, master: Some(b.advertised()), hs: None });
+        return Json(RoleReply {
+            role: "master".into(),
+            serving,
+            epoch: 0,
+            master: Some(b.advertised()),
+            hs: None,
+        });
     };
     let node = sink.with_node(|n| (n.role(), n.stats()));
     let role = match node.as_ref().map(|(r, _)| *r) {
@@ -318,15 +416,30 @@ async fn role(State(b): Shared) -> Json<RoleReply> {
         acked_applied: st.acked_applied,
         standby_connected: st.slave_connected,
         published: sink.published.load(std::sync::atomic::Ordering::Relaxed),
-        publish_failed: sink.publish_failed.load(std::sync::atomic::Ordering::Relaxed),
-        replica_errors: sink.replica_errors.load(std::sync::atomic::Ordering::Relaxed),
+        publish_failed: sink
+            .publish_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        replica_errors: sink
+            .replica_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
     });
-    Json(RoleReply { role: role.into(), serving, epoch, master: sink.master_http(), hs })
+    Json(RoleReply {
+        role: role.into(),
+        serving,
+        epoch,
+        master: sink.master_http(),
+        hs,
+    })
 }
 
 async fn metrics(State(b): Shared) -> Response {
     let mut body = b.read(|r| b.metrics.render(r));
-    crate::metrics::render_role(&mut body, b.is_master(), b.epoch(), b.hs().map(|h| h.as_ref()));
+    crate::metrics::render_role(
+        &mut body,
+        b.is_master(),
+        b.epoch(),
+        b.hs().map(|h| h.as_ref()),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -47,22 +47,74 @@ impl Metrics {
     pub fn render(&self, registry: &Registry) -> String {
         let mut out = String::with_capacity(4096);
         let counters: [(&str, &str, &AtomicU64); 13] = [
-            ("balancer_pushes_total", "Status pushes accepted.", &self.pushes),
-            ("balancer_pushes_invalid_total", "Status pushes refused for bad input.", &self.pushes_invalid),
-            ("balancer_pushes_rate_limited_total", "Status pushes refused by the per-process rate limit.", &self.pushes_limited),
-            ("balancer_unauthorized_total", "Requests refused for a missing or wrong secret.", &self.unauthorized),
-            ("balancer_picks_total", "Picks answered with a process.", &self.picks),
-            ("balancer_picks_full_total", "Picks answered 503: no free seat.", &self.picks_full),
+            (
+                "balancer_pushes_total",
+                "Status pushes accepted.",
+                &self.pushes,
+            ),
+            (
+                "balancer_pushes_invalid_total",
+                "Status pushes refused for bad input.",
+                &self.pushes_invalid,
+            ),
+            (
+                "balancer_pushes_rate_limited_total",
+                "Status pushes refused by the per-process rate limit.",
+                &self.pushes_limited,
+            ),
+            (
+                "balancer_unauthorized_total",
+                "Requests refused for a missing or wrong secret.",
+                &self.unauthorized,
+            ),
+            (
+                "balancer_picks_total",
+                "Picks answered with a process.",
+                &self.picks,
+            ),
+            (
+                "balancer_picks_full_total",
+                "Picks answered 503: no free seat.",
+                &self.picks_full,
+            ),
             ("balancer_probes_total", "TCP probes made.", &self.probes),
-            ("balancer_probes_failed_total", "TCP probes that failed or timed out.", &self.probes_failed),
-            ("balancer_spawns_total", "Processes spawned from a template.", &self.spawns),
-            ("balancer_spawns_failed_total", "Spawn commands that failed to start.", &self.spawns_failed),
-            ("balancer_reaped_total", "Spawned processes killed by the reaper.", &self.reaped),
-            ("balancer_stopped_total", "Processes marked stopped.", &self.stopped),
-            ("balancer_drains_complete_total", "Drains that reached zero players.", &self.drains_complete),
+            (
+                "balancer_probes_failed_total",
+                "TCP probes that failed or timed out.",
+                &self.probes_failed,
+            ),
+            (
+                "balancer_spawns_total",
+                "Processes spawned from a template.",
+                &self.spawns,
+            ),
+            (
+                "balancer_spawns_failed_total",
+                "Spawn commands that failed to start.",
+                &self.spawns_failed,
+            ),
+            (
+                "balancer_reaped_total",
+                "Spawned processes killed by the reaper.",
+                &self.reaped,
+            ),
+            (
+                "balancer_stopped_total",
+                "Processes marked stopped.",
+                &self.stopped,
+            ),
+            (
+                "balancer_drains_complete_total",
+                "Drains that reached zero players.",
+                &self.drains_complete,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         out.push_str("# HELP balancer_processes Processes in the registry by zone and status.\n# TYPE balancer_processes gauge\n");
         let mut online = String::new();
@@ -78,8 +130,16 @@ impl Metrics {
                     s.by_status[i]
                 );
             }
-            let _ = writeln!(online, "balancer_online{{zone=\"{}\"}} {}", z.spec.id, s.online);
-            let _ = writeln!(reserved, "balancer_reserved{{zone=\"{}\"}} {}", z.spec.id, s.reserved);
+            let _ = writeln!(
+                online,
+                "balancer_online{{zone=\"{}\"}} {}",
+                z.spec.id, s.online
+            );
+            let _ = writeln!(
+                reserved,
+                "balancer_reserved{{zone=\"{}\"}} {}",
+                z.spec.id, s.reserved
+            );
         }
         out.push_str("# HELP balancer_online Players online by zone (running and draining processes).\n# TYPE balancer_online gauge\n");
         out.push_str(&online);
@@ -90,7 +150,12 @@ impl Metrics {
 }
 
 /// Appends the role gauges and, when hs is embedded, its counters.
-pub fn render_role(out: &mut String, master: bool, epoch: u32, hs: Option<&crate::standby::HsSink>) {
+pub fn render_role(
+    out: &mut String,
+    master: bool,
+    epoch: u32,
+    hs: Option<&crate::standby::HsSink>,
+) {
     let _ = writeln!(
         out,
         "# HELP balancer_master 1 while this balancer serves as master.\n# TYPE balancer_master gauge\nbalancer_master {}",
@@ -104,6 +169,10 @@ pub fn render_role(out: &mut String, master: bool, epoch: u32, hs: Option<&crate
         ("balancer_replica_errors_total", "Replicated records that could not be applied (e.g. the pair's [[zones]] differ).", &h.replica_errors),
     ];
     for (name, help, v) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Relaxed)
+        );
     }
 }

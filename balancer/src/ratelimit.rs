@@ -49,7 +49,8 @@ impl RateLimiter {
 
     fn refill(&self, b: &mut Bucket, now_ms: Millis) {
         let elapsed = now_ms.saturating_sub(b.last_ms);
-        b.milli_tokens = (b.milli_tokens + elapsed.saturating_mul(self.rate_per_s)).min(self.burst * 1000);
+        b.milli_tokens =
+            (b.milli_tokens + elapsed.saturating_mul(self.rate_per_s)).min(self.burst * 1000);
         b.last_ms = b.last_ms.max(now_ms);
     }
 
@@ -61,7 +62,10 @@ impl RateLimiter {
                 return Err(Refused::TableFull);
             }
         }
-        let fresh = Bucket { milli_tokens: self.burst * 1000, last_ms: now_ms };
+        let fresh = Bucket {
+            milli_tokens: self.burst * 1000,
+            last_ms: now_ms,
+        };
         let mut b = self.buckets.get(key).copied().unwrap_or(fresh);
         self.refill(&mut b, now_ms);
         let result = if b.milli_tokens >= 1000 {
@@ -69,7 +73,9 @@ impl RateLimiter {
             Ok(())
         } else {
             let missing = 1000 - b.milli_tokens;
-            Err(Refused::Limited { retry_after_ms: missing.div_ceil(self.rate_per_s) })
+            Err(Refused::Limited {
+                retry_after_ms: missing.div_ceil(self.rate_per_s),
+            })
         };
         self.buckets.insert(key.to_string(), b);
         result
@@ -79,8 +85,9 @@ impl RateLimiter {
     fn evict_full(&mut self, now_ms: Millis) {
         let full = self.burst * 1000;
         let rate = self.rate_per_s;
-        self.buckets
-            .retain(|_, b| b.milli_tokens + now_ms.saturating_sub(b.last_ms).saturating_mul(rate) < full);
+        self.buckets.retain(|_, b| {
+            b.milli_tokens + now_ms.saturating_sub(b.last_ms).saturating_mul(rate) < full
+        });
     }
 
     /// Keys tracked.
@@ -104,9 +111,17 @@ mod tests {
         for _ in 0..3 {
             r.check("a", 0).unwrap();
         }
-        assert_eq!(r.check("a", 0), Err(Refused::Limited { retry_after_ms: 100 }));
+        assert_eq!(
+            r.check("a", 0),
+            Err(Refused::Limited {
+                retry_after_ms: 100
+            })
+        );
         assert!(r.check("b", 0).is_ok(), "keys are independent");
-        assert_eq!(r.check("a", 50), Err(Refused::Limited { retry_after_ms: 50 }));
+        assert_eq!(
+            r.check("a", 50),
+            Err(Refused::Limited { retry_after_ms: 50 })
+        );
         assert!(r.check("a", 100).is_ok());
         assert!(r.check("a", 100).is_err());
     }

@@ -96,7 +96,12 @@ impl Status {
     }
 
     /// All statuses, for metrics.
-    pub const ALL: [Status; 4] = [Status::Running, Status::Starting, Status::Draining, Status::Stopped];
+    pub const ALL: [Status; 4] = [
+        Status::Running,
+        Status::Starting,
+        Status::Draining,
+        Status::Stopped,
+    ];
 }
 
 impl From<Status> for u16 {
@@ -312,7 +317,10 @@ pub fn validate_process_id(id: &str) -> Result<(), InvalidReport> {
     if id.is_empty() || id.len() > PROCESS_ID_LEN_MAX {
         return Err(InvalidReport::IdLength { len: id.len() });
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-')) {
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
+    {
         return Err(InvalidReport::IdCharacter { id: id.to_string() });
     }
     Ok(())
@@ -322,10 +330,14 @@ impl StatusPush {
     /// Checks every field and returns the typed report.
     pub fn validate(self) -> Result<StatusReport, InvalidReport> {
         validate_process_id(&self.id)?;
-        let zone = ZoneId::try_from(self.zone).map_err(|_| InvalidReport::ZoneRange { zone: self.zone })?;
-        let host: IpAddr = self.host.parse().map_err(|_| InvalidReport::HostNotAddress {
-            host: self.host.chars().take(64).collect(),
-        })?;
+        let zone = ZoneId::try_from(self.zone)
+            .map_err(|_| InvalidReport::ZoneRange { zone: self.zone })?;
+        let host: IpAddr = self
+            .host
+            .parse()
+            .map_err(|_| InvalidReport::HostNotAddress {
+                host: self.host.chars().take(64).collect(),
+            })?;
         if host.is_unspecified() || host.is_multicast() {
             return Err(InvalidReport::HostUnusable { host });
         }
@@ -333,16 +345,22 @@ impl StatusPush {
             return Err(InvalidReport::PortRange { port: self.port });
         }
         if !(0..=ONLINE_MAX).contains(&self.online) {
-            return Err(InvalidReport::OnlineRange { online: self.online });
+            return Err(InvalidReport::OnlineRange {
+                online: self.online,
+            });
         }
         if !(0..=USED_MEMORY_MB_MAX).contains(&self.used_memory_mb) {
-            return Err(InvalidReport::MemoryRange { used_memory_mb: self.used_memory_mb });
+            return Err(InvalidReport::MemoryRange {
+                used_memory_mb: self.used_memory_mb,
+            });
         }
         if self.version.len() > VERSION_LEN_MAX || self.version.chars().any(char::is_control) {
             return Err(InvalidReport::Version);
         }
         if self.claimed.len() > CLAIMS_PER_PUSH_MAX {
-            return Err(InvalidReport::TooManyClaims { count: self.claimed.len() });
+            return Err(InvalidReport::TooManyClaims {
+                count: self.claimed.len(),
+            });
         }
         Ok(StatusReport {
             id: self.id,
@@ -479,7 +497,9 @@ impl RegistryOp {
         }
         match bytes.first() {
             Some(&OP_FORMAT_VERSION) => Ok(serde_json::from_slice(&bytes[1..])?),
-            found => Err(DecodeError::Format { found: found.copied() }),
+            found => Err(DecodeError::Format {
+                found: found.copied(),
+            }),
         }
     }
 }
@@ -556,7 +576,9 @@ pub enum SpawnRefused {
         zone: ZoneId,
     },
     /// The last spawn was too recent.
-    #[error("spawn rate limit for zone {zone}: next spawn in {retry_in_ms} ms (spawn_interval_ms)")]
+    #[error(
+        "spawn rate limit for zone {zone}: next spawn in {retry_in_ms} ms (spawn_interval_ms)"
+    )]
     RateLimited {
         /// Zone.
         zone: ZoneId,
@@ -788,7 +810,9 @@ impl Changes {
         for e in &out.events {
             match e {
                 Event::Replaced { old, .. } => removed.push(old.clone()),
-                Event::SpawnTimedOut { id, .. } | Event::Forgotten { id } => removed.push(id.clone()),
+                Event::SpawnTimedOut { id, .. } | Event::Forgotten { id } => {
+                    removed.push(id.clone())
+                }
                 Event::Registered { id }
                 | Event::Running { id }
                 | Event::Stopped { id, .. }
@@ -809,7 +833,9 @@ impl Changes {
             | RegistryOp::ProbeOk { id, .. }
             | RegistryOp::Drain { id, .. }
             | RegistryOp::Undrain { id, .. } => c.processes.push(id.clone()),
-            RegistryOp::SpawnStarted { zone, .. } | RegistryOp::SpawnFailed { zone, .. } => c.zones.push(*zone),
+            RegistryOp::SpawnStarted { zone, .. } | RegistryOp::SpawnFailed { zone, .. } => {
+                c.zones.push(*zone)
+            }
             RegistryOp::Forget { id } => removed.push(id.clone()),
         }
         c.processes.retain(|id| !removed.contains(id));
@@ -896,9 +922,24 @@ impl Registry {
     pub fn new(zones: Vec<ZoneSpec>, limits: RegistryLimits) -> Registry {
         let zones = zones
             .into_iter()
-            .map(|spec| (spec.id, Zone { spec, processes: BTreeMap::new(), last_spawn_ms: None }))
+            .map(|spec| {
+                (
+                    spec.id,
+                    Zone {
+                        spec,
+                        processes: BTreeMap::new(),
+                        last_spawn_ms: None,
+                    },
+                )
+            })
             .collect();
-        Registry { limits, zones, zone_of: BTreeMap::new(), endpoints: BTreeMap::new(), next_token: 1 }
+        Registry {
+            limits,
+            zones,
+            zone_of: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            next_token: 1,
+        }
     }
 
     /// The limits in force.
@@ -923,7 +964,9 @@ impl Registry {
 
     /// One zone.
     pub fn zone(&self, zone: ZoneId) -> Result<&Zone, RegistryError> {
-        self.zones.get(&zone).ok_or(RegistryError::UnknownZone { zone })
+        self.zones
+            .get(&zone)
+            .ok_or(RegistryError::UnknownZone { zone })
     }
 
     /// One process.
@@ -948,7 +991,11 @@ impl Registry {
             .values()
             .flat_map(|z| z.processes.values())
             .filter(|p| p.wants_probe())
-            .map(|p| ProbeTarget { id: p.id.clone(), addr: p.addr(), confirms: p.status == Status::Starting })
+            .map(|p| ProbeTarget {
+                id: p.id.clone(),
+                addr: p.addr(),
+                confirms: p.status == Status::Starting,
+            })
             .collect()
     }
 
@@ -957,7 +1004,12 @@ impl Registry {
     pub fn sorted(&self, zone: ZoneId) -> Result<Vec<&Process>, RegistryError> {
         let mut list: Vec<&Process> = self.zone(zone)?.processes.values().collect();
         list.sort_by(|a, b| {
-            (a.status.rank(), a.load(), a.used_memory_mb, &a.id).cmp(&(b.status.rank(), b.load(), b.used_memory_mb, &b.id))
+            (a.status.rank(), a.load(), a.used_memory_mb, &a.id).cmp(&(
+                b.status.rank(),
+                b.load(),
+                b.used_memory_mb,
+                &b.id,
+            ))
         });
         Ok(list)
     }
@@ -988,8 +1040,15 @@ impl Registry {
     /// the driver spawns, then applies [`RegistryOp::SpawnStarted`] or
     /// [`RegistryOp::SpawnFailed`].
     pub fn spawn_plan(&self, zone: ZoneId, now_ms: Millis) -> Result<SpawnPlan, SpawnRefused> {
-        let z = self.zones.get(&zone).ok_or(SpawnRefused::NotConfigured { zone })?;
-        let spec = z.spec.spawn.as_ref().ok_or(SpawnRefused::NotConfigured { zone })?;
+        let z = self
+            .zones
+            .get(&zone)
+            .ok_or(SpawnRefused::NotConfigured { zone })?;
+        let spec = z
+            .spec
+            .spawn
+            .as_ref()
+            .ok_or(SpawnRefused::NotConfigured { zone })?;
         // Hard limits first: waiting does not lift them.
         let spawned = self.spawned_alive();
         if spawned >= self.limits.spawned_processes_max {
@@ -998,23 +1057,36 @@ impl Registry {
         if self.len() >= self.limits.processes_max as usize {
             return Err(SpawnRefused::RegistryFull);
         }
-        if z.processes.values().any(|p| p.spawned.as_ref().is_some_and(|s| !s.reported) && p.status == Status::Starting) {
+        if z.processes.values().any(|p| {
+            p.spawned.as_ref().is_some_and(|s| !s.reported) && p.status == Status::Starting
+        }) {
             return Err(SpawnRefused::InFlight { zone });
         }
         if let Some(last) = z.last_spawn_ms {
             let since = now_ms.saturating_sub(last);
             if since < self.limits.spawn_interval_ms {
-                return Err(SpawnRefused::RateLimited { zone, retry_in_ms: self.limits.spawn_interval_ms - since });
+                return Err(SpawnRefused::RateLimited {
+                    zone,
+                    retry_in_ms: self.limits.spawn_interval_ms - since,
+                });
             }
         }
         let ports: Vec<u16> = (spec.port_min..=spec.port_max)
-            .filter(|port| !self.endpoints.contains_key(&SocketAddr::new(spec.host, *port)))
+            .filter(|port| {
+                !self
+                    .endpoints
+                    .contains_key(&SocketAddr::new(spec.host, *port))
+            })
             .take(SPAWN_PORT_CANDIDATES_MAX)
             .collect();
         if ports.is_empty() {
             return Err(SpawnRefused::NoFreePort { zone });
         }
-        Ok(SpawnPlan { zone, host: spec.host, ports })
+        Ok(SpawnPlan {
+            zone,
+            host: spec.host,
+            ports,
+        })
     }
 
     /// Applies one op. On `Err` nothing changed; on `Ok` the op must be
@@ -1028,9 +1100,17 @@ impl Registry {
             RegistryOp::ProbeOk { now_ms, id } => self.probe_ok(*now_ms, id),
             RegistryOp::Drain { now_ms, id } => self.set_drain(*now_ms, id, true),
             RegistryOp::Undrain { now_ms, id } => self.set_drain(*now_ms, id, false),
-            RegistryOp::SpawnStarted { now_ms, zone, port, pid } => self.spawn_started(*now_ms, *zone, *port, *pid),
+            RegistryOp::SpawnStarted {
+                now_ms,
+                zone,
+                port,
+                pid,
+            } => self.spawn_started(*now_ms, *zone, *port, *pid),
             RegistryOp::SpawnFailed { now_ms, zone } => {
-                let z = self.zones.get_mut(zone).ok_or(RegistryError::UnknownZone { zone: *zone })?;
+                let z = self
+                    .zones
+                    .get_mut(zone)
+                    .ok_or(RegistryError::UnknownZone { zone: *zone })?;
                 z.last_spawn_ms = Some(*now_ms);
                 Ok(Outcome::default())
             }
@@ -1038,7 +1118,10 @@ impl Registry {
                 if self.remove(id).is_none() {
                     return Err(RegistryError::UnknownProcess { id: id.clone() });
                 }
-                Ok(Outcome { events: vec![Event::Forgotten { id: id.clone() }], ..Outcome::default() })
+                Ok(Outcome {
+                    events: vec![Event::Forgotten { id: id.clone() }],
+                    ..Outcome::default()
+                })
             }
         }
     }
@@ -1084,7 +1167,11 @@ impl Registry {
             }
         }
         self.zone_of.insert(p.id.clone(), p.zone);
-        self.zones.get_mut(&p.zone).expect("zone checked above").processes.insert(p.id.clone(), p);
+        self.zones
+            .get_mut(&p.zone)
+            .expect("zone checked above")
+            .processes
+            .insert(p.id.clone(), p);
         Ok(())
     }
 
@@ -1106,7 +1193,10 @@ impl Registry {
     }
 
     fn process_mut(&mut self, id: &str) -> Result<&mut Process, RegistryError> {
-        let zone = self.zone_of.get(id).ok_or_else(|| RegistryError::UnknownProcess { id: id.to_string() })?;
+        let zone = self
+            .zone_of
+            .get(id)
+            .ok_or_else(|| RegistryError::UnknownProcess { id: id.to_string() })?;
         self.zones
             .get_mut(zone)
             .and_then(|z| z.processes.get_mut(id))
@@ -1116,7 +1206,11 @@ impl Registry {
     fn remove(&mut self, id: &str) -> Option<Process> {
         let zone = self.zone_of.remove(id)?;
         let p = self.zones.get_mut(&zone)?.processes.remove(id)?;
-        if self.endpoints.get(&p.addr()).is_some_and(|owner| owner == id) {
+        if self
+            .endpoints
+            .get(&p.addr())
+            .is_some_and(|owner| owner == id)
+        {
             self.endpoints.remove(&p.addr());
         }
         Some(p)
@@ -1130,14 +1224,20 @@ impl Registry {
         let existing_zone = self.zone_of.get(&r.id).copied();
         if let Some(registered) = existing_zone {
             if registered != r.zone {
-                return Err(RegistryError::ZoneMismatch { id: r.id.clone(), registered, reported: r.zone });
+                return Err(RegistryError::ZoneMismatch {
+                    id: r.id.clone(),
+                    registered,
+                    reported: r.zone,
+                });
             }
         } else {
             // A new id that takes over an endpoint frees an entry, so only
             // count it against the limit when the endpoint is not taken.
             let frees_one = self.endpoints.contains_key(&addr);
             if !frees_one && self.len() >= self.limits.processes_max as usize {
-                return Err(RegistryError::RegistryFull { processes_max: self.limits.processes_max });
+                return Err(RegistryError::RegistryFull {
+                    processes_max: self.limits.processes_max,
+                });
             }
         }
         // Validated: from here on the op succeeds.
@@ -1151,30 +1251,37 @@ impl Registry {
                     if old.spawned.as_ref().is_some_and(|s| !s.reported) {
                         inherited_spawn = old.spawned.clone();
                     }
-                    out.events.push(Event::Replaced { old: owner, new: r.id.clone(), old_status: old.status });
+                    out.events.push(Event::Replaced {
+                        old: owner,
+                        new: r.id.clone(),
+                        old_status: old.status,
+                    });
                 }
             }
         }
         let zone = self.zones.get_mut(&r.zone).expect("zone checked above");
         let is_new = !zone.processes.contains_key(&r.id);
-        let p = zone.processes.entry(r.id.clone()).or_insert_with(|| Process {
-            id: r.id.clone(),
-            zone: r.zone,
-            host: r.host,
-            port: r.port,
-            online: 0,
-            used_memory_mb: 0,
-            version: String::new(),
-            pid: None,
-            status: Status::Stopped,
-            stop_reason: None,
-            draining: false,
-            drained_reported: false,
-            last_push_ms: now_ms,
-            status_since_ms: now_ms,
-            reservations: VecDeque::new(),
-            spawned: None,
-        });
+        let p = zone
+            .processes
+            .entry(r.id.clone())
+            .or_insert_with(|| Process {
+                id: r.id.clone(),
+                zone: r.zone,
+                host: r.host,
+                port: r.port,
+                online: 0,
+                used_memory_mb: 0,
+                version: String::new(),
+                pid: None,
+                status: Status::Stopped,
+                stop_reason: None,
+                draining: false,
+                drained_reported: false,
+                last_push_ms: now_ms,
+                status_since_ms: now_ms,
+                reservations: VecDeque::new(),
+                spawned: None,
+            });
         if is_new {
             out.events.push(Event::Registered { id: r.id.clone() });
             if let Some(mut s) = inherited_spawn {
@@ -1189,7 +1296,9 @@ impl Registry {
         p.reservations.retain(|res| !r.claimed.contains(&res.token));
         let claimed_explicit = before - p.reservations.len();
         let joined = (r.online as usize).saturating_sub(p.online as usize);
-        let implicit = joined.saturating_sub(claimed_explicit).min(p.reservations.len());
+        let implicit = joined
+            .saturating_sub(claimed_explicit)
+            .min(p.reservations.len());
         p.reservations.drain(..implicit);
 
         p.host = r.host;
@@ -1239,17 +1348,35 @@ impl Registry {
     }
 
     fn pick(&mut self, now_ms: Millis, zone: ZoneId) -> Result<Outcome, RegistryError> {
-        let z = self.zones.get_mut(&zone).ok_or(RegistryError::UnknownZone { zone })?;
+        let z = self
+            .zones
+            .get_mut(&zone)
+            .ok_or(RegistryError::UnknownZone { zone })?;
         let cap = z.spec.process_online_max as u64;
         let best = z
             .processes
             .values_mut()
             .filter(|p| p.status == Status::Running && p.load() < cap)
-            .min_by(|a, b| (a.load(), a.used_memory_mb, &a.id).cmp(&(b.load(), b.used_memory_mb, &b.id)));
+            .min_by(|a, b| {
+                (a.load(), a.used_memory_mb, &a.id).cmp(&(b.load(), b.used_memory_mb, &b.id))
+            });
         let Some(p) = best else {
-            let running = z.processes.values().filter(|p| p.status == Status::Running).count();
-            let starting = z.processes.values().filter(|p| p.status == Status::Starting).count();
-            return Err(RegistryError::NoCapacity { zone, running, starting, process_online_max: z.spec.process_online_max });
+            let running = z
+                .processes
+                .values()
+                .filter(|p| p.status == Status::Running)
+                .count();
+            let starting = z
+                .processes
+                .values()
+                .filter(|p| p.status == Status::Starting)
+                .count();
+            return Err(RegistryError::NoCapacity {
+                zone,
+                running,
+                starting,
+                process_online_max: z.spec.process_online_max,
+            });
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -1257,7 +1384,13 @@ impl Registry {
         p.reservations.push_back(Reservation { token, expires_ms });
         Ok(Outcome {
             events: Vec::new(),
-            picked: Some(Picked { id: p.id.clone(), host: p.host, port: p.port, reservation: token, expires_ms }),
+            picked: Some(Picked {
+                id: p.id.clone(),
+                host: p.host,
+                port: p.port,
+                reservation: token,
+                expires_ms,
+            }),
             status: Some(p.status),
         })
     }
@@ -1268,10 +1401,17 @@ impl Registry {
         let mut to_remove: Vec<(String, Event)> = Vec::new();
         for z in self.zones.values_mut() {
             for p in z.processes.values_mut() {
-                let expired = p.reservations.iter().take_while(|r| r.expires_ms <= now_ms).count();
+                let expired = p
+                    .reservations
+                    .iter()
+                    .take_while(|r| r.expires_ms <= now_ms)
+                    .count();
                 if expired > 0 {
                     p.reservations.drain(..expired);
-                    out.events.push(Event::ReservationsExpired { id: p.id.clone(), count: expired });
+                    out.events.push(Event::ReservationsExpired {
+                        id: p.id.clone(),
+                        count: expired,
+                    });
                 }
                 let silent_ms = now_ms.saturating_sub(p.last_push_ms);
                 match p.status {
@@ -1282,7 +1422,13 @@ impl Registry {
                         Some(s) if !s.reported => {
                             let waited_ms = now_ms.saturating_sub(s.started_ms);
                             if waited_ms > limits.spawn_report_timeout_ms {
-                                to_remove.push((p.id.clone(), Event::SpawnTimedOut { id: p.id.clone(), pid: s.pid }));
+                                to_remove.push((
+                                    p.id.clone(),
+                                    Event::SpawnTimedOut {
+                                        id: p.id.clone(),
+                                        pid: s.pid,
+                                    },
+                                ));
                             }
                         }
                         _ if silent_ms > limits.push_timeout_ms => {
@@ -1290,7 +1436,10 @@ impl Registry {
                         }
                         _ => {}
                     },
-                    Status::Stopped if now_ms.saturating_sub(p.status_since_ms) > limits.stopped_retention_ms => {
+                    Status::Stopped
+                        if now_ms.saturating_sub(p.status_since_ms)
+                            > limits.stopped_retention_ms =>
+                    {
                         to_remove.push((p.id.clone(), Event::Forgotten { id: p.id.clone() }));
                     }
                     _ => {}
@@ -1331,7 +1480,12 @@ impl Registry {
         Ok(out)
     }
 
-    fn set_drain(&mut self, now_ms: Millis, id: &str, draining: bool) -> Result<Outcome, RegistryError> {
+    fn set_drain(
+        &mut self,
+        now_ms: Millis,
+        id: &str,
+        draining: bool,
+    ) -> Result<Outcome, RegistryError> {
         let p = self.process_mut(id)?;
         p.draining = draining;
         p.drained_reported = false;
@@ -1340,22 +1494,46 @@ impl Registry {
             (Status::Draining, false) => p.set_status(Status::Running, now_ms),
             _ => {}
         }
-        let mut out = Outcome { status: Some(p.status), ..Outcome::default() };
+        let mut out = Outcome {
+            status: Some(p.status),
+            ..Outcome::default()
+        };
         self.check_drained(id, &mut out);
         Ok(out)
     }
 
-    fn spawn_started(&mut self, now_ms: Millis, zone: ZoneId, port: u16, pid: u32) -> Result<Outcome, RegistryError> {
-        let z = self.zones.get(&zone).ok_or(RegistryError::UnknownZone { zone })?;
-        let spec = z.spec.spawn.as_ref().ok_or(RegistryError::SpawnRejected { zone, port, why: "the zone has no spawn settings" })?;
+    fn spawn_started(
+        &mut self,
+        now_ms: Millis,
+        zone: ZoneId,
+        port: u16,
+        pid: u32,
+    ) -> Result<Outcome, RegistryError> {
+        let z = self
+            .zones
+            .get(&zone)
+            .ok_or(RegistryError::UnknownZone { zone })?;
+        let spec = z.spec.spawn.as_ref().ok_or(RegistryError::SpawnRejected {
+            zone,
+            port,
+            why: "the zone has no spawn settings",
+        })?;
         let host = spec.host;
         let addr = SocketAddr::new(host, port);
         if self.endpoints.contains_key(&addr) {
-            return Err(RegistryError::SpawnRejected { zone, port, why: "the port is in use by a registered process" });
+            return Err(RegistryError::SpawnRejected {
+                zone,
+                port,
+                why: "the port is in use by a registered process",
+            });
         }
         let id = placeholder_id(zone, port);
         if self.zone_of.contains_key(&id) {
-            return Err(RegistryError::SpawnRejected { zone, port, why: "a placeholder for this port exists" });
+            return Err(RegistryError::SpawnRejected {
+                zone,
+                port,
+                why: "a placeholder for this port exists",
+            });
         }
         let z = self.zones.get_mut(&zone).expect("zone checked above");
         z.last_spawn_ms = Some(now_ms);
@@ -1377,12 +1555,20 @@ impl Registry {
                 last_push_ms: now_ms,
                 status_since_ms: now_ms,
                 reservations: VecDeque::new(),
-                spawned: Some(Spawned { pid, started_ms: now_ms, reported: false }),
+                spawned: Some(Spawned {
+                    pid,
+                    started_ms: now_ms,
+                    reported: false,
+                }),
             },
         );
         self.zone_of.insert(id.clone(), zone);
         self.endpoints.insert(addr, id.clone());
-        Ok(Outcome { events: vec![Event::Registered { id }], picked: None, status: Some(Status::Starting) })
+        Ok(Outcome {
+            events: vec![Event::Registered { id }],
+            picked: None,
+            status: Some(Status::Starting),
+        })
     }
 }
 
@@ -1390,7 +1576,11 @@ fn stop(p: &mut Process, reason: StopReason, now_ms: Millis, out: &mut Outcome) 
     p.set_status(Status::Stopped, now_ms);
     p.stop_reason = Some(reason);
     p.reservations.clear();
-    out.events.push(Event::Stopped { id: p.id.clone(), reason, spawned_pid: p.spawned.as_ref().map(|s| s.pid) });
+    out.events.push(Event::Stopped {
+        id: p.id.clone(),
+        reason,
+        spawned_pid: p.spawned.as_ref().map(|s| s.pid),
+    });
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub const ROLLING_PROCESSES_MAX: usize = 4096;
 pub trait Restarter {
     /// Stop `process` and start its replacement on the same host and port.
     /// Returns once the replacement was started (not necessarily reported).
-    fn restart(&mut self, process: &ProcessView) -> impl Future<Output = Result<(), String>> + Send;
+    fn restart(&mut self, process: &ProcessView)
+        -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// Runs an operator command, without a shell. Placeholders in any argument:
@@ -62,7 +63,10 @@ impl Restarter for CommandRestarter {
                 Ok(Ok(s)) if s.success() => Ok(()),
                 Ok(Ok(s)) => Err(format!("restart command {args:?} exited with {s}")),
                 Ok(Err(e)) => Err(format!("cannot wait for restart command: {e}")),
-                Err(_) => Err(format!("restart command {args:?} did not exit within {} ms", timeout.as_millis())),
+                Err(_) => Err(format!(
+                    "restart command {args:?} did not exit within {} ms",
+                    timeout.as_millis()
+                )),
             }
         }
     }
@@ -81,7 +85,11 @@ pub struct RollingOptions {
 
 impl Default for RollingOptions {
     fn default() -> Self {
-        RollingOptions { drain_timeout_ms: 600_000, ready_timeout_ms: 60_000, poll_interval_ms: 200 }
+        RollingOptions {
+            drain_timeout_ms: 600_000,
+            ready_timeout_ms: 60_000,
+            poll_interval_ms: 200,
+        }
     }
 }
 
@@ -168,7 +176,9 @@ pub async fn rolling_restart<R: Restarter>(
         .filter(|p| p.status == Status::Running.code() || p.status == Status::Draining.code())
         .collect();
     if targets.len() > ROLLING_PROCESSES_MAX {
-        return Err(RollingError::TooMany { count: targets.len() });
+        return Err(RollingError::TooMany {
+            count: targets.len(),
+        });
     }
     let poll = Duration::from_millis(opts.poll_interval_ms.max(1));
     let mut done = Vec::with_capacity(targets.len());
@@ -206,21 +216,29 @@ pub async fn rolling_restart<R: Restarter>(
         let drained_in_ms = started.elapsed().as_millis() as u64;
         info!(id = target.id, drained_in_ms, "drained; restarting");
         let restart_at = Instant::now();
-        restarter.restart(&target).await.map_err(|message| RollingError::Restart {
-            id: target.id.clone(),
-            host: target.host,
-            port: target.port,
-            message,
-        })?;
+        restarter
+            .restart(&target)
+            .await
+            .map_err(|message| RollingError::Restart {
+                id: target.id.clone(),
+                host: target.host,
+                port: target.port,
+                message,
+            })?;
         let ready_deadline = restart_at + Duration::from_millis(opts.ready_timeout_ms);
         let mut seen_down = false;
         let new_id = loop {
             let zone_view = client.zone(zone).await?;
-            let at_endpoint = zone_view.processes.iter().find(|p| p.host == target.host && p.port == target.port);
+            let at_endpoint = zone_view
+                .processes
+                .iter()
+                .find(|p| p.host == target.host && p.port == target.port);
             if let Some(p) = at_endpoint {
-                let live = p.status == Status::Running.code() || p.status == Status::Draining.code();
+                let live =
+                    p.status == Status::Running.code() || p.status == Status::Draining.code();
                 seen_down |= !live;
-                let is_new = p.id != target.id || (p.pid.is_some() && p.pid != target.pid) || seen_down;
+                let is_new =
+                    p.id != target.id || (p.pid.is_some() && p.pid != target.pid) || seen_down;
                 if live && is_new {
                     if p.status == Status::Running.code() {
                         break p.id.clone();
@@ -242,8 +260,18 @@ pub async fn rolling_restart<R: Restarter>(
             tokio::time::sleep(poll).await;
         };
         let ready_in_ms = restart_at.elapsed().as_millis() as u64;
-        info!(old_id = target.id, new_id, ready_in_ms, "restarted and running");
-        done.push(Restarted { old_id: target.id, new_id, host: target.host, port: target.port, drained_in_ms, ready_in_ms });
+        info!(
+            old_id = target.id,
+            new_id, ready_in_ms, "restarted and running"
+        );
+        done.push(Restarted {
+            old_id: target.id,
+            new_id,
+            host: target.host,
+            port: target.port,
+            drained_in_ms,
+            ready_in_ms,
+        });
     }
     Ok(done)
 }

@@ -18,8 +18,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{
-    Event, Millis, Outcome, Picked, ProbeTarget, Registry, RegistryError, RegistryOp, SpawnRefused, StopReason,
-    ZoneId,
+    Event, Millis, Outcome, Picked, ProbeTarget, Registry, RegistryError, RegistryOp, SpawnRefused,
+    StopReason, ZoneId,
 };
 use crate::standby::{Entity, HsSink, RoleWatcher};
 
@@ -45,7 +45,8 @@ pub trait OpSink: Send + Sync + 'static {
     /// `op` was applied with outcome `out`; `registry` is the state after it.
     /// An error means the change was not replicated: the caller is told the
     /// op failed.
-    fn applied(&self, op: &RegistryOp, out: &Outcome, registry: &Registry) -> Result<(), NotMaster>;
+    fn applied(&self, op: &RegistryOp, out: &Outcome, registry: &Registry)
+        -> Result<(), NotMaster>;
 }
 
 /// An [`OpSink`] that drops ops: a balancer without a standby.
@@ -53,7 +54,12 @@ pub trait OpSink: Send + Sync + 'static {
 pub struct NoSink;
 
 impl OpSink for NoSink {
-    fn applied(&self, _op: &RegistryOp, _out: &Outcome, _registry: &Registry) -> Result<(), NotMaster> {
+    fn applied(
+        &self,
+        _op: &RegistryOp,
+        _out: &Outcome,
+        _registry: &Registry,
+    ) -> Result<(), NotMaster> {
         Ok(())
     }
 }
@@ -86,7 +92,10 @@ pub struct Clock {
 impl Clock {
     /// Now, unix ms, at least the last value returned.
     pub fn now_ms(&self) -> Millis {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         self.last_ms.fetch_max(wall, Ordering::SeqCst).max(wall)
     }
 }
@@ -101,7 +110,9 @@ pub enum StartError {
     #[error("{0}")]
     Standby(String),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}; choose another --listen address or stop what uses it")]
+    #[error(
+        "cannot listen on {addr}: {source}; choose another --listen address or stop what uses it"
+    )]
     Bind {
         /// Address.
         addr: SocketAddr,
@@ -170,12 +181,19 @@ pub struct Balancer {
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balancer").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Balancer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
 impl Balancer {
-    fn new(config: Config, sink: Arc<dyn OpSink>, addr: SocketAddr, hs: Option<Arc<HsSink>>) -> Balancer {
+    fn new(
+        config: Config,
+        sink: Arc<dyn OpSink>,
+        addr: SocketAddr,
+        hs: Option<Arc<HsSink>>,
+    ) -> Balancer {
         let registry = Registry::new(config.zone_specs(), config.limits());
         let limiter = RateLimiter::new(
             config.push_rate_per_s,
@@ -230,7 +248,10 @@ impl Balancer {
             if master {
                 info!(addr = %self.advertised(), epoch = self.epoch(), "serving as master: accepting changes, probing, ticking");
             } else {
-                warn!(epoch = self.epoch(), "not master: refusing changes, prober and ticker idle");
+                warn!(
+                    epoch = self.epoch(),
+                    "not master: refusing changes, prober and ticker idle"
+                );
             }
             self.capacity.notify_waiters();
         }
@@ -244,7 +265,9 @@ impl Balancer {
 
     /// Where the master is, for a `not_master` answer.
     pub fn not_master(&self) -> NotMaster {
-        NotMaster { master: self.hs.as_ref().and_then(|h| h.master_http()) }
+        NotMaster {
+            master: self.hs.as_ref().and_then(|h| h.master_http()),
+        }
     }
 
     /// Loads a replicated entity into the registry (standby, or a node
@@ -308,7 +331,11 @@ impl Balancer {
                     info!(id, "process running");
                     self.capacity.notify_waiters();
                 }
-                Event::Stopped { id, reason, spawned_pid } => {
+                Event::Stopped {
+                    id,
+                    reason,
+                    spawned_pid,
+                } => {
                     Metrics::inc(&self.metrics.stopped);
                     warn!(id, ?reason, "process stopped");
                     // A spawned child that stopped pushing is hung or dead: kill
@@ -317,10 +344,17 @@ impl Balancer {
                         self.kill_child(*pid, "stopped pushing");
                     }
                 }
-                Event::Replaced { old, new, old_status } => info!(old, new, ?old_status, "endpoint taken over"),
+                Event::Replaced {
+                    old,
+                    new,
+                    old_status,
+                } => info!(old, new, ?old_status, "endpoint taken over"),
                 Event::DrainComplete { id } => {
                     Metrics::inc(&self.metrics.drains_complete);
-                    info!(id, "drain complete: no player and no reservation, safe to restart");
+                    info!(
+                        id,
+                        "drain complete: no player and no reservation, safe to restart"
+                    );
                 }
                 Event::SpawnTimedOut { id, pid } => {
                     warn!(id, pid, "spawned process never reported; reaping it");
@@ -374,7 +408,10 @@ impl Balancer {
         let now_ms = self.now_ms();
         let plan = self.read(|r| r.spawn_plan(zone, now_ms))?;
         if self.children.lock().len() >= self.config.spawned_processes_max as usize {
-            return Err(SpawnRefused::LimitReached { spawned: self.config.spawned_processes_max }.into());
+            return Err(SpawnRefused::LimitReached {
+                spawned: self.config.spawned_processes_max,
+            }
+            .into());
         }
         let spec = self
             .config
@@ -401,12 +438,19 @@ impl Balancer {
             })
             .collect();
         let mut cmd = tokio::process::Command::new(&command[0]);
-        cmd.args(&command[1..]).stdin(std::process::Stdio::null()).kill_on_drop(self.config.kill_spawned_on_exit);
+        cmd.args(&command[1..])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(self.config.kill_spawned_on_exit);
         match cmd.spawn() {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
                 self.children.lock().insert(pid, child);
-                if let Err(e) = self.apply(RegistryOp::SpawnStarted { now_ms, zone, port, pid }) {
+                if let Err(e) = self.apply(RegistryOp::SpawnStarted {
+                    now_ms,
+                    zone,
+                    port,
+                    pid,
+                }) {
                     self.kill_child(pid, "registry refused the spawn");
                     return Err(e.into());
                 }
@@ -428,13 +472,17 @@ impl Balancer {
     /// with a seat reserved. When the zone is full it spawns a process (if
     /// configured) and waits up to `pick_wait_ms` for it to report.
     pub async fn pick(&self, zone: ZoneId) -> Result<Picked, PickError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.pick_wait_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.pick_wait_ms);
         let mut last = None;
         for _ in 0..PICK_ATTEMPTS_MAX {
             let notified = self.capacity.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.apply(RegistryOp::Pick { now_ms: self.now_ms(), zone }) {
+            match self.apply(RegistryOp::Pick {
+                now_ms: self.now_ms(),
+                zone,
+            }) {
                 Ok(out) => {
                     Metrics::inc(&self.metrics.picks);
                     return Ok(out.picked.expect("a successful pick names a process"));
@@ -444,15 +492,27 @@ impl Balancer {
                     let worth_waiting = starting > 0
                         || matches!(
                             spawn,
-                            Ok(_) | Err(SpawnError::Refused(SpawnRefused::InFlight { .. } | SpawnRefused::RateLimited { .. }))
+                            Ok(_)
+                                | Err(SpawnError::Refused(
+                                    SpawnRefused::InFlight { .. }
+                                        | SpawnRefused::RateLimited { .. }
+                                ))
                         );
-                    last = Some(PickError::Registry { registry: e, spawn: spawn.err().map(|s| s.to_string()) });
+                    last = Some(PickError::Registry {
+                        registry: e,
+                        spawn: spawn.err().map(|s| s.to_string()),
+                    });
                     if !worth_waiting || tokio::time::Instant::now() >= deadline {
                         break;
                     }
                     let _ = tokio::time::timeout_at(deadline, notified).await;
                 }
-                Err(ApplyError::Registry(e)) => return Err(PickError::Registry { registry: e, spawn: None }),
+                Err(ApplyError::Registry(e)) => {
+                    return Err(PickError::Registry {
+                        registry: e,
+                        spawn: None,
+                    })
+                }
                 Err(ApplyError::NotMaster(e)) => return Err(e.into()),
             }
         }
@@ -471,9 +531,15 @@ impl Balancer {
             let op = if !ok {
                 Metrics::inc(&self.metrics.probes_failed);
                 debug!(id = target.id, addr = %target.addr, "probe failed");
-                RegistryOp::ProbeFailed { now_ms, id: target.id }
+                RegistryOp::ProbeFailed {
+                    now_ms,
+                    id: target.id,
+                }
             } else if target.confirms {
-                RegistryOp::ProbeOk { now_ms, id: target.id }
+                RegistryOp::ProbeOk {
+                    now_ms,
+                    id: target.id,
+                }
             } else {
                 continue;
             };
@@ -484,7 +550,11 @@ impl Balancer {
 }
 
 /// Connects to each target with a timeout, at most `concurrency` at once.
-pub async fn probe_all(targets: Vec<ProbeTarget>, timeout: Duration, concurrency: usize) -> Vec<(ProbeTarget, bool)> {
+pub async fn probe_all(
+    targets: Vec<ProbeTarget>,
+    timeout: Duration,
+    concurrency: usize,
+) -> Vec<(ProbeTarget, bool)> {
     let mut results = Vec::with_capacity(targets.len());
     let mut pending = targets.into_iter();
     let mut set = JoinSet::new();
@@ -492,7 +562,10 @@ pub async fn probe_all(targets: Vec<ProbeTarget>, timeout: Duration, concurrency
         while set.len() < concurrency.max(1) {
             let Some(t) = pending.next() else { break };
             set.spawn(async move {
-                let ok = matches!(tokio::time::timeout(timeout, TcpStream::connect(t.addr)).await, Ok(Ok(_)));
+                let ok = matches!(
+                    tokio::time::timeout(timeout, TcpStream::connect(t.addr)).await,
+                    Ok(Ok(_))
+                );
                 (t, ok)
             });
         }
@@ -517,7 +590,9 @@ pub struct ServerHandle {
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle").field("addr", &self.balancer.addr).finish_non_exhaustive()
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.balancer.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -595,8 +670,13 @@ pub async fn start_replicated(config: Config) -> Result<ServerHandle, StartError
 
 /// Runs a loop's `round` every `period` while this balancer is master; idles
 /// (no timer) while it is not, and stops when `stop` resolves.
-async fn while_master<F, Fut>(b: Arc<Balancer>, period_ms: u64, stop: watch::Receiver<bool>, what: &'static str, mut round: F)
-where
+async fn while_master<F, Fut>(
+    b: Arc<Balancer>,
+    period_ms: u64,
+    stop: watch::Receiver<bool>,
+    what: &'static str,
+    mut round: F,
+) where
     F: FnMut(Arc<Balancer>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
@@ -625,13 +705,27 @@ where
     }
 }
 
-async fn start_with(config: Config, sink: Option<Arc<dyn OpSink>>) -> Result<ServerHandle, StartError> {
+async fn start_with(
+    config: Config,
+    sink: Option<Arc<dyn OpSink>>,
+) -> Result<ServerHandle, StartError> {
     config.validate()?;
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let witness = match config.witness_listen {
-        Some(w) => Some(TcpListener::bind(w).await.map_err(|source| StartError::Bind { addr: w, source })?),
+        Some(w) => Some(
+            TcpListener::bind(w)
+                .await
+                .map_err(|source| StartError::Bind { addr: w, source })?,
+        ),
         None => None,
     };
     let witness_addr = witness.as_ref().and_then(|w| w.local_addr().ok());
@@ -651,7 +745,11 @@ async fn start_with(config: Config, sink: Option<Arc<dyn OpSink>>) -> Result<Ser
         (Some(cfg), Some(h)) => {
             let b = balancer.clone();
             let started = tokio::task::spawn_blocking(move || RoleWatcher::start(cfg, &b, h)).await;
-            Some(started.map_err(|e| StartError::Standby(e.to_string()))?.map_err(|e| StartError::Standby(e.to_string()))?)
+            Some(
+                started
+                    .map_err(|e| StartError::Standby(e.to_string()))?
+                    .map_err(|e| StartError::Standby(e.to_string()))?,
+            )
         }
         _ => None,
     };
@@ -673,20 +771,39 @@ async fn start_with(config: Config, sink: Option<Arc<dyn OpSink>>) -> Result<Ser
     let app = crate::http::router(balancer.clone());
     let shutdown = until_stopped(stopped.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             error!(error = %e, "http server failed");
         }
     }));
 
     let period = balancer.config.probe_interval_ms;
-    tasks.push(tokio::spawn(while_master(balancer.clone(), period, stopped.clone(), "prober", |b| async move {
-        b.probe_round().await
-    })));
+    tasks.push(tokio::spawn(while_master(
+        balancer.clone(),
+        period,
+        stopped.clone(),
+        "prober",
+        |b| async move { b.probe_round().await },
+    )));
     let period = balancer.config.tick_interval_ms;
-    tasks.push(tokio::spawn(while_master(balancer.clone(), period, stopped, "ticker", |b| async move {
-        let _ = b.apply(RegistryOp::Tick { now_ms: b.now_ms() });
-        b.reap_exited();
-    })));
+    tasks.push(tokio::spawn(while_master(
+        balancer.clone(),
+        period,
+        stopped,
+        "ticker",
+        |b| async move {
+            let _ = b.apply(RegistryOp::Tick { now_ms: b.now_ms() });
+            b.reap_exited();
+        },
+    )));
     info!(%addr, zones = balancer.config.zones.len(), replicated = watcher.is_some(), "balancer listening");
-    Ok(ServerHandle { balancer, stop, tasks, watcher, witness_addr })
+    Ok(ServerHandle {
+        balancer,
+        stop,
+        tasks,
+        watcher,
+        witness_addr,
+    })
 }

@@ -84,7 +84,9 @@ pub enum Entity {
 #[derive(Debug, thiserror::Error)]
 pub enum EntityError {
     /// The key names no entity this build knows.
-    #[error("replicated key {0:?} is not a balancer entity: the master runs an incompatible version")]
+    #[error(
+        "replicated key {0:?} is not a balancer entity: the master runs an incompatible version"
+    )]
     Key(String),
     /// The value is too long, has an unknown format byte, or does not parse.
     #[error("replicated value of {key:?} is invalid: {why}")]
@@ -121,13 +123,23 @@ fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode_value<'a, T: Deserialize<'a>>(key: &[u8], bytes: &'a [u8]) -> Result<T, EntityError> {
-    let bad = |why: String| EntityError::Value { key: String::from_utf8_lossy(key).into_owned(), why };
+    let bad = |why: String| EntityError::Value {
+        key: String::from_utf8_lossy(key).into_owned(),
+        why,
+    };
     if bytes.len() > VALUE_BYTES_MAX {
-        return Err(bad(format!("{} bytes, more than {VALUE_BYTES_MAX}", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes, more than {VALUE_BYTES_MAX}",
+            bytes.len()
+        )));
     }
     match bytes.first() {
-        Some(&VALUE_FORMAT_VERSION) => serde_json::from_slice(&bytes[1..]).map_err(|e| bad(e.to_string())),
-        found => Err(bad(format!("format byte {found:?}, this build reads {VALUE_FORMAT_VERSION}"))),
+        Some(&VALUE_FORMAT_VERSION) => {
+            serde_json::from_slice(&bytes[1..]).map_err(|e| bad(e.to_string()))
+        }
+        found => Err(bad(format!(
+            "format byte {found:?}, this build reads {VALUE_FORMAT_VERSION}"
+        ))),
     }
 }
 
@@ -147,17 +159,31 @@ pub fn records(changes: &Changes, registry: &Registry) -> Vec<Record> {
     }
     for zone in &changes.zones {
         let key = [KEY_ZONE, zone.to_string().as_bytes()].concat();
-        out.push((key, Op::Put, encode_value(&ZoneValue { last_spawn_ms: registry.last_spawn(*zone) })));
+        out.push((
+            key,
+            Op::Put,
+            encode_value(&ZoneValue {
+                last_spawn_ms: registry.last_spawn(*zone),
+            }),
+        ));
     }
     if changes.next_token {
-        out.push((KEY_TOKEN.to_vec(), Op::Put, encode_value(&registry.next_token())));
+        out.push((
+            KEY_TOKEN.to_vec(),
+            Op::Put,
+            encode_value(&registry.next_token()),
+        ));
     }
     out
 }
 
 /// The record naming this balancer's HTTP address as the master's.
 pub fn master_record(http: SocketAddr) -> Record {
-    (KEY_MASTER.to_vec(), Op::Put, encode_value(&MasterValue { http }))
+    (
+        KEY_MASTER.to_vec(),
+        Op::Put,
+        encode_value(&MasterValue { http }),
+    )
 }
 
 /// Decodes one record (or one restored key, as a put).
@@ -170,23 +196,36 @@ pub fn decode(key: &[u8], op: Op, value: &[u8]) -> Result<Entity, EntityError> {
             Op::Put => {
                 let p: Process = decode_value(key, value)?;
                 if p.id != id {
-                    return Err(EntityError::Value { key: key_text(), why: format!("holds process {:?}", p.id) });
+                    return Err(EntityError::Value {
+                        key: key_text(),
+                        why: format!("holds process {:?}", p.id),
+                    });
                 }
                 Entity::Process(Box::new(p))
             }
         });
     }
     if let Some(zone) = key.strip_prefix(KEY_ZONE) {
-        let zone = std::str::from_utf8(zone).ok().and_then(|z| z.parse().ok()).ok_or_else(|| EntityError::Key(key_text()))?;
+        let zone = std::str::from_utf8(zone)
+            .ok()
+            .and_then(|z| z.parse().ok())
+            .ok_or_else(|| EntityError::Key(key_text()))?;
         let v: ZoneValue = match op {
             Op::Put => decode_value(key, value)?,
-            Op::Delete => ZoneValue { last_spawn_ms: None },
+            Op::Delete => ZoneValue {
+                last_spawn_ms: None,
+            },
         };
-        return Ok(Entity::LastSpawn { zone, last_spawn_ms: v.last_spawn_ms });
+        return Ok(Entity::LastSpawn {
+            zone,
+            last_spawn_ms: v.last_spawn_ms,
+        });
     }
     match (key, op) {
         (KEY_TOKEN, Op::Put) => Ok(Entity::NextToken(decode_value(key, value)?)),
-        (KEY_MASTER, Op::Put) => Ok(Entity::Master { http: decode_value::<MasterValue>(key, value)?.http }),
+        (KEY_MASTER, Op::Put) => Ok(Entity::Master {
+            http: decode_value::<MasterValue>(key, value)?.http,
+        }),
         _ => Err(EntityError::Key(key_text())),
     }
 }
@@ -200,7 +239,10 @@ pub fn load(registry: &mut Registry, entity: Entity) -> Result<(), RegistryError
             registry.remove_process(&id);
             Ok(())
         }
-        Entity::LastSpawn { zone, last_spawn_ms } => {
+        Entity::LastSpawn {
+            zone,
+            last_spawn_ms,
+        } => {
             registry.set_last_spawn(zone, last_spawn_ms);
             Ok(())
         }
@@ -241,7 +283,9 @@ pub struct HsSink {
 
 impl std::fmt::Debug for HsSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HsSink").field("master_http", &*self.master_http.lock()).finish_non_exhaustive()
+        f.debug_struct("HsSink")
+            .field("master_http", &*self.master_http.lock())
+            .finish_non_exhaustive()
     }
 }
 
@@ -262,7 +306,9 @@ impl HsSink {
     }
 
     fn not_master(&self) -> NotMaster {
-        NotMaster { master: self.master_http() }
+        NotMaster {
+            master: self.master_http(),
+        }
     }
 }
 
@@ -274,7 +320,12 @@ impl crate::server::OpSink for HsSink {
         }
     }
 
-    fn applied(&self, op: &crate::registry::RegistryOp, out: &crate::registry::Outcome, registry: &Registry) -> Result<(), NotMaster> {
+    fn applied(
+        &self,
+        op: &crate::registry::RegistryOp,
+        out: &crate::registry::Outcome,
+        registry: &Registry,
+    ) -> Result<(), NotMaster> {
         let changes = Changes::of(op, out);
         if changes.is_empty() {
             return Ok(());
@@ -307,14 +358,19 @@ struct ReplicaApply {
 
 impl ReplicaApply {
     fn load(&self, key: &[u8], op: Op, value: &[u8]) {
-        let Some(b) = self.balancer.upgrade() else { return };
+        let Some(b) = self.balancer.upgrade() else {
+            return;
+        };
         let result = decode(key, op, value).and_then(|entity| {
             if let Entity::Master { http } = entity {
                 *self.sink.master_http.lock() = Some(http);
                 return Ok(());
             }
             b.load_replicated(entity)
-                .map_err(|source| EntityError::Refused { key: String::from_utf8_lossy(key).into_owned(), source })
+                .map_err(|source| EntityError::Refused {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    source,
+                })
         });
         if let Err(e) = result {
             self.sink.replica_errors.fetch_add(1, Ordering::Relaxed);
@@ -350,10 +406,24 @@ pub struct StandbyError {
     pub source: hs::NodeError,
 }
 
-fn start_node(cfg: &StandbyConfig, balancer: &Arc<Balancer>, sink: &Arc<HsSink>) -> Result<Node, StandbyError> {
-    let role = if cfg.prefer_master { Role::Master } else { Role::Slave };
-    let app = ReplicaApply { balancer: Arc::downgrade(balancer), sink: sink.clone() };
-    Node::start(cfg.node.clone(), role, app).map_err(|source| StandbyError { dir: cfg.node.dir.clone(), source })
+fn start_node(
+    cfg: &StandbyConfig,
+    balancer: &Arc<Balancer>,
+    sink: &Arc<HsSink>,
+) -> Result<Node, StandbyError> {
+    let role = if cfg.prefer_master {
+        Role::Master
+    } else {
+        Role::Slave
+    };
+    let app = ReplicaApply {
+        balancer: Arc::downgrade(balancer),
+        sink: sink.clone(),
+    };
+    Node::start(cfg.node.clone(), role, app).map_err(|source| StandbyError {
+        dir: cfg.node.dir.clone(),
+        source,
+    })
 }
 
 /// Follows the node's role, opens and closes the balancer's gate, and
@@ -372,7 +442,11 @@ impl std::fmt::Debug for RoleWatcher {
 impl RoleWatcher {
     /// Starts the node (replaying its log into the registry: this blocks for
     /// the replay) and the watcher thread.
-    pub fn start(cfg: StandbyConfig, balancer: &Arc<Balancer>, sink: Arc<HsSink>) -> Result<RoleWatcher, StandbyError> {
+    pub fn start(
+        cfg: StandbyConfig,
+        balancer: &Arc<Balancer>,
+        sink: Arc<HsSink>,
+    ) -> Result<RoleWatcher, StandbyError> {
         let node = start_node(&cfg, balancer, &sink)?;
         info!(dir = %cfg.node.dir.display(), listen = ?node.local_addr(), peer = ?cfg.node.peer, prefer_master = cfg.prefer_master, "hs node started");
         *sink.node.write() = Some(Arc::new(node));
@@ -381,8 +455,17 @@ impl RoleWatcher {
         let thread = std::thread::Builder::new()
             .name("balancer-role".into())
             .spawn(move || watch(cfg, b, sink, s))
-            .map_err(|e| StandbyError { dir: PathBuf::new(), source: hs::NodeError::Io { op: "spawn the role watcher", source: e } })?;
-        Ok(RoleWatcher { stop, thread: Some(thread) })
+            .map_err(|e| StandbyError {
+                dir: PathBuf::new(),
+                source: hs::NodeError::Io {
+                    op: "spawn the role watcher",
+                    source: e,
+                },
+            })?;
+        Ok(RoleWatcher {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the watcher and the node (joins their threads).
@@ -407,11 +490,20 @@ impl Drop for RoleWatcher {
 
 fn log_event(e: &HsEvent) {
     match e {
-        HsEvent::RoleChanged { role, epoch, reason } => info!(?role, epoch, reason, "hs role changed"),
+        HsEvent::RoleChanged {
+            role,
+            epoch,
+            reason,
+        } => info!(?role, epoch, reason, "hs role changed"),
         HsEvent::RolledBack { from, to, records } => {
-            warn!(from, to, records, "registry changes the new master never had were rolled back")
+            warn!(
+                from,
+                to, records, "registry changes the new master never had were rolled back"
+            )
         }
-        HsEvent::Resynced { pos, keys } => info!(pos, keys, "registry loaded from the master's snapshot"),
+        HsEvent::Resynced { pos, keys } => {
+            info!(pos, keys, "registry loaded from the master's snapshot")
+        }
         HsEvent::MasterLost { reason } => warn!(reason, "lost the master balancer"),
         HsEvent::SlaveLost { reason, .. } => warn!(reason, "lost the standby balancer"),
         HsEvent::SlaveConnected { addr, .. } => info!(%addr, "standby balancer connected"),
@@ -494,9 +586,16 @@ mod tests {
             name: format!("z{id}"),
             version: "v1".into(),
             process_online_max: 3,
-            spawn: spawn.then_some(SpawnSpec { host: LOCAL, port_min: 7000, port_max: 7003 }),
+            spawn: spawn.then_some(SpawnSpec {
+                host: LOCAL,
+                port_min: 7000,
+                port_max: 7003,
+            }),
         };
-        Registry::new(vec![zone(1, true), zone(2, false)], RegistryLimits::default())
+        Registry::new(
+            vec![zone(1, true), zone(2, false)],
+            RegistryLimits::default(),
+        )
     }
 
     /// xorshift64*: deterministic from the seed, no dependency.
@@ -529,11 +628,18 @@ mod tests {
                     used_memory_mb: rng.below(100),
                     version: "v1".into(),
                     pid: Some(rng.below(1000) as u32),
-                    claimed: (0..rng.below(3)).map(|_| rng.below(next_token + 1)).collect(),
+                    claimed: (0..rng.below(3))
+                        .map(|_| rng.below(next_token + 1))
+                        .collect(),
                 },
             },
-            4 | 5 => RegistryOp::Pick { now_ms, zone: 1 + rng.below(2) as ZoneId },
-            6 => RegistryOp::Tick { now_ms: now_ms + rng.below(8000) },
+            4 | 5 => RegistryOp::Pick {
+                now_ms,
+                zone: 1 + rng.below(2) as ZoneId,
+            },
+            6 => RegistryOp::Tick {
+                now_ms: now_ms + rng.below(8000),
+            },
             7 => RegistryOp::ProbeFailed { now_ms, id },
             8 => RegistryOp::ProbeOk { now_ms, id },
             9 => match rng.below(2) {
@@ -542,7 +648,12 @@ mod tests {
             },
             10 => match rng.below(3) {
                 0 => RegistryOp::SpawnFailed { now_ms, zone: 1 },
-                _ => RegistryOp::SpawnStarted { now_ms, zone: 1, port: 7000 + rng.below(4) as u16, pid: rng.below(1000) as u32 },
+                _ => RegistryOp::SpawnStarted {
+                    now_ms,
+                    zone: 1,
+                    port: 7000 + rng.below(4) as u16,
+                    pid: rng.below(1000) as u32,
+                },
             },
             _ => RegistryOp::Forget { id },
         }
@@ -569,7 +680,9 @@ mod tests {
             let mut now_ms = 1_000_000;
             for step in 0..250 {
                 let op = random_op(&mut rng, &mut now_ms, master.next_token());
-                let Ok(out): Result<Outcome, _> = master.apply(&op) else { continue };
+                let Ok(out): Result<Outcome, _> = master.apply(&op) else {
+                    continue;
+                };
                 applied_ops += 1;
                 for (key, hs_op, value) in records(&Changes::of(&op, &out), &master) {
                     let e = decode(&key, hs_op, &value).expect("record decodes");
@@ -579,24 +692,53 @@ mod tests {
                         Op::Delete => kv.remove(&key),
                     };
                 }
-                assert_eq!(replica, master, "seed {seed} step {step}: replica diverged after {op:?}");
+                assert_eq!(
+                    replica, master,
+                    "seed {seed} step {step}: replica diverged after {op:?}"
+                );
                 if step % 50 == 49 {
-                    assert_eq!(from_snapshot(&kv), master, "seed {seed} step {step}: snapshot differs");
+                    assert_eq!(
+                        from_snapshot(&kv),
+                        master,
+                        "seed {seed} step {step}: snapshot differs"
+                    );
                 }
             }
-            assert_eq!(from_snapshot(&kv), master, "seed {seed}: final snapshot differs");
+            assert_eq!(
+                from_snapshot(&kv),
+                master,
+                "seed {seed}: final snapshot differs"
+            );
         }
-        assert!(applied_ops > 10_000, "the generator makes mostly valid ops: {applied_ops}");
+        assert!(
+            applied_ops > 10_000,
+            "the generator makes mostly valid ops: {applied_ops}"
+        );
     }
 
     #[test]
     fn bad_records_are_refused() {
-        assert!(matches!(decode(b"x/1", Op::Put, b"\x01{}"), Err(EntityError::Key(_))));
-        assert!(matches!(decode(b"t", Op::Put, b"{}"), Err(EntityError::Value { .. })));
-        assert!(matches!(decode(b"t", Op::Put, b"\x02 1"), Err(EntityError::Value { .. })));
-        assert!(matches!(decode(b"z/nope", Op::Put, b"\x01{}"), Err(EntityError::Key(_))));
+        assert!(matches!(
+            decode(b"x/1", Op::Put, b"\x01{}"),
+            Err(EntityError::Key(_))
+        ));
+        assert!(matches!(
+            decode(b"t", Op::Put, b"{}"),
+            Err(EntityError::Value { .. })
+        ));
+        assert!(matches!(
+            decode(b"t", Op::Put, b"\x02 1"),
+            Err(EntityError::Value { .. })
+        ));
+        assert!(matches!(
+            decode(b"z/nope", Op::Put, b"\x01{}"),
+            Err(EntityError::Key(_))
+        ));
         let big = vec![1u8; VALUE_BYTES_MAX + 1];
-        assert!(matches!(decode(b"p/a", Op::Put, &big), Err(EntityError::Value { .. })));
+        assert!(matches!(
+            decode(b"p/a", Op::Put, &big),
+            Err(EntityError::Value { .. })
+        ));
         // A process record under another process's key.
         let mut r = registry();
         let op = RegistryOp::Push {
@@ -615,15 +757,28 @@ mod tests {
         };
         let out = r.apply(&op).unwrap();
         let (_, _, value) = records(&Changes::of(&op, &out), &r).remove(0);
-        assert!(matches!(decode(b"p/b", Op::Put, &value), Err(EntityError::Value { .. })));
-        assert_eq!(decode(b"p/a", Op::Delete, b"").unwrap(), Entity::ProcessGone("a".into()));
+        assert!(matches!(
+            decode(b"p/b", Op::Put, &value),
+            Err(EntityError::Value { .. })
+        ));
+        assert_eq!(
+            decode(b"p/a", Op::Delete, b"").unwrap(),
+            Entity::ProcessGone("a".into())
+        );
         // A process of a zone this balancer's config lacks is refused, not half-loaded.
-        let Entity::Process(mut p) = decode(b"p/a", Op::Put, &value).unwrap() else { panic!("a process") };
+        let Entity::Process(mut p) = decode(b"p/a", Op::Put, &value).unwrap() else {
+            panic!("a process")
+        };
         p.zone = 9;
         let before = r.clone();
         assert!(load(&mut r, Entity::Process(p)).is_err());
         assert_eq!(r, before);
         let (k, o, v) = master_record("127.0.0.1:7700".parse().unwrap());
-        assert_eq!(decode(&k, o, &v).unwrap(), Entity::Master { http: "127.0.0.1:7700".parse().unwrap() });
+        assert_eq!(
+            decode(&k, o, &v).unwrap(),
+            Entity::Master {
+                http: "127.0.0.1:7700".parse().unwrap()
+            }
+        );
     }
 }

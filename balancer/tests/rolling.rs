@@ -26,7 +26,10 @@ struct FakeRestarter {
 }
 
 impl Restarter for FakeRestarter {
-    fn restart(&mut self, p: &ProcessView) -> impl std::future::Future<Output = Result<(), String>> + Send {
+    fn restart(
+        &mut self,
+        p: &ProcessView,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
         self.generation += 1;
         let id = format!("gen{}-{}", self.generation, p.port);
         let servers = self.servers.clone();
@@ -88,7 +91,17 @@ async fn rolling_restart_kicks_no_player() {
         let s = fake(&b, &format!("gen0-{i}"), 0).await;
         servers.lock().await.insert(s.addr().port(), s);
     }
-    eventually!("three running", 3_000, zone_view(&mut c).await.processes.iter().filter(|p| p.status == 101).count() == 3);
+    eventually!(
+        "three running",
+        3_000,
+        zone_view(&mut c)
+            .await
+            .processes
+            .iter()
+            .filter(|p| p.status == 101)
+            .count()
+            == 3
+    );
 
     // Players: pick, connect, play 150 ms, leave; again, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -122,7 +135,11 @@ async fn rolling_restart_kicks_no_player() {
             }
         }));
     }
-    eventually!("players playing", 3_000, tally.sessions.load(Ordering::SeqCst) >= 6);
+    eventually!(
+        "players playing",
+        3_000,
+        tally.sessions.load(Ordering::SeqCst) >= 6
+    );
 
     let killed_with_players = Arc::new(AtomicU64::new(0));
     let mut restarter = FakeRestarter {
@@ -131,15 +148,25 @@ async fn rolling_restart_kicks_no_player() {
         generation: 0,
         killed_with_players: killed_with_players.clone(),
     };
-    let opts = RollingOptions { drain_timeout_ms: 10_000, ready_timeout_ms: 10_000, poll_interval_ms: 50 };
-    let done = tokio::time::timeout(Duration::from_secs(60), rolling_restart(&mut c, ZONE, &mut restarter, &opts))
-        .await
-        .expect("rolling restart finishes")
-        .expect("rolling restart succeeds");
+    let opts = RollingOptions {
+        drain_timeout_ms: 10_000,
+        ready_timeout_ms: 10_000,
+        poll_interval_ms: 50,
+    };
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        rolling_restart(&mut c, ZONE, &mut restarter, &opts),
+    )
+    .await
+    .expect("rolling restart finishes")
+    .expect("rolling restart succeeds");
     let sessions_during = tally.sessions.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     for p in players {
-        tokio::time::timeout(Duration::from_secs(10), p).await.expect("player stops").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("player stops")
+            .unwrap();
     }
 
     assert_eq!(done.len(), 3);
@@ -147,12 +174,31 @@ async fn rolling_restart_kicks_no_player() {
         assert!(r.new_id.starts_with("gen") && r.new_id != r.old_id, "{r:?}");
     }
     let view = zone_view(&mut c).await;
-    let running: Vec<&str> = view.processes.iter().filter(|p| p.status == 101).map(|p| p.id.as_str()).collect();
+    let running: Vec<&str> = view
+        .processes
+        .iter()
+        .filter(|p| p.status == 101)
+        .map(|p| p.id.as_str())
+        .collect();
     assert_eq!(running.len(), 3, "{view:?}");
-    assert!(running.iter().all(|id| !id.starts_with("gen0-")), "all restarted: {running:?}");
-    assert_eq!(killed_with_players.load(Ordering::SeqCst), 0, "a server was stopped with players on it");
+    assert!(
+        running.iter().all(|id| !id.starts_with("gen0-")),
+        "all restarted: {running:?}"
+    );
+    assert_eq!(
+        killed_with_players.load(Ordering::SeqCst),
+        0,
+        "a server was stopped with players on it"
+    );
     assert_eq!(tally.kicked.load(Ordering::SeqCst), 0, "players kicked");
-    assert_eq!(tally.join_failed.load(Ordering::SeqCst), 0, "a pick handed out a process that refused the player");
+    assert_eq!(
+        tally.join_failed.load(Ordering::SeqCst),
+        0,
+        "a pick handed out a process that refused the player"
+    );
     assert_eq!(tally.refused.load(Ordering::SeqCst), 0, "picks refused");
-    assert!(sessions_during > 6, "players kept playing during the restart ({sessions_during} sessions)");
+    assert!(
+        sessions_during > 6,
+        "players kept playing during the restart ({sessions_during} sessions)"
+    );
 }

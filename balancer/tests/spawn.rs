@@ -31,13 +31,24 @@ fn fake_server_template(zone_arg: &str) -> Vec<String> {
 
 fn spawn_config(command: Vec<String>) -> SpawnConfig {
     let port_min = free_port();
-    SpawnConfig { command, host: LOCAL, port_min, port_max: port_min.saturating_add(50) }
+    SpawnConfig {
+        command,
+        host: LOCAL,
+        port_min,
+        port_max: port_min.saturating_add(50),
+    }
 }
 
 fn alive(pid: u32) -> bool {
     // A zombie (exited, not yet waited for) counts as gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -51,24 +62,45 @@ async fn full_zone_spawns_a_real_process_that_reports_and_is_handed_out() {
     let b = balancer(cfg).await;
     let mut c = client(&b);
     let _first = fake(&b, "first", 0).await;
-    eventually!("first running", 3_000, status_of(&mut c, "first").await == Some(101));
+    eventually!(
+        "first running",
+        3_000,
+        status_of(&mut c, "first").await == Some(101)
+    );
     assert_eq!(c.pick(ZONE).await.unwrap().id, "first");
 
     // Full: this pick starts a child and waits for it to report.
-    let picked = c.pick(ZONE).await.expect("the spawned process is handed out");
+    let picked = c
+        .pick(ZONE)
+        .await
+        .expect("the spawned process is handed out");
     assert_ne!(picked.id, "first");
-    assert!(range.contains(&picked.port), "port {} not from the spawn range", picked.port);
+    assert!(
+        range.contains(&picked.port),
+        "port {} not from the spawn range",
+        picked.port
+    );
     let v = c.process(&picked.id).await.unwrap();
     assert!(v.spawned && v.status == 101, "{v:?}");
     let pids = b.balancer().spawned_pids();
     assert_eq!(pids.len(), 1);
-    assert_eq!(v.pid, Some(pids[0]), "the child reported the pid we spawned");
+    assert_eq!(
+        v.pid,
+        Some(pids[0]),
+        "the child reported the pid we spawned"
+    );
     // A real process listens there.
-    let _player = Player::join(std::net::SocketAddr::new(picked.host, picked.port)).await.unwrap();
+    let _player = Player::join(std::net::SocketAddr::new(picked.host, picked.port))
+        .await
+        .unwrap();
 
     // Both full and the spawn limit reached: a clear 503 at once.
     match c.pick(ZONE).await {
-        Err(ClientError::Http { status: 503, message, .. }) => assert!(message.contains("spawned_processes_max"), "{message}"),
+        Err(ClientError::Http {
+            status: 503,
+            message,
+            ..
+        }) => assert!(message.contains("spawned_processes_max"), "{message}"),
         other => panic!("expected 503, got {other:?}"),
     }
     let pid = pids[0];
@@ -86,15 +118,27 @@ async fn spawned_process_that_never_reports_is_reaped() {
     let b = balancer(cfg).await;
     let mut c = client(&b);
     let err = c.pick(ZONE).await.unwrap_err();
-    assert!(matches!(err, ClientError::Http { status: 503, .. }), "{err}");
+    assert!(
+        matches!(err, ClientError::Http { status: 503, .. }),
+        "{err}"
+    );
     let pids = b.balancer().spawned_pids();
     assert_eq!(pids.len(), 1, "one child started");
     let v = zone_view(&mut c).await;
     assert_eq!(v.processes[0].status, 102, "marked starting: {v:?}");
-    eventually!("placeholder removed", 5_000, zone_view(&mut c).await.processes.is_empty());
+    eventually!(
+        "placeholder removed",
+        5_000,
+        zone_view(&mut c).await.processes.is_empty()
+    );
     eventually!("child killed", 5_000, !alive(pids[0]));
-    eventually!("child forgotten", 5_000, b.balancer().spawned_pids().is_empty());
-    let metrics = String::from_utf8(c.request("GET", "/metrics", None).await.unwrap().body).unwrap();
+    eventually!(
+        "child forgotten",
+        5_000,
+        b.balancer().spawned_pids().is_empty()
+    );
+    let metrics =
+        String::from_utf8(c.request("GET", "/metrics", None).await.unwrap().body).unwrap();
     assert!(metrics.contains("balancer_reaped_total 1"), "{metrics}");
     b.shutdown().await;
 }
@@ -109,10 +153,17 @@ async fn broken_template_fails_cleanly_and_is_rate_limited() {
     let mut c = client(&b);
     for _ in 0..5 {
         let err = c.pick(ZONE).await.unwrap_err();
-        assert!(matches!(err, ClientError::Http { status: 503, .. }), "{err}");
+        assert!(
+            matches!(err, ClientError::Http { status: 503, .. }),
+            "{err}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let metrics = String::from_utf8(c.request("GET", "/metrics", None).await.unwrap().body).unwrap();
-    assert!(metrics.contains("balancer_spawns_failed_total 1"), "one attempt, then rate limited: {metrics}");
+    let metrics =
+        String::from_utf8(c.request("GET", "/metrics", None).await.unwrap().body).unwrap();
+    assert!(
+        metrics.contains("balancer_spawns_failed_total 1"),
+        "one attempt, then rate limited: {metrics}"
+    );
     b.shutdown().await;
 }

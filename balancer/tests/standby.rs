@@ -25,8 +25,14 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("balancer-standby-{tag}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "balancer-standby-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -58,7 +64,10 @@ impl Drop for Proc {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// One balancer of the pair: its addresses and config file.
@@ -66,7 +75,14 @@ struct Side {
     config: PathBuf,
 }
 
-fn write_config(dir: &Path, name: &str, http: SocketAddr, hs_listen: SocketAddr, peer: SocketAddr, prefer: bool) -> Side {
+fn write_config(
+    dir: &Path,
+    name: &str,
+    http: SocketAddr,
+    hs_listen: SocketAddr,
+    peer: SocketAddr,
+    prefer: bool,
+) -> Side {
     let hs_dir = dir.join(format!("{name}-hs"));
     let text = format!(
         r#"
@@ -148,12 +164,23 @@ async fn fake_on(addrs: Vec<SocketAddr>, id: &str) -> FakeServer {
     .expect("fake server binds 127.0.0.1")
 }
 
-fn expect_not_master(r: Result<impl std::fmt::Debug, ClientError>, master: Option<SocketAddr>, what: &str) {
+fn expect_not_master(
+    r: Result<impl std::fmt::Debug, ClientError>,
+    master: Option<SocketAddr>,
+    what: &str,
+) {
     match r {
-        Err(ClientError::Http { status: 503, code, message }) => {
+        Err(ClientError::Http {
+            status: 503,
+            code,
+            message,
+        }) => {
             assert_eq!(code, "not_master", "{what}: {message}");
             if let Some(m) = master {
-                assert!(message.contains(&m.to_string()), "{what}: the answer names the master {m}: {message}");
+                assert!(
+                    message.contains(&m.to_string()),
+                    "{what}: the answer names the master {m}: {message}"
+                );
             }
         }
         other => panic!("{what}: a standby must answer 503 not_master, got {other:?}"),
@@ -178,16 +205,24 @@ async fn standby_takes_over_with_the_same_registry() {
 
     // Game servers push to both addresses, the master first.
     let both = vec![http_a, http_b];
-    let fakes = [fake_on(both.clone(), "gs-1").await, fake_on(both.clone(), "gs-2").await, fake_on(both.clone(), "gs-3").await];
+    let fakes = [
+        fake_on(both.clone(), "gs-1").await,
+        fake_on(both.clone(), "gs-2").await,
+        fake_on(both.clone(), "gs-3").await,
+    ];
     let mut c = Client::new(both.clone()).with_timeout(Duration::from_secs(2));
     eventually!("three running on A", DEADLINE_MS, {
-        registry_view(http_a).await.is_some_and(|v| v.processes.iter().filter(|p| p.status == 101).count() == 3)
+        registry_view(http_a)
+            .await
+            .is_some_and(|v| v.processes.iter().filter(|p| p.status == 101).count() == 3)
     });
     let _player = Player::join(fakes[0].addr()).await.unwrap();
     // Picks after the player is reported, so no reservation is released by
     // the rise in online (the registry's implicit claim).
     eventually!("A sees the player", DEADLINE_MS, {
-        registry_view(http_a).await.is_some_and(|v| v.processes.iter().any(|p| p.id == "gs-1" && p.online == 1))
+        registry_view(http_a)
+            .await
+            .is_some_and(|v| v.processes.iter().any(|p| p.id == "gs-1" && p.online == 1))
     });
     let picks: Vec<_> = {
         let mut v = Vec::new();
@@ -199,7 +234,10 @@ async fn standby_takes_over_with_the_same_registry() {
     c.drain("gs-3").await.expect("drain on the master");
     eventually!("A sees the player and the drain", DEADLINE_MS, {
         registry_view(http_a).await.is_some_and(|v| {
-            v.processes.iter().any(|p| p.id == "gs-1" && p.online == 1) && v.processes.iter().any(|p| p.id == "gs-3" && p.status == 103)
+            v.processes.iter().any(|p| p.id == "gs-1" && p.online == 1)
+                && v.processes
+                    .iter()
+                    .any(|p| p.id == "gs-3" && p.status == 103)
         })
     });
 
@@ -224,53 +262,114 @@ async fn standby_takes_over_with_the_same_registry() {
         claimed: vec![],
     };
     expect_not_master(only_b.push_status(&push).await, Some(http_a), "push");
-    let forget = only_b.request("DELETE", "/v1/processes/gs-2", None).await.unwrap();
+    let forget = only_b
+        .request("DELETE", "/v1/processes/gs-2", None)
+        .await
+        .unwrap();
     assert_eq!(forget.status, 503, "forget on a standby");
-    assert!(registry_view(http_b).await.unwrap().processes.iter().all(|p| p.id != "gs-9"), "a refused push changed the replica");
+    assert!(
+        registry_view(http_b)
+            .await
+            .unwrap()
+            .processes
+            .iter()
+            .all(|p| p.id != "gs-9"),
+        "a refused push changed the replica"
+    );
     let before = registry_view(http_b).await.unwrap();
-    assert_eq!(before.processes.iter().map(|p| p.reserved).sum::<u32>(), 5, "five reservations replicated");
+    assert_eq!(
+        before.processes.iter().map(|p| p.reserved).sum::<u32>(),
+        5,
+        "five reservations replicated"
+    );
 
     // SIGKILL the master. The standby promotes and serves the same registry.
     proc_a.kill();
-    eventually!("B serving as master", DEADLINE_MS, role(http_b).await.is_some_and(|r| r.role == "master" && r.serving));
+    eventually!(
+        "B serving as master",
+        DEADLINE_MS,
+        role(http_b)
+            .await
+            .is_some_and(|r| r.role == "master" && r.serving)
+    );
     let after = registry_view(http_b).await.unwrap();
-    assert_eq!(after, before, "the new master's registry differs from what the old one had");
-    assert!(role(http_b).await.unwrap().epoch > rb.epoch, "promotion moves the epoch");
+    assert_eq!(
+        after, before,
+        "the new master's registry differs from what the old one had"
+    );
+    assert!(
+        role(http_b).await.unwrap().epoch > rb.epoch,
+        "promotion moves the epoch"
+    );
 
     // Game servers keep pushing (their clients moved to B by themselves).
     let pushed: Vec<u64> = fakes.iter().map(|f| f.pushes_ok()).collect();
-    eventually!("pushes accepted by B", DEADLINE_MS, fakes.iter().zip(&pushed).all(|(f, n)| f.pushes_ok() > n + 3));
+    eventually!(
+        "pushes accepted by B",
+        DEADLINE_MS,
+        fakes
+            .iter()
+            .zip(&pushed)
+            .all(|(f, n)| f.pushes_ok() > n + 3)
+    );
     // A new process registers through the same client code.
     let gs4 = fake_on(both.clone(), "gs-4").await;
     eventually!("gs-4 running on B", DEADLINE_MS, {
-        registry_view(http_b).await.is_some_and(|v| v.processes.iter().any(|p| p.id == "gs-4" && p.status == 101))
+        registry_view(http_b).await.is_some_and(|v| {
+            v.processes
+                .iter()
+                .any(|p| p.id == "gs-4" && p.status == 101)
+        })
     });
     // The same client object picks on B; reservation tokens are not reused.
     let p = c.pick(ZONE).await.expect("pick after failover");
     assert_eq!(c.current(), Some(http_b));
-    assert!(picks.iter().all(|q| q.reservation < p.reservation), "token reused after failover");
+    assert!(
+        picks.iter().all(|q| q.reservation < p.reservation),
+        "token reused after failover"
+    );
     // The new master's prober runs: a killed game server is stopped.
     gs4.kill();
     eventually!("gs-4 stopped by B's prober", DEADLINE_MS, {
-        registry_view(http_b).await.is_some_and(|v| v.processes.iter().any(|p| p.id == "gs-4" && p.status == 105))
+        registry_view(http_b).await.is_some_and(|v| {
+            v.processes
+                .iter()
+                .any(|p| p.id == "gs-4" && p.status == 105)
+        })
     });
 
     // The old master comes back: it follows B and gets B's registry.
     let proc_a2 = spawn(&a, &dir.0.join("a2.log"));
-    eventually!("A rejoins as standby", DEADLINE_MS, role(http_a).await.is_some_and(|r| r.role == "standby" && !r.serving));
+    eventually!(
+        "A rejoins as standby",
+        DEADLINE_MS,
+        role(http_a)
+            .await
+            .is_some_and(|r| r.role == "standby" && !r.serving)
+    );
     eventually!("A's replica equals B's registry", DEADLINE_MS, {
         let (va, vb) = (registry_view(http_a).await, registry_view(http_b).await);
         vb.is_some() && va == vb
     });
-    expect_not_master(one(http_a).pick(ZONE).await, Some(http_b), "pick on the rejoined standby");
+    expect_not_master(
+        one(http_a).pick(ZONE).await,
+        Some(http_b),
+        "pick on the rejoined standby",
+    );
     // A client that lists the standby first is sent on by its not_master answer.
     let mut c2 = Client::new(vec![http_a, http_b]).with_timeout(Duration::from_secs(2));
     assert_eq!(c2.current(), Some(http_a));
-    c2.pick(ZONE).await.expect("pick follows not_master to the master");
+    c2.pick(ZONE)
+        .await
+        .expect("pick follows not_master to the master");
     assert_eq!(c2.current(), Some(http_b));
     let gs5 = fake_on(vec![http_a, http_b], "gs-5").await;
     eventually!("gs-5 running on B (pushed to A first)", DEADLINE_MS, {
-        registry_view(http_b).await.is_some_and(|v| v.processes.iter().any(|p| p.id == "gs-5" && p.status == 101))
+        registry_view(http_b).await.is_some_and(|v| {
+            v.processes
+                .iter()
+                .any(|p| p.id == "gs-5" && p.status == 101)
+        })
     });
     drop(gs5);
     drop(proc_a2);
@@ -288,21 +387,90 @@ async fn the_balancer_answers_as_an_hs_witness() {
     let t = Duration::from_secs(2);
     // Just started, the witness grants no promotion on silence for one hold
     // period (a master may still run on a lease from its previous life).
-    let r = hs::node::witness::ask(w, Request::Promote { pair: 7, node: 1, epoch: 1, dead: false }, t).await.expect("witness answers");
-    assert!(!r.granted, "a fresh witness granted a promotion on silence: {r:?}");
+    let r = hs::node::witness::ask(
+        w,
+        Request::Promote {
+            pair: 7,
+            node: 1,
+            epoch: 1,
+            dead: false,
+        },
+        t,
+    )
+    .await
+    .expect("witness answers");
+    assert!(
+        !r.granted,
+        "a fresh witness granted a promotion on silence: {r:?}"
+    );
     // A serving master of pair 7 registers by renewing; a renewal from a stale
     // epoch is refused, and a live master's pair is not handed to another node
     // without the kernel's word that it died.
-    let r = hs::node::witness::ask(w, Request::Renew { pair: 7, node: 1, epoch: 1 }, t).await.unwrap();
+    let r = hs::node::witness::ask(
+        w,
+        Request::Renew {
+            pair: 7,
+            node: 1,
+            epoch: 1,
+        },
+        t,
+    )
+    .await
+    .unwrap();
     assert!(r.granted, "{r:?}");
     assert_eq!((r.epoch, r.holder), (1, 1));
-    let r = hs::node::witness::ask(w, Request::Renew { pair: 7, node: 1, epoch: 1 }, t).await.unwrap();
+    let r = hs::node::witness::ask(
+        w,
+        Request::Renew {
+            pair: 7,
+            node: 1,
+            epoch: 1,
+        },
+        t,
+    )
+    .await
+    .unwrap();
     assert!(r.granted, "{r:?}");
-    let r = hs::node::witness::ask(w, Request::Promote { pair: 7, node: 2, epoch: 2, dead: false }, t).await.unwrap();
-    assert!(!r.granted, "promotion granted while the master renews: {r:?}");
-    let r = hs::node::witness::ask(w, Request::Promote { pair: 7, node: 2, epoch: 2, dead: true }, t).await.unwrap();
+    let r = hs::node::witness::ask(
+        w,
+        Request::Promote {
+            pair: 7,
+            node: 2,
+            epoch: 2,
+            dead: false,
+        },
+        t,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !r.granted,
+        "promotion granted while the master renews: {r:?}"
+    );
+    let r = hs::node::witness::ask(
+        w,
+        Request::Promote {
+            pair: 7,
+            node: 2,
+            epoch: 2,
+            dead: true,
+        },
+        t,
+    )
+    .await
+    .unwrap();
     assert!(r.granted, "{r:?}");
-    let r = hs::node::witness::ask(w, Request::Renew { pair: 7, node: 1, epoch: 1 }, t).await.unwrap();
+    let r = hs::node::witness::ask(
+        w,
+        Request::Renew {
+            pair: 7,
+            node: 1,
+            epoch: 1,
+        },
+        t,
+    )
+    .await
+    .unwrap();
     assert!(!r.granted, "a stale master's renewal was granted: {r:?}");
     b.shutdown().await;
 }

@@ -31,7 +31,11 @@ static DIR_SEQ: AtomicU64 = AtomicU64::new(0);
 struct TmpDir(PathBuf);
 impl TmpDir {
     fn new(name: &str) -> TmpDir {
-        let p = std::env::temp_dir().join(format!("hs-micro-{}-{name}-{}", std::process::id(), DIR_SEQ.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "hs-micro-{}-{name}-{}",
+            std::process::id(),
+            DIR_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TmpDir(p)
@@ -44,14 +48,20 @@ impl Drop for TmpDir {
 }
 
 fn log_config(dir: &TmpDir) -> LogConfig {
-    LogConfig { dir: dir.0.clone(), segment_bytes: SEGMENT_BYTES, record_bytes_max: 1 << 20, retention_bytes_max: 1 << 40 }
+    LogConfig {
+        dir: dir.0.clone(),
+        segment_bytes: SEGMENT_BYTES,
+        record_bytes_max: 1 << 20,
+        retention_bytes_max: 1 << 40,
+    }
 }
 
 /// A writable log with a history (what a master has).
 fn master_log() -> (Arc<Log>, TmpDir) {
     let d = TmpDir::new("log");
     let (log, _) = Log::open(log_config(&d)).expect("open log");
-    log.start_history(hs::log::meta::new_history_id()).expect("history");
+    log.start_history(hs::log::meta::new_history_id())
+        .expect("history");
     log.ensure_writable().expect("segment");
     (log, d)
 }
@@ -68,14 +78,18 @@ fn bench_record(c: &mut Criterion) {
         let mut buf = vec![0u8; len];
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_with_input(BenchmarkId::new("encode_into", s), &s, |b, _| {
-            b.iter(|| record::encode_into(std::hint::black_box(&mut buf), 4096, 1, Op::Put, KEY, &v))
+            b.iter(|| {
+                record::encode_into(std::hint::black_box(&mut buf), 4096, 1, Op::Put, KEY, &v)
+            })
         });
         record::encode_into(&mut buf, 4096, 1, Op::Put, KEY, &v);
         g.bench_with_input(BenchmarkId::new("decode", s), &s, |b, _| {
-            b.iter(|| match record::decode(std::hint::black_box(&buf), 4096, 1 << 20) {
-                Ok(Decoded::Record { size, .. }) => size,
-                _ => unreachable!("valid record"),
-            })
+            b.iter(
+                || match record::decode(std::hint::black_box(&buf), 4096, 1 << 20) {
+                    Ok(Decoded::Record { size, .. }) => size,
+                    _ => unreachable!("valid record"),
+                },
+            )
         });
     }
     g.finish();
@@ -86,7 +100,9 @@ fn bench_crc(c: &mut Criterion) {
     for n in [64usize, 1024, 64 << 10] {
         let b = value(n);
         g.throughput(Throughput::Bytes(n as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, _| bch.iter(|| crc32fast::hash(std::hint::black_box(&b))));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, _| {
+            bch.iter(|| crc32fast::hash(std::hint::black_box(&b)))
+        });
     }
     g.finish();
 }
@@ -98,7 +114,14 @@ fn records_at(base: u64, value_bytes: usize, total_bytes: usize) -> Vec<u8> {
     let n = total_bytes / size;
     let mut out = vec![0u8; n * size];
     for i in 0..n {
-        record::encode_into(&mut out[i * size..(i + 1) * size], base + (i * size) as u64, 1, Op::Put, KEY, &v);
+        record::encode_into(
+            &mut out[i * size..(i + 1) * size],
+            base + (i * size) as u64,
+            1,
+            Op::Put,
+            KEY,
+            &v,
+        );
     }
     out
 }
@@ -106,7 +129,12 @@ fn records_at(base: u64, value_bytes: usize, total_bytes: usize) -> Vec<u8> {
 fn bench_frame(c: &mut Criterion) {
     let mut g = c.benchmark_group("frame_data_256KiB");
     let recs = bytes::Bytes::from(records_at(0, 64, 256 << 10));
-    let f = Frame::Data { pos: 0, epoch: 1, tail: recs.len() as u64, records: recs.clone() };
+    let f = Frame::Data {
+        pos: 0,
+        epoch: 1,
+        tail: recs.len() as u64,
+        records: recs.clone(),
+    };
     g.throughput(Throughput::Bytes(recs.len() as u64));
     g.bench_function("encode", |b| {
         let mut dst = BytesMut::with_capacity(300 << 10);
@@ -122,7 +150,9 @@ fn bench_frame(c: &mut Criterion) {
     g.bench_function("decode", |b| {
         b.iter(|| {
             let mut src = BytesMut::from(&enc[..]);
-            Frame::decode(&mut src, 1 << 21).expect("valid").expect("whole")
+            Frame::decode(&mut src, 1 << 21)
+                .expect("valid")
+                .expect("whole")
         })
     });
     g.finish();
@@ -145,11 +175,13 @@ fn bench_log_append(c: &mut Criterion) {
                         cur = Some(master_log());
                     }
                     let log = &cur.as_ref().unwrap().0;
-                    let room = (LOG_BYTES_MAX - log.tail()) / record::encoded_len(KEY.len(), s) as u64 + 1;
+                    let room =
+                        (LOG_BYTES_MAX - log.tail()) / record::encoded_len(KEY.len(), s) as u64 + 1;
                     let n = room.min(iters - done);
                     let t = Instant::now();
                     for _ in 0..n {
-                        log.append_wait(Op::Put, KEY, &v, Duration::from_secs(5)).expect("append");
+                        log.append_wait(Op::Put, KEY, &v, Duration::from_secs(5))
+                            .expect("append");
                     }
                     total += t.elapsed();
                     done += n;
@@ -191,12 +223,17 @@ fn bench_publish(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 let mut done = 0;
                 while done < iters {
-                    if cur.as_ref().is_none_or(|(n, _)| n.stats().written >= LOG_BYTES_MAX) {
+                    if cur
+                        .as_ref()
+                        .is_none_or(|(n, _)| n.stats().written >= LOG_BYTES_MAX)
+                    {
                         cur = None;
                         cur = Some(master_node());
                     }
                     let node = &cur.as_ref().unwrap().0;
-                    let room = (LOG_BYTES_MAX - node.stats().written) / record::encoded_len(KEY.len(), s) as u64 + 1;
+                    let room = (LOG_BYTES_MAX - node.stats().written)
+                        / record::encoded_len(KEY.len(), s) as u64
+                        + 1;
                     let n = room.min(iters - done);
                     let t = Instant::now();
                     for _ in 0..n {
@@ -226,7 +263,8 @@ fn bench_slave_apply(c: &mut Criterion) {
         let fresh = || {
             let d = TmpDir::new("slave");
             let (log, _) = Log::open(log_config(&d)).expect("open");
-            log.adopt_history(hs::log::meta::new_history_id(), SEGMENT_BYTES).expect("adopt");
+            log.adopt_history(hs::log::meta::new_history_id(), SEGMENT_BYTES)
+                .expect("adopt");
             (log, d)
         };
         let mut cur = Some(fresh());
@@ -235,18 +273,23 @@ fn bench_slave_apply(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 let mut applied = 0u64;
                 for _ in 0..iters {
-                    if cur.as_ref().is_none_or(|(l, _)| l.tail() as usize + batch > seg.len()) {
+                    if cur
+                        .as_ref()
+                        .is_none_or(|(l, _)| l.tail() as usize + batch > seg.len())
+                    {
                         cur = None;
                         cur = Some(fresh());
                         // The first replicated append waits for the segment: do it untimed.
                         let log = &cur.as_ref().unwrap().0;
-                        log.append_replicated(0, &seg[..batch]).expect("first batch");
+                        log.append_replicated(0, &seg[..batch])
+                            .expect("first batch");
                     }
                     let log = &cur.as_ref().unwrap().0;
                     let pos = log.tail();
                     let bytes = &seg[pos as usize..pos as usize + batch];
                     let t = Instant::now();
-                    log.append_replicated(pos, bytes).expect("replicated append");
+                    log.append_replicated(pos, bytes)
+                        .expect("replicated append");
                     let mut f = |r: &RecordRef<'_>| applied += r.value.len() as u64;
                     for_each_in(bytes, pos, 1 << 20, &mut f).expect("decode");
                     total += t.elapsed();
@@ -274,7 +317,8 @@ fn bench_segment_prepare(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                let s = hs::log::segment::Segment::create(&d.0, 1, base, SEGMENT_BYTES).expect("create segment");
+                let s = hs::log::segment::Segment::create(&d.0, 1, base, SEGMENT_BYTES)
+                    .expect("create segment");
                 total += t.elapsed();
                 let _ = std::fs::remove_file(&s.path);
                 drop(s);

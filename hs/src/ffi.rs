@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::log::LogError;
-use crate::node::{Apply, Config, Durability, Event, FlushPolicy, LagPolicy, Node, NodeError, Role};
+use crate::node::{
+    Apply, Config, Durability, Event, FlushPolicy, LagPolicy, Node, NodeError, Role,
+};
 use crate::proto::record::{Op, RecordRef};
 
 /// Longest text an address takes, with its terminating NUL ("[ffff:...]:65535").
@@ -188,22 +190,41 @@ pub enum hs_event_kind {
 /// log at start or after a rollback). `key` and `value` point into the node's
 /// log and are valid only during the call: copy what you keep. When a length is
 /// 0 the pointer is not NULL but must not be read.
-pub type hs_apply_callback =
-    Option<unsafe extern "C" fn(user: *mut c_void, key: *const u8, key_len: usize, op: hs_op, value: *const u8, value_len: usize, pos: u64, epoch: u32)>;
+pub type hs_apply_callback = Option<
+    unsafe extern "C" fn(
+        user: *mut c_void,
+        key: *const u8,
+        key_len: usize,
+        op: hs_op,
+        value: *const u8,
+        value_len: usize,
+        pos: u64,
+        epoch: u32,
+    ),
+>;
 
 /// Drop all application state: a snapshot (`restore` per key) and records
 /// (`apply`) follow. Called before the initial replay, on a rollback and on a resync.
 pub type hs_reset_callback = Option<unsafe extern "C" fn(user: *mut c_void)>;
 
 /// One key's value from a snapshot, after `reset`. Pointers valid during the call only.
-pub type hs_restore_callback =
-    Option<unsafe extern "C" fn(user: *mut c_void, key: *const u8, key_len: usize, value: *const u8, value_len: usize)>;
+pub type hs_restore_callback = Option<
+    unsafe extern "C" fn(
+        user: *mut c_void,
+        key: *const u8,
+        key_len: usize,
+        value: *const u8,
+        value_len: usize,
+    ),
+>;
 
 /// This node's role changed (promotion, step-down, switchover, start-up).
-pub type hs_role_changed_callback = Option<unsafe extern "C" fn(user: *mut c_void, role: hs_role, epoch: u32)>;
+pub type hs_role_changed_callback =
+    Option<unsafe extern "C" fn(user: *mut c_void, role: hs_role, epoch: u32)>;
 
 /// Records in `[from, to)` were rolled back (the state was rebuilt without them).
-pub type hs_rolled_back_callback = Option<unsafe extern "C" fn(user: *mut c_void, from: u64, to: u64)>;
+pub type hs_rolled_back_callback =
+    Option<unsafe extern "C" fn(user: *mut c_void, from: u64, to: u64)>;
 
 /// Every event, including the two above. `ev` and its strings are valid during the call only.
 pub type hs_event_callback = Option<unsafe extern "C" fn(user: *mut c_void, ev: *const hs_event)>;
@@ -367,9 +388,11 @@ pub struct hs_stats {
 
 /// Bytes of the first version of `hs_config` (it ends with `event`): the least
 /// `struct_size` a caller may declare. Later versions append fields and keep this.
-const CONFIG_V1_BYTES: usize = std::mem::offset_of!(hs_config, event) + std::mem::size_of::<hs_event_callback>();
+const CONFIG_V1_BYTES: usize =
+    std::mem::offset_of!(hs_config, event) + std::mem::size_of::<hs_event_callback>();
 /// Bytes of the first version of `hs_stats` (it ends with `catching_up`).
-const STATS_V1_BYTES: usize = std::mem::offset_of!(hs_stats, catching_up) + std::mem::size_of::<bool>();
+const STATS_V1_BYTES: usize =
+    std::mem::offset_of!(hs_stats, catching_up) + std::mem::size_of::<bool>();
 
 /// Copies the first `min(size, size_of::<T>())` bytes of `v` to `dst` and zeroes
 /// the caller's bytes past `size_of::<T>()` (fields of a newer header than ours).
@@ -380,7 +403,11 @@ unsafe fn write_sized<T>(dst: *mut T, size: usize, v: &T) {
     let ours = std::mem::size_of::<T>();
     // SAFETY: the caller's contract; an untyped byte copy (padding included).
     unsafe {
-        std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), dst.cast::<u8>(), size.min(ours));
+        std::ptr::copy_nonoverlapping(
+            (v as *const T).cast::<u8>(),
+            dst.cast::<u8>(),
+            size.min(ours),
+        );
         if size > ours {
             std::ptr::write_bytes(dst.cast::<u8>().add(ours), 0, size - ours);
         }
@@ -411,14 +438,19 @@ struct Failure {
 
 impl Failure {
     fn new(status: hs_status, msg: impl Into<String>) -> Failure {
-        Failure { status, msg: msg.into() }
+        Failure {
+            status,
+            msg: msg.into(),
+        }
     }
 }
 
 impl From<NodeError> for Failure {
     fn from(e: NodeError) -> Failure {
         let status = match &e {
-            NodeError::Log(LogError::TooLarge { .. } | LogError::KeyTooLarge { .. }) => hs_status::TooLarge,
+            NodeError::Log(LogError::TooLarge { .. } | LogError::KeyTooLarge { .. }) => {
+                hs_status::TooLarge
+            }
             NodeError::Log(LogError::Full { .. }) => hs_status::Full,
             NodeError::Log(LogError::Io { .. }) | NodeError::Io { .. } => hs_status::Io,
             NodeError::Log(LogError::Sealed) | NodeError::NotMaster { .. } => hs_status::NotMaster,
@@ -517,10 +549,20 @@ unsafe fn out_opt<T>(p: *mut T, v: T) {
 /// `p` is NULL or valid for reads of `len` bytes for `'a`.
 unsafe fn bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8], Failure> {
     if p.is_null() {
-        return if len == 0 { Ok(&[]) } else { Err(Failure::new(hs_status::NullParameter, format!("`{name}` is NULL with length {len}"))) };
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(Failure::new(
+                hs_status::NullParameter,
+                format!("`{name}` is NULL with length {len}"),
+            ))
+        };
     }
     if len > isize::MAX as usize {
-        return Err(Failure::new(hs_status::InvalidArgument, format!("`{name}` length {len} is impossible")));
+        return Err(Failure::new(
+            hs_status::InvalidArgument,
+            format!("`{name}` length {len} is impossible"),
+        ));
     }
     // SAFETY: not NULL, length checked; the caller promises `len` readable bytes.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
@@ -536,7 +578,9 @@ unsafe fn cstr_opt<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>, 
     }
     // SAFETY: not NULL; the caller promises a NUL-terminated string.
     let s = unsafe { CStr::from_ptr(p) };
-    let s = s.to_str().map_err(|_| Failure::new(hs_status::InvalidArgument, format!("`{name}` is not UTF-8")))?;
+    let s = s
+        .to_str()
+        .map_err(|_| Failure::new(hs_status::InvalidArgument, format!("`{name}` is not UTF-8")))?;
     Ok(if s.is_empty() { None } else { Some(s) })
 }
 
@@ -551,7 +595,10 @@ fn parse_addr(s: Option<&str>, name: &str) -> Result<Option<SocketAddr>, Failure
 
 fn ms(v: u64, name: &str) -> Result<u64, Failure> {
     if v > HS_MS_MAX {
-        return Err(Failure::new(hs_status::InvalidArgument, format!("`{name}` = {v} ms is over HS_MS_MAX ({HS_MS_MAX})")));
+        return Err(Failure::new(
+            hs_status::InvalidArgument,
+            format!("`{name}` = {v} ms is over HS_MS_MAX ({HS_MS_MAX})"),
+        ));
     }
     Ok(v)
 }
@@ -565,7 +612,10 @@ fn op_from(v: u32) -> Result<Op, Failure> {
     match v {
         1 => Ok(Op::Put),
         2 => Ok(Op::Delete),
-        _ => Err(Failure::new(hs_status::InvalidArgument, format!("`op` = {v} is not an hs_op (1 put, 2 delete)"))),
+        _ => Err(Failure::new(
+            hs_status::InvalidArgument,
+            format!("`op` = {v} is not an hs_op (1 put, 2 delete)"),
+        )),
     }
 }
 
@@ -618,7 +668,18 @@ impl Apply for CApply {
                 Op::Delete => hs_op::Delete,
             };
             // SAFETY: the application's callback; the slices outlive the call.
-            unsafe { f(self.0.user, r.key.as_ptr(), r.key.len(), op, r.value.as_ptr(), r.value.len(), r.pos, r.epoch) };
+            unsafe {
+                f(
+                    self.0.user,
+                    r.key.as_ptr(),
+                    r.key.len(),
+                    op,
+                    r.value.as_ptr(),
+                    r.value.len(),
+                    r.pos,
+                    r.epoch,
+                )
+            };
         }
     }
     fn reset(&mut self) {
@@ -630,7 +691,15 @@ impl Apply for CApply {
     fn restore(&mut self, key: &[u8], value: &[u8]) {
         if let (Some(f), true) = (self.0.restore, self.0.on()) {
             // SAFETY: the application's callback; the slices outlive the call.
-            unsafe { f(self.0.user, key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+            unsafe {
+                f(
+                    self.0.user,
+                    key.as_ptr(),
+                    key.len(),
+                    value.as_ptr(),
+                    value.len(),
+                )
+            };
         }
     }
 }
@@ -660,8 +729,13 @@ fn deliver(cb: &Callbacks, e: &Event) {
     let mut reason = String::new();
     #[allow(unreachable_patterns)] // `Other` keeps this compiling when `Event` grows
     match e {
-        Event::RoleChanged { role, epoch, reason: why } => {
-            (ev.kind, ev.role, ev.epoch) = (hs_event_kind::RoleChanged, role_to_c(*role) as u32, *epoch);
+        Event::RoleChanged {
+            role,
+            epoch,
+            reason: why,
+        } => {
+            (ev.kind, ev.role, ev.epoch) =
+                (hs_event_kind::RoleChanged, role_to_c(*role) as u32, *epoch);
             reason.clone_from(why);
             if let (Some(f), true) = (cb.role_changed, cb.on()) {
                 // SAFETY: the application's callback.
@@ -675,11 +749,17 @@ fn deliver(cb: &Callbacks, e: &Event) {
                 unsafe { f(cb.user, *from, *to) };
             }
         }
-        Event::SlaveConnected { node, addr: a, from } => {
+        Event::SlaveConnected {
+            node,
+            addr: a,
+            from,
+        } => {
             (ev.kind, ev.peer_node, ev.pos) = (hs_event_kind::SlaveConnected, *node, *from);
             addr = a.to_string();
         }
-        Event::SlaveCaughtUp { node, pos } => (ev.kind, ev.peer_node, ev.pos) = (hs_event_kind::SlaveCaughtUp, *node, *pos),
+        Event::SlaveCaughtUp { node, pos } => {
+            (ev.kind, ev.peer_node, ev.pos) = (hs_event_kind::SlaveCaughtUp, *node, *pos)
+        }
         Event::SlaveLost { node, reason: why } => {
             (ev.kind, ev.peer_node) = (hs_event_kind::SlaveLost, *node);
             reason.clone_from(why);
@@ -693,12 +773,16 @@ fn deliver(cb: &Callbacks, e: &Event) {
             ev.kind = hs_event_kind::MasterLost;
             reason.clone_from(why);
         }
-        Event::Resynced { pos, keys } => (ev.kind, ev.pos, ev.keys) = (hs_event_kind::Resynced, *pos, *keys),
+        Event::Resynced { pos, keys } => {
+            (ev.kind, ev.pos, ev.keys) = (hs_event_kind::Resynced, *pos, *keys)
+        }
         Event::FrameRejected { reason: why } => {
             ev.kind = hs_event_kind::FrameRejected;
             reason.clone_from(why);
         }
-        Event::LagOverLimit { lag } => (ev.kind, ev.lag_bytes) = (hs_event_kind::LagOverLimit, *lag),
+        Event::LagOverLimit { lag } => {
+            (ev.kind, ev.lag_bytes) = (hs_event_kind::LagOverLimit, *lag)
+        }
         other => reason = format!("{other:?}"),
     }
     if let (Some(f), true) = (cb.event, cb.on()) {
@@ -803,7 +887,13 @@ unsafe fn read_config(p: *const hs_config) -> Result<hs_config, Failure> {
     // some version of the struct. Every field's type accepts any bit pattern a C
     // caller can store in it (integers, pointers, `Option<fn>`, and `bool`, which
     // C's `_Bool` keeps at 0 or 1).
-    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut c as *mut hs_config).cast::<u8>(), size.min(ours)) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            p.cast::<u8>(),
+            (&mut c as *mut hs_config).cast::<u8>(),
+            size.min(ours),
+        )
+    };
     c.struct_size = size;
     Ok(c)
 }
@@ -812,7 +902,12 @@ unsafe fn read_config(p: *const hs_config) -> Result<hs_config, Failure> {
 /// The strings in `c` are NULL or NUL-terminated.
 unsafe fn to_config(c: &hs_config) -> Result<Config, Failure> {
     // SAFETY: the caller's contract for the strings.
-    let dir = unsafe { cstr_opt(c.dir, "cfg->dir") }?.ok_or_else(|| Failure::new(hs_status::NullParameter, "`cfg->dir` is NULL or empty: give the log directory"))?;
+    let dir = unsafe { cstr_opt(c.dir, "cfg->dir") }?.ok_or_else(|| {
+        Failure::new(
+            hs_status::NullParameter,
+            "`cfg->dir` is NULL or empty: give the log directory",
+        )
+    })?;
     let mut cfg = Config::new(PathBuf::from(dir));
     if c.node_id != 0 {
         cfg.node_id = c.node_id;
@@ -829,10 +924,22 @@ unsafe fn to_config(c: &hs_config) -> Result<Config, Failure> {
     cfg.lag_policy = match c.lag_policy {
         0 => LagPolicy::Wait,
         1 => LagPolicy::Refuse,
-        v => return Err(Failure::new(hs_status::InvalidArgument, format!("`cfg->lag_policy` = {v} is not an hs_lag_policy (0 wait, 1 refuse)"))),
+        v => {
+            return Err(Failure::new(
+                hs_status::InvalidArgument,
+                format!("`cfg->lag_policy` = {v} is not an hs_lag_policy (0 wait, 1 refuse)"),
+            ))
+        }
     };
     cfg.segment_bytes = c.segment_bytes;
-    let usize_field = |v: u64, name: &str| usize::try_from(v).map_err(|_| Failure::new(hs_status::InvalidArgument, format!("`{name}` = {v} does not fit in size_t")));
+    let usize_field = |v: u64, name: &str| {
+        usize::try_from(v).map_err(|_| {
+            Failure::new(
+                hs_status::InvalidArgument,
+                format!("`{name}` = {v} does not fit in size_t"),
+            )
+        })
+    };
     cfg.record_bytes_max = usize_field(c.record_bytes_max, "cfg->record_bytes_max")?;
     cfg.retention_bytes_max = c.retention_bytes_max;
     cfg.flush = match c.flush_policy {
@@ -910,7 +1017,11 @@ pub unsafe extern "C" fn hs_config_init(cfg: *mut hs_config) -> hs_status {
 /// `cfg` is NULL or a valid `hs_config` of `cfg->struct_size` bytes whose strings
 /// are NULL or NUL-terminated; `out_node` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_start(cfg: *const hs_config, role: u32, out_node: *mut *mut hs_node) -> hs_status {
+pub unsafe extern "C" fn hs_node_start(
+    cfg: *const hs_config,
+    role: u32,
+    out_node: *mut *mut hs_node,
+) -> hs_status {
     ffi!("hs_node_start", {
         // SAFETY: the caller's contract.
         let c = unsafe { read_config(cfg) }?;
@@ -921,7 +1032,12 @@ pub unsafe extern "C" fn hs_node_start(cfg: *const hs_config, role: u32, out_nod
             1 => Role::Master,
             2 => Role::Slave,
             3 => Role::Candidate,
-            v => return Err(Failure::new(hs_status::InvalidArgument, format!("`role` = {v} is not an hs_role (1 master, 2 slave, 3 candidate)"))),
+            v => {
+                return Err(Failure::new(
+                    hs_status::InvalidArgument,
+                    format!("`role` = {v} is not an hs_role (1 master, 2 slave, 3 candidate)"),
+                ))
+            }
         };
         // SAFETY: the caller's contract for the strings.
         let config = unsafe { to_config(&c) }?;
@@ -941,18 +1057,31 @@ pub unsafe extern "C" fn hs_node_start(cfg: *const hs_config, role: u32, out_nod
         let dispatcher = if cb.wants_events() {
             // The Rust API reports role changes; a lone master starts in the role it
             // was given, so it has none. C callers get their first role either way.
-            let first = lone.then(|| Event::RoleChanged { role: node.role(), epoch: node.stats().epoch, reason: "started".into() });
+            let first = lone.then(|| Event::RoleChanged {
+                role: node.role(),
+                epoch: node.stats().epoch,
+                reason: "started".into(),
+            });
             let stop = Arc::new(AtomicBool::new(false));
             let (n2, s2) = (node.clone(), stop.clone());
             let thread = std::thread::Builder::new()
                 .name("hs-ffi-events".into())
                 .spawn(move || dispatch(n2, cb, s2, first))
-                .map_err(|e| Failure::new(hs_status::Io, format!("spawn the hs-ffi-events thread: {e}")))?;
+                .map_err(|e| {
+                    Failure::new(
+                        hs_status::Io,
+                        format!("spawn the hs-ffi-events thread: {e}"),
+                    )
+                })?;
             Some(Dispatcher { stop, thread })
         } else {
             None
         };
-        let h = Box::into_raw(Box::new(hs_node { node, dispatcher, alive }));
+        let h = Box::into_raw(Box::new(hs_node {
+            node,
+            dispatcher,
+            alive,
+        }));
         // SAFETY: checked not NULL above; the caller promises it is writable.
         unsafe { out_node.write(h) };
         Ok(())
@@ -980,7 +1109,11 @@ pub unsafe extern "C" fn hs_node_free(node: *mut hs_node) {
         }
         // SAFETY: a handle from `hs_node_start` (Box::into_raw), freed once.
         let h = unsafe { Box::from_raw(node) };
-        let hs_node { node, dispatcher, alive } = *h;
+        let hs_node {
+            node,
+            dispatcher,
+            alive,
+        } = *h;
         // From here on no callback starts (one in progress may be our caller).
         alive.store(false, Ordering::Release);
         let here = std::thread::current();
@@ -1001,7 +1134,9 @@ pub unsafe extern "C" fn hs_node_free(node: *mut hs_node) {
             std::thread::Builder::new()
                 .name("hs-ffi-free".into())
                 .spawn(move || drop(node))
-                .map_err(|e| Failure::new(hs_status::Io, format!("spawn the hs-ffi-free thread: {e}")))?;
+                .map_err(|e| {
+                    Failure::new(hs_status::Io, format!("spawn the hs-ffi-free thread: {e}"))
+                })?;
         } else {
             // Stops the node unless the event thread still holds it (see above).
             drop(node);
@@ -1038,7 +1173,13 @@ pub unsafe extern "C" fn hs_node_publish(
 ) -> hs_status {
     ffi!("hs_node_publish", {
         // SAFETY: the caller's contract.
-        let (h, key, value) = unsafe { (arg(node, "node")?, bytes(key, key_len, "key")?, bytes(value, value_len, "value")?) };
+        let (h, key, value) = unsafe {
+            (
+                arg(node, "node")?,
+                bytes(key, key_len, "key")?,
+                bytes(value, value_len, "value")?,
+            )
+        };
         let pos = h.node.publish(key, op_from(op)?, value)?;
         // SAFETY: the caller's contract.
         unsafe { out_opt(out_pos, pos) };
@@ -1051,10 +1192,23 @@ pub unsafe extern "C" fn hs_node_publish(
 /// # Safety
 /// As `hs_node_publish`.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_put(node: *const hs_node, key: *const u8, key_len: usize, value: *const u8, value_len: usize, out_pos: *mut u64) -> hs_status {
+pub unsafe extern "C" fn hs_node_put(
+    node: *const hs_node,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    out_pos: *mut u64,
+) -> hs_status {
     ffi!("hs_node_put", {
         // SAFETY: the caller's contract.
-        let (h, key, value) = unsafe { (arg(node, "node")?, bytes(key, key_len, "key")?, bytes(value, value_len, "value")?) };
+        let (h, key, value) = unsafe {
+            (
+                arg(node, "node")?,
+                bytes(key, key_len, "key")?,
+                bytes(value, value_len, "value")?,
+            )
+        };
         let pos = h.node.put(key, value)?;
         // SAFETY: the caller's contract.
         unsafe { out_opt(out_pos, pos) };
@@ -1067,7 +1221,12 @@ pub unsafe extern "C" fn hs_node_put(node: *const hs_node, key: *const u8, key_l
 /// # Safety
 /// As `hs_node_publish`.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_delete(node: *const hs_node, key: *const u8, key_len: usize, out_pos: *mut u64) -> hs_status {
+pub unsafe extern "C" fn hs_node_delete(
+    node: *const hs_node,
+    key: *const u8,
+    key_len: usize,
+    out_pos: *mut u64,
+) -> hs_status {
     ffi!("hs_node_delete", {
         // SAFETY: the caller's contract.
         let (h, key) = unsafe { (arg(node, "node")?, bytes(key, key_len, "key")?) };
@@ -1086,7 +1245,12 @@ pub unsafe extern "C" fn hs_node_delete(node: *const hs_node, key: *const u8, ke
 /// # Safety
 /// `node` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_wait(node: *const hs_node, pos: u64, level: u32, timeout_ms: u64) -> hs_status {
+pub unsafe extern "C" fn hs_node_wait(
+    node: *const hs_node,
+    pos: u64,
+    level: u32,
+    timeout_ms: u64,
+) -> hs_status {
     ffi!("hs_node_wait", {
         // SAFETY: the caller's contract.
         let h = unsafe { arg(node, "node") }?;
@@ -1198,7 +1362,10 @@ pub unsafe extern "C" fn hs_node_role(node: *const hs_node, out_role: *mut hs_ro
 /// # Safety
 /// `node` is NULL or a live handle; `out_writable` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_is_writable(node: *const hs_node, out_writable: *mut bool) -> hs_status {
+pub unsafe extern "C" fn hs_node_is_writable(
+    node: *const hs_node,
+    out_writable: *mut bool,
+) -> hs_status {
     ffi!("hs_node_is_writable", {
         // SAFETY: the caller's contract.
         let h = unsafe { arg(node, "node") }?;
@@ -1212,16 +1379,29 @@ pub unsafe extern "C" fn hs_node_is_writable(node: *const hs_node, out_writable:
 ///
 /// # Safety
 /// `buf` is NULL or writable for `len` bytes; `out_len` is NULL or writable.
-unsafe fn write_addr(a: Option<SocketAddr>, buf: *mut c_char, len: usize, out_len: *mut usize) -> Result<(), Failure> {
+unsafe fn write_addr(
+    a: Option<SocketAddr>,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> Result<(), Failure> {
     if buf.is_null() {
         return Err(null("buf"));
     }
     if out_len.is_null() {
         return Err(null("out_len"));
     }
-    let a = a.ok_or_else(|| Failure::new(hs_status::NotFound, "no address is known"))?.to_string();
+    let a = a
+        .ok_or_else(|| Failure::new(hs_status::NotFound, "no address is known"))?
+        .to_string();
     if a.len() + 1 > len {
-        return Err(Failure::new(hs_status::BufferTooSmall, format!("the address needs {} bytes, the buffer has {len} (HS_ADDR_LEN_MAX always fits)", a.len() + 1)));
+        return Err(Failure::new(
+            hs_status::BufferTooSmall,
+            format!(
+                "the address needs {} bytes, the buffer has {len} (HS_ADDR_LEN_MAX always fits)",
+                a.len() + 1
+            ),
+        ));
     }
     // SAFETY: `buf` holds `len > a.len()` writable bytes; `out_len` is writable.
     unsafe {
@@ -1241,7 +1421,12 @@ unsafe fn write_addr(a: Option<SocketAddr>, buf: *mut c_char, len: usize, out_le
 /// `node` is NULL or a live handle; `buf` is NULL or writable for `len` bytes;
 /// `out_len` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_master_addr(node: *const hs_node, buf: *mut c_char, len: usize, out_len: *mut usize) -> hs_status {
+pub unsafe extern "C" fn hs_node_master_addr(
+    node: *const hs_node,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> hs_status {
     ffi!("hs_node_master_addr", {
         // SAFETY: the caller's contract.
         unsafe {
@@ -1258,7 +1443,12 @@ pub unsafe extern "C" fn hs_node_master_addr(node: *const hs_node, buf: *mut c_c
 /// # Safety
 /// As `hs_node_master_addr`.
 #[no_mangle]
-pub unsafe extern "C" fn hs_node_local_addr(node: *const hs_node, buf: *mut c_char, len: usize, out_len: *mut usize) -> hs_status {
+pub unsafe extern "C" fn hs_node_local_addr(
+    node: *const hs_node,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> hs_status {
     ffi!("hs_node_local_addr", {
         // SAFETY: the caller's contract.
         unsafe {
@@ -1313,7 +1503,11 @@ pub unsafe extern "C" fn hs_node_compact(node: *const hs_node) -> hs_status {
 /// # Safety
 /// `buf` is NULL or writable for `len` bytes; `out_len` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn hs_last_error(buf: *mut c_char, len: usize, out_len: *mut usize) -> hs_status {
+pub unsafe extern "C" fn hs_last_error(
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> hs_status {
     let r = catch_unwind(AssertUnwindSafe(|| {
         if buf.is_null() || out_len.is_null() {
             return hs_status::NullParameter;
@@ -1321,7 +1515,9 @@ pub unsafe extern "C" fn hs_last_error(buf: *mut c_char, len: usize, out_len: *m
         if len == 0 {
             return hs_status::BufferTooSmall;
         }
-        let msg = LAST_ERROR.try_with(|e| e.borrow().clone()).unwrap_or_default();
+        let msg = LAST_ERROR
+            .try_with(|e| e.borrow().clone())
+            .unwrap_or_default();
         let mut n = msg.len().min(len - 1);
         while !msg.is_char_boundary(n) {
             n -= 1;
@@ -1382,42 +1578,107 @@ mod tests {
 
     #[test]
     fn status_names_match_the_enum() {
-        for (s, name) in [(hs_status::Ok, "HS_STATUS_OK"), (hs_status::NotMaster, "HS_STATUS_NOT_MASTER"), (hs_status::Panic, "HS_STATUS_PANIC")] {
+        for (s, name) in [
+            (hs_status::Ok, "HS_STATUS_OK"),
+            (hs_status::NotMaster, "HS_STATUS_NOT_MASTER"),
+            (hs_status::Panic, "HS_STATUS_PANIC"),
+        ] {
             // SAFETY: a static C string.
-            assert_eq!(unsafe { CStr::from_ptr(hs_status_name(s as u32)) }.to_str().unwrap(), name);
+            assert_eq!(
+                unsafe { CStr::from_ptr(hs_status_name(s as u32)) }
+                    .to_str()
+                    .unwrap(),
+                name
+            );
         }
         // SAFETY: as above.
-        assert_eq!(unsafe { CStr::from_ptr(hs_status_name(99)) }.to_str().unwrap(), "HS_STATUS_UNKNOWN");
+        assert_eq!(
+            unsafe { CStr::from_ptr(hs_status_name(99)) }
+                .to_str()
+                .unwrap(),
+            "HS_STATUS_UNKNOWN"
+        );
     }
 
     fn last_error() -> String {
         let mut buf = [0 as c_char; 512];
         let mut n = 0usize;
         // SAFETY: a valid buffer and length.
-        assert_eq!(unsafe { hs_last_error(buf.as_mut_ptr(), buf.len(), &mut n) }, hs_status::Ok);
+        assert_eq!(
+            unsafe { hs_last_error(buf.as_mut_ptr(), buf.len(), &mut n) },
+            hs_status::Ok
+        );
         // SAFETY: NUL-terminated by hs_last_error.
-        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap().to_string()
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
     fn null_pointers_are_refused_not_dereferenced() {
         // SAFETY: every pointer is NULL or valid; NULL ones must be refused.
         unsafe {
-            assert_eq!(hs_config_init(std::ptr::null_mut()), hs_status::NullParameter);
+            assert_eq!(
+                hs_config_init(std::ptr::null_mut()),
+                hs_status::NullParameter
+            );
             assert!(last_error().contains("`cfg` is NULL"), "{}", last_error());
             let mut out = std::ptr::null_mut();
-            assert_eq!(hs_node_start(std::ptr::null(), 1, &mut out), hs_status::NullParameter);
+            assert_eq!(
+                hs_node_start(std::ptr::null(), 1, &mut out),
+                hs_status::NullParameter
+            );
             assert!(out.is_null());
-            assert_eq!(hs_node_put(std::ptr::null(), b"k".as_ptr(), 1, std::ptr::null(), 0, std::ptr::null_mut()), hs_status::NullParameter);
-            assert_eq!(hs_node_wait(std::ptr::null(), 0, 1, 0), hs_status::NullParameter);
-            assert_eq!(hs_node_switchover(std::ptr::null(), 0), hs_status::NullParameter);
-            assert_eq!(hs_node_stats(std::ptr::null(), std::ptr::null_mut()), hs_status::NullParameter);
-            assert_eq!(hs_node_role(std::ptr::null(), std::ptr::null_mut()), hs_status::NullParameter);
-            assert_eq!(hs_node_is_writable(std::ptr::null(), std::ptr::null_mut()), hs_status::NullParameter);
-            assert_eq!(hs_node_master_addr(std::ptr::null(), std::ptr::null_mut(), 0, std::ptr::null_mut()), hs_status::NullParameter);
-            assert_eq!(hs_node_flush(std::ptr::null(), std::ptr::null_mut()), hs_status::NullParameter);
+            assert_eq!(
+                hs_node_put(
+                    std::ptr::null(),
+                    b"k".as_ptr(),
+                    1,
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null_mut()
+                ),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_wait(std::ptr::null(), 0, 1, 0),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_switchover(std::ptr::null(), 0),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_stats(std::ptr::null(), std::ptr::null_mut()),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_role(std::ptr::null(), std::ptr::null_mut()),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_is_writable(std::ptr::null(), std::ptr::null_mut()),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_master_addr(
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null_mut()
+                ),
+                hs_status::NullParameter
+            );
+            assert_eq!(
+                hs_node_flush(std::ptr::null(), std::ptr::null_mut()),
+                hs_status::NullParameter
+            );
             assert_eq!(hs_node_compact(std::ptr::null()), hs_status::NullParameter);
-            assert_eq!(hs_last_error(std::ptr::null_mut(), 10, std::ptr::null_mut()), hs_status::NullParameter);
+            assert_eq!(
+                hs_last_error(std::ptr::null_mut(), 10, std::ptr::null_mut()),
+                hs_status::NullParameter
+            );
             hs_node_free(std::ptr::null_mut());
         }
     }
@@ -1447,7 +1708,11 @@ mod tests {
             let bad = c"localhost:notaport";
             c.listen = bad.as_ptr();
             assert_eq!(hs_node_start(&c, 1, &mut out), hs_status::InvalidArgument);
-            assert!(last_error().contains("cfg->listen") && last_error().contains("127.0.0.1:7000"), "{}", last_error());
+            assert!(
+                last_error().contains("cfg->listen") && last_error().contains("127.0.0.1:7000"),
+                "{}",
+                last_error()
+            );
             let mut c = config(&d);
             c.flush_policy = 7;
             assert_eq!(hs_node_start(&c, 1, &mut out), hs_status::InvalidArgument);
@@ -1498,9 +1763,23 @@ mod tests {
         roles: Vec<(hs_role, u32)>,
     }
 
-    unsafe extern "C" fn on_apply(user: *mut c_void, key: *const u8, key_len: usize, _op: hs_op, _v: *const u8, _vl: usize, pos: u64, _epoch: u32) {
+    unsafe extern "C" fn on_apply(
+        user: *mut c_void,
+        key: *const u8,
+        key_len: usize,
+        _op: hs_op,
+        _v: *const u8,
+        _vl: usize,
+        pos: u64,
+        _epoch: u32,
+    ) {
         // SAFETY: `user` is the test's Mutex<Seen>; the key is valid during the call.
-        let (seen, key) = unsafe { (&*(user as *const std::sync::Mutex<Seen>), std::slice::from_raw_parts(key, key_len)) };
+        let (seen, key) = unsafe {
+            (
+                &*(user as *const std::sync::Mutex<Seen>),
+                std::slice::from_raw_parts(key, key_len),
+            )
+        };
         seen.lock().unwrap().applied.push((key.to_vec(), pos));
     }
     unsafe extern "C" fn on_reset(user: *mut c_void) {
@@ -1534,14 +1813,26 @@ mod tests {
     unsafe extern "C" fn free_on_event(user: *mut c_void, _ev: *const hs_event) {
         free_from_callback(user);
     }
-    unsafe extern "C" fn free_on_apply(user: *mut c_void, _k: *const u8, _kl: usize, _op: hs_op, _v: *const u8, _vl: usize, _pos: u64, _e: u32) {
+    unsafe extern "C" fn free_on_apply(
+        user: *mut c_void,
+        _k: *const u8,
+        _kl: usize,
+        _op: hs_op,
+        _v: *const u8,
+        _vl: usize,
+        _pos: u64,
+        _e: u32,
+    ) {
         free_from_callback(user);
     }
 
     fn until(what: &str, mut f: impl FnMut() -> bool) {
         let t0 = std::time::Instant::now();
         while !f() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -1551,8 +1842,15 @@ mod tests {
         let mut n = 0;
         // SAFETY: a live handle and a buffer of its length.
         unsafe {
-            assert_eq!(hs_node_local_addr(node, buf.as_mut_ptr(), buf.len(), &mut n), hs_status::Ok);
-            CStr::from_ptr(buf.as_ptr()).to_str().unwrap().parse().unwrap()
+            assert_eq!(
+                hs_node_local_addr(node, buf.as_mut_ptr(), buf.len(), &mut n),
+                hs_status::Ok
+            );
+            CStr::from_ptr(buf.as_ptr())
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
         }
     }
 
@@ -1560,7 +1858,10 @@ mod tests {
     fn free_from_an_event_callback_stops_the_node() {
         let dir = tempfile::tempdir().unwrap();
         let d = CString::new(dir.path().to_str().unwrap()).unwrap();
-        let f = FreeFrom { handle: Default::default(), freed: AtomicBool::new(false) };
+        let f = FreeFrom {
+            handle: Default::default(),
+            freed: AtomicBool::new(false),
+        };
         let mut c = config(&d);
         c.listen = c"127.0.0.1:0".as_ptr();
         c.segment_bytes = 1 << 20;
@@ -1572,15 +1873,22 @@ mod tests {
         assert_eq!(unsafe { hs_node_start(&c, 1, &mut node) }, hs_status::Ok);
         let addr = local_addr(node);
         f.handle.store(node, Ordering::Release);
-        until("the event callback to free the handle", || f.freed.load(Ordering::Acquire));
+        until("the event callback to free the handle", || {
+            f.freed.load(Ordering::Acquire)
+        });
         // The node stops once the callback has returned: its listener closes.
-        until("the listener to close", || std::net::TcpStream::connect(addr).is_err());
+        until("the listener to close", || {
+            std::net::TcpStream::connect(addr).is_err()
+        });
     }
 
     #[test]
     fn free_from_an_apply_callback_stops_the_node() {
         let (dm, ds) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (dm, ds) = (CString::new(dm.path().to_str().unwrap()).unwrap(), CString::new(ds.path().to_str().unwrap()).unwrap());
+        let (dm, ds) = (
+            CString::new(dm.path().to_str().unwrap()).unwrap(),
+            CString::new(ds.path().to_str().unwrap()).unwrap(),
+        );
         let mut m = config(&dm);
         m.listen = c"127.0.0.1:0".as_ptr();
         m.segment_bytes = 1 << 20;
@@ -1589,7 +1897,10 @@ mod tests {
         // SAFETY: valid pointers.
         assert_eq!(unsafe { hs_node_start(&m, 1, &mut master) }, hs_status::Ok);
         let peer = CString::new(local_addr(master).to_string()).unwrap();
-        let f = FreeFrom { handle: Default::default(), freed: AtomicBool::new(false) };
+        let f = FreeFrom {
+            handle: Default::default(),
+            freed: AtomicBool::new(false),
+        };
         let mut s = config(&ds);
         s.peer = peer.as_ptr();
         s.user = &f as *const _ as *mut c_void;
@@ -1599,7 +1910,9 @@ mod tests {
             let mut raw = std::mem::MaybeUninit::<hs_stats>::uninit();
             // SAFETY: struct_size set, then filled by hs_node_stats.
             unsafe {
-                raw.as_mut_ptr().cast::<usize>().write(std::mem::size_of::<hs_stats>());
+                raw.as_mut_ptr()
+                    .cast::<usize>()
+                    .write(std::mem::size_of::<hs_stats>());
                 assert_eq!(hs_node_stats(n, raw.as_mut_ptr()), hs_status::Ok);
                 raw.assume_init()
             }
@@ -1609,10 +1922,24 @@ mod tests {
             assert_eq!(hs_node_start(&s, 2, &mut slave), hs_status::Ok);
             f.handle.store(slave, Ordering::Release);
             until("the slave to connect", || stats(master).slave_connected);
-            assert_eq!(hs_node_put(master, b"k".as_ptr(), 1, b"v".as_ptr(), 1, std::ptr::null_mut()), hs_status::Ok);
-            until("the apply callback to free the handle", || f.freed.load(Ordering::Acquire));
+            assert_eq!(
+                hs_node_put(
+                    master,
+                    b"k".as_ptr(),
+                    1,
+                    b"v".as_ptr(),
+                    1,
+                    std::ptr::null_mut()
+                ),
+                hs_status::Ok
+            );
+            until("the apply callback to free the handle", || {
+                f.freed.load(Ordering::Acquire)
+            });
             // The slave stops once `apply` has returned: the master loses it.
-            until("the master to lose its slave", || !stats(master).slave_connected);
+            until("the master to lose its slave", || {
+                !stats(master).slave_connected
+            });
             hs_node_free(master);
         }
     }
@@ -1634,7 +1961,10 @@ mod tests {
         // SAFETY: valid pointers; `seen` outlives the node.
         unsafe {
             let mut node = std::ptr::null_mut();
-            assert_eq!(hs_node_start(&c, hs_role::Master as u32, &mut node), hs_status::Ok);
+            assert_eq!(
+                hs_node_start(&c, hs_role::Master as u32, &mut node),
+                hs_status::Ok
+            );
             assert!(!node.is_null());
             let mut role = hs_role::Candidate;
             assert_eq!(hs_node_role(node, &mut role), hs_status::Ok);
@@ -1642,21 +1972,50 @@ mod tests {
             for i in 0..10u64 {
                 let k = format!("player:{i}");
                 let mut pos = u64::MAX;
-                assert_eq!(hs_node_put(node, k.as_ptr(), k.len(), b"1".as_ptr(), 1, &mut pos), hs_status::Ok);
+                assert_eq!(
+                    hs_node_put(node, k.as_ptr(), k.len(), b"1".as_ptr(), 1, &mut pos),
+                    hs_status::Ok
+                );
                 positions.push(pos);
             }
-            assert_eq!(hs_node_delete(node, b"player:3".as_ptr(), 8, std::ptr::null_mut()), hs_status::Ok);
-            assert_eq!(hs_node_publish(node, b"k".as_ptr(), 1, 9, std::ptr::null(), 0, std::ptr::null_mut()), hs_status::InvalidArgument);
-            assert_eq!(hs_node_wait(node, positions[9], hs_durability::Async as u32, 0), hs_status::Ok);
+            assert_eq!(
+                hs_node_delete(node, b"player:3".as_ptr(), 8, std::ptr::null_mut()),
+                hs_status::Ok
+            );
+            assert_eq!(
+                hs_node_publish(
+                    node,
+                    b"k".as_ptr(),
+                    1,
+                    9,
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null_mut()
+                ),
+                hs_status::InvalidArgument
+            );
+            assert_eq!(
+                hs_node_wait(node, positions[9], hs_durability::Async as u32, 0),
+                hs_status::Ok
+            );
             // No slave: Received cannot be reached.
-            assert_eq!(hs_node_wait(node, positions[9], hs_durability::Received as u32, 10), hs_status::Timeout);
+            assert_eq!(
+                hs_node_wait(node, positions[9], hs_durability::Received as u32, 10),
+                hs_status::Timeout
+            );
             assert_eq!(hs_node_switchover(node, 10), hs_status::NoStandby);
             // As a C caller would: only struct_size set (all-zero is not a valid
             // `hs_stats` in Rust, whose `role` has no 0).
             let mut raw = std::mem::MaybeUninit::<hs_stats>::zeroed();
             raw.as_mut_ptr().cast::<usize>().write(8);
-            assert_eq!(hs_node_stats(node, raw.as_mut_ptr()), hs_status::InvalidArgument);
-            let bytes = std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), std::mem::size_of::<hs_stats>());
+            assert_eq!(
+                hs_node_stats(node, raw.as_mut_ptr()),
+                hs_status::InvalidArgument
+            );
+            let bytes = std::slice::from_raw_parts(
+                raw.as_ptr().cast::<u8>(),
+                std::mem::size_of::<hs_stats>(),
+            );
             assert!(bytes[8..].iter().all(|&b| b == 0), "out written on failure");
             // A caller that declares only the first version's bytes gets no more written.
             #[repr(C, align(8))]
@@ -1665,8 +2024,13 @@ mod tests {
             let p = buf.0.as_mut_ptr().cast::<hs_stats>();
             p.cast::<usize>().write(STATS_V1_BYTES);
             assert_eq!(hs_node_stats(node, p), hs_status::Ok);
-            assert!(buf.0[STATS_V1_BYTES..].iter().all(|&b| b == 0xAA), "wrote past struct_size");
-            raw.as_mut_ptr().cast::<usize>().write(std::mem::size_of::<hs_stats>());
+            assert!(
+                buf.0[STATS_V1_BYTES..].iter().all(|&b| b == 0xAA),
+                "wrote past struct_size"
+            );
+            raw.as_mut_ptr()
+                .cast::<usize>()
+                .write(std::mem::size_of::<hs_stats>());
             assert_eq!(hs_node_stats(node, raw.as_mut_ptr()), hs_status::Ok);
             let st = raw.assume_init();
             assert_eq!(st.role, hs_role::Master);
@@ -1674,14 +2038,26 @@ mod tests {
             assert!(st.written > positions[9]);
             let mut buf = [0 as c_char; HS_ADDR_LEN_MAX];
             let mut n = 0;
-            assert_eq!(hs_node_local_addr(node, buf.as_mut_ptr(), 4, &mut n), hs_status::BufferTooSmall);
-            assert_eq!(hs_node_local_addr(node, buf.as_mut_ptr(), buf.len(), &mut n), hs_status::Ok);
+            assert_eq!(
+                hs_node_local_addr(node, buf.as_mut_ptr(), 4, &mut n),
+                hs_status::BufferTooSmall
+            );
+            assert_eq!(
+                hs_node_local_addr(node, buf.as_mut_ptr(), buf.len(), &mut n),
+                hs_status::Ok
+            );
             let addr = CStr::from_ptr(buf.as_ptr()).to_str().unwrap();
-            assert!(addr.starts_with("127.0.0.1:") && addr.len() == n && !addr.ends_with(":0"), "{addr}");
+            assert!(
+                addr.starts_with("127.0.0.1:") && addr.len() == n && !addr.ends_with(":0"),
+                "{addr}"
+            );
             // The role-changed callback arrives on the event thread.
             let t0 = std::time::Instant::now();
             while seen.lock().unwrap().roles.is_empty() {
-                assert!(t0.elapsed() < Duration::from_secs(10), "no role_changed callback");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "no role_changed callback"
+                );
                 std::thread::sleep(Duration::from_millis(2));
             }
             assert_eq!(seen.lock().unwrap().roles[0].0, hs_role::Master);
@@ -1691,11 +2067,17 @@ mod tests {
 
             // Restart: the state is rebuilt from the log on this thread, inside start.
             let mut node = std::ptr::null_mut();
-            assert_eq!(hs_node_start(&c, hs_role::Master as u32, &mut node), hs_status::Ok);
+            assert_eq!(
+                hs_node_start(&c, hs_role::Master as u32, &mut node),
+                hs_status::Ok
+            );
             let s = seen.lock().unwrap();
             assert_eq!(s.resets, 2);
             assert_eq!(s.applied.len(), 11);
-            assert_eq!(s.applied.iter().take(10).map(|a| a.1).collect::<Vec<_>>(), positions);
+            assert_eq!(
+                s.applied.iter().take(10).map(|a| a.1).collect::<Vec<_>>(),
+                positions
+            );
             assert_eq!(s.applied[10].0, b"player:3");
             drop(s);
             hs_node_free(node);

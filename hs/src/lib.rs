@@ -19,5 +19,5 @@ pub mod proto;
 
 pub use log::{LogConfig, LogError, Recovery};
 
-pub use proto::record::{Op, RecordRef};
 pub use node::{Apply, Config, Durability, Event, FlushPolicy, Node, NodeError, Role, Stats};
+pub use proto::record::{Op, RecordRef};

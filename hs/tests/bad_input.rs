@@ -55,7 +55,11 @@ fn recv(s: &mut TcpStream) -> Option<Frame> {
     let mut buf = BytesMut::from(&hdr[..]);
     buf.resize(12 + len, 0);
     s.read_exact(&mut buf[12..]).ok()?;
-    Some(Frame::decode(&mut buf, 1 << 20).unwrap().expect("a whole frame"))
+    Some(
+        Frame::decode(&mut buf, 1 << 20)
+            .unwrap()
+            .expect("a whole frame"),
+    )
 }
 
 /// Accepts the slave's next session, skipping the bare connections with which a
@@ -75,13 +79,28 @@ fn accept_hello(l: &TcpListener) -> (TcpStream, Frame) {
 fn accept(l: &TcpListener, tail: u64, history: u128) -> TcpStream {
     let (mut s, hello) = accept_hello(l);
     match hello {
-        Frame::Hello { tail: t, history: h, .. } => {
+        Frame::Hello {
+            tail: t,
+            history: h,
+            ..
+        } => {
             assert_eq!(t, tail, "slave did not resume from its own tail");
             assert!(h == history || (h == 0 && tail == 0));
         }
         other => panic!("expected Hello, got {other:?}"),
     }
-    send(&mut s, &Frame::Welcome { history, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0, node: 77 });
+    send(
+        &mut s,
+        &Frame::Welcome {
+            history,
+            epoch: 1,
+            segment_bytes: SEG,
+            action: Action::Continue,
+            start: tail,
+            snapshot_bytes: 0,
+            node: 77,
+        },
+    );
     s
 }
 
@@ -93,7 +112,12 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
         match s.read(&mut tmp) {
             Ok(0) => return true,
             Ok(_) => continue, // acks
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -128,7 +152,15 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     let mut s = accept(&l, 0, HISTORY);
     let good = records(0, 5);
     let tail = good.len() as u64;
-    send(&mut s, &Frame::Data { pos: 0, epoch: 1, tail, records: good.clone().into() });
+    send(
+        &mut s,
+        &Frame::Data {
+            pos: 0,
+            epoch: 1,
+            tail,
+            records: good.clone().into(),
+        },
+    );
     let t0 = Instant::now();
     while node.stats().applied < tail {
         assert!(t0.elapsed() < DEADLINE, "good records never applied");
@@ -142,10 +174,22 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     let mut oversized_record = records(tail, 1);
     oversized_record[0..4].copy_from_slice(&5000u32.to_le_bytes());
     let mut unknown_kind = BytesMut::new();
-    Frame::Heartbeat { epoch: 1, tail, flushed: 0, sent_ns: 0 }.encode(&mut unknown_kind);
+    Frame::Heartbeat {
+        epoch: 1,
+        tail,
+        flushed: 0,
+        sent_ns: 0,
+    }
+    .encode(&mut unknown_kind);
     unknown_kind[4] = 42;
     let mut short_data = BytesMut::new();
-    Frame::Data { pos: tail, epoch: 1, tail, records: Default::default() }.encode(&mut short_data);
+    Frame::Data {
+        pos: tail,
+        epoch: 1,
+        tail,
+        records: Default::default(),
+    }
+    .encode(&mut short_data);
     // Claim 4 payload bytes and fix nothing else: a Data payload needs 24.
     short_data.truncate(12 + 4);
     short_data[0..4].copy_from_slice(&4u32.to_le_bytes());
@@ -161,14 +205,75 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     };
     // (what is sent, what the reason must mention, close the connection right after?)
     let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
-        ("bad record CRC", frame(Frame::Data { pos: tail, epoch: 1, tail: tail + 200, records: bad_crc.into() }), "CRC", false),
-        ("record over the size limit", frame(Frame::Data { pos: tail, epoch: 1, tail: tail + 200, records: oversized_record.into() }), "impossible length", false),
-        ("unknown message type", unknown_kind.to_vec(), "unknown", false),
+        (
+            "bad record CRC",
+            frame(Frame::Data {
+                pos: tail,
+                epoch: 1,
+                tail: tail + 200,
+                records: bad_crc.into(),
+            }),
+            "CRC",
+            false,
+        ),
+        (
+            "record over the size limit",
+            frame(Frame::Data {
+                pos: tail,
+                epoch: 1,
+                tail: tail + 200,
+                records: oversized_record.into(),
+            }),
+            "impossible length",
+            false,
+        ),
+        (
+            "unknown message type",
+            unknown_kind.to_vec(),
+            "unknown",
+            false,
+        ),
         ("malformed frame", short_data.to_vec(), "malformed", false),
-        ("frame over the size limit", too_large.to_vec(), "exceeds the limit", false),
-        ("truncated frame", frame(Frame::Data { pos: tail, epoch: 1, tail: tail + 200, records: records(tail, 2).into() })[..40].to_vec(), "inside a frame", true),
-        ("data at the wrong position", frame(Frame::Data { pos: tail + 64, epoch: 1, tail: tail + 200, records: records(tail + 64, 1).into() }), "expected data at position", false),
-        ("data of another epoch", frame(Frame::Data { pos: tail, epoch: 7, tail: tail + 200, records: records(tail, 1).into() }), "epoch", false),
+        (
+            "frame over the size limit",
+            too_large.to_vec(),
+            "exceeds the limit",
+            false,
+        ),
+        (
+            "truncated frame",
+            frame(Frame::Data {
+                pos: tail,
+                epoch: 1,
+                tail: tail + 200,
+                records: records(tail, 2).into(),
+            })[..40]
+                .to_vec(),
+            "inside a frame",
+            true,
+        ),
+        (
+            "data at the wrong position",
+            frame(Frame::Data {
+                pos: tail + 64,
+                epoch: 1,
+                tail: tail + 200,
+                records: records(tail + 64, 1).into(),
+            }),
+            "expected data at position",
+            false,
+        ),
+        (
+            "data of another epoch",
+            frame(Frame::Data {
+                pos: tail,
+                epoch: 7,
+                tail: tail + 200,
+                records: records(tail, 1).into(),
+            }),
+            "epoch",
+            false,
+        ),
     ];
     for (what, bytes, needle, close) in cases {
         s.write_all(&bytes).unwrap();
@@ -177,9 +282,16 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
         }
         assert!(closed_by_peer(&mut s), "{what}: slave kept the connection");
         let reason = wait_rejection(&node);
-        assert!(reason.contains(needle), "{what}: reason {reason:?} does not mention {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "{what}: reason {reason:?} does not mention {needle:?}"
+        );
         assert_eq!(node.stats().written, tail, "{what}: the log changed");
-        assert_eq!(*app.0.lock().unwrap(), applied_before, "{what}: something was applied");
+        assert_eq!(
+            *app.0.lock().unwrap(),
+            applied_before,
+            "{what}: something was applied"
+        );
         // The slave comes back, from its own tail.
         s = accept(&l, tail, node.stats().history);
     }
@@ -188,8 +300,22 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     drop(s);
     let (mut s, hello) = accept_hello(&l);
     assert!(matches!(hello, Frame::Hello { .. }));
-    send(&mut s, &Frame::Welcome { history: HISTORY + 1, epoch: 1, segment_bytes: SEG, action: Action::Continue, start: tail, snapshot_bytes: 0, node: 77 });
-    assert!(closed_by_peer(&mut s), "slave followed a master of another history");
+    send(
+        &mut s,
+        &Frame::Welcome {
+            history: HISTORY + 1,
+            epoch: 1,
+            segment_bytes: SEG,
+            action: Action::Continue,
+            start: tail,
+            snapshot_bytes: 0,
+            node: 77,
+        },
+    );
+    assert!(
+        closed_by_peer(&mut s),
+        "slave followed a master of another history"
+    );
     assert!(wait_rejection(&node).contains("history"));
     assert_eq!(node.stats().written, tail);
 
@@ -197,10 +323,21 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     let mut s = accept(&l, tail, node.stats().history);
     let more = records(tail, 3);
     let t2 = tail + more.len() as u64;
-    send(&mut s, &Frame::Data { pos: tail, epoch: 1, tail: t2, records: more.into() });
+    send(
+        &mut s,
+        &Frame::Data {
+            pos: tail,
+            epoch: 1,
+            tail: t2,
+            records: more.into(),
+        },
+    );
     let t0 = Instant::now();
     while node.stats().applied < t2 {
-        assert!(t0.elapsed() < DEADLINE, "good records after bad ones never applied");
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "good records after bad ones never applied"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(app.0.lock().unwrap().len(), 8);
@@ -224,12 +361,24 @@ fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
     g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert!(closed_by_peer(&mut g), "master kept a garbage connection");
     let reason = wait_rejection(&node);
-    assert!(reason.contains("exceeds the limit") || reason.contains("unknown"), "{reason}");
+    assert!(
+        reason.contains("exceeds the limit") || reason.contains("unknown"),
+        "{reason}"
+    );
     // A Hello with the wrong magic.
     let mut g = TcpStream::connect(addr).unwrap();
     g.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut b = BytesMut::new();
-    Frame::Hello { node: 1, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2, epochs: vec![] }.encode(&mut b);
+    Frame::Hello {
+        node: 1,
+        history: 0,
+        epoch: 0,
+        last_epoch: 0,
+        tail: 0,
+        role: 2,
+        epochs: vec![],
+    }
+    .encode(&mut b);
     b[12] ^= 0xff;
     let crc = crc32fast::hash(&b[12..]);
     b[8..12].copy_from_slice(&crc.to_le_bytes());
@@ -239,13 +388,30 @@ fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
     // A well-behaved slave is still served from position 0.
     let mut ok = TcpStream::connect(addr).unwrap();
     ok.set_read_timeout(Some(DEADLINE)).unwrap();
-    send(&mut ok, &Frame::Hello { node: 2, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2, epochs: vec![] });
+    send(
+        &mut ok,
+        &Frame::Hello {
+            node: 2,
+            history: 0,
+            epoch: 0,
+            last_epoch: 0,
+            tail: 0,
+            role: 2,
+            epochs: vec![],
+        },
+    );
     match recv(&mut ok) {
-        Some(Frame::Welcome { action: Action::Continue, start: 0, .. }) => {}
+        Some(Frame::Welcome {
+            action: Action::Continue,
+            start: 0,
+            ..
+        }) => {}
         other => panic!("expected Welcome, got {other:?}"),
     }
     match recv(&mut ok) {
-        Some(Frame::Data { pos: 0, records, .. }) => assert!(!records.is_empty()),
+        Some(Frame::Data {
+            pos: 0, records, ..
+        }) => assert!(!records.is_empty()),
         other => panic!("expected Data, got {other:?}"),
     }
     assert_eq!(node.stats().records_published, 10);

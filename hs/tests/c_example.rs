@@ -23,7 +23,10 @@ const STEP_VALGRIND: Duration = Duration::from_secs(120);
 /// `target/<profile>`, found from this test's own path: `target/<profile>/deps/c_example-<hash>`.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("the test runs from target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// The directory holding `libhs.so` and `libhs.a` built from the current source.
@@ -38,16 +41,25 @@ fn libs() -> &'static Path {
     DIR.get_or_init(|| {
         let have = |d: &Path| d.join("libhs.so").exists() && d.join("libhs.a").exists();
         let exe = std::env::current_exe().expect("current_exe");
-        let deps = exe.parent().expect("the test runs from target/<profile>/deps").to_path_buf();
+        let deps = exe
+            .parent()
+            .expect("the test runs from target/<profile>/deps")
+            .to_path_buf();
         if have(&deps) {
             return deps;
         }
         let dir = profile_dir();
-        let profile = dir.file_name().and_then(|n| n.to_str()).expect("profile directory name").to_string();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile directory name")
+            .to_string();
         let target = dir.parent().expect("target directory");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "hs", "--lib"]).env("CARGO_TARGET_DIR", target).current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args(["build", "-p", "hs", "--lib"])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
         match profile.as_str() {
             "debug" => {}
             "release" => {
@@ -60,7 +72,11 @@ fn libs() -> &'static Path {
         eprintln!("libhs.so / libhs.a not beside the test; building them: {cmd:?}");
         let st = cmd.status().expect("run cargo build -p hs --lib");
         assert!(st.success(), "cargo build -p hs --lib failed");
-        assert!(have(&dir), "no libhs.so / libhs.a in {} after cargo build", dir.display());
+        assert!(
+            have(&dir),
+            "no libhs.so / libhs.a in {} after cargo build",
+            dir.display()
+        );
         dir
     })
 }
@@ -86,25 +102,50 @@ fn program(link: Link) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = libs();
     let mut cmd = Command::new("cc");
-    cmd.args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-I"])
-        .arg(root.join("include"))
-        .arg(root.join("examples/c/scores.c"))
-        .arg("-o")
-        .arg(&exe);
+    cmd.args([
+        "-std=c11",
+        "-D_POSIX_C_SOURCE=200809L",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-O1",
+        "-g",
+        "-I",
+    ])
+    .arg(root.join("include"))
+    .arg(root.join("examples/c/scores.c"))
+    .arg("-o")
+    .arg(&exe);
     match link {
         Link::Shared => {
-            cmd.arg("-L").arg(lib).arg("-lhs").arg(format!("-Wl,-rpath,{}", lib.display()));
+            cmd.arg("-L")
+                .arg(lib)
+                .arg("-lhs")
+                .arg(format!("-Wl,-rpath,{}", lib.display()));
         }
         // What `cargo rustc -- --print native-static-libs` lists for this target.
         Link::Static => {
-            cmd.arg(lib.join("libhs.a")).args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"]);
+            cmd.arg(lib.join("libhs.a")).args([
+                "-lgcc_s",
+                "-lutil",
+                "-lrt",
+                "-lpthread",
+                "-lm",
+                "-ldl",
+            ]);
         }
     }
     let out = match cmd.output() {
         Ok(o) => o,
-        Err(e) => panic!("cannot run the C compiler `cc` ({e}): run scripts/setup.sh (it installs gcc)"),
+        Err(e) => {
+            panic!("cannot run the C compiler `cc` ({e}): run scripts/setup.sh (it installs gcc)")
+        }
     };
-    assert!(out.status.success(), "cc failed for the {link:?} build:\n{cmd:?}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cc failed for the {link:?} build:\n{cmd:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     exe
 }
 
@@ -112,7 +153,10 @@ fn program(link: Link) -> PathBuf {
 fn two_ports() -> (String, String) {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
     let b = TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap().to_string(), b.local_addr().unwrap().to_string())
+    (
+        a.local_addr().unwrap().to_string(),
+        b.local_addr().unwrap().to_string(),
+    )
 }
 
 /// One running example process: commands on its stdin, lines from its stdout.
@@ -127,7 +171,12 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, mut cmd: Command, step: Duration) -> Proc {
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start the example");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the example");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = sync_channel(1024);
         std::thread::spawn(move || {
@@ -139,7 +188,14 @@ impl Proc {
             }
         });
         let stdin = child.stdin.take();
-        Proc { name, child, stdin, lines, events: Vec::new(), step }
+        Proc {
+            name,
+            child,
+            stdin,
+            lines,
+            events: Vec::new(),
+            step,
+        }
     }
 
     fn start(name: &'static str, exe: &Path, args: &[&str]) -> Proc {
@@ -156,15 +212,25 @@ impl Proc {
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with("EVENT ") => self.events.push(l),
                 Ok(l) => return l,
-                Err(RecvTimeoutError::Timeout) => panic!("{}: no reply within {:?}; events: {:?}", self.name, self.step, self.events),
-                Err(RecvTimeoutError::Disconnected) => panic!("{}: exited ({:?}); events: {:?}", self.name, self.child.try_wait(), self.events),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no reply within {:?}; events: {:?}",
+                    self.name, self.step, self.events
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: exited ({:?}); events: {:?}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.events
+                ),
             }
         }
     }
 
     fn cmd(&mut self, line: &str) -> String {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).unwrap_or_else(|e| panic!("{}: write {line:?}: {e}", self.name));
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: write {line:?}: {e}", self.name));
         self.reply()
     }
 
@@ -176,7 +242,12 @@ impl Proc {
             if r.starts_with(want) {
                 return r;
             }
-            assert!(t0.elapsed() < self.step, "{}: still {r:?}, want {want:?}; events: {:?}", self.name, self.events);
+            assert!(
+                t0.elapsed() < self.step,
+                "{}: still {r:?}, want {want:?}; events: {:?}",
+                self.name,
+                self.events
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -188,8 +259,14 @@ impl Proc {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with("EVENT ") => self.events.push(l),
-                Ok(l) => panic!("{}: unexpected line {l:?} while waiting for {prefix:?}", self.name),
-                Err(e) => panic!("{}: no {prefix:?} ({e:?}); events: {:?}", self.name, self.events),
+                Ok(l) => panic!(
+                    "{}: unexpected line {l:?} while waiting for {prefix:?}",
+                    self.name
+                ),
+                Err(e) => panic!(
+                    "{}: no {prefix:?} ({e:?}); events: {:?}",
+                    self.name, self.events
+                ),
             }
         }
     }
@@ -205,14 +282,20 @@ impl Proc {
                 assert!(st.success(), "{}: exited with {st}", self.name);
                 return done;
             }
-            assert!(Instant::now() < deadline, "{}: did not exit after quit", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{}: did not exit after quit",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     fn put(&mut self, id: u32, score: i64) -> u64 {
         let r = self.cmd(&format!("put {id} {score}"));
-        r.strip_prefix("OK ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{}: put {id}: {r:?}", self.name))
+        r.strip_prefix("OK ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{}: put {id}: {r:?}", self.name))
     }
 }
 
@@ -251,16 +334,26 @@ fn pair_fails_over(link: Link) {
     }
     for id in (5..300u32).step_by(25) {
         let r = a.cmd(&format!("del {id}"));
-        last = r.strip_prefix("OK ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("del {id}: {r:?}"));
+        last = r
+            .strip_prefix("OK ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("del {id}: {r:?}"));
     }
     assert_eq!(a.cmd(&format!("wait {last} applied")), "OK");
     let state = a.cmd("state");
     assert!(state.starts_with("STATE 288 "), "{state}");
-    assert_eq!(b.cmd("state"), state, "the slave's scores differ from the master's");
+    assert_eq!(
+        b.cmd("state"),
+        state,
+        "the slave's scores differ from the master's"
+    );
     assert_eq!(b.cmd("get 10"), "SCORE 10 1000010");
     assert_eq!(b.cmd("get 5"), "NONE 5");
     let refused = b.cmd("put 1 1");
-    assert!(refused.starts_with("ERR HS_STATUS_NOT_MASTER hs_node_put: this node is not the master"), "{refused}");
+    assert!(
+        refused.starts_with("ERR HS_STATUS_NOT_MASTER hs_node_put: this node is not the master"),
+        "{refused}"
+    );
 
     // The master's process dies: the slave promotes at once, with the same scores.
     a.child.kill().unwrap(); // SIGKILL, our own child
@@ -278,7 +371,11 @@ fn pair_fails_over(link: Link) {
     a.until_role("ROLE slave 0");
     let t0 = Instant::now();
     while a.cmd("state") != state2 {
-        assert!(t0.elapsed() < STEP, "the old master did not catch up: {} vs {state2}", a.cmd("state"));
+        assert!(
+            t0.elapsed() < STEP,
+            "the old master did not catch up: {} vs {state2}",
+            a.cmd("state")
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(a.cmd("put 2 2").starts_with("ERR HS_STATUS_NOT_MASTER"));
@@ -317,8 +414,16 @@ fn valgrind(name: &'static str, exe: &Path, log: &Path, args: &[&str]) -> Proc {
 fn assert_valgrind_clean(log: &Path) {
     let report = std::fs::read_to_string(log).unwrap_or_default();
     // With --quiet valgrind writes only errors and leaks: an empty report is clean.
-    assert!(!report.contains("Invalid read") && !report.contains("Invalid write") && !report.contains("uninitialised"), "valgrind found errors:\n{report}");
-    assert!(!report.contains("definitely lost") && !report.contains("indirectly lost"), "valgrind found leaks:\n{report}");
+    assert!(
+        !report.contains("Invalid read")
+            && !report.contains("Invalid write")
+            && !report.contains("uninitialised"),
+        "valgrind found errors:\n{report}"
+    );
+    assert!(
+        !report.contains("definitely lost") && !report.contains("indirectly lost"),
+        "valgrind found leaks:\n{report}"
+    );
     assert!(report.trim().is_empty(), "valgrind reported:\n{report}");
 }
 
@@ -336,7 +441,12 @@ fn c_example_runs_clean_under_valgrind() {
 
     // A lone master: start, publish, read stats, free.
     let master_log = logs.path().join("master.log");
-    let mut m = valgrind("valgrind master", &exe, &master_log, &["master", da.path().to_str().unwrap(), "127.0.0.1:0", "-"]);
+    let mut m = valgrind(
+        "valgrind master",
+        &exe,
+        &master_log,
+        &["master", da.path().to_str().unwrap(), "127.0.0.1:0", "-"],
+    );
     assert!(m.reply().starts_with("LISTEN 127.0.0.1:"));
     m.until_role("ROLE master 1");
     for id in 0..50 {
@@ -352,8 +462,17 @@ fn c_example_runs_clean_under_valgrind() {
     // every key and value from the replicated log.
     let slave_log = logs.path().join("slave.log");
     let native = program(Link::Shared);
-    let mut a = Proc::start("master", &native, &["master", db.path().join("m").to_str().unwrap(), &pa, &pb]);
-    let mut s = valgrind("valgrind slave", &exe, &slave_log, &["slave", db.path().join("s").to_str().unwrap(), &pb, &pa]);
+    let mut a = Proc::start(
+        "master",
+        &native,
+        &["master", db.path().join("m").to_str().unwrap(), &pa, &pb],
+    );
+    let mut s = valgrind(
+        "valgrind slave",
+        &exe,
+        &slave_log,
+        &["slave", db.path().join("s").to_str().unwrap(), &pb, &pa],
+    );
     assert!(a.reply().starts_with("LISTEN"));
     assert!(s.reply().starts_with("LISTEN"));
     a.step = STEP_VALGRIND;
@@ -387,8 +506,15 @@ fn m_done(players: usize) -> String {
 fn readme_c_example_builds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("../README.md")).expect("README.md");
-    let section = readme.split("## Using hs from C/C++").nth(1).expect("README has a \"Using hs from C/C++\" section");
-    let code = section.split("```c\n").nth(1).and_then(|c| c.split("```").next()).expect("a ```c block in that section");
+    let section = readme
+        .split("## Using hs from C/C++")
+        .nth(1)
+        .expect("README has a \"Using hs from C/C++\" section");
+    let code = section
+        .split("```c\n")
+        .nth(1)
+        .and_then(|c| c.split("```").next())
+        .expect("a ```c block in that section");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.c"), code).unwrap();
     let lib = libs();
@@ -400,6 +526,12 @@ fn readme_c_example_builds() {
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(dir.path().join("app"))
         .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): run scripts/setup.sh (it installs gcc)"));
-    assert!(out.status.success(), "README's C example does not build:\n{}", String::from_utf8_lossy(&out.stderr));
+        .unwrap_or_else(|e| {
+            panic!("cannot run the C compiler `cc` ({e}): run scripts/setup.sh (it installs gcc)")
+        });
+    assert!(
+        out.status.success(),
+        "README's C example does not build:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -16,11 +16,18 @@ impl Apply for Nop {
 }
 
 fn set_fsize(limit: u64) {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls with valid pointers.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut r), 0);
-        r.rlim_cur = if limit == u64::MAX { r.rlim_max } else { limit as libc::rlim_t };
+        r.rlim_cur = if limit == u64::MAX {
+            r.rlim_max
+        } else {
+            limit as libc::rlim_t
+        };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &r), 0);
     }
 }
@@ -39,8 +46,19 @@ fn full_disk_gives_a_clear_error_loses_nothing_and_recovers() {
     let node = Node::start(cfg.clone(), Role::Master, Nop).unwrap();
     // Let the spare of the first segment be prepared, then "fill the disk".
     let t0 = Instant::now();
-    while d.path().read_dir().unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".seg")).count() < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "spare segment never prepared");
+    while d
+        .path()
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .count()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "spare segment never prepared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     set_fsize(seg / 2);
@@ -53,8 +71,14 @@ fn full_disk_gives_a_clear_error_loses_nothing_and_recovers() {
         assert!(written < 10_000, "never ran out of space");
     };
     let msg = err.to_string();
-    assert!(matches!(err, NodeError::Log(LogError::Full { .. })), "{err:?}");
-    assert!(msg.contains("File too large") || msg.contains("os error 27"), "the cause is not named: {msg}");
+    assert!(
+        matches!(err, NodeError::Log(LogError::Full { .. })),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("File too large") || msg.contains("os error 27"),
+        "the cause is not named: {msg}"
+    );
     // Two segments' worth fitted (the open one and the prepared spare).
     assert!(written > 1000, "only {written} records fitted");
     // Space comes back: publishing resumes.
@@ -63,14 +87,24 @@ fn full_disk_gives_a_clear_error_loses_nothing_and_recovers() {
     loop {
         match node.put(b"after", b"space is back") {
             Ok(_) => break,
-            Err(NodeError::Log(LogError::Full { .. })) if t0.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(5)),
+            Err(NodeError::Log(LogError::Full { .. }))
+                if t0.elapsed() < Duration::from_secs(20) =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => panic!("did not recover: {e}"),
         }
     }
     let tail = node.stats().written;
     drop(node);
     // Nothing written before the error was lost.
-    let (log, rec) = hs::log::Log::open(hs::LogConfig { dir: d.path().to_path_buf(), segment_bytes: seg, record_bytes_max: 4096, retention_bytes_max: 1 << 30 }).unwrap();
+    let (log, rec) = hs::log::Log::open(hs::LogConfig {
+        dir: d.path().to_path_buf(),
+        segment_bytes: seg,
+        record_bytes_max: 4096,
+        retention_bytes_max: 1 << 30,
+    })
+    .unwrap();
     assert_eq!(rec.truncated_at, None);
     assert_eq!(rec.tail, tail);
     assert_eq!(rec.records, written + 1);

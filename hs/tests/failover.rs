@@ -89,7 +89,12 @@ fn write_acked(n: &Node, kv: &Kv, prefix: &str, count: usize) {
 /// The same state, compared without printing it.
 fn assert_same(a: &Kv, b: &Kv) {
     let (a, b) = (a.0.lock().unwrap(), b.0.lock().unwrap());
-    assert!(*a == *b, "states differ: {} keys vs {} keys", a.len(), b.len());
+    assert!(
+        *a == *b,
+        "states differ: {} keys vs {} keys",
+        a.len(),
+        b.len()
+    );
 }
 
 fn write_async(n: &Node, kv: &Kv, prefix: &str, count: usize) {
@@ -109,7 +114,9 @@ fn pair_settles_fails_over_rejoins_and_switches_over() {
     // Both start at once; A prefers to be master. Exactly one serves: A.
     let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
     let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, kb.clone()).unwrap();
-    until("A to serve and B to follow", || a.role() == Role::Master && b.role() == Role::Slave);
+    until("A to serve and B to follow", || {
+        a.role() == Role::Master && b.role() == Role::Slave
+    });
     assert!(a.is_writable());
     assert!(matches!(b.put(b"x", b"y"), Err(NodeError::NotMaster { master: Some(m) }) if m == pa));
     write_acked(&a, &ka, "first", 200);
@@ -117,12 +124,28 @@ fn pair_settles_fails_over_rejoins_and_switches_over() {
 
     // A's process goes away (its listener closes with it): B takes over at once.
     drop(a);
-    let e = wait_event(&b, "RoleChanged", |e| matches!(e, Event::RoleChanged { role: Role::Master, .. }));
-    assert!(matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("MasterProcessDead")), "{e:?}");
+    let e = wait_event(&b, "RoleChanged", |e| {
+        matches!(
+            e,
+            Event::RoleChanged {
+                role: Role::Master,
+                ..
+            }
+        )
+    });
+    assert!(
+        matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("MasterProcessDead")),
+        "{e:?}"
+    );
     assert!(b.stats().epoch > epoch_a);
     // Nothing acknowledged at Received is lost.
     for i in 0..200 {
-        assert!(kb.0.lock().unwrap().contains_key(format!("first-{i}").as_bytes()), "lost first-{i}");
+        assert!(
+            kb.0.lock()
+                .unwrap()
+                .contains_key(format!("first-{i}").as_bytes()),
+            "lost first-{i}"
+        );
     }
     // B serves alone for now: these are async writes, acknowledged by nobody.
     write_async(&b, &kb, "second", 100);
@@ -130,19 +153,25 @@ fn pair_settles_fails_over_rejoins_and_switches_over() {
     // A comes back: it must follow B, not serve.
     let ka2 = Kv::default();
     let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka2.clone()).unwrap();
-    until("A to rejoin as slave", || a.role() == Role::Slave && a.stats().applied == b.stats().written);
+    until("A to rejoin as slave", || {
+        a.role() == Role::Slave && a.stats().applied == b.stats().written
+    });
     assert_same(&ka2, &kb);
     assert!(a.put(b"no", b"").is_err());
 
     // Planned switchover back to A: stop, drain, hand over; nothing lost.
     write_acked(&b, &kb, "third", 50);
     b.switchover(DEADLINE).unwrap();
-    until("A to serve after the switchover", || a.role() == Role::Master && a.is_writable());
+    until("A to serve after the switchover", || {
+        a.role() == Role::Master && a.is_writable()
+    });
     until("B to follow A", || b.role() == Role::Slave);
     assert_same(&ka2, &kb);
     assert_eq!(ka2.0.lock().unwrap().len(), 350);
     write_acked(&a, &ka2, "fourth", 10);
-    until("B to apply A's writes", || b.stats().applied == a.stats().written);
+    until("B to apply A's writes", || {
+        b.stats().applied == a.stats().written
+    });
     assert_eq!(kb.0.lock().unwrap().len(), 360);
 }
 
@@ -154,7 +183,9 @@ fn old_master_rejoining_rolls_back_its_unreplicated_tail() {
     let ka0 = Kv::default();
     let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka0.clone()).unwrap();
     let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, Kv::default()).unwrap();
-    until("pair", || a.role() == Role::Master && b.role() == Role::Slave);
+    until("pair", || {
+        a.role() == Role::Master && b.role() == Role::Slave
+    });
     write_acked(&a, &ka0, "k", 50);
     // B goes away; A keeps writing: those records exist only on A.
     drop(b);
@@ -176,12 +207,22 @@ fn old_master_rejoining_rolls_back_its_unreplicated_tail() {
     let ka = Kv::default();
     let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Slave, ka.clone()).unwrap();
     let e = wait_event(&a, "RolledBack", |e| matches!(e, Event::RolledBack { .. }));
-    let Event::RolledBack { from, to, records } = e else { unreachable!() };
+    let Event::RolledBack { from, to, records } = e else {
+        unreachable!()
+    };
     assert_eq!(to, a_tail);
     assert_eq!(records, 30, "the lonely records are the ones rolled back");
     assert!(from < to);
-    until("A to follow B", || a.role() == Role::Slave && a.stats().applied == b.stats().written);
-    assert!(ka.0.lock().unwrap().keys().all(|k| !k.starts_with(b"lonely")), "rolled-back records still applied");
+    until("A to follow B", || {
+        a.role() == Role::Slave && a.stats().applied == b.stats().written
+    });
+    assert!(
+        ka.0.lock()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with(b"lonely")),
+        "rolled-back records still applied"
+    );
     assert_same(&ka, &kb);
     assert_eq!(ka.0.lock().unwrap().len(), 55);
 }
@@ -192,9 +233,15 @@ fn a_witness_fences_a_stale_master() {
     let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let waddr = wl.local_addr().unwrap();
     wl.set_nonblocking(true).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let hold = hs::node::witness::hold_for(20, 5);
-    rt.spawn(async move { hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await });
+    rt.spawn(async move {
+        hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
+    });
 
     let da = tempfile::tempdir().unwrap();
     let db = tempfile::tempdir().unwrap();
@@ -206,24 +253,49 @@ fn a_witness_fences_a_stale_master() {
     let ka = Kv::default();
     let a = Node::start(ca, Role::Master, ka.clone()).unwrap();
     let b = Node::start(cb, Role::Slave, Kv::default()).unwrap();
-    until("pair with a witness", || a.role() == Role::Master && a.is_writable() && b.role() == Role::Slave);
+    until("pair with a witness", || {
+        a.role() == Role::Master && a.is_writable() && b.role() == Role::Slave
+    });
     write_acked(&a, &ka, "w", 20);
     // B asks the witness for epoch+1 as if A had died: granted only with the
     // kernel's word; A then learns from the witness that it is stale and steps down.
     let reply = rt.block_on(hs::node::witness::ask(
         waddr,
-        hs::proto::witness::Request::Promote { pair: 1, node: 2, epoch: a.stats().epoch + 1, dead: false },
+        hs::proto::witness::Request::Promote {
+            pair: 1,
+            node: 2,
+            epoch: a.stats().epoch + 1,
+            dead: false,
+        },
         Duration::from_secs(1),
     ));
-    assert_eq!(reply.map(|r| r.granted), Some(false), "the witness granted a promotion while the master renews");
+    assert_eq!(
+        reply.map(|r| r.granted),
+        Some(false),
+        "the witness granted a promotion while the master renews"
+    );
     let reply = rt.block_on(hs::node::witness::ask(
         waddr,
-        hs::proto::witness::Request::Promote { pair: 1, node: 2, epoch: a.stats().epoch + 1, dead: true },
+        hs::proto::witness::Request::Promote {
+            pair: 1,
+            node: 2,
+            epoch: a.stats().epoch + 1,
+            dead: true,
+        },
         Duration::from_secs(1),
     ));
     assert_eq!(reply.map(|r| r.granted), Some(true));
-    let e = wait_event(&a, "step-down", |e| matches!(e, Event::RoleChanged { role: Role::Candidate, reason, .. } if reason.contains("stale")));
-    assert!(matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("stale")), "{e:?}");
-    assert!(a.put(b"after", b"").is_err(), "a fenced master accepted a write");
+    let e = wait_event(
+        &a,
+        "step-down",
+        |e| matches!(e, Event::RoleChanged { role: Role::Candidate, reason, .. } if reason.contains("stale")),
+    );
+    assert!(
+        matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("stale")),
+        "{e:?}"
+    );
+    assert!(
+        a.put(b"after", b"").is_err(),
+        "a fenced master accepted a write"
+    );
 }
-

@@ -8,7 +8,8 @@ use std::path::Path;
 
 fn generate() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read hs/cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read hs/cbindgen.toml");
     // Only ffi.rs has extern "C", and every type it exports is defined there:
     // parsing that one file is faster than the crate and needs no `cargo metadata`.
     let bindings = cbindgen::Builder::new()
@@ -37,8 +38,19 @@ fn committed_header_is_up_to_date() {
     }
     // Show the first differing lines, not the whole file.
     let (a, b): (Vec<_>, Vec<_>) = (committed.lines().collect(), fresh.lines().collect());
-    let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
-    let show = |v: &[&str]| v.iter().skip(first).take(6).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    let first = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let show = |v: &[&str]| {
+        v.iter()
+            .skip(first)
+            .take(6)
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     panic!(
         "hs/include/hs.h is out of date with hs/src/ffi.rs ({} committed lines, {} generated); first difference at line {}:\n  committed:\n{}\n  generated:\n{}\nRegenerate it with: HS_BLESS=1 cargo test -p hs --release --test header",
         a.len(),
@@ -55,21 +67,42 @@ fn committed_header_is_up_to_date() {
 fn header_compiles_as_c_and_cpp() {
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
     for (compiler, std) in [("cc", "-std=c99"), ("c++", "-std=c++11")] {
-        if std::process::Command::new(compiler).arg("--version").output().is_err() {
+        if std::process::Command::new(compiler)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             // cc is required (scripts/setup.sh installs it); C++ is checked where present.
-            assert!(compiler != "cc", "no C compiler `cc` on PATH: run scripts/setup.sh (it installs gcc)");
+            assert!(
+                compiler != "cc",
+                "no C compiler `cc` on PATH: run scripts/setup.sh (it installs gcc)"
+            );
             eprintln!("{compiler} not found; the C++ check is skipped");
             continue;
         }
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join(if compiler == "cc" { "t.c" } else { "t.cpp" });
+        let src = dir
+            .path()
+            .join(if compiler == "cc" { "t.c" } else { "t.cpp" });
         std::fs::write(&src, "#include \"hs.h\"\nint main(void) { hs_config c; c.struct_size = sizeof c; (void)c; return 0; }\n").unwrap();
         let out = std::process::Command::new(compiler)
-            .args([std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
+            .args([
+                std,
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-fsyntax-only",
+                "-I",
+            ])
             .arg(&include)
             .arg(&src)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{compiler} rejects hs.h:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{compiler} rejects hs.h:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -41,7 +41,18 @@ fn accept_and_welcome(l: &TcpListener) -> TcpStream {
     let len = u32::from_le_bytes(hdr[0..4].try_into().unwrap()) as usize;
     let mut rest = vec![0u8; len];
     s.read_exact(&mut rest).unwrap();
-    send(&mut s, &Frame::Welcome { history: 9, epoch: 1, segment_bytes: 1 << 20, action: Action::Continue, start: 0, snapshot_bytes: 0, node: 77 });
+    send(
+        &mut s,
+        &Frame::Welcome {
+            history: 9,
+            epoch: 1,
+            segment_bytes: 1 << 20,
+            action: Action::Continue,
+            start: 0,
+            snapshot_bytes: 0,
+            node: 77,
+        },
+    );
     s
 }
 
@@ -88,13 +99,27 @@ fn master_drops_a_silent_slave_and_keeps_its_log() {
     cfg.heartbeat_dead_ticks = 3;
     let node = Node::start(cfg, Role::Master, Nop).unwrap();
     let mut s = TcpStream::connect(node.local_addr().unwrap()).unwrap();
-    send(&mut s, &Frame::Hello { node: 5, history: 0, epoch: 0, last_epoch: 0, tail: 0, role: 2, epochs: vec![] });
+    send(
+        &mut s,
+        &Frame::Hello {
+            node: 5,
+            history: 0,
+            epoch: 0,
+            last_epoch: 0,
+            tail: 0,
+            role: 2,
+            epochs: vec![],
+        },
+    );
     for i in 0..100u32 {
         node.put(&i.to_le_bytes(), b"x").unwrap();
     }
     let t0 = Instant::now();
     let reason = loop {
-        assert!(t0.elapsed() < Duration::from_secs(20), "silent slave never dropped");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "silent slave never dropped"
+        );
         if let Some(Event::SlaveLost { reason, .. }) = node.next_event(Duration::from_millis(10)) {
             break reason;
         }

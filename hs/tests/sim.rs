@@ -82,7 +82,13 @@ impl SimNode {
         self.log.last().map_or(0, |e| e.epoch)
     }
     fn rank(&self) -> Rank {
-        Rank { epoch: self.epoch, last_epoch: self.last_epoch(), tail: self.log.len() as u64, prefer_master: self.prefer, node: self.id }
+        Rank {
+            epoch: self.epoch,
+            last_epoch: self.last_epoch(),
+            tail: self.log.len() as u64,
+            prefer_master: self.prefer,
+            node: self.id,
+        }
     }
 }
 
@@ -116,13 +122,26 @@ impl Sim {
         let dead_ticks = 5;
         let mut rng = Rng(seed);
         let prefer_a = rng.chance(500);
-        let mk = |id, prefer| SimNode { id, up: true, prefer, role: Role::Candidate, epoch: 0, log: Vec::new(), last_heard: 0, lease_until: 0, followed: false, session_epoch: 0, peer_id: 0 };
+        let mk = |id, prefer| SimNode {
+            id,
+            up: true,
+            prefer,
+            role: Role::Candidate,
+            epoch: 0,
+            log: Vec::new(),
+            last_heard: 0,
+            lease_until: 0,
+            followed: false,
+            session_epoch: 0,
+            peer_id: 0,
+        };
         Sim {
             rng,
             now: 0,
             base: Instant::now(),
             nodes: [mk(1, prefer_a), mk(2, !prefer_a)],
-            witness: with_witness.then(|| Witness::new(Duration::from_millis(lease_ms(hb, dead_ticks) + hb))),
+            witness: with_witness
+                .then(|| Witness::new(Duration::from_millis(lease_ms(hb, dead_ticks) + hb))),
             link_up: [true; 3],
             hb,
             dead_ticks,
@@ -177,15 +196,26 @@ impl Sim {
     fn try_promote(&mut self, i: usize, cause: Cause, peer_epoch: u32) {
         // As `slave.rs`: on silence, wait out a full silence period heard by this node.
         let silence = self.hb * self.dead_ticks as u64;
-        if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable) && self.now - self.nodes[i].last_heard < silence {
+        if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable)
+            && self.now - self.nodes[i].last_heard < silence
+        {
             return;
         }
-        let epoch = next_epoch(self.nodes[i].epoch.max(peer_epoch), self.nodes[i].id, self.nodes[i].peer_id);
+        let epoch = next_epoch(
+            self.nodes[i].epoch.max(peer_epoch),
+            self.nodes[i].id,
+            self.nodes[i].peer_id,
+        );
         let yes = match verdict(cause, self.witness.is_some(), false, self.nodes[i].prefer) {
             Verdict::Refuse => false,
             Verdict::Promote => true,
             Verdict::AskWitness => {
-                let req = Request::Promote { pair: 1, node: self.nodes[i].id, epoch, dead: cause == Cause::MasterProcessDead };
+                let req = Request::Promote {
+                    pair: 1,
+                    node: self.nodes[i].id,
+                    epoch,
+                    dead: cause == Cause::MasterProcessDead,
+                };
                 self.ask_witness(i, req).is_some_and(|r| r.granted)
             }
         };
@@ -217,7 +247,11 @@ impl Sim {
         }
         if !self.nodes[p].up {
             // The kernel refuses: the peer's process is not there.
-            let cause = if self.nodes[i].followed { Cause::MasterProcessDead } else { Cause::PeerUnreachable };
+            let cause = if self.nodes[i].followed {
+                Cause::MasterProcessDead
+            } else {
+                Cause::PeerUnreachable
+            };
             self.try_promote(i, cause, 0);
             return;
         }
@@ -227,9 +261,23 @@ impl Sim {
         if self.nodes[p].role == Role::Master {
             let (m, s) = (&self.nodes[p], &self.nodes[i]);
             let epochs = m.epochs();
-            let view = MasterView { history: 1, epoch: m.epoch, epochs: &epochs, first: 0, tail: m.log.len() as u64 };
+            let view = MasterView {
+                history: 1,
+                epoch: m.epoch,
+                epochs: &epochs,
+                first: 0,
+                tail: m.log.len() as u64,
+            };
             let s_epochs = s.epochs();
-            let d = decide(view, SlaveView { history: if s.log.is_empty() { 0 } else { 1 }, epoch: s.epoch, tail: s.log.len() as u64, epochs: s_epochs.as_slice() });
+            let d = decide(
+                view,
+                SlaveView {
+                    history: if s.log.is_empty() { 0 } else { 1 },
+                    epoch: s.epoch,
+                    tail: s.log.len() as u64,
+                    epochs: s_epochs.as_slice(),
+                },
+            );
             match d {
                 Decision::Fenced { .. } => {
                     // The master is stale: it steps down.
@@ -243,7 +291,10 @@ impl Sim {
                         _ => self.nodes[i].log.len(),
                     };
                     if to < self.nodes[i].log.len() {
-                        self.log(format!("node {i} rolls back {} records", self.nodes[i].log.len() - to));
+                        self.log(format!(
+                            "node {i} rolls back {} records",
+                            self.nodes[i].log.len() - to
+                        ));
                         self.nodes[i].log.truncate(to);
                     }
                     let master_epoch = self.nodes[p].epoch;
@@ -293,7 +344,10 @@ impl Sim {
         if self.rng.chance(10) {
             let l = (self.rng.next() % 3) as usize;
             self.link_up[l] = !self.link_up[l];
-            self.log(format!("link {l} {}", if self.link_up[l] { "heals" } else { "cut" }));
+            self.log(format!(
+                "link {l} {}",
+                if self.link_up[l] { "heals" } else { "cut" }
+            ));
         }
         // Masters: lease, witness renewal, replication, client writes.
         for m in 0..2 {
@@ -309,7 +363,14 @@ impl Sim {
             let epoch = self.nodes[m].epoch;
             // Writes of an earlier term were never acknowledged; their clients got no answer.
             self.pending.retain(|(_, e)| e.epoch == epoch);
-            if let Some(r) = self.ask_witness(m, Request::Renew { pair: 1, node: self.nodes[m].id, epoch }) {
+            if let Some(r) = self.ask_witness(
+                m,
+                Request::Renew {
+                    pair: 1,
+                    node: self.nodes[m].id,
+                    epoch,
+                },
+            ) {
                 if r.granted {
                     let until = self.now + self.lease();
                     self.nodes[m].lease_until = self.nodes[m].lease_until.max(until);
@@ -320,15 +381,23 @@ impl Sim {
                 }
             }
             if self.accepting(m) && self.rng.chance(600) {
-                let e = Entry { epoch, id: self.next_id };
+                let e = Entry {
+                    epoch,
+                    id: self.next_id,
+                };
                 self.next_id += 1;
                 self.nodes[m].log.push(e);
                 self.pending.push((self.nodes[m].log.len() as u64 - 1, e));
             }
-            if self.nodes[s].up && self.nodes[s].role == Role::Slave && self.nodes[s].session_epoch == epoch && self.peer_link() {
+            if self.nodes[s].up
+                && self.nodes[s].role == Role::Slave
+                && self.nodes[s].session_epoch == epoch
+                && self.peer_link()
+            {
                 // Stream the suffix; the slave is a prefix (checked below) so it appends.
                 let from = self.nodes[s].log.len();
-                let suffix: Vec<Entry> = self.nodes[m].log[from.min(self.nodes[m].log.len())..].to_vec();
+                let suffix: Vec<Entry> =
+                    self.nodes[m].log[from.min(self.nodes[m].log.len())..].to_vec();
                 self.nodes[s].log.extend(suffix);
                 self.nodes[s].last_heard = self.now;
                 self.nodes[s].epoch = self.nodes[s].epoch.max(epoch);
@@ -337,7 +406,10 @@ impl Sim {
                 self.nodes[m].lease_until = self.nodes[m].lease_until.max(until);
                 // The slave acknowledges what it holds: the exact entry at that position.
                 let slave_log = self.nodes[s].log.clone();
-                let (acked, rest): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(p, e)| slave_log.get(*p as usize) == Some(e));
+                let (acked, rest): (Vec<_>, Vec<_>) = self
+                    .pending
+                    .drain(..)
+                    .partition(|(p, e)| slave_log.get(*p as usize) == Some(e));
                 self.acked.extend(acked);
                 self.pending = rest;
             }
@@ -352,7 +424,11 @@ impl Sim {
                 self.log(format!("node {s} sees its master's port refuse"));
                 self.nodes[s].role = Role::Candidate;
                 self.try_promote(s, Cause::MasterProcessDead, 0);
-            } else if (self.nodes[m].role != Role::Master || self.nodes[m].epoch != self.nodes[s].session_epoch) && self.nodes[m].up && self.link_up[0] {
+            } else if (self.nodes[m].role != Role::Master
+                || self.nodes[m].epoch != self.nodes[s].session_epoch)
+                && self.nodes[m].up
+                && self.link_up[0]
+            {
                 // The master stepped down (and maybe came back in a new epoch): that
                 // closed the session; find out again, with a new handshake.
                 self.nodes[s].role = Role::Candidate;
@@ -389,7 +465,9 @@ impl Sim {
             let log = &self.nodes[i].log;
             for (p, e) in &self.acked {
                 if log.get(*p as usize) != Some(e) {
-                    let around = |l: &Vec<Entry>| l[(*p as usize).saturating_sub(2)..(*p as usize + 2).min(l.len())].to_vec();
+                    let around = |l: &Vec<Entry>| {
+                        l[(*p as usize).saturating_sub(2)..(*p as usize + 2).min(l.len())].to_vec()
+                    };
                     return Err(format!(
                         "acknowledged write {e:?} at {p} missing on accepting master {i} (len {}): it has {:?}; the other node (len {}) has {:?}",
                         log.len(), around(log), self.nodes[1 - i].log.len(), around(&self.nodes[1 - i].log)
@@ -397,7 +475,11 @@ impl Sim {
                 }
             }
             let s = &self.nodes[1 - i];
-            if s.up && s.role == Role::Slave && s.log.len() <= log.len() && s.log[..] != log[..s.log.len()] {
+            if s.up
+                && s.role == Role::Slave
+                && s.log.len() <= log.len()
+                && s.log[..] != log[..s.log.len()]
+            {
                 return Err(format!("slave {} is not a prefix of master {i}", 1 - i));
             }
         }
@@ -411,7 +493,10 @@ fn run(seed: u64, with_witness: bool, ticks: u32) -> Result<(u32, u64), String> 
     let mut last_master = None;
     for _ in 0..ticks {
         if let Err(e) = sim.tick() {
-            return Err(format!("seed {seed} (witness {with_witness}): {e}\n{}", sim.trace.join("\n")));
+            return Err(format!(
+                "seed {seed} (witness {with_witness}): {e}\n{}",
+                sim.trace.join("\n")
+            ));
         }
         let m = (0..2).find(|&i| sim.accepting(i));
         if m.is_some() && m != last_master {
@@ -437,8 +522,14 @@ fn thousands_of_seeds_keep_the_invariants() {
         }
     }
     // The faults really happen: mastership moved and writes were acknowledged.
-    assert!(promotions > seeds.len() as u64, "only {promotions} changes of master");
-    assert!(acked > 100 * seeds.len() as u64, "only {acked} acknowledged writes");
+    assert!(
+        promotions > seeds.len() as u64,
+        "only {promotions} changes of master"
+    );
+    assert!(
+        acked > 100 * seeds.len() as u64,
+        "only {acked} acknowledged writes"
+    );
 }
 
 #[test]

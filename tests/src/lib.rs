@@ -11,7 +11,16 @@ impl Proc {
     /// Starts `exe args`; its stdout lines are echoed to stderr with `name`, its
     /// stderr goes to ours, so a failing test shows what the process said.
     pub fn spawn(name: &str, exe: &str, args: &[String]) -> Proc {
-        Proc(tools::proc::Proc::spawn(name, std::path::Path::new(exe), args, Stdio::inherit(), true).unwrap_or_else(|e| panic!("{e}")))
+        Proc(
+            tools::proc::Proc::spawn(
+                name,
+                std::path::Path::new(exe),
+                args,
+                Stdio::inherit(),
+                true,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     pub fn pid(&self) -> i32 {
@@ -20,13 +29,16 @@ impl Proc {
 
     /// The first line starting with `prefix` (the rest of it), or a panic at the deadline.
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        self.0.wait_line(prefix, timeout).unwrap_or_else(|e| panic!("{e}"))
+        self.0
+            .wait_line(prefix, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The `DONE` line's JSON.
     pub fn done(&mut self, timeout: Duration) -> serde_json::Value {
         let j = self.wait_line("DONE ", timeout);
-        serde_json::from_str(&j).unwrap_or_else(|e| panic!("{}: bad DONE json {j}: {e}", self.0.name))
+        serde_json::from_str(&j)
+            .unwrap_or_else(|e| panic!("{}: bad DONE json {j}: {e}", self.0.name))
     }
 
     pub fn send_line(&mut self, s: &str) {

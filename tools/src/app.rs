@@ -38,7 +38,9 @@ impl KvState {
 
     /// Order-independent digest of the state: wrapping sum of FNV-1a of each entry.
     pub fn digest(&self) -> u64 {
-        self.map.iter().fold(self.map.len() as u64, |acc, (k, v)| acc.wrapping_add(entry_hash(k, v)))
+        self.map.iter().fold(self.map.len() as u64, |acc, (k, v)| {
+            acc.wrapping_add(entry_hash(k, v))
+        })
     }
 }
 
@@ -57,7 +59,10 @@ pub struct KvApp(pub Arc<Mutex<KvState>>);
 
 impl KvApp {
     pub fn new(segment_bytes: u64) -> Self {
-        KvApp(Arc::new(Mutex::new(KvState { segment_bytes, ..Default::default() })))
+        KvApp(Arc::new(Mutex::new(KvState {
+            segment_bytes,
+            ..Default::default()
+        })))
     }
 }
 
@@ -72,7 +77,8 @@ impl Apply for KvApp {
                 s.gaps += 1;
             }
         }
-        s.next_pos = Some(rec.pos + hs::proto::record::encoded_len(rec.key.len(), rec.value.len()) as u64);
+        s.next_pos =
+            Some(rec.pos + hs::proto::record::encoded_len(rec.key.len(), rec.value.len()) as u64);
         s.applied += 1;
         s.apply_op(rec.op, rec.key, rec.value);
     }

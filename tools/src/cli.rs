@@ -17,7 +17,10 @@ use crate::app::KvApp;
 use crate::workload::Workload;
 
 #[derive(Parser, Debug)]
-#[command(name = "hs-node", about = "Run an hs master or slave by hand, or a local demo pair")]
+#[command(
+    name = "hs-node",
+    about = "Run an hs master or slave by hand, or a local demo pair"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -75,11 +78,14 @@ impl NodeOpts {
         c.retention_bytes_max = self.retention_bytes;
         c.record_bytes_max = self.record_bytes_max;
         c.catchup_rate_bytes_per_s = self.catchup_rate;
-        c.flush = match self.flush.as_str() {
-            "never" => FlushPolicy::Never,
-            "batch" => FlushPolicy::EveryBatch,
-            ms => FlushPolicy::EveryMs(ms.parse().map_err(|_| format!("--flush takes never, batch or milliseconds, not {ms:?}"))?),
-        };
+        c.flush =
+            match self.flush.as_str() {
+                "never" => FlushPolicy::Never,
+                "batch" => FlushPolicy::EveryBatch,
+                ms => FlushPolicy::EveryMs(ms.parse().map_err(|_| {
+                    format!("--flush takes never, batch or milliseconds, not {ms:?}")
+                })?),
+            };
         c.heartbeat_interval_ms = self.heartbeat_ms;
         c.heartbeat_dead_ticks = self.dead_ticks;
         c.batch_bytes_max = self.batch_bytes;
@@ -112,7 +118,11 @@ pub struct WorkloadOpts {
 
 impl WorkloadOpts {
     fn workload(&self) -> Workload {
-        Workload { keys: self.keys, value_bytes: self.value_bytes, delete_every: self.delete_every }
+        Workload {
+            keys: self.keys,
+            value_bytes: self.value_bytes,
+            delete_every: self.delete_every,
+        }
     }
 }
 
@@ -185,7 +195,9 @@ pub fn main() -> ExitCode {
 /// `main` with explicit arguments (the drill re-executes itself through this).
 pub fn main_from<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> ExitCode {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse_from(args);
@@ -231,7 +243,14 @@ fn drain_events(name: &str, node: &Node) {
 }
 
 /// Publishes records `[start, start + n)`, waiting out `Full` (bounded), pacing at `rate`/s.
-pub fn publish_workload(node: &Node, app: Option<&KvApp>, w: Workload, start: u64, n: u64, rate: u64) -> Result<u64, String> {
+pub fn publish_workload(
+    node: &Node,
+    app: Option<&KvApp>,
+    w: Workload,
+    start: u64,
+    n: u64,
+    rate: u64,
+) -> Result<u64, String> {
     let t0 = Instant::now();
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let mut full_waits = 0u64;
@@ -267,44 +286,51 @@ fn master(a: MasterArgs) -> Result<ExitCode, String> {
     cfg.listen = Some(a.listen);
     let app = KvApp::new(cfg.segment_bytes);
     let node = Node::start(cfg, Role::Master, app.clone()).map_err(|e| e.to_string())?;
-    println!("LISTEN {}", node.local_addr().expect("master has a listener"));
+    println!(
+        "LISTEN {}",
+        node.local_addr().expect("master has a listener")
+    );
     let _ = std::io::stdout().flush();
     let t0 = Instant::now();
-    let (full_waits, publish_secs, tail, synced) = with_stats("master", &node, a.node.stats_ms, || -> Result<_, String> {
-        let mut full_waits = 0;
-        let mut index = a.work.start_index;
-        for (phase, &n) in a.work.records.iter().enumerate() {
-            if phase > 0 {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map_err(|e| format!("reading stdin between phases: {e}"))?;
-            }
-            full_waits += publish_workload(&node, Some(&app), a.work.workload(), index, n, a.work.rate)?;
-            index += n;
-            if a.compact {
-                node.compact().map_err(|e| e.to_string())?;
-            }
-            println!("PUBLISHED {}", node.stats().written);
-            let _ = std::io::stdout().flush();
-        }
-        let publish_secs = t0.elapsed().as_secs_f64();
-        let tail = node.stats().written;
-        let mut synced = false;
-        if a.wait_slave_ms > 0 {
-            let deadline = Instant::now() + Duration::from_millis(a.wait_slave_ms);
-            while Instant::now() < deadline {
-                if node.stats().acked_applied >= tail {
-                    synced = true;
-                    break;
+    let (full_waits, publish_secs, tail, synced) =
+        with_stats("master", &node, a.node.stats_ms, || -> Result<_, String> {
+            let mut full_waits = 0;
+            let mut index = a.work.start_index;
+            for (phase, &n) in a.work.records.iter().enumerate() {
+                if phase > 0 {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| format!("reading stdin between phases: {e}"))?;
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                full_waits +=
+                    publish_workload(&node, Some(&app), a.work.workload(), index, n, a.work.rate)?;
+                index += n;
+                if a.compact {
+                    node.compact().map_err(|e| e.to_string())?;
+                }
+                println!("PUBLISHED {}", node.stats().written);
+                let _ = std::io::stdout().flush();
             }
-        }
-        let linger_end = Instant::now() + Duration::from_millis(a.linger_ms);
-        while Instant::now() < linger_end {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok((full_waits, publish_secs, tail, synced))
-    })?;
+            let publish_secs = t0.elapsed().as_secs_f64();
+            let tail = node.stats().written;
+            let mut synced = false;
+            if a.wait_slave_ms > 0 {
+                let deadline = Instant::now() + Duration::from_millis(a.wait_slave_ms);
+                while Instant::now() < deadline {
+                    if node.stats().acked_applied >= tail {
+                        synced = true;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let linger_end = Instant::now() + Duration::from_millis(a.linger_ms);
+            while Instant::now() < linger_end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok((full_waits, publish_secs, tail, synced))
+        })?;
     let s = node.stats();
     let st = app.0.lock().unwrap();
     let out = serde_json::json!({
@@ -315,7 +341,11 @@ fn master(a: MasterArgs) -> Result<ExitCode, String> {
         "duplicates": st.duplicates, "gaps": st.gaps,
     });
     println!("DONE {out}");
-    Ok(if a.wait_slave_ms > 0 && !synced { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if a.wait_slave_ms > 0 && !synced {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn slave(a: SlaveArgs) -> Result<ExitCode, String> {
@@ -325,12 +355,17 @@ fn slave(a: SlaveArgs) -> Result<ExitCode, String> {
     let node = Node::start(cfg, Role::Slave, app.clone()).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
     // `UNTIL <pos>` on stdin sets (or replaces) the target position.
-    let target = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(a.until_pos.unwrap_or(u64::MAX)));
+    let target = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+        a.until_pos.unwrap_or(u64::MAX),
+    ));
     let t2 = target.clone();
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
             let Ok(line) = line else { break };
-            if let Some(p) = line.strip_prefix("UNTIL ").and_then(|p| p.trim().parse().ok()) {
+            if let Some(p) = line
+                .strip_prefix("UNTIL ")
+                .and_then(|p| p.trim().parse().ok())
+            {
                 t2.store(p, std::sync::atomic::Ordering::Release);
             }
         }
@@ -360,7 +395,11 @@ fn slave(a: SlaveArgs) -> Result<ExitCode, String> {
         "catchup_rate": s.catchup_rate_bytes_per_s, "timeout": !done,
     });
     println!("DONE {out}");
-    Ok(if done { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Runs `f` while a scoped thread prints the node's stats and events to stderr every `ms` (0: never).
@@ -388,9 +427,16 @@ pub fn with_stats<R>(name: &'static str, node: &Node, ms: u64, f: impl FnOnce() 
 }
 
 fn demo(a: DemoArgs) -> Result<ExitCode, String> {
-    let base = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("hs-demo-{}", std::process::id())));
+    let base = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("hs-demo-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&base);
-    let w = Workload { keys: 100_000, value_bytes: a.value_bytes, delete_every: 50 };
+    let w = Workload {
+        keys: 100_000,
+        value_bytes: a.value_bytes,
+        delete_every: 50,
+    };
     let mk = |name: &str| {
         let mut c = Config::new(base.join(name));
         c.catchup_rate_bytes_per_s = a.catchup_rate;
@@ -401,7 +447,10 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     let mapp = KvApp::new(mc.segment_bytes);
     let master = Node::start(mc, Role::Master, mapp.clone()).map_err(|e| e.to_string())?;
     let addr = master.local_addr().unwrap();
-    println!("master listening on {addr}; log in {}", base.join("master").display());
+    println!(
+        "master listening on {addr}; log in {}",
+        base.join("master").display()
+    );
     let t0 = Instant::now();
     publish_workload(&master, Some(&mapp), w, 0, a.backlog, 0)?;
     let s = master.stats();
@@ -415,7 +464,10 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     sc.peer = Some(addr);
     let sapp = KvApp::new(sc.segment_bytes);
     let slave = Node::start(sc, Role::Slave, sapp.clone()).map_err(|e| e.to_string())?;
-    println!("slave started late; catching up at most {:.0} MB/s", a.catchup_rate as f64 / 1e6);
+    println!(
+        "slave started late; catching up at most {:.0} MB/s",
+        a.catchup_rate as f64 / 1e6
+    );
     let print = |master: &Node, slave: &Node| {
         eprintln!("{}", stats_line("master", &master.stats()));
         eprintln!("{}", stats_line("slave", &slave.stats()));
@@ -432,15 +484,22 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         }
     }
     let s = master.stats();
-    println!("caught up: {} bytes at {:.1} MB/s", s.catchup_done_bytes, s.catchup_rate_bytes_per_s as f64 / 1e6);
+    println!(
+        "caught up: {} bytes at {:.1} MB/s",
+        s.catchup_done_bytes,
+        s.catchup_rate_bytes_per_s as f64 / 1e6
+    );
     println!("now {} records live at {} records/s", a.live, a.live_rate);
     std::thread::scope(|sc| -> Result<(), String> {
-        let h = sc.spawn(|| publish_workload(&master, Some(&mapp), w, a.backlog, a.live, a.live_rate));
+        let h =
+            sc.spawn(|| publish_workload(&master, Some(&mapp), w, a.backlog, a.live, a.live_rate));
         while !h.is_finished() {
             std::thread::sleep(Duration::from_millis(500));
             print(&master, &slave);
         }
-        h.join().map_err(|_| "publisher panicked".to_string())?.map(|_| ())
+        h.join()
+            .map_err(|_| "publisher panicked".to_string())?
+            .map(|_| ())
     })?;
     let tail = master.stats().written;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -448,7 +507,10 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     print(&master, &slave);
-    let (md, sd) = (mapp.0.lock().unwrap().digest(), sapp.0.lock().unwrap().digest());
+    let (md, sd) = (
+        mapp.0.lock().unwrap().digest(),
+        sapp.0.lock().unwrap().digest(),
+    );
     let ss = sapp.0.lock().unwrap();
     println!(
         "master digest {md:016x}, slave digest {sd:016x}; slave applied {} records, {} duplicates, {} gaps",
@@ -461,7 +523,17 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&base);
     }
-    println!("{}", if ok { "OK: the slave holds exactly the master's state" } else { "MISMATCH" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "{}",
+        if ok {
+            "OK: the slave holds exactly the master's state"
+        } else {
+            "MISMATCH"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
-

@@ -65,8 +65,18 @@ use crate::proc::Proc;
 /// Starts one of the drill's processes (this binary, re-executed).
 /// HS_DRILL_LOG=1 shows their logs (set RUST_LOG too).
 fn spawn(exe: &std::path::Path, args: &[String]) -> Result<Proc, String> {
-    let stderr = if std::env::var_os("HS_DRILL_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
-    Proc::spawn(&args.get(1).cloned().unwrap_or_default(), exe, args, stderr, false)
+    let stderr = if std::env::var_os("HS_DRILL_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    Proc::spawn(
+        &args.get(1).cloned().unwrap_or_default(),
+        exe,
+        args,
+        stderr,
+        false,
+    )
 }
 
 /// One request on a fresh connection (control queries).
@@ -87,7 +97,11 @@ fn ask_within(addr: SocketAddr, req: &str, timeout: Duration) -> Option<String> 
 fn is_stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|st| st.rsplit(')').next().map(|rest| rest.trim_start().starts_with('T')))
+        .and_then(|st| {
+            st.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('T'))
+        })
         .unwrap_or(false)
 }
 
@@ -118,19 +132,26 @@ struct Ledger {
 /// How long a node that did not answer is avoided.
 const SUSPECT_FOR: Duration = Duration::from_secs(1);
 
-fn writer(clients: [SocketAddr; 2], level: String, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+fn writer(
+    clients: [SocketAddr; 2],
+    level: String,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut target = 0usize;
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
     let mut suspect_until = [Instant::now(); 2];
     let mut seq = 0usize;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            conn = TcpStream::connect_timeout(&clients[target], REQUEST_TIMEOUT).ok().and_then(|s| {
-                s.set_read_timeout(Some(REQUEST_TIMEOUT)).ok()?;
-                s.set_nodelay(true).ok()?;
-                let r = BufReader::new(s.try_clone().ok()?);
-                Some((s, r))
-            });
+            conn = TcpStream::connect_timeout(&clients[target], REQUEST_TIMEOUT)
+                .ok()
+                .and_then(|s| {
+                    s.set_read_timeout(Some(REQUEST_TIMEOUT)).ok()?;
+                    s.set_nodelay(true).ok()?;
+                    let r = BufReader::new(s.try_clone().ok()?);
+                    Some((s, r))
+                });
             if conn.is_none() {
                 // Refused or no answer: try the other node next.
                 suspect_until[target] = Instant::now() + SUSPECT_FOR;
@@ -148,7 +169,11 @@ fn writer(clients: [SocketAddr; 2], level: String, ledger: Arc<Mutex<Ledger>>, s
             l.state[seq] = 1;
         }
         let mut line = String::new();
-        let ok = s.write_all(format!("PUT k{seq} v{seq} {level}\n").as_bytes()).is_ok() && r.read_line(&mut line).is_ok() && !line.is_empty();
+        let ok = s
+            .write_all(format!("PUT k{seq} v{seq} {level}\n").as_bytes())
+            .is_ok()
+            && r.read_line(&mut line).is_ok()
+            && !line.is_empty();
         seq += 1;
         if !ok {
             // No answer: the node is dead or stopped. Go to the other, and do not let
@@ -167,8 +192,14 @@ fn writer(clients: [SocketAddr; 2], level: String, ledger: Arc<Mutex<Ledger>>, s
             }
             if let (Some(m), None) = (l.mark, l.first_accept_after_mark) {
                 // When the node accepted it: now, less the time it then waited for the level.
-                let waited = line.split_whitespace().nth(2).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0);
-                let at = Instant::now().checked_sub(Duration::from_micros(waited)).unwrap_or_else(Instant::now);
+                let waited = line
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|u| u.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let at = Instant::now()
+                    .checked_sub(Duration::from_micros(waited))
+                    .unwrap_or_else(Instant::now);
                 if at > m {
                     l.first_accept_after_mark = Some(at);
                 }
@@ -179,7 +210,8 @@ fn writer(clients: [SocketAddr; 2], level: String, ledger: Arc<Mutex<Ledger>>, s
             // A suspect node may have come back as master (a fast restart that won
             // the settlement): a quick look, rather than waiting the suspicion out.
             let serves = || {
-                ask_within(clients[other], "ROLE", Duration::from_millis(50)).is_some_and(|r| r.starts_with("ROLE master") && r.ends_with(" 1"))
+                ask_within(clients[other], "ROLE", Duration::from_millis(50))
+                    .is_some_and(|r| r.starts_with("ROLE master") && r.ends_with(" 1"))
             };
             if Instant::now() >= suspect_until[other] || serves() {
                 suspect_until[other] = Instant::now();
@@ -201,7 +233,10 @@ struct Node {
 fn start_node(exe: &std::path::Path, args: Vec<String>) -> Result<Node, String> {
     let mut proc = spawn(exe, &args)?;
     proc.wait_line("LISTEN ", STEP_TIMEOUT)?;
-    let client = proc.wait_line("CLIENT ", STEP_TIMEOUT)?.parse().map_err(|e| format!("bad CLIENT line: {e}"))?;
+    let client = proc
+        .wait_line("CLIENT ", STEP_TIMEOUT)?
+        .parse()
+        .map_err(|e| format!("bad CLIENT line: {e}"))?;
     Ok(Node { proc, args, client })
 }
 
@@ -243,7 +278,10 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "hs-drill", about = "Failover drill for an hs pair: kill the master under load, measure, check")]
+#[command(
+    name = "hs-drill",
+    about = "Failover drill for an hs pair: kill the master under load, measure, check"
+)]
 struct DrillCli {
     #[command(flatten)]
     args: DrillArgs,
@@ -275,42 +313,97 @@ pub fn main() -> std::process::ExitCode {
 
 pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String> {
     if !["async", "received", "flushed", "applied"].contains(&a.level.as_str()) {
-        return Err(format!("--level takes async, received, flushed or applied, not {:?}", a.level));
+        return Err(format!(
+            "--level takes async, received, flushed or applied, not {:?}",
+            a.level
+        ));
     }
-    let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let base = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("hs-drill-{}", std::process::id())));
+    let base = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("hs-drill-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
     // Fixed ports, so a restarted node is where the writer and its peer expect it.
-    let (wa, ra, rb, ca, cb) = (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
+    let (wa, ra, rb, ca, cb) = (
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    );
     let hb = a.heartbeat_ms.to_string();
     let dt = a.dead_ticks.to_string();
-    let mut witness = spawn(&exe, &["__node".into(), "witness".into(), "--listen".into(), wa.to_string(), "--heartbeat-ms".into(), hb.clone(), "--dead-ticks".into(), dt.clone()])?;
+    let mut witness = spawn(
+        &exe,
+        &[
+            "__node".into(),
+            "witness".into(),
+            "--listen".into(),
+            wa.to_string(),
+            "--heartbeat-ms".into(),
+            hb.clone(),
+            "--dead-ticks".into(),
+            dt.clone(),
+        ],
+    )?;
     witness.wait_line("LISTEN ", STEP_TIMEOUT)?;
-    let node_args = |name: &str, listen: SocketAddr, peer: SocketAddr, client: SocketAddr, prefer: bool| {
-        let mut v: Vec<String> = vec!["__node", "pair", "--dir"].into_iter().map(String::from).collect();
-        v.push(base.join(name).display().to_string());
-        for (k, val) in [("--listen", listen.to_string()), ("--peer", peer.to_string()), ("--witness", wa.to_string()), ("--heartbeat-ms", hb.clone()), ("--dead-ticks", dt.clone()), ("--flush", "never".to_string()), ("--wait-ms", NODE_WAIT_MS.to_string()), ("--client", client.to_string())] {
-            v.push(k.into());
-            v.push(val);
-        }
-        if prefer {
-            v.push("--prefer-master".into());
-        }
-        v
-    };
-    let mut nodes = [start_node(&exe, node_args("a", ra, rb, ca, true))?, start_node(&exe, node_args("b", rb, ra, cb, false))?];
+    let node_args =
+        |name: &str, listen: SocketAddr, peer: SocketAddr, client: SocketAddr, prefer: bool| {
+            let mut v: Vec<String> = vec!["__node", "pair", "--dir"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            v.push(base.join(name).display().to_string());
+            for (k, val) in [
+                ("--listen", listen.to_string()),
+                ("--peer", peer.to_string()),
+                ("--witness", wa.to_string()),
+                ("--heartbeat-ms", hb.clone()),
+                ("--dead-ticks", dt.clone()),
+                ("--flush", "never".to_string()),
+                ("--wait-ms", NODE_WAIT_MS.to_string()),
+                ("--client", client.to_string()),
+            ] {
+                v.push(k.into());
+                v.push(val);
+            }
+            if prefer {
+                v.push("--prefer-master".into());
+            }
+            v
+        };
+    let mut nodes = [
+        start_node(&exe, node_args("a", ra, rb, ca, true))?,
+        start_node(&exe, node_args("b", rb, ra, cb, false))?,
+    ];
     let clients = [nodes[0].client, nodes[1].client];
-    until("a master", || clients.iter().position(|c| role_of(*c).is_some_and(|(r, w)| r == "master" && w)))?;
+    until("a master", || {
+        clients
+            .iter()
+            .position(|c| role_of(*c).is_some_and(|(r, w)| r == "master" && w))
+    })?;
 
-    let ledger = Arc::new(Mutex::new(Ledger { state: Vec::new(), first_accept_after_mark: None, mark: None }));
+    let ledger = Arc::new(Mutex::new(Ledger {
+        state: Vec::new(),
+        first_accept_after_mark: None,
+        mark: None,
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let w = {
         let (l, s, lvl) = (ledger.clone(), stop.clone(), a.level.clone());
         std::thread::spawn(move || writer(clients, lvl, l, s))
     };
-    let mut plan: VecDeque<&'static str> = std::iter::repeat_n("kill", a.kills as usize).chain(std::iter::repeat_n("partition", a.partitions as usize)).collect();
+    let mut plan: VecDeque<&'static str> = std::iter::repeat_n("kill", a.kills as usize)
+        .chain(std::iter::repeat_n("partition", a.partitions as usize))
+        .collect();
     // Interleave partitions among the kills.
     let total = plan.len();
     let mut kinds: Vec<&'static str> = Vec::with_capacity(total);
@@ -322,14 +415,32 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
         kinds.swap(i, j);
     }
     let mut rounds: Vec<Round> = Vec::new();
-    let mut out: Box<dyn Write> = if a.json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
-    writeln!(out, "hs-drill: {} kills, {} partitions, writes acknowledged at {}, seed {seed}", a.kills, a.partitions, a.level).ok();
-    writeln!(out, "{:>5} {:>9} {:>12} {:>10} {:>12} {:>11} {:>11}", "round", "fault", "failover_ms", "acked_lost", "unacked_lost", "rolled_back", "acked_total").ok();
+    let mut out: Box<dyn Write> = if a.json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    writeln!(
+        out,
+        "hs-drill: {} kills, {} partitions, writes acknowledged at {}, seed {seed}",
+        a.kills, a.partitions, a.level
+    )
+    .ok();
+    writeln!(
+        out,
+        "{:>5} {:>9} {:>12} {:>10} {:>12} {:>11} {:>11}",
+        "round", "fault", "failover_ms", "acked_lost", "unacked_lost", "rolled_back", "acked_total"
+    )
+    .ok();
     let result = (|| -> Result<(), String> {
         for (i, kind) in kinds.iter().enumerate() {
             let load = rng.gen_range(a.load_ms_min..=a.load_ms_max.max(a.load_ms_min));
             std::thread::sleep(Duration::from_millis(load));
-            let m = until("a writable master", || clients.iter().position(|c| role_of(*c).is_some_and(|(r, w)| r == "master" && w)))?;
+            let m = until("a writable master", || {
+                clients
+                    .iter()
+                    .position(|c| role_of(*c).is_some_and(|(r, w)| r == "master" && w))
+            })?;
             // The fault first, then the mark: a signal takes effect after kill()
             // returns, and a write the old master accepted before it died or stopped
             // must not count as the new master's.
@@ -347,14 +458,23 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
                 l.first_accept_after_mark = None;
             }
             if std::env::var_os("HS_DRILL_LOG").is_some() {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                eprintln!("hs-drill: round {} {kind} of node {m} at unix {}.{:06}", i + 1, t.as_secs(), t.subsec_micros());
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                eprintln!(
+                    "hs-drill: round {} {kind} of node {m} at unix {}.{:06}",
+                    i + 1,
+                    t.as_secs(),
+                    t.subsec_micros()
+                );
             }
             if *kind == "kill" {
                 // Restarted at once by its supervisor (us): it must rejoin as a slave.
                 nodes[m] = start_node(&exe, nodes[m].args.clone())?;
             }
-            let failover_at = until("the first write accepted by the new master", || ledger.lock().unwrap().first_accept_after_mark)?;
+            let failover_at = until("the first write accepted by the new master", || {
+                ledger.lock().unwrap().first_accept_after_mark
+            })?;
             let failover_ms = failover_at.duration_since(t0).as_secs_f64() * 1e3;
             if *kind != "kill" {
                 // Keep it stopped a little longer, then let it run: it must have
@@ -381,18 +501,32 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
                 .proc
                 .drain("EVENT RolledBack")
                 .iter()
-                .filter_map(|l| l.split("records: ").nth(1)?.trim_end_matches(" }").parse::<u64>().ok())
+                .filter_map(|l| {
+                    l.split("records: ")
+                        .nth(1)?
+                        .trim_end_matches(" }")
+                        .parse::<u64>()
+                        .ok()
+                })
                 .sum();
             // Every acknowledged write must be on the new master.
             let snapshot: Vec<u8> = ledger.lock().unwrap().state.clone();
             let n = snapshot.len() as u64;
-            let bits = ask_within(clients[master], &format!("HAVE k 0 {n}"), BULK_TIMEOUT).ok_or("HAVE query failed")?;
-            let hex = bits.strip_prefix("BITS ").ok_or_else(|| format!("bad HAVE reply {bits:?}"))?;
+            let bits = ask_within(clients[master], &format!("HAVE k 0 {n}"), BULK_TIMEOUT)
+                .ok_or("HAVE query failed")?;
+            let hex = bits
+                .strip_prefix("BITS ")
+                .ok_or_else(|| format!("bad HAVE reply {bits:?}"))?;
             let present = |i: usize| -> bool {
                 let byte = u8::from_str_radix(&hex[(i / 8) * 2..(i / 8) * 2 + 2], 16).unwrap_or(0);
                 byte & (1 << (i % 8)) != 0
             };
-            let mut r = Round { kind, failover_ms, rolled_back, ..Default::default() };
+            let mut r = Round {
+                kind,
+                failover_ms,
+                rolled_back,
+                ..Default::default()
+            };
             for (i, st) in snapshot.iter().enumerate() {
                 match st {
                     2 => {
@@ -405,8 +539,25 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
                     _ => {}
                 }
             }
-            writeln!(out, "{:>5} {:>9} {:>12.1} {:>10} {:>12} {:>11} {:>11}", i + 1, kind, r.failover_ms, r.acked_lost, r.unacked_lost, r.rolled_back, r.acked_total).ok();
-            eprint!("\r[{}{}] {}/{}", "#".repeat(i + 1), " ".repeat(total - i - 1), i + 1, total);
+            writeln!(
+                out,
+                "{:>5} {:>9} {:>12.1} {:>10} {:>12} {:>11} {:>11}",
+                i + 1,
+                kind,
+                r.failover_ms,
+                r.acked_lost,
+                r.unacked_lost,
+                r.rolled_back,
+                r.acked_total
+            )
+            .ok();
+            eprint!(
+                "\r[{}{}] {}/{}",
+                "#".repeat(i + 1),
+                " ".repeat(total - i - 1),
+                i + 1,
+                total
+            );
             rounds.push(r);
         }
         eprintln!();
@@ -419,8 +570,16 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
         let _ = std::fs::remove_dir_all(&base);
     }
     result?;
-    let kill_ms: Vec<f64> = rounds.iter().filter(|r| r.kind == "kill").map(|r| r.failover_ms).collect();
-    let part_ms: Vec<f64> = rounds.iter().filter(|r| r.kind == "partition").map(|r| r.failover_ms).collect();
+    let kill_ms: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r.kind == "kill")
+        .map(|r| r.failover_ms)
+        .collect();
+    let part_ms: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r.kind == "partition")
+        .map(|r| r.failover_ms)
+        .collect();
     let acked_lost: u64 = rounds.iter().map(|r| r.acked_lost).sum();
     // A write lost in one round stays lost: the last round's counts are the totals.
     let last = rounds.last().cloned().unwrap_or_default();
@@ -440,5 +599,9 @@ pub fn run(a: DrillArgs, exe: PathBuf) -> Result<std::process::ExitCode, String>
         println!("{summary}");
     }
     let zero_loss_expected = a.level != "async";
-    Ok(if zero_loss_expected && acked_lost > 0 { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS })
+    Ok(if zero_loss_expected && acked_lost > 0 {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
 }

@@ -76,16 +76,24 @@ pub fn run(a: PairArgs) -> Result<std::process::ExitCode, String> {
         cfg.node_id = id;
     }
     let app = KvApp::new(cfg.segment_bytes);
-    let role = if a.prefer_master { Role::Master } else { Role::Slave };
+    let role = if a.prefer_master {
+        Role::Master
+    } else {
+        Role::Slave
+    };
     let node = Arc::new(Node::start(cfg, role, app.clone()).map_err(|e| e.to_string())?);
-    let client = TcpListener::bind(a.client).map_err(|e| format!("bind client port {}: {e}", a.client))?;
+    let client =
+        TcpListener::bind(a.client).map_err(|e| format!("bind client port {}: {e}", a.client))?;
     println!("LISTEN {}", node.local_addr().expect("a pair node listens"));
     println!("CLIENT {}", client.local_addr().map_err(|e| e.to_string())?);
     let _ = std::io::stdout().flush();
     let n2 = node.clone();
     std::thread::spawn(move || loop {
         if let Some(e) = n2.next_event(Duration::from_millis(100)) {
-            if matches!(e, Event::RoleChanged { .. } | Event::RolledBack { .. } | Event::Resynced { .. }) {
+            if matches!(
+                e,
+                Event::RoleChanged { .. } | Event::RolledBack { .. } | Event::Resynced { .. }
+            ) {
                 println!("EVENT {e:?}");
                 let _ = std::io::stdout().flush();
             }
@@ -145,7 +153,10 @@ fn serve_client(node: &Node, app: &KvApp, conn: TcpStream, wait: Duration) -> st
                             Err(e) => format!("ERR {e}"),
                         }
                     }
-                    Err(NodeError::NotMaster { master }) => format!("NOTMASTER {}", master.map(|m| m.to_string()).unwrap_or_default()),
+                    Err(NodeError::NotMaster { master }) => format!(
+                        "NOTMASTER {}",
+                        master.map(|m| m.to_string()).unwrap_or_default()
+                    ),
                     Err(e) => format!("ERR {e}"),
                 },
             },

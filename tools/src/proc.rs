@@ -22,7 +22,13 @@ pub struct Proc {
 impl Proc {
     /// Starts `exe args`. `echo`: copy its stdout lines (but `PROGRESS`) to our
     /// stderr, prefixed with `name`, for whoever reads a failing test's output.
-    pub fn spawn(name: &str, exe: &Path, args: &[String], stderr: Stdio, echo: bool) -> Result<Proc, String> {
+    pub fn spawn(
+        name: &str,
+        exe: &Path,
+        args: &[String],
+        stderr: Stdio,
+        echo: bool,
+    ) -> Result<Proc, String> {
         let mut child = Command::new(exe)
             .args(args)
             .stdin(Stdio::piped())
@@ -45,7 +51,12 @@ impl Proc {
                 }
             }
         });
-        Ok(Proc { name: name.to_string(), child, lines: rx, stdin })
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            lines: rx,
+            stdin,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -65,21 +76,37 @@ impl Proc {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let st = self.child.wait().ok();
-                    return Err(format!("{}: exited ({st:?}) before printing a line starting with {prefix:?}", self.name));
+                    return Err(format!(
+                        "{}: exited ({st:?}) before printing a line starting with {prefix:?}",
+                        self.name
+                    ));
                 }
-                Err(RecvTimeoutError::Timeout) => return Err(format!("{}: no line starting with {prefix:?} within {timeout:?}", self.name)),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "{}: no line starting with {prefix:?} within {timeout:?}",
+                        self.name
+                    ))
+                }
             }
         }
     }
 
     /// The lines printed so far that start with `prefix`, without waiting.
     pub fn drain(&self, prefix: &str) -> Vec<String> {
-        self.lines.try_iter().filter(|l| l.starts_with(prefix)).collect()
+        self.lines
+            .try_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
     }
 
     pub fn send_line(&mut self, line: &str) -> Result<(), String> {
-        let w = self.stdin.as_mut().ok_or_else(|| format!("{}: stdin closed", self.name))?;
-        writeln!(w, "{line}").and_then(|_| w.flush()).map_err(|e| format!("{}: cannot write to it: {e}", self.name))
+        let w = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| format!("{}: stdin closed", self.name))?;
+        writeln!(w, "{line}")
+            .and_then(|_| w.flush())
+            .map_err(|e| format!("{}: cannot write to it: {e}", self.name))
     }
 
     pub fn close_stdin(&mut self) {

@@ -22,7 +22,10 @@ pub struct WitnessArgs {
 }
 
 pub fn run(a: WitnessArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hs-witness: cannot start a runtime: {e}");
@@ -37,9 +40,13 @@ pub fn run(a: WitnessArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("LISTEN {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        println!(
+            "LISTEN {}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
         let _ = std::io::stdout().flush();
-        hs::node::witness::serve(l, hs::node::witness::hold_for(a.heartbeat_ms, a.dead_ticks)).await;
+        hs::node::witness::serve(l, hs::node::witness::hold_for(a.heartbeat_ms, a.dead_ticks))
+            .await;
         ExitCode::SUCCESS
     })
 }

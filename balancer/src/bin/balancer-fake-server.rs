@@ -10,7 +10,10 @@ use clap::Parser;
 
 /// Flags.
 #[derive(Debug, Parser)]
-#[command(name = "balancer-fake-server", about = "Simulated game-server process for tests and demos")]
+#[command(
+    name = "balancer-fake-server",
+    about = "Simulated game-server process for tests and demos"
+)]
 struct Args {
     /// Balancer address(es), IP:PORT.
     #[arg(long, required = true, value_delimiter = ',')]
@@ -41,7 +44,10 @@ struct Args {
 fn main() -> ExitCode {
     balancer::cli::init_tracing();
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -51,7 +57,9 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let opts = balancer::fake::FakeOptions {
             balancer: args.balancer,
-            secret: args.secret.or_else(|| std::env::var("BALANCER_SECRET").ok()),
+            secret: args
+                .secret
+                .or_else(|| std::env::var("BALANCER_SECRET").ok()),
             zone: args.zone,
             host: args.host,
             port: args.port,

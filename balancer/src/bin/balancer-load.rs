@@ -22,7 +22,10 @@ use clap::Parser;
 
 /// Flags.
 #[derive(Debug, Parser)]
-#[command(name = "balancer-load", about = "Pick throughput and push cost of a balancer on loopback")]
+#[command(
+    name = "balancer-load",
+    about = "Pick throughput and push cost of a balancer on loopback"
+)]
 struct Args {
     /// External balancer (loopback only); default: start one in-process.
     #[arg(long)]
@@ -75,7 +78,10 @@ fn main() -> ExitCode {
         eprintln!("error: --balancer must be a loopback address");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -118,12 +124,20 @@ async fn run(args: Args) -> ExitCode {
         match std::net::TcpListener::bind((local, 0)) {
             Ok(l) => listeners.push(l),
             Err(e) => {
-                eprintln!("error: cannot bind listener {} of {}: {e} (raise ulimit -n?)", listeners.len(), args.processes);
+                eprintln!(
+                    "error: cannot bind listener {} of {}: {e} (raise ulimit -n?)",
+                    listeners.len(),
+                    args.processes
+                );
                 return ExitCode::FAILURE;
             }
         }
     }
-    let ports: Vec<u16> = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect();
     let push_for = |i: usize| StatusPush {
         id: format!("load-{i}"),
         zone: args.zone as i64,
@@ -151,8 +165,15 @@ async fn run(args: Args) -> ExitCode {
     let mut tasks = Vec::new();
     let pc = args.push_connections.max(1);
     for k in 0..pc {
-        let mine: Vec<StatusPush> = (0..ports.len()).filter(|i| i % pc == k).map(push_for).collect();
-        let (pushes, errors, interval) = (pushes.clone(), push_errors.clone(), args.push_interval_ms.max(1));
+        let mine: Vec<StatusPush> = (0..ports.len())
+            .filter(|i| i % pc == k)
+            .map(push_for)
+            .collect();
+        let (pushes, errors, interval) = (
+            pushes.clone(),
+            push_errors.clone(),
+            args.push_interval_ms.max(1),
+        );
         tasks.push(tokio::spawn(async move {
             let mut c = Client::new(vec![addr]);
             let mut tick = tokio::time::interval(Duration::from_millis(interval));
@@ -190,12 +211,23 @@ async fn run(args: Args) -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     let picks = picks.load(Ordering::Relaxed);
     println!("duration_s        {secs:.2}");
-    println!("picks             {picks} ({:.0}/s), errors {}", picks as f64 / secs, pick_errors.load(Ordering::Relaxed));
+    println!(
+        "picks             {picks} ({:.0}/s), errors {}",
+        picks as f64 / secs,
+        pick_errors.load(Ordering::Relaxed)
+    );
     let pushes = pushes.load(Ordering::Relaxed);
-    println!("pushes            {pushes} ({:.0}/s), errors {}", pushes as f64 / secs, push_errors.load(Ordering::Relaxed));
+    println!(
+        "pushes            {pushes} ({:.0}/s), errors {}",
+        pushes as f64 / secs,
+        push_errors.load(Ordering::Relaxed)
+    );
     if let (Some(pid), Some(before)) = (args.balancer_pid, cpu_before) {
         if let Some(after) = cpu_seconds(pid) {
-            println!("balancer_cpu      {:.1}% of one core", 100.0 * (after - before) / secs);
+            println!(
+                "balancer_cpu      {:.1}% of one core",
+                100.0 * (after - before) / secs
+            );
         }
     }
     drop(listeners);

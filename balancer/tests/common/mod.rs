@@ -26,14 +26,25 @@ macro_rules! eventually {
             if $cond {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out after {} ms waiting for {}", $ms, $what);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {} ms waiting for {}",
+                $ms,
+                $what
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }};
 }
 
 pub fn zone(cap: u32, spawn: Option<SpawnConfig>) -> ZoneConfig {
-    ZoneConfig { id: ZONE, name: "天上人间".into(), version: "v1.0.0 20131104".into(), process_online_max: cap, spawn }
+    ZoneConfig {
+        id: ZONE,
+        name: "天上人间".into(),
+        version: "v1.0.0 20131104".into(),
+        process_online_max: cap,
+        spawn,
+    }
 }
 
 /// A config on 127.0.0.1:0 with default timers and one zone.
@@ -47,7 +58,9 @@ pub fn config(zone: ZoneConfig) -> Config {
 }
 
 pub async fn balancer(config: Config) -> ServerHandle {
-    start(config, Arc::new(NoSink)).await.expect("balancer starts on 127.0.0.1:0")
+    start(config, Arc::new(NoSink))
+        .await
+        .expect("balancer starts on 127.0.0.1:0")
 }
 
 pub fn client(b: &ServerHandle) -> Client {
@@ -90,7 +103,8 @@ pub struct Player {
 impl Player {
     /// Connects and says hello; fails if the server does not welcome it.
     pub async fn join(addr: SocketAddr) -> std::io::Result<Player> {
-        let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
+        let mut stream =
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
         stream.write_all(&[PLAYER_HELLO]).await?;
         let mut b = [0u8; 1];
         tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut b)).await??;
@@ -109,5 +123,9 @@ impl Player {
 
 /// A port that was free a moment ago (for spawn port ranges).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCAL, 0)).expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    std::net::TcpListener::bind((LOCAL, 0))
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }

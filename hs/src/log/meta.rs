@@ -43,7 +43,10 @@ impl Meta {
     }
 
     pub fn decode(b: &[u8]) -> Option<Meta> {
-        if b.len() != LEN || &b[0..8] != MAGIC || crc32fast::hash(&b[0..52]).to_le_bytes() != b[52..56] {
+        if b.len() != LEN
+            || &b[0..8] != MAGIC
+            || crc32fast::hash(&b[0..52]).to_le_bytes() != b[52..56]
+        {
             return None;
         }
         Some(Meta {
@@ -86,7 +89,12 @@ pub fn new_history_id() -> u128 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(i);
         h.write_u32(std::process::id());
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
         out = (out << 64) | h.finish() as u128;
     }
     out.max(1)

@@ -50,7 +50,12 @@ pub struct LogConfig {
 
 impl LogConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LogConfig { dir: dir.into(), segment_bytes: 64 << 20, record_bytes_max: 1 << 20, retention_bytes_max: 1 << 30 }
+        LogConfig {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            record_bytes_max: 1 << 20,
+            retention_bytes_max: 1 << 30,
+        }
     }
 }
 
@@ -58,16 +63,24 @@ impl LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("record of {len} bytes exceeds record_bytes_max ({max} bytes); split the value or raise the limit")]
     TooLarge { len: usize, max: usize },
     #[error("key of {len} bytes exceeds the 65535-byte key limit")]
     KeyTooLarge { len: usize },
     #[error("log is full: the next segment is not ready ({why}); retry, or check disk space and retention")]
     Full { why: String },
-    #[error("an earlier write to disk failed ({0}); the log refuses writes until the node is reopened")]
+    #[error(
+        "an earlier write to disk failed ({0}); the log refuses writes until the node is reopened"
+    )]
     PreviousIo(String),
-    #[error("expected data at position {expected}, got {got}: the stream skipped or repeated bytes")]
+    #[error(
+        "expected data at position {expected}, got {got}: the stream skipped or repeated bytes"
+    )]
     Gap { expected: u64, got: u64 },
     #[error("position {pos} is no longer in the log (it starts at {first}); a snapshot is needed")]
     Gone { pos: u64, first: u64 },
@@ -86,7 +99,11 @@ pub enum LogError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
-    move |source| LogError::Io { op, path: path.to_path_buf(), source }
+    move |source| LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What opening the log found and repaired.
@@ -108,7 +125,8 @@ pub struct Recovery {
 /// `now + d`, saturating instead of panicking on an absurd duration.
 pub(crate) fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(d).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// Longest a blocking roll (the slave's) waits for the preparer.
@@ -205,14 +223,26 @@ impl Log {
         seg_paths.sort();
         snaps.sort();
         let meta = Meta::load(&dir).map_err(io_err("read meta", &dir))?;
-        let mut meta = meta.unwrap_or(Meta { history: 0, epoch: 0, segment_bytes: cfg.segment_bytes, node: 0, peer: 0 });
+        let mut meta = meta.unwrap_or(Meta {
+            history: 0,
+            epoch: 0,
+            segment_bytes: cfg.segment_bytes,
+            node: 0,
+            peer: 0,
+        });
         if meta.history == 0 && !seg_paths.is_empty() {
-            return Err(LogError::Inconsistent { dir, what: "segments without a meta file".into() });
+            return Err(LogError::Inconsistent {
+                dir,
+                what: "segments without a meta file".into(),
+            });
         }
         // The newest snapshot that decodes; older ones are redundant.
         let mut snap: Option<Snapshot> = None;
         while let Some((pos, path)) = snaps.pop() {
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| Snapshot::decode(&b)) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Snapshot::decode(&b))
+            {
                 Ok(s) if s.pos == pos && s.history == meta.history => {
                     snap = Some(s);
                     for (_, old) in snaps.drain(..) {
@@ -238,7 +268,10 @@ impl Log {
             }
             let s = Segment::open(&path).map_err(io_err("open segment", &path))?;
             if s.base != base || s.size != meta.segment_bytes || s.history != meta.history {
-                return Err(LogError::Inconsistent { dir, what: format!("segment {} does not match the meta file", path.display()) });
+                return Err(LogError::Inconsistent {
+                    dir,
+                    what: format!("segment {} does not match the meta file", path.display()),
+                });
             }
             segs.push_back(Arc::new(s));
         }
@@ -246,7 +279,10 @@ impl Log {
             if snap.is_none() {
                 first = s.base;
             } else if s.base != first {
-                return Err(LogError::Inconsistent { dir, what: format!("first segment at {} but snapshot at {first}", s.base) });
+                return Err(LogError::Inconsistent {
+                    dir,
+                    what: format!("first segment at {} but snapshot at {first}", s.base),
+                });
             }
         }
         // Scan every record: CRC, position, epoch order. Stop at the first bad one.
@@ -256,7 +292,11 @@ impl Log {
         let mut spares_from: Option<usize> = None;
         'segs: for (i, s) in segs.iter().enumerate() {
             if s.base != tail {
-                cut = Some((i, tail, format!("segment {} missing", segment::file_name(tail))));
+                cut = Some((
+                    i,
+                    tail,
+                    format!("segment {} missing", segment::file_name(tail)),
+                ));
                 break;
             }
             let mut pos = s.base;
@@ -318,7 +358,11 @@ impl Log {
                     s.flush(pos, s.end()).map_err(io_err("flush", &s.path))?;
                 }
             }
-            let keep = if segs.get(i).is_some_and(|s| pos >= s.base) { i + 1 } else { i };
+            let keep = if segs.get(i).is_some_and(|s| pos >= s.base) {
+                i + 1
+            } else {
+                i
+            };
             while segs.len() > keep {
                 let s = segs.pop_back().unwrap();
                 let _ = std::fs::remove_file(&s.path);
@@ -336,13 +380,29 @@ impl Log {
         let cur = segs.back().filter(|s| tail < s.end()).cloned();
         let next_base = cur.as_ref().map_or(tail, |s| s.end());
         let log = Arc::new(Log {
-            app: Mutex::new(Appender { seg: cur, tail, epoch: meta.epoch, epochs, failed: None, meta, sealed: false }),
+            app: Mutex::new(Appender {
+                seg: cur,
+                tail,
+                epoch: meta.epoch,
+                epochs,
+                failed: None,
+                meta,
+                sealed: false,
+            }),
             committed: AtomicU64::new(tail),
             flushed: AtomicU64::new(tail),
             first: AtomicU64::new(first),
             segs: RwLock::new(segs),
             spare: Arc::new(SpareShared {
-                m: Mutex::new(Spare { seg: None, want_base: next_base, error: None, retry: false, shutdown: false, history: meta.history, segment_bytes: meta.segment_bytes }),
+                m: Mutex::new(Spare {
+                    seg: None,
+                    want_base: next_base,
+                    error: None,
+                    retry: false,
+                    shutdown: false,
+                    history: meta.history,
+                    segment_bytes: meta.segment_bytes,
+                }),
                 need_cv: Condvar::new(),
                 ready_cv: Condvar::new(),
                 dir: dir.clone(),
@@ -406,7 +466,9 @@ impl Log {
         a.meta.history = history;
         a.meta.epoch = a.meta.epoch.max(1);
         a.epoch = a.meta.epoch;
-        a.meta.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+        a.meta
+            .store(&self.cfg.dir)
+            .map_err(io_err("write meta", &self.cfg.dir))?;
         drop(a);
         self.kick_preparer();
         Ok(())
@@ -433,7 +495,8 @@ impl Log {
             m.peer = peer;
         }
         if m != a.meta {
-            m.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+            m.store(&self.cfg.dir)
+                .map_err(io_err("write meta", &self.cfg.dir))?;
             a.meta = m;
         }
         Ok(())
@@ -449,11 +512,16 @@ impl Log {
     /// Refuses to go backwards.
     pub fn set_epoch(&self, epoch: u32) -> Result<(), LogError> {
         let mut a = self.app.lock();
-        assert!(epoch >= a.meta.epoch, "epoch must only grow: {} -> {epoch}", a.meta.epoch);
+        assert!(
+            epoch >= a.meta.epoch,
+            "epoch must only grow: {} -> {epoch}",
+            a.meta.epoch
+        );
         if epoch != a.meta.epoch {
             let mut m = a.meta;
             m.epoch = epoch;
-            m.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+            m.store(&self.cfg.dir)
+                .map_err(io_err("write meta", &self.cfg.dir))?;
             a.meta = m;
         }
         a.epoch = epoch;
@@ -469,7 +537,10 @@ impl Log {
             return Err(LogError::KeyTooLarge { len: key.len() });
         }
         if len > self.cfg.record_bytes_max {
-            return Err(LogError::TooLarge { len, max: self.cfg.record_bytes_max });
+            return Err(LogError::TooLarge {
+                len,
+                max: self.cfg.record_bytes_max,
+            });
         }
         let size = record::align_up(len) as u64;
         let mut a = self.app.lock();
@@ -499,7 +570,13 @@ impl Log {
     }
 
     /// Like `append`, but waits up to `timeout` for a segment to be prepared.
-    pub fn append_wait(&self, op: Op, key: &[u8], value: &[u8], timeout: Duration) -> Result<u64, LogError> {
+    pub fn append_wait(
+        &self,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        timeout: Duration,
+    ) -> Result<u64, LogError> {
         // The clock is read only when the log is full: not on the hot path.
         let first = self.append(op, key, value);
         if !matches!(first, Err(LogError::Full { .. })) {
@@ -549,7 +626,9 @@ impl Log {
             }
             if !block || Instant::now() >= deadline {
                 self.spare.need_cv.notify_one();
-                return Err(LogError::Full { why: "segment preparation is behind".into() });
+                return Err(LogError::Full {
+                    why: "segment preparation is behind".into(),
+                });
             }
             self.spare.need_cv.notify_one();
             self.spare.ready_cv.wait_until(&mut sp, deadline);
@@ -578,7 +657,11 @@ impl Log {
         let (h, size) = (a.meta.history, a.meta.segment_bytes);
         drop(a);
         let mut sp = self.spare.m.lock();
-        if sp.seg.as_ref().is_some_and(|s| s.base != next || s.history != h) {
+        if sp
+            .seg
+            .as_ref()
+            .is_some_and(|s| s.base != next || s.history != h)
+        {
             let stale = sp.seg.take().unwrap();
             let _ = std::fs::remove_file(&stale.path);
         }
@@ -605,7 +688,12 @@ impl Log {
             let i = segs.partition_point(|s| s.end() <= from);
             match segs.get(i) {
                 Some(s) if s.base <= from => s.clone(),
-                _ => return Err(LogError::Gone { pos: from, first: self.first() }),
+                _ => {
+                    return Err(LogError::Gone {
+                        pos: from,
+                        first: self.first(),
+                    })
+                }
             }
         };
         let end = tail.min(seg.end());
@@ -619,7 +707,9 @@ impl Log {
                 // A segment-end marker owns the rest of the segment (the tail is at the
                 // segment's end once it is written): it goes whole, with its zeros, as
                 // the slave expects. The remainder is shorter than one record.
-                let is_skip = buf[at..].get(0..4).is_some_and(|w| w == record::SKIP_MARKER.to_le_bytes());
+                let is_skip = buf[at..]
+                    .get(0..4)
+                    .is_some_and(|w| w == record::SKIP_MARKER.to_le_bytes());
                 let sz = if is_skip {
                     len - at
                 } else {
@@ -632,7 +722,11 @@ impl Log {
             }
             len = at.min(len);
         }
-        Ok(Some(Chunk { seg, pos: from, len }))
+        Ok(Some(Chunk {
+            seg,
+            pos: from,
+            len,
+        }))
     }
 
     /// Writes records received from the master at `pos` (the slave's path): each is
@@ -644,7 +738,10 @@ impl Log {
             return Err(LogError::PreviousIo(f.clone()));
         }
         if pos != a.tail {
-            return Err(LogError::Gap { expected: a.tail, got: pos });
+            return Err(LogError::Gap {
+                expected: a.tail,
+                got: pos,
+            });
         }
         if bytes.is_empty() {
             return Ok(pos);
@@ -654,7 +751,10 @@ impl Log {
         }
         let seg = a.seg.clone().expect("rolled");
         if pos + bytes.len() as u64 > seg.end() {
-            return Err(LogError::CrossesSegment { pos, segment_base: seg.base });
+            return Err(LogError::CrossesSegment {
+                pos,
+                segment_base: seg.base,
+            });
         }
         // Validate everything first: nothing is written from a bad frame.
         let mut at = 0usize;
@@ -666,7 +766,11 @@ impl Log {
             match record::decode(&bytes[at..], p, self.cfg.record_bytes_max)? {
                 Decoded::Record { rec, size } => {
                     if rec.epoch < last {
-                        return Err(LogError::EpochBackwards { pos: p, last, found: rec.epoch });
+                        return Err(LogError::EpochBackwards {
+                            pos: p,
+                            last,
+                            found: rec.epoch,
+                        });
                     }
                     if rec.epoch > last {
                         new_epochs.push((rec.epoch, p));
@@ -676,13 +780,22 @@ impl Log {
                 }
                 Decoded::Skip => {
                     // The marker ends the segment: only zeros may follow, up to its end.
-                    if pos + bytes.len() as u64 != seg.end() || bytes[at + record::SKIP_BYTES..].iter().any(|&b| b != 0) {
+                    if pos + bytes.len() as u64 != seg.end()
+                        || bytes[at + record::SKIP_BYTES..].iter().any(|&b| b != 0)
+                    {
                         return Err(RecordError::BadSkip { pos: p }.into());
                     }
                     skipped = true;
                     at = bytes.len();
                 }
-                Decoded::End => return Err(RecordError::BadLength { pos: p, len: 0, max: self.cfg.record_bytes_max }.into()),
+                Decoded::End => {
+                    return Err(RecordError::BadLength {
+                        pos: p,
+                        len: 0,
+                        max: self.cfg.record_bytes_max,
+                    }
+                    .into())
+                }
             }
         }
         // SAFETY: append lock held; writing at the tail.
@@ -690,7 +803,11 @@ impl Log {
         for (e, p) in new_epochs {
             a.epochs.observe(e, p).expect("checked above");
         }
-        a.tail = if skipped { seg.end() } else { pos + bytes.len() as u64 };
+        a.tail = if skipped {
+            seg.end()
+        } else {
+            pos + bytes.len() as u64
+        };
         self.committed.store(a.tail, Ordering::Release);
         Ok(a.tail)
     }
@@ -700,14 +817,22 @@ impl Log {
     pub fn flush(&self) -> Result<u64, LogError> {
         let _g = self.flush_lock.lock();
         if self.failed.load(Ordering::Acquire) {
-            return Err(LogError::PreviousIo(self.app.lock().failed.clone().unwrap_or_default()));
+            return Err(LogError::PreviousIo(
+                self.app.lock().failed.clone().unwrap_or_default(),
+            ));
         }
         let to = self.tail();
         let from = self.flushed();
         if to <= from {
             return Ok(from);
         }
-        let segs: Vec<Arc<Segment>> = self.segs.read().iter().filter(|s| s.end() > from && s.base < to).cloned().collect();
+        let segs: Vec<Arc<Segment>> = self
+            .segs
+            .read()
+            .iter()
+            .filter(|s| s.end() > from && s.base < to)
+            .cloned()
+            .collect();
         for s in segs {
             if let Err(e) = s.flush(from, to) {
                 let msg = format!("msync {}: {e}", s.path.display());
@@ -730,12 +855,18 @@ impl Log {
         let mut a = self.app.lock();
         assert!(to <= a.tail, "truncate forward: {to} > {}", a.tail);
         if to < self.first() {
-            return Err(LogError::Gone { pos: to, first: self.first() });
+            return Err(LogError::Gone {
+                pos: to,
+                first: self.first(),
+            });
         }
         self.committed.store(to, Ordering::Release);
         self.flushed.fetch_min(to, Ordering::AcqRel);
         let mut segs = self.segs.write();
-        while segs.back().is_some_and(|s| s.base > to || (s.base == to && s.base > self.first())) {
+        while segs
+            .back()
+            .is_some_and(|s| s.base > to || (s.base == to && s.base > self.first()))
+        {
             let s = segs.pop_back().unwrap();
             let _ = std::fs::remove_file(&s.path);
         }
@@ -757,7 +888,12 @@ impl Log {
     /// Replaces the whole log with a snapshot (a full resync): deletes every
     /// segment and snapshot, stores the snapshot and the new history, and
     /// continues at the snapshot's position.
-    pub fn reset_to(&self, snap: &Snapshot, snap_bytes: &[u8], segment_bytes: u64) -> Result<(), LogError> {
+    pub fn reset_to(
+        &self,
+        snap: &Snapshot,
+        snap_bytes: &[u8],
+        segment_bytes: u64,
+    ) -> Result<(), LogError> {
         let _c = self.compact_lock.lock();
         let mut a = self.app.lock();
         let dir = self.cfg.dir.clone();
@@ -765,7 +901,10 @@ impl Log {
         for s in segs.drain(..) {
             let _ = std::fs::remove_file(&s.path);
         }
-        for e in std::fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
+        for e in std::fs::read_dir(&dir)
+            .map_err(io_err("list", &dir))?
+            .flatten()
+        {
             if snapshot::parse_name(&e.file_name().to_string_lossy()).is_some() {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -777,7 +916,11 @@ impl Log {
             }
         }
         snapshot::write_file(&dir, snap.pos, snap_bytes).map_err(io_err("write snapshot", &dir))?;
-        let meta = Meta { history: snap.history, segment_bytes, ..a.meta };
+        let meta = Meta {
+            history: snap.history,
+            segment_bytes,
+            ..a.meta
+        };
         meta.store(&dir).map_err(io_err("write meta", &dir))?;
         a.meta = meta;
         a.seg = None;
@@ -795,10 +938,15 @@ impl Log {
     /// Adopts a master's history on an empty log (no snapshot needed: it starts at 0).
     pub fn adopt_history(&self, history: u128, segment_bytes: u64) -> Result<(), LogError> {
         let mut a = self.app.lock();
-        assert!(a.tail == 0 && a.seg.is_none(), "adopting a history on a non-empty log");
+        assert!(
+            a.tail == 0 && a.seg.is_none(),
+            "adopting a history on a non-empty log"
+        );
         a.meta.history = history;
         a.meta.segment_bytes = segment_bytes;
-        a.meta.store(&self.cfg.dir).map_err(io_err("write meta", &self.cfg.dir))?;
+        a.meta
+            .store(&self.cfg.dir)
+            .map_err(io_err("write meta", &self.cfg.dir))?;
         drop(a);
         self.kick_preparer();
         Ok(())
@@ -817,23 +965,49 @@ impl Log {
         let first = self.first();
         let path = self.cfg.dir.join(snapshot::file_name(first));
         match std::fs::read(&path) {
-            Ok(b) => Snapshot::decode(&b).map_err(|what| LogError::Inconsistent { dir: self.cfg.dir.clone(), what: format!("snapshot {}: {what}", path.display()) }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && first == 0 => {
-                Ok(Snapshot { history, pos: 0, epochs: Epochs::default(), state: State::default() })
-            }
-            Err(e) => Err(LogError::Io { op: "read snapshot", path, source: e }),
+            Ok(b) => Snapshot::decode(&b).map_err(|what| LogError::Inconsistent {
+                dir: self.cfg.dir.clone(),
+                what: format!("snapshot {}: {what}", path.display()),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && first == 0 => Ok(Snapshot {
+                history,
+                pos: 0,
+                epochs: Epochs::default(),
+                state: State::default(),
+            }),
+            Err(e) => Err(LogError::Io {
+                op: "read snapshot",
+                path,
+                source: e,
+            }),
         }
     }
 
     /// Calls `f` for every record in `[from, to)` (both record boundaries, `to`
     /// at most the tail). Records are CRC-checked again as they are read.
-    pub fn for_each(&self, from: u64, to: u64, mut f: impl FnMut(&RecordRef<'_>)) -> Result<(), LogError> {
+    pub fn for_each(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&RecordRef<'_>),
+    ) -> Result<(), LogError> {
         let mut pos = from;
         while pos < to {
-            let Some(chunk) = self.read(pos, 4 << 20)? else { break };
-            let (n, skipped) = for_each_in(chunk.bytes(), chunk.pos, self.cfg.record_bytes_max, &mut f)?;
-            pos = if skipped { chunk.seg.end() } else { chunk.pos + n as u64 };
-            assert!(pos > chunk.pos, "no progress reading the log at {}", chunk.pos);
+            let Some(chunk) = self.read(pos, 4 << 20)? else {
+                break;
+            };
+            let (n, skipped) =
+                for_each_in(chunk.bytes(), chunk.pos, self.cfg.record_bytes_max, &mut f)?;
+            pos = if skipped {
+                chunk.seg.end()
+            } else {
+                chunk.pos + n as u64
+            };
+            assert!(
+                pos > chunk.pos,
+                "no progress reading the log at {}",
+                chunk.pos
+            );
         }
         Ok(())
     }
@@ -855,7 +1029,12 @@ impl Log {
         let pin = self.pin.load(Ordering::Acquire);
         if pin < cut {
             if (n as u64) * seg_bytes <= 2 * self.cfg.retention_bytes_max {
-                cut = bases.iter().copied().filter(|&b| b <= pin).max().unwrap_or(cut);
+                cut = bases
+                    .iter()
+                    .copied()
+                    .filter(|&b| b <= pin)
+                    .max()
+                    .unwrap_or(cut);
             } else {
                 tracing::warn!(pin, cut, "a lagging slave needs more than twice the retention; dropping its history (it will resync)");
             }
@@ -872,7 +1051,8 @@ impl Log {
         snap.pos = cut;
         snap.history = self.meta().history;
         let bytes = snap.encode();
-        snapshot::write_file(&self.cfg.dir, cut, &bytes).map_err(io_err("write snapshot", &self.cfg.dir))?;
+        snapshot::write_file(&self.cfg.dir, cut, &bytes)
+            .map_err(io_err("write snapshot", &self.cfg.dir))?;
         self.first.store(cut, Ordering::Release);
         let mut segs = self.segs.write();
         while segs.front().is_some_and(|s| s.end() <= cut) {
@@ -920,7 +1100,12 @@ pub fn for_each_checked(bytes: &[u8], pos: u64, f: &mut impl FnMut(&RecordRef<'_
 
 /// Calls `f` on each record in `bytes` (records starting at `pos`), re-checking
 /// each. Returns the bytes consumed and whether a segment-end marker ended them.
-pub fn for_each_in(bytes: &[u8], pos: u64, record_bytes_max: usize, f: &mut impl FnMut(&RecordRef<'_>)) -> Result<(usize, bool), LogError> {
+pub fn for_each_in(
+    bytes: &[u8],
+    pos: u64,
+    record_bytes_max: usize,
+    f: &mut impl FnMut(&RecordRef<'_>),
+) -> Result<(usize, bool), LogError> {
     let mut at = 0usize;
     while at < bytes.len() {
         match record::decode(&bytes[at..], pos + at as u64, record_bytes_max)? {
@@ -948,7 +1133,12 @@ fn preparer(sh: Arc<SpareShared>) {
             let r = Segment::create(&sh.dir, h, base, size);
             sp = sh.m.lock();
             match r {
-                Ok(s) if sp.want_base == base && sp.history == h && sp.seg.is_none() && !sp.shutdown => {
+                Ok(s)
+                    if sp.want_base == base
+                        && sp.history == h
+                        && sp.seg.is_none()
+                        && !sp.shutdown =>
+                {
                     sp.seg = Some(s);
                     sp.error = None;
                 }

@@ -62,11 +62,26 @@ impl Segment {
         let path = dir.join(file_name(base));
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!("{}.{}.{seq}.tmp", file_name(base), std::process::id()));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        let tmp = dir.join(format!(
+            "{}.{}.{seq}.tmp",
+            file_name(base),
+            std::process::id()
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         let total = SEGMENT_HEADER_BYTES as u64 + size;
         // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, total as libc::off_t) };
+        let rc = unsafe {
+            libc::posix_fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                total as libc::off_t,
+            )
+        };
         if rc != 0 {
             let _ = std::fs::remove_file(&tmp);
             return Err(io::Error::from_raw_os_error(rc));
@@ -86,14 +101,26 @@ impl Segment {
         }
         map.flush_range(0, SEGMENT_HEADER_BYTES)?;
         std::fs::rename(&tmp, &path)?;
-        Ok(Segment { base, size, history, path, map, _file: file })
+        Ok(Segment {
+            base,
+            size,
+            history,
+            path,
+            map,
+            _file: file,
+        })
     }
 
     /// Maps an existing segment file and checks its header.
     pub fn open(path: &Path) -> io::Result<Segment> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let len = file.metadata()?.len();
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("segment {}: {what}", path.display()));
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment {}: {what}", path.display()),
+            )
+        };
         if len < SEGMENT_HEADER_BYTES as u64 {
             return Err(bad("shorter than its header"));
         }
@@ -112,7 +139,14 @@ impl Segment {
         if SEGMENT_HEADER_BYTES as u64 + size != len {
             return Err(bad("file length does not match the header's segment size"));
         }
-        Ok(Segment { base, size, history, path: path.to_path_buf(), map, _file: file })
+        Ok(Segment {
+            base,
+            size,
+            history,
+            path: path.to_path_buf(),
+            map,
+            _file: file,
+        })
     }
 
     /// One past the last position this segment can hold.
@@ -139,7 +173,10 @@ impl Segment {
     /// committed tail (or truncating on a slave with no reader past the new tail).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, pos: u64, len: usize) -> &mut [u8] {
-        assert!(pos >= self.base && pos + len as u64 <= self.end(), "write outside segment");
+        assert!(
+            pos >= self.base && pos + len as u64 <= self.end(),
+            "write outside segment"
+        );
         let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
         // SAFETY: in bounds, and the caller guarantees exclusive access to the range.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) }
@@ -152,6 +189,9 @@ impl Segment {
         if to <= from {
             return Ok(());
         }
-        self.map.flush_range(SEGMENT_HEADER_BYTES + (from - self.base) as usize, (to - from) as usize)
+        self.map.flush_range(
+            SEGMENT_HEADER_BYTES + (from - self.base) as usize,
+            (to - from) as usize,
+        )
     }
 }

@@ -58,7 +58,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.state.map.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>());
+        let mut out = Vec::with_capacity(
+            64 + self
+                .state
+                .map
+                .iter()
+                .map(|(k, v)| 6 + k.len() + v.len())
+                .sum::<usize>(),
+        );
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.history.to_le_bytes());
         out.extend_from_slice(&self.pos.to_le_bytes());
@@ -102,7 +109,9 @@ impl Snapshot {
         for _ in 0..n {
             let e = r.u32()?;
             let s = r.u64()?;
-            epochs.observe(e, s).map_err(|_| "epochs out of order".to_string())?;
+            epochs
+                .observe(e, s)
+                .map_err(|_| "epochs out of order".to_string())?;
         }
         let count = r.u64()?;
         let mut state = State::default();
@@ -116,7 +125,12 @@ impl Snapshot {
         if r.at != body.len() {
             return Err("trailing bytes after the entries".into());
         }
-        Ok(Snapshot { history, pos, epochs, state })
+        Ok(Snapshot {
+            history,
+            pos,
+            epochs,
+            state,
+        })
     }
 }
 
@@ -164,7 +178,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
-        let mut s = Snapshot { history: 9, pos: 4096, epochs: Epochs::default(), state: State::default() };
+        let mut s = Snapshot {
+            history: 9,
+            pos: 4096,
+            epochs: Epochs::default(),
+            state: State::default(),
+        };
         s.epochs.observe(1, 0).unwrap();
         s.epochs.observe(2, 1024).unwrap();
         s.state.map.insert(b"a".to_vec(), b"1".to_vec());

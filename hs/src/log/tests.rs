@@ -5,7 +5,12 @@ use std::collections::HashMap;
 const SEG: u64 = 4096;
 
 fn cfg(dir: &Path) -> LogConfig {
-    LogConfig { dir: dir.to_path_buf(), segment_bytes: SEG, record_bytes_max: 2048, retention_bytes_max: 1 << 30 }
+    LogConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes: SEG,
+        record_bytes_max: 2048,
+        retention_bytes_max: 1 << 30,
+    }
 }
 
 fn new_log(dir: &Path) -> Arc<Log> {
@@ -15,12 +20,16 @@ fn new_log(dir: &Path) -> Arc<Log> {
 }
 
 fn put(log: &Log, k: &[u8], v: &[u8]) -> u64 {
-    log.append_wait(Op::Put, k, v, Duration::from_secs(5)).unwrap()
+    log.append_wait(Op::Put, k, v, Duration::from_secs(5))
+        .unwrap()
 }
 
 fn all(log: &Log) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    log.for_each(log.first(), log.tail(), |r| out.push((r.pos, r.key.to_vec(), r.value.to_vec()))).unwrap();
+    log.for_each(log.first(), log.tail(), |r| {
+        out.push((r.pos, r.key.to_vec(), r.value.to_vec()))
+    })
+    .unwrap();
     out
 }
 
@@ -55,7 +64,10 @@ fn oversized_record_is_refused_and_nothing_written() {
     let log = new_log(d.path());
     put(&log, b"a", b"1");
     let tail = log.tail();
-    assert!(matches!(log.append(Op::Put, b"k", &[0; 4000]), Err(LogError::TooLarge { .. })));
+    assert!(matches!(
+        log.append(Op::Put, b"k", &[0; 4000]),
+        Err(LogError::TooLarge { .. })
+    ));
     assert_eq!(log.tail(), tail);
 }
 
@@ -171,7 +183,10 @@ fn replicated_append_copies_bytes_and_refuses_bad_chunks_whole() {
     assert_eq!(pos, m.tail());
     assert_eq!(all(&s), all(&m));
     // A chunk at the wrong place is a gap.
-    assert!(matches!(s.append_replicated(pos + 8, b"xxxxxxxx"), Err(LogError::Gap { .. })));
+    assert!(matches!(
+        s.append_replicated(pos + 8, b"xxxxxxxx"),
+        Err(LogError::Gap { .. })
+    ));
 }
 
 #[test]
@@ -208,11 +223,13 @@ fn compaction_keeps_the_state_and_reopens_from_the_snapshot() {
     for i in 0..2000u32 {
         let k = (i % 37).to_le_bytes().to_vec();
         if i % 5 == 0 {
-            log.append_wait(Op::Delete, &k, b"", Duration::from_secs(5)).unwrap();
+            log.append_wait(Op::Delete, &k, b"", Duration::from_secs(5))
+                .unwrap();
             want.remove(&k);
         } else {
             let v = i.to_le_bytes().to_vec();
-            log.append_wait(Op::Put, &k, &v, Duration::from_secs(5)).unwrap();
+            log.append_wait(Op::Put, &k, &v, Duration::from_secs(5))
+                .unwrap();
             want.insert(k, v);
         }
         if i % 100 == 0 {
@@ -224,7 +241,8 @@ fn compaction_keeps_the_state_and_reopens_from_the_snapshot() {
     assert!(log.disk_bytes() <= 3 * SEG);
     let fold = |log: &Log| {
         let mut s = log.load_snapshot().unwrap().state;
-        log.for_each(log.first(), log.tail(), |r| s.apply(r)).unwrap();
+        log.for_each(log.first(), log.tail(), |r| s.apply(r))
+            .unwrap();
         s.map
     };
     assert_eq!(fold(&log), want);

@@ -29,7 +29,11 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
     *s.master_addr.lock() = *s.local_addr.lock();
     let mut helpers = Vec::new();
     if let Some(w) = s.cfg.witness {
-        helpers.push(AbortOnDrop(tokio::spawn(renew_with_witness(s.clone(), w, epoch))));
+        helpers.push(AbortOnDrop(tokio::spawn(renew_with_witness(
+            s.clone(),
+            w,
+            epoch,
+        ))));
     }
     if s.lease_required {
         helpers.push(AbortOnDrop(tokio::spawn(watch_lease(s.clone()))));
@@ -98,17 +102,32 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
 /// newer epoch means another node is master: step down.
 async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
     let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
-    let lease = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+    let lease = Duration::from_millis(lease_ms(
+        s.cfg.heartbeat_interval_ms,
+        s.cfg.heartbeat_dead_ticks,
+    ))
+    .as_nanos() as u64;
     loop {
         let sent = s.now_ns();
-        let req = crate::proto::witness::Request::Renew { pair: s.cfg.pair_id, node: s.node_id, epoch };
+        let req = crate::proto::witness::Request::Renew {
+            pair: s.cfg.pair_id,
+            node: s.node_id,
+            epoch,
+        };
         match super::witness::ask(w, req, hb).await {
             Some(r) if r.granted => s.renew_lease(sent + lease),
             Some(r) if r.epoch > epoch => {
-                s.request_step_down(format!("the witness holds epoch {} (node {}): this master is stale", r.epoch, r.holder));
+                s.request_step_down(format!(
+                    "the witness holds epoch {} (node {}): this master is stale",
+                    r.epoch, r.holder
+                ));
                 return;
             }
-            Some(r) => tracing::warn!(epoch = r.epoch, holder = r.holder, "witness refused the lease renewal"),
+            Some(r) => tracing::warn!(
+                epoch = r.epoch,
+                holder = r.holder,
+                "witness refused the lease renewal"
+            ),
             None => tracing::debug!("witness unreachable"),
         }
         tokio::time::sleep(hb).await;
@@ -119,13 +138,20 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
 /// down: by then its slave may have been promoted.
 async fn watch_lease(s: Arc<Shared>) {
     // A fresh master gets one lease period to hear from its slave or the witness.
-    let grace = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+    let grace = Duration::from_millis(lease_ms(
+        s.cfg.heartbeat_interval_ms,
+        s.cfg.heartbeat_dead_ticks,
+    ))
+    .as_nanos() as u64;
     s.renew_lease(s.now_ns() + grace);
     loop {
         let until = s.lease_until_ns.load(Ordering::Acquire);
         let now = s.now_ns();
         if now >= until {
-            s.request_step_down("lease expired: neither the slave nor the witness confirmed this master in time".into());
+            s.request_step_down(
+                "lease expired: neither the slave nor the witness confirmed this master in time"
+                    .into(),
+            );
             return;
         }
         let renewed = s.lease_notify.notified();
@@ -157,23 +183,67 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
         .await
         .map_err(|_| NetError::Protocol("no Hello within 5 s".into()))??;
-    let Frame::Hello { node, history, epoch, tail, epochs: slave_epochs, .. } = hello else {
-        let _ = write_frame(&mut wr, &Frame::Error { code: code::MALFORMED, message: "expected Hello".into() }).await;
+    let Frame::Hello {
+        node,
+        history,
+        epoch,
+        tail,
+        epochs: slave_epochs,
+        ..
+    } = hello
+    else {
+        let _ = write_frame(
+            &mut wr,
+            &Frame::Error {
+                code: code::MALFORMED,
+                message: "expected Hello".into(),
+            },
+        )
+        .await;
         return Err(NetError::Protocol(format!("expected Hello, got {hello:?}")));
     };
     let log = &s.log;
     let meta = log.meta();
     let epochs = log.epochs();
-    let view = MasterView { history: meta.history, epoch: meta.epoch, epochs: &epochs, first: log.first(), tail: log.tail() };
-    let decision = decide(view, SlaveView { history, epoch, tail, epochs: &slave_epochs });
-    tracing::info!(node, slave_tail = tail, slave_epoch = epoch, ?decision, "slave said hello");
+    let view = MasterView {
+        history: meta.history,
+        epoch: meta.epoch,
+        epochs: &epochs,
+        first: log.first(),
+        tail: log.tail(),
+    };
+    let decision = decide(
+        view,
+        SlaveView {
+            history,
+            epoch,
+            tail,
+            epochs: &slave_epochs,
+        },
+    );
+    tracing::info!(
+        node,
+        slave_tail = tail,
+        slave_epoch = epoch,
+        ?decision,
+        "slave said hello"
+    );
     let segment_bytes = meta.segment_bytes;
     // The peer's id decides which epochs each node may take: remember it.
     if node != 0 && node != s.node_id {
-        log.set_ids(0, node).map_err(|e| NetError::Protocol(format!("cannot record the peer's id: {e}")))?;
+        log.set_ids(0, node)
+            .map_err(|e| NetError::Protocol(format!("cannot record the peer's id: {e}")))?;
     }
     let my_id = s.node_id;
-    let welcome = |action, start, snapshot_bytes| Frame::Welcome { history: meta.history, epoch: meta.epoch, segment_bytes, action, start, snapshot_bytes, node: my_id };
+    let welcome = |action, start, snapshot_bytes| Frame::Welcome {
+        history: meta.history,
+        epoch: meta.epoch,
+        segment_bytes,
+        action,
+        start,
+        snapshot_bytes,
+        node: my_id,
+    };
     let start_t = Instant::now();
     let rate = s.cfg.catchup_rate_bytes_per_s;
     // Burst: a twentieth of a second's worth, at least one frame, so the average
@@ -182,8 +252,18 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let mut bucket = (rate > 0).then(|| TokenBucket::new(start_t, rate, burst));
     let start = match decision {
         Decision::Fenced { slave_epoch } => {
-            let msg = format!("peer has seen epoch {slave_epoch}, this master is at {}: it is stale", meta.epoch);
-            let _ = write_frame(&mut wr, &Frame::Error { code: code::FENCED, message: msg.clone() }).await;
+            let msg = format!(
+                "peer has seen epoch {slave_epoch}, this master is at {}: it is stale",
+                meta.epoch
+            );
+            let _ = write_frame(
+                &mut wr,
+                &Frame::Error {
+                    code: code::FENCED,
+                    message: msg.clone(),
+                },
+            )
+            .await;
             s.request_step_down(msg.clone());
             return Err(NetError::Protocol(msg));
         }
@@ -199,9 +279,15 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             // The snapshot at our first position, then the log from there. Pin it so
             // retention keeps what follows while the snapshot travels.
             log.pin(log.first());
-            let snap = log.load_snapshot().map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
+            let snap = log
+                .load_snapshot()
+                .map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
             let bytes = snap.encode();
-            write_frame(&mut wr, &welcome(Action::Resync, snap.pos, bytes.len() as u64)).await?;
+            write_frame(
+                &mut wr,
+                &welcome(Action::Resync, snap.pos, bytes.len() as u64),
+            )
+            .await?;
             let mut off = 0usize;
             let chunk_max = s.cfg.batch_bytes_max;
             while off < bytes.len() {
@@ -209,19 +295,39 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
                 if let Some(b) = bucket.as_mut() {
                     wait_tokens(s, b, n as u64).await?;
                 }
-                write_frame(&mut wr, &Frame::Snapshot { offset: off as u64, bytes: bytes::Bytes::copy_from_slice(&bytes[off..off + n]) }).await?;
+                write_frame(
+                    &mut wr,
+                    &Frame::Snapshot {
+                        offset: off as u64,
+                        bytes: bytes::Bytes::copy_from_slice(&bytes[off..off + n]),
+                    },
+                )
+                .await?;
                 off += n;
             }
-            tracing::info!(pos = snap.pos, bytes = bytes.len(), keys = snap.state.map.len(), "snapshot sent");
+            tracing::info!(
+                pos = snap.pos,
+                bytes = bytes.len(),
+                keys = snap.state.map.len(),
+                "snapshot sent"
+            );
             snap.pos
         }
     };
     log.pin(start);
     s.slave_connected.store(true, Ordering::Release);
-    s.emit(Event::SlaveConnected { node, addr, from: start });
+    s.emit(Event::SlaveConnected {
+        node,
+        addr,
+        from: start,
+    });
 
     let epoch = meta.epoch;
-    let lease_ns = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+    let lease_ns = Duration::from_millis(lease_ms(
+        s.cfg.heartbeat_interval_ms,
+        s.cfg.heartbeat_dead_ticks,
+    ))
+    .as_nanos() as u64;
     // The slave's acknowledgements arrive on their own task.
     let seen = Arc::new(AtomicU64::new(0));
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<NetError>();
@@ -230,10 +336,18 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
     let ack_task = tokio::spawn(async move {
         let err = loop {
             match reader.next().await {
-                Ok(Frame::Ack { received, flushed, applied, echo_ns, epoch: e }) => {
+                Ok(Frame::Ack {
+                    received,
+                    flushed,
+                    applied,
+                    echo_ns,
+                    epoch: e,
+                }) => {
                     seen2.fetch_add(1, Ordering::Relaxed);
                     if e != epoch {
-                        break NetError::Protocol(format!("ack of epoch {e} in a session of epoch {epoch}"));
+                        break NetError::Protocol(format!(
+                            "ack of epoch {e} in a session of epoch {epoch}"
+                        ));
                     }
                     if s_ack.lease_required && echo_ns > 0 {
                         s_ack.renew_lease(echo_ns + lease_ns);
@@ -247,8 +361,12 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
                     s_ack.acked_applied.fetch_max(applied, Ordering::AcqRel);
                     s_ack.acks_moved();
                 }
-                Ok(Frame::Error { code, message }) => break NetError::Protocol(format!("slave reported error {code}: {message}")),
-                Ok(other) => break NetError::Protocol(format!("unexpected frame from slave: {other:?}")),
+                Ok(Frame::Error { code, message }) => {
+                    break NetError::Protocol(format!("slave reported error {code}: {message}"))
+                }
+                Ok(other) => {
+                    break NetError::Protocol(format!("unexpected frame from slave: {other:?}"))
+                }
                 Err(e) => break e,
             }
         };
@@ -283,11 +401,23 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
                 liveness.on_frame();
             }
             if liveness.on_tick() == Tick::Dead {
-                return Err(NetError::Protocol(format!("slave silent for {} heartbeat ticks", s.cfg.heartbeat_dead_ticks)));
+                return Err(NetError::Protocol(format!(
+                    "slave silent for {} heartbeat ticks",
+                    s.cfg.heartbeat_dead_ticks
+                )));
             }
             // Every tick, even while streaming: the slave echoes `sent_ns` in its
             // acks, which is what renews the lease.
-            write_frame(&mut wr, &Frame::Heartbeat { epoch, tail: log.tail(), flushed: log.flushed(), sent_ns: s.now_ns() }).await?;
+            write_frame(
+                &mut wr,
+                &Frame::Heartbeat {
+                    epoch,
+                    tail: log.tail(),
+                    flushed: log.flushed(),
+                    sent_ns: s.now_ns(),
+                },
+            )
+            .await?;
             update_lag(s, &mut samples, now);
         }
         if let Ok(e) = closed_rx.try_recv() {
@@ -296,11 +426,19 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
         let tail = log.tail();
         if sent < tail {
             let limited = !live && bucket.is_some();
-            let max = if limited { batch.min(burst as usize) } else { batch };
+            let max = if limited {
+                batch.min(burst as usize)
+            } else {
+                batch
+            };
             let chunk = match log.read(sent, max) {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
-                Err(e) => return Err(NetError::Protocol(format!("cannot read the log at {sent}: {e}"))),
+                Err(e) => {
+                    return Err(NetError::Protocol(format!(
+                        "cannot read the log at {sent}: {e}"
+                    )))
+                }
             };
             if limited {
                 wait_tokens(s, bucket.as_mut().unwrap(), (chunk.len as u64).min(burst)).await?;
@@ -308,16 +446,25 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             write_data(&mut wr, chunk.pos, epoch, tail, chunk.bytes()).await?;
             sent = chunk.pos + chunk.len as u64;
             s.sent.store(sent, Ordering::Release);
-            log.pin(s.acked_received.load(Ordering::Relaxed).max(start).min(sent));
+            log.pin(
+                s.acked_received
+                    .load(Ordering::Relaxed)
+                    .max(start)
+                    .min(sent),
+            );
             if !live {
                 let done = sent - start;
                 s.catchup_done.store(done, Ordering::Relaxed);
                 let secs = start_t.elapsed().as_secs_f64();
                 if secs > 0.0 {
-                    s.catchup_rate.store((done as f64 / secs) as u64, Ordering::Relaxed);
+                    s.catchup_rate
+                        .store((done as f64 / secs) as u64, Ordering::Relaxed);
                 }
             }
-            if samples.back().is_none_or(|b| now.duration_since(b.2) >= Duration::from_millis(1)) {
+            if samples
+                .back()
+                .is_none_or(|b| now.duration_since(b.2) >= Duration::from_millis(1))
+            {
                 if samples.len() >= LAG_SAMPLES_MAX {
                     samples.pop_front();
                 }
@@ -325,7 +472,10 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             }
             continue;
         }
-        if s.handover.load(Ordering::Acquire) && s.acked_applied.load(Ordering::Acquire) >= sent && sent == log.tail() {
+        if s.handover.load(Ordering::Acquire)
+            && s.acked_applied.load(Ordering::Acquire) >= sent
+            && sent == log.tail()
+        {
             // Planned switchover: writes are stopped and the slave has applied
             // everything. It takes over; this node steps down and will follow it.
             write_frame(&mut wr, &Frame::Handover { epoch, tail: sent }).await?;
@@ -337,7 +487,12 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
         if !live {
             live = true;
             s.catching_up.store(false, Ordering::Relaxed);
-            tracing::info!(pos = sent, bytes = sent - start, secs = start_t.elapsed().as_secs_f64(), "slave caught up; streaming live");
+            tracing::info!(
+                pos = sent,
+                bytes = sent - start,
+                secs = start_t.elapsed().as_secs_f64(),
+                "slave caught up; streaming live"
+            );
             s.emit(Event::SlaveCaughtUp { node, pos: sent });
         }
         // Park until a publisher wakes us, the heartbeat is due, or the slave goes away.
@@ -351,7 +506,11 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             return Ok(());
         }
         // While a handover waits for acks, poll them every millisecond.
-        let handover_poll = if s.handover.load(Ordering::Acquire) { Duration::from_millis(1) } else { Duration::from_secs(3600) };
+        let handover_poll = if s.handover.load(Ordering::Acquire) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_secs(3600)
+        };
         tokio::select! {
             _ = s.data_notify.notified() => {}
             _ = tokio::time::sleep(handover_poll) => {}
@@ -395,9 +554,14 @@ fn update_lag(s: &Shared, samples: &mut VecDeque<(u64, u64, Instant)>, now: Inst
         s.acked_records.fetch_max(r, Ordering::Relaxed);
     }
     if applied >= s.log.tail() {
-        s.acked_records.fetch_max(s.records_published.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.acked_records.fetch_max(
+            s.records_published.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
     }
-    let lag = samples.front().map_or(0, |f| now.duration_since(f.2).as_millis() as u64);
+    let lag = samples
+        .front()
+        .map_or(0, |f| now.duration_since(f.2).as_millis() as u64);
     s.lag_ms.store(lag, Ordering::Relaxed);
 }
 

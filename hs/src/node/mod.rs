@@ -194,9 +194,15 @@ impl Config {
             return bad("heartbeat_interval_ms and heartbeat_dead_ticks must be positive");
         }
         match role {
-            Role::Master if self.listen.is_none() => bad("a master needs `listen` (an address for its slave)"),
-            Role::Slave | Role::Candidate if self.peer.is_none() => bad("a slave needs `peer` (its master's address)"),
-            _ if self.witness.is_some() && self.listen.is_none() => bad("a witness only makes sense for a node that can become master (set `listen`)"),
+            Role::Master if self.listen.is_none() => {
+                bad("a master needs `listen` (an address for its slave)")
+            }
+            Role::Slave | Role::Candidate if self.peer.is_none() => {
+                bad("a slave needs `peer` (its master's address)")
+            }
+            _ if self.witness.is_some() && self.listen.is_none() => {
+                bad("a witness only makes sense for a node that can become master (set `listen`)")
+            }
             _ => Ok(()),
         }
     }
@@ -218,7 +224,10 @@ pub enum NodeError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{op}: {source}")]
-    Io { op: &'static str, source: std::io::Error },
+    Io {
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("the node is shut down")]
     Shutdown,
 }
@@ -240,24 +249,56 @@ pub enum Durability {
 /// the oldest are dropped and counted in [`Stats::events_dropped`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    SlaveConnected { node: u64, addr: SocketAddr, from: u64 },
-    SlaveCaughtUp { node: u64, pos: u64 },
-    SlaveLost { node: u64, reason: String },
-    MasterConnected { addr: SocketAddr, from: u64 },
+    SlaveConnected {
+        node: u64,
+        addr: SocketAddr,
+        from: u64,
+    },
+    SlaveCaughtUp {
+        node: u64,
+        pos: u64,
+    },
+    SlaveLost {
+        node: u64,
+        reason: String,
+    },
+    MasterConnected {
+        addr: SocketAddr,
+        from: u64,
+    },
     /// The slave reached the master's tail (after connecting or a resync).
-    CaughtUp { pos: u64 },
-    MasterLost { reason: String },
+    CaughtUp {
+        pos: u64,
+    },
+    MasterLost {
+        reason: String,
+    },
     /// This slave's log diverged and was cut back; the `records` in `[from, to)`
     /// are gone and the application state was rebuilt without them.
-    RolledBack { from: u64, to: u64, records: u64 },
+    RolledBack {
+        from: u64,
+        to: u64,
+        records: u64,
+    },
     /// The slave dropped its log and loaded the master's snapshot at `pos`.
-    Resynced { pos: u64, keys: u64 },
+    Resynced {
+        pos: u64,
+        keys: u64,
+    },
     /// A frame from the peer was refused; the connection was dropped.
-    FrameRejected { reason: String },
+    FrameRejected {
+        reason: String,
+    },
     /// This node's role changed (promotion, step-down, switchover).
-    RoleChanged { role: Role, epoch: u32, reason: String },
+    RoleChanged {
+        role: Role,
+        epoch: u32,
+        reason: String,
+    },
     /// The slave's lag went over `lag_bytes_max`.
-    LagOverLimit { lag: u64 },
+    LagOverLimit {
+        lag: u64,
+    },
 }
 
 /// A consistent-enough snapshot of the node's counters.
@@ -388,12 +429,17 @@ impl Shared {
     pub fn set_role(&self, role: Role, reason: &str) {
         let old = Role::from_u8(self.role.swap(role.to_u8(), Ordering::AcqRel));
         let epoch = self.log.meta().epoch;
-        let writable = role == Role::Master && !self.lease_required && !self.demoting.load(Ordering::Acquire);
+        let writable =
+            role == Role::Master && !self.lease_required && !self.demoting.load(Ordering::Acquire);
         self.log.seal(role != Role::Master);
         self.writable.store(writable, Ordering::Release);
         if old != role {
             tracing::info!(?old, new = ?role, epoch, reason, "role changed");
-            self.emit(Event::RoleChanged { role, epoch, reason: reason.to_string() });
+            self.emit(Event::RoleChanged {
+                role,
+                epoch,
+                reason: reason.to_string(),
+            });
         }
         // Waiters (`wait`, `switchover`) re-check their condition on a role change too.
         self.acks_moved();
@@ -528,15 +574,25 @@ impl Node {
         // The listener is bound here so the caller learns the port (and a bind error) at once.
         let listener = match shared.cfg.listen {
             Some(addr) => {
-                let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::Io { op: "bind the replication listener", source })?;
-                l.set_nonblocking(true).map_err(|source| NodeError::Io { op: "set nonblocking", source })?;
+                let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::Io {
+                    op: "bind the replication listener",
+                    source,
+                })?;
+                l.set_nonblocking(true).map_err(|source| NodeError::Io {
+                    op: "set nonblocking",
+                    source,
+                })?;
                 *shared.local_addr.lock() = l.local_addr().ok();
                 Some(l)
             }
             None => None,
         };
         // A lone master serves at once; a node with a peer first finds out who is master.
-        let first_role = if shared.cfg.peer.is_none() { Role::Master } else { Role::Candidate };
+        let first_role = if shared.cfg.peer.is_none() {
+            Role::Master
+        } else {
+            Role::Candidate
+        };
         if first_role == Role::Master {
             log.ensure_writable()?;
         }
@@ -546,7 +602,11 @@ impl Node {
             .name("hs-io".into())
             .spawn(move || {
                 // IO and timers only: no signal driver (it leaves a process-wide global behind).
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the replication runtime");
@@ -555,16 +615,27 @@ impl Node {
                 };
                 rt.block_on(run_roles(s2, listener, first_role));
             })
-            .map_err(|source| NodeError::Io { op: "spawn hs-io thread", source })?;
+            .map_err(|source| NodeError::Io {
+                op: "spawn hs-io thread",
+                source,
+            })?;
         let s3 = shared.clone();
         let policy = shared.cfg.flush;
         let flusher = Some(
             std::thread::Builder::new()
                 .name("hs-flush".into())
                 .spawn(move || flusher(s3, policy))
-                .map_err(|source| NodeError::Io { op: "spawn hs-flush thread", source })?,
+                .map_err(|source| NodeError::Io {
+                    op: "spawn hs-flush thread",
+                    source,
+                })?,
         );
-        Ok(Node { shared, io: Some(io), flusher, recovery })
+        Ok(Node {
+            shared,
+            io: Some(io),
+            flusher,
+            recovery,
+        })
     }
 
     /// Appends a state change and returns its log position. Never waits for the
@@ -574,12 +645,16 @@ impl Node {
     pub fn publish(&self, key: &[u8], op: Op, value: &[u8]) -> Result<u64, NodeError> {
         let s = &*self.shared;
         if !s.writable.load(Ordering::Acquire) {
-            return Err(NodeError::NotMaster { master: self.master_addr() });
+            return Err(NodeError::NotMaster {
+                master: self.master_addr(),
+            });
         }
         // The lease watcher clears `writable` when the lease ends, but a process
         // resumed after a long stop must not take a write before it runs.
         if s.lease_required && s.now_ns() >= s.lease_until_ns.load(Ordering::Acquire) {
-            return Err(NodeError::NotMaster { master: self.master_addr() });
+            return Err(NodeError::NotMaster {
+                master: self.master_addr(),
+            });
         }
         if s.cfg.lag_bytes_max > 0 {
             self.check_lag()?;
@@ -587,11 +662,20 @@ impl Node {
         let r = if s.cfg.publish_timeout_ms == 0 {
             s.log.append(op, key, value)
         } else {
-            s.log.append_wait(op, key, value, Duration::from_millis(s.cfg.publish_timeout_ms))
+            s.log.append_wait(
+                op,
+                key,
+                value,
+                Duration::from_millis(s.cfg.publish_timeout_ms),
+            )
         };
         let pos = match r {
             Ok(p) => p,
-            Err(LogError::Sealed) => return Err(NodeError::NotMaster { master: self.master_addr() }),
+            Err(LogError::Sealed) => {
+                return Err(NodeError::NotMaster {
+                    master: self.master_addr(),
+                })
+            }
             Err(e) => return Err(e.into()),
         };
         s.records_published.fetch_add(1, Ordering::Relaxed);
@@ -607,7 +691,11 @@ impl Node {
     fn check_lag(&self) -> Result<(), NodeError> {
         let s = &*self.shared;
         let max = s.cfg.lag_bytes_max;
-        let lag = || s.log.tail().saturating_sub(s.acked_received.load(Ordering::Acquire));
+        let lag = || {
+            s.log
+                .tail()
+                .saturating_sub(s.acked_received.load(Ordering::Acquire))
+        };
         if !s.slave_connected.load(Ordering::Acquire) || lag() <= max {
             return Ok(());
         }
@@ -644,7 +732,9 @@ impl Node {
     pub fn switchover(&self, timeout: Duration) -> Result<(), NodeError> {
         let s = &*self.shared;
         if self.role() != Role::Master {
-            return Err(NodeError::NotMaster { master: self.master_addr() });
+            return Err(NodeError::NotMaster {
+                master: self.master_addr(),
+            });
         }
         if !s.slave_connected.load(Ordering::Acquire) {
             return Err(NodeError::NoStandby);
@@ -686,7 +776,6 @@ impl Node {
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, NodeError> {
         self.publish(key, Op::Put, value)
     }
-
 
     pub fn delete(&self, key: &[u8]) -> Result<u64, NodeError> {
         self.publish(key, Op::Delete, &[])
@@ -750,10 +839,17 @@ impl Node {
         let sent = s.sent.load(Ordering::Relaxed);
         let applied = s.applied.load(Ordering::Relaxed);
         let acked_applied = s.acked_applied.load(Ordering::Relaxed);
-        let master_tail = if role == Role::Master { written } else { s.master_tail.load(Ordering::Relaxed).max(written) };
+        let master_tail = if role == Role::Master {
+            written
+        } else {
+            s.master_tail.load(Ordering::Relaxed).max(written)
+        };
         let published = s.records_published.load(Ordering::Relaxed);
         let (lag_bytes, lag_records) = match role {
-            Role::Master => (written.saturating_sub(acked_applied), published.saturating_sub(s.acked_records.load(Ordering::Relaxed))),
+            Role::Master => (
+                written.saturating_sub(acked_applied),
+                published.saturating_sub(s.acked_records.load(Ordering::Relaxed)),
+            ),
             Role::Slave | Role::Candidate => (master_tail.saturating_sub(applied), 0),
         };
         Stats {
@@ -772,7 +868,11 @@ impl Node {
             lag_bytes,
             lag_records,
             lag_ms: s.lag_ms.load(Ordering::Relaxed),
-            queue_bytes: if role == Role::Master && s.slave_connected.load(Ordering::Relaxed) { written.saturating_sub(sent) } else { 0 },
+            queue_bytes: if role == Role::Master && s.slave_connected.load(Ordering::Relaxed) {
+                written.saturating_sub(sent)
+            } else {
+                0
+            },
             records_published: published,
             records_applied: s.records_applied.load(Ordering::Relaxed),
             slave_connected: s.slave_connected.load(Ordering::Relaxed),
@@ -848,7 +948,9 @@ async fn run_roles(s: Arc<Shared>, listener: Option<std::net::TcpListener>, firs
     loop {
         let out = match (role, &listener) {
             (Role::Master, Some(l)) => master::run(s.clone(), l.clone()).await,
-            (Role::Master, None) => unreachable!("a master always has a listener (checked at start)"),
+            (Role::Master, None) => {
+                unreachable!("a master always has a listener (checked at start)")
+            }
             _ => slave::run(s.clone(), listener.clone()).await,
         };
         match out {

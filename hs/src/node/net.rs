@@ -31,7 +31,11 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(rd: OwnedReadHalf, frame_bytes_max: usize) -> Self {
-        FrameReader { rd, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), frame_bytes_max }
+        FrameReader {
+            rd,
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            frame_bytes_max,
+        }
     }
 
     /// A frame already in the buffer, without reading.
@@ -53,7 +57,10 @@ impl FrameReader {
                 return Err(if self.buf.is_empty() {
                     NetError::Closed
                 } else {
-                    NetError::Protocol(format!("connection closed inside a frame ({} bytes pending)", self.buf.len()))
+                    NetError::Protocol(format!(
+                        "connection closed inside a frame ({} bytes pending)",
+                        self.buf.len()
+                    ))
                 });
             }
         }
@@ -69,7 +76,13 @@ pub async fn write_frame(wr: &mut OwnedWriteHalf, f: &Frame) -> Result<(), NetEr
 
 /// Writes a Data frame: header and the log's bytes in one vectored write (no copy,
 /// and no Nagle pause between a header and its body).
-pub async fn write_data(wr: &mut OwnedWriteHalf, pos: u64, epoch: u32, tail: u64, records: &[u8]) -> Result<(), NetError> {
+pub async fn write_data(
+    wr: &mut OwnedWriteHalf,
+    pos: u64,
+    epoch: u32,
+    tail: u64,
+    records: &[u8],
+) -> Result<(), NetError> {
     let hdr = frame::data_header(pos, epoch, tail, records.len());
     let mut h: &[u8] = &hdr;
     let mut r: &[u8] = records;
@@ -77,7 +90,8 @@ pub async fn write_data(wr: &mut OwnedWriteHalf, pos: u64, epoch: u32, tail: u64
         let n = if h.is_empty() {
             wr.write(r).await?
         } else {
-            wr.write_vectored(&[IoSlice::new(h), IoSlice::new(r)]).await?
+            wr.write_vectored(&[IoSlice::new(h), IoSlice::new(r)])
+                .await?
         };
         if n == 0 {
             return Err(NetError::Closed);

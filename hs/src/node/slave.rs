@@ -28,19 +28,29 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// over (the epoch is already durable) or on shutdown.
 pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>) -> Outcome {
     let peer = s.cfg.peer.expect("checked in Config::check");
-    let _answer = listener.as_ref().map(|l| AbortOnDrop(tokio::spawn(answer_hellos(s.clone(), l.clone()))));
+    let _answer = listener
+        .as_ref()
+        .map(|l| AbortOnDrop(tokio::spawn(answer_hellos(s.clone(), l.clone()))));
     let can_promote = listener.is_some();
     let min = Duration::from_millis(s.cfg.reconnect_backoff_min_ms.max(1));
-    let max = Duration::from_millis(s.cfg.reconnect_backoff_max_ms.max(s.cfg.reconnect_backoff_min_ms).max(1));
+    let max = Duration::from_millis(
+        s.cfg
+            .reconnect_backoff_max_ms
+            .max(s.cfg.reconnect_backoff_min_ms)
+            .max(1),
+    );
     let mut backoff = min;
     let mut attempt = 0u64;
     while !s.is_shutdown() {
         attempt += 1;
         let span = tracing::info_span!("master_conn", attempt, %peer);
         let r = async {
-            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await
+            {
                 Err(_) => return Err(Failure::new(End::ConnectTimeout)),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(Failure::new(End::ConnectRefused)),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(Failure::new(End::ConnectRefused))
+                }
                 Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(st)) => st,
             };
@@ -56,17 +66,25 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
             Ok(End::Shutdown) => return Outcome::Shutdown,
             Ok(End::Handover) => Some(Cause::Handover),
             Ok(_) => None,
-            Err(Failure { err, connected, end }) => {
+            Err(Failure {
+                err,
+                connected,
+                end,
+            }) => {
                 if s.is_shutdown() {
                     return Outcome::Shutdown;
                 }
                 if matches!(err, NetError::Frame(_) | NetError::Protocol(_)) {
                     s.frames_rejected.fetch_add(1, Ordering::Relaxed);
-                    s.emit(Event::FrameRejected { reason: err.to_string() });
+                    s.emit(Event::FrameRejected {
+                        reason: err.to_string(),
+                    });
                 }
                 if connected {
                     tracing::warn!(error = %err, "lost the master");
-                    s.emit(Event::MasterLost { reason: err.to_string() });
+                    s.emit(Event::MasterLost {
+                        reason: err.to_string(),
+                    });
                 } else {
                     tracing::debug!(error = %err, ?backoff, "no master at the peer yet");
                 }
@@ -80,11 +98,15 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                     // The connection ended without a goodbye: knock once. Refused means
                     // the master's process is gone; an answer means it lives (follow it
                     // again); no answer means it may be cut off (treat as silence).
-                    End::Closed if connected => match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer)).await {
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(Cause::MasterProcessDead),
-                        Ok(_) => None,
-                        Err(_) => Some(Cause::MasterSilent),
-                    },
+                    End::Closed if connected => {
+                        match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer)).await {
+                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                Some(Cause::MasterProcessDead)
+                            }
+                            Ok(_) => None,
+                            Err(_) => Some(Cause::MasterSilent),
+                        }
+                    }
                     End::ConnectRefused if connected_before(&s) => Some(Cause::MasterProcessDead),
                     End::ConnectRefused | End::ConnectTimeout => Some(Cause::PeerUnreachable),
                     _ => None,
@@ -103,7 +125,11 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
         }
         // A promotion that was refused (the witness still hears the master, or the
         // peer outranks us) is retried within a tick, not after a long backoff.
-        let wait = if cause.is_some() { min.min(Duration::from_millis(s.cfg.heartbeat_interval_ms)) } else { backoff };
+        let wait = if cause.is_some() {
+            min.min(Duration::from_millis(s.cfg.heartbeat_interval_ms))
+        } else {
+            backoff
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown => return Outcome::Shutdown,
@@ -121,7 +147,13 @@ fn connected_before(s: &Shared) -> bool {
 
 fn my_rank(s: &Shared) -> Rank {
     let meta = s.log.meta();
-    Rank { epoch: meta.epoch, last_epoch: s.log.last_epoch(), tail: s.log.tail(), prefer_master: s.prefer_master, node: s.node_id }
+    Rank {
+        epoch: meta.epoch,
+        last_epoch: s.log.last_epoch(),
+        tail: s.log.tail(),
+        prefer_master: s.prefer_master,
+        node: s.node_id,
+    }
 }
 
 /// Decides on promotion for `cause`, asking the witness where the policy says
@@ -130,15 +162,28 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
     if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable) {
         // The old master's lease may still run on acks this node sent (maybe in a
         // previous life): only a full silence period heard by this node ends it.
-        let silence_ns = Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64).as_nanos() as u64;
-        if s.now_ns().saturating_sub(s.last_master_frame_ns.load(Ordering::Acquire)) < silence_ns {
-            tracing::debug!(?cause, "not promoting yet: a master may still hold a lease on our acks");
+        let silence_ns =
+            Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
+                .as_nanos() as u64;
+        if s.now_ns()
+            .saturating_sub(s.last_master_frame_ns.load(Ordering::Acquire))
+            < silence_ns
+        {
+            tracing::debug!(
+                ?cause,
+                "not promoting yet: a master may still hold a lease on our acks"
+            );
             return None;
         }
     }
     let meta = s.log.meta();
     let epoch = next_epoch(meta.epoch.max(peer_epoch), s.node_id, meta.peer);
-    let yes = match verdict(cause, s.cfg.witness.is_some(), s.cfg.accept_split_risk, s.prefer_master) {
+    let yes = match verdict(
+        cause,
+        s.cfg.witness.is_some(),
+        s.cfg.accept_split_risk,
+        s.prefer_master,
+    ) {
         Verdict::Refuse => {
             tracing::warn!(?cause, "not promoting: without a witness, silence alone must not make a second master (set accept_split_risk to allow it)");
             false
@@ -147,15 +192,35 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
         Verdict::AskWitness => {
             let w = s.cfg.witness.expect("verdict asks only when there is one");
             let sent = s.now_ns();
-            let req = crate::proto::witness::Request::Promote { pair: s.cfg.pair_id, node: s.node_id, epoch, dead: cause == Cause::MasterProcessDead };
-            match super::witness::ask(w, req, Duration::from_millis(s.cfg.heartbeat_interval_ms.max(50) * 2)).await {
+            let req = crate::proto::witness::Request::Promote {
+                pair: s.cfg.pair_id,
+                node: s.node_id,
+                epoch,
+                dead: cause == Cause::MasterProcessDead,
+            };
+            match super::witness::ask(
+                w,
+                req,
+                Duration::from_millis(s.cfg.heartbeat_interval_ms.max(50) * 2),
+            )
+            .await
+            {
                 Some(r) if r.granted => {
-                    let lease = Duration::from_millis(lease_ms(s.cfg.heartbeat_interval_ms, s.cfg.heartbeat_dead_ticks)).as_nanos() as u64;
+                    let lease = Duration::from_millis(lease_ms(
+                        s.cfg.heartbeat_interval_ms,
+                        s.cfg.heartbeat_dead_ticks,
+                    ))
+                    .as_nanos() as u64;
                     s.renew_lease(sent + lease);
                     true
                 }
                 Some(r) => {
-                    tracing::warn!(?cause, witness_epoch = r.epoch, holder = r.holder, "the witness refused the promotion");
+                    tracing::warn!(
+                        ?cause,
+                        witness_epoch = r.epoch,
+                        holder = r.holder,
+                        "the witness refused the promotion"
+                    );
                     false
                 }
                 // Every promotion needs the witness's grant, or epochs could be reused.
@@ -189,10 +254,23 @@ async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut reader = FrameReader::new(rd, 4096);
-            if let Ok(Ok(Frame::Hello { .. })) = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await {
+            if let Ok(Ok(Frame::Hello { .. })) =
+                tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await
+            {
                 let r = my_rank(&s2);
                 let role = s2.role.load(Ordering::Acquire);
-                let _ = write_frame(&mut wr, &Frame::Status { node: r.node, epoch: r.epoch, last_epoch: r.last_epoch, tail: r.tail, role, prefer: r.prefer_master as u8 }).await;
+                let _ = write_frame(
+                    &mut wr,
+                    &Frame::Status {
+                        node: r.node,
+                        epoch: r.epoch,
+                        last_epoch: r.last_epoch,
+                        tail: r.tail,
+                        role,
+                        prefer: r.prefer_master as u8,
+                    },
+                )
+                .await;
             }
         });
     }
@@ -227,7 +305,11 @@ impl Failure {
             End::ConnectTimeout => NetError::Protocol("connect timed out".into()),
             _ => NetError::Closed,
         };
-        Failure { err, connected: false, end }
+        Failure {
+            err,
+            connected: false,
+            end,
+        }
     }
 }
 
@@ -236,10 +318,23 @@ impl<E: Into<NetError>> From<E> for Failure {
         let err = e.into();
         let end = match &err {
             NetError::Closed => End::Closed,
-            NetError::Io(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof) => End::Closed,
+            NetError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                End::Closed
+            }
             _ => End::Other,
         };
-        Failure { err, connected: false, end }
+        Failure {
+            err,
+            connected: false,
+            end,
+        }
     }
 }
 
@@ -254,7 +349,12 @@ fn proto_err(msg: impl Into<String>) -> NetError {
     NetError::Protocol(msg.into())
 }
 
-async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, backoff_min: Duration) -> Result<End, Failure> {
+async fn follow(
+    s: &Arc<Shared>,
+    stream: TcpStream,
+    backoff: &mut Duration,
+    backoff_min: Duration,
+) -> Result<End, Failure> {
     stream.set_nodelay(true)?;
     let addr = stream.peer_addr()?;
     let (rd, mut wr) = stream.into_split();
@@ -274,72 +374,152 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
         },
     )
     .await?;
-    let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| proto_err("no Welcome within 3 s"))??;
+    let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| proto_err("no Welcome within 3 s"))??;
     let (history, epoch, segment_bytes, action, start, snapshot_bytes) = match welcome {
-        Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes, node } => {
+        Frame::Welcome {
+            history,
+            epoch,
+            segment_bytes,
+            action,
+            start,
+            snapshot_bytes,
+            node,
+        } => {
             if node != 0 && node != s.node_id {
-                log.set_ids(0, node).map_err(|e| proto_err(format!("cannot record the peer's id: {e}")))?;
+                log.set_ids(0, node)
+                    .map_err(|e| proto_err(format!("cannot record the peer's id: {e}")))?;
             }
             (history, epoch, segment_bytes, action, start, snapshot_bytes)
         }
-        Frame::Status { node, epoch, last_epoch, tail, prefer, .. } => {
+        Frame::Status {
+            node,
+            epoch,
+            last_epoch,
+            tail,
+            prefer,
+            ..
+        } => {
             if node != 0 && node != s.node_id {
-                log.set_ids(0, node).map_err(|e| proto_err(format!("cannot record the peer's id: {e}")))?;
+                log.set_ids(0, node)
+                    .map_err(|e| proto_err(format!("cannot record the peer's id: {e}")))?;
             }
-            let rank = Rank { epoch, last_epoch, tail, prefer_master: prefer != 0, node };
-            return Err(Failure { err: proto_err(format!("peer is not master ({rank:?})")), connected: false, end: End::PeerStatus(rank) });
+            let rank = Rank {
+                epoch,
+                last_epoch,
+                tail,
+                prefer_master: prefer != 0,
+                node,
+            };
+            return Err(Failure {
+                err: proto_err(format!("peer is not master ({rank:?})")),
+                connected: false,
+                end: End::PeerStatus(rank),
+            });
         }
-        Frame::Error { code, message } => return Err(proto_err(format!("master refused us (code {code}): {message}")).into()),
+        Frame::Error { code, message } => {
+            return Err(proto_err(format!("master refused us (code {code}): {message}")).into())
+        }
         other => return Err(proto_err(format!("expected Welcome, got {other:?}")).into()),
     };
     if epoch < meta.epoch {
-        let msg = format!("master is at epoch {epoch}, this node has seen {}: refusing a stale master", meta.epoch);
-        let _ = write_frame(&mut wr, &Frame::Error { code: code::FENCED, message: msg.clone() }).await;
+        let msg = format!(
+            "master is at epoch {epoch}, this node has seen {}: refusing a stale master",
+            meta.epoch
+        );
+        let _ = write_frame(
+            &mut wr,
+            &Frame::Error {
+                code: code::FENCED,
+                message: msg.clone(),
+            },
+        )
+        .await;
         return Err(proto_err(msg).into());
     }
     if history == 0 {
         return Err(proto_err("master sent no history id").into());
     }
     if segment_bytes % 4096 != 0 || segment_bytes == 0 {
-        return Err(proto_err(format!("master's segment size {segment_bytes} is not a multiple of 4096")).into());
+        return Err(proto_err(format!(
+            "master's segment size {segment_bytes} is not a multiple of 4096"
+        ))
+        .into());
     }
     let map_log = |e: crate::log::LogError| proto_err(format!("log: {e}"));
     match action {
         Action::Continue => {
             if meta.history == 0 {
                 if start != 0 {
-                    return Err(proto_err("master continues an empty slave at a non-zero position").into());
+                    return Err(proto_err(
+                        "master continues an empty slave at a non-zero position",
+                    )
+                    .into());
                 }
                 log.adopt_history(history, segment_bytes).map_err(map_log)?;
             } else if history != meta.history || start != log.tail() {
-                return Err(proto_err(format!("master continues at {start} of history {history:x}; we are at {} of {:x}", log.tail(), meta.history)).into());
+                return Err(proto_err(format!(
+                    "master continues at {start} of history {history:x}; we are at {} of {:x}",
+                    log.tail(),
+                    meta.history
+                ))
+                .into());
             }
         }
         Action::Truncate => {
             let old = log.tail();
             if history != meta.history || start > old {
-                return Err(proto_err(format!("master asks to truncate to {start}, our tail is {old}")).into());
+                return Err(proto_err(format!(
+                    "master asks to truncate to {start}, our tail is {old}"
+                ))
+                .into());
             }
             let records = log.truncate(start).map_err(map_log)?;
             // The application saw records past `start`: rebuild it without them.
             s.replay().map_err(map_log)?;
-            tracing::warn!(from = start, to = old, records, "log diverged from the master's; rolled back");
-            s.emit(Event::RolledBack { from: start, to: old, records });
+            tracing::warn!(
+                from = start,
+                to = old,
+                records,
+                "log diverged from the master's; rolled back"
+            );
+            s.emit(Event::RolledBack {
+                from: start,
+                to: old,
+                records,
+            });
         }
         Action::Resync => {
             let mut buf: Vec<u8> = Vec::new();
             while (buf.len() as u64) < snapshot_bytes {
-                match tokio::time::timeout(Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64).max(CONNECT_TIMEOUT), reader.next())
-                    .await
-                    .map_err(|_| proto_err("snapshot transfer stalled"))??
+                match tokio::time::timeout(
+                    Duration::from_millis(
+                        s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64,
+                    )
+                    .max(CONNECT_TIMEOUT),
+                    reader.next(),
+                )
+                .await
+                .map_err(|_| proto_err("snapshot transfer stalled"))??
                 {
-                    Frame::Snapshot { offset, bytes } if offset == buf.len() as u64 && buf.len() as u64 + bytes.len() as u64 <= snapshot_bytes => {
+                    Frame::Snapshot { offset, bytes }
+                        if offset == buf.len() as u64
+                            && buf.len() as u64 + bytes.len() as u64 <= snapshot_bytes =>
+                    {
                         buf.extend_from_slice(&bytes)
                     }
-                    other => return Err(proto_err(format!("expected snapshot bytes at {}, got {other:?}", buf.len())).into()),
+                    other => {
+                        return Err(proto_err(format!(
+                            "expected snapshot bytes at {}, got {other:?}",
+                            buf.len()
+                        ))
+                        .into())
+                    }
                 }
             }
-            let snap = Snapshot::decode(&buf).map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
+            let snap = Snapshot::decode(&buf)
+                .map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
             if snap.pos != start || snap.history != history {
                 return Err(proto_err("snapshot does not match the Welcome").into());
             }
@@ -352,8 +532,15 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
                 }
             }
             s.applied.store(start, Ordering::Release);
-            tracing::info!(pos = start, keys = snap.state.map.len(), "resynced from the master's snapshot");
-            s.emit(Event::Resynced { pos: start, keys: snap.state.map.len() as u64 });
+            tracing::info!(
+                pos = start,
+                keys = snap.state.map.len(),
+                "resynced from the master's snapshot"
+            );
+            s.emit(Event::Resynced {
+                pos: start,
+                keys: snap.state.map.len() as u64,
+            });
         }
     }
     if epoch > log.meta().epoch {
@@ -364,18 +551,38 @@ async fn follow(s: &Arc<Shared>, stream: TcpStream, backoff: &mut Duration, back
     s.set_role(Role::Slave, "following the master");
     s.emit(Event::MasterConnected { addr, from: start });
     tracing::info!(from = start, epoch, "following the master");
-    stream_loop(s, &mut reader, &mut wr, epoch).await.map_err(|err| {
-        let end = match &err {
-            NetError::Closed => End::Closed,
-            NetError::Io(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof) => End::Closed,
-            NetError::Protocol(m) if m.contains("heartbeat ticks") => End::Silent,
-            _ => End::Other,
-        };
-        Failure { err, connected: true, end }
-    })
+    stream_loop(s, &mut reader, &mut wr, epoch)
+        .await
+        .map_err(|err| {
+            let end = match &err {
+                NetError::Closed => End::Closed,
+                NetError::Io(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    End::Closed
+                }
+                NetError::Protocol(m) if m.contains("heartbeat ticks") => End::Silent,
+                _ => End::Other,
+            };
+            Failure {
+                err,
+                connected: true,
+                end,
+            }
+        })
 }
 
-async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::net::tcp::OwnedWriteHalf, epoch: u32) -> Result<End, NetError> {
+async fn stream_loop(
+    s: &Arc<Shared>,
+    reader: &mut FrameReader,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    epoch: u32,
+) -> Result<End, NetError> {
     let log = &s.log;
     let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
     let mut next_tick = Instant::now() + hb;
@@ -402,12 +609,21 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
         while let Some(f) = next {
             liveness.on_frame();
             match f {
-                Frame::Data { pos, epoch: e, tail: master_tail, records } => {
+                Frame::Data {
+                    pos,
+                    epoch: e,
+                    tail: master_tail,
+                    records,
+                } => {
                     s.master_tail.fetch_max(master_tail, Ordering::Relaxed);
                     if e != epoch {
-                        return Err(NetError::Protocol(format!("data of epoch {e} in a session of epoch {epoch}")));
+                        return Err(NetError::Protocol(format!(
+                            "data of epoch {e} in a session of epoch {epoch}"
+                        )));
                     }
-                    let tail = log.append_replicated(pos, &records).map_err(|e| NetError::Protocol(format!("refused data at {pos}: {e}")))?;
+                    let tail = log
+                        .append_replicated(pos, &records)
+                        .map_err(|e| NetError::Protocol(format!("refused data at {pos}: {e}")))?;
                     let mut n = 0u64;
                     {
                         // `append_replicated` checked every record (CRC too) before writing.
@@ -422,9 +638,16 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
                     s.master_tail.fetch_max(tail, Ordering::Relaxed);
                     got_data = true;
                 }
-                Frame::Heartbeat { epoch: e, tail, sent_ns, .. } => {
+                Frame::Heartbeat {
+                    epoch: e,
+                    tail,
+                    sent_ns,
+                    ..
+                } => {
                     if e != epoch {
-                        return Err(NetError::Protocol(format!("heartbeat of epoch {e} in a session of epoch {epoch}")));
+                        return Err(NetError::Protocol(format!(
+                            "heartbeat of epoch {e} in a session of epoch {epoch}"
+                        )));
                     }
                     s.master_tail.fetch_max(tail, Ordering::Relaxed);
                     echo_ns = sent_ns;
@@ -439,8 +662,16 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
                     tracing::info!(pos = tail, "the master handed over");
                     return Ok(End::Handover);
                 }
-                Frame::Error { code, message } => return Err(NetError::Protocol(format!("master reported error {code}: {message}"))),
-                other => return Err(NetError::Protocol(format!("unexpected frame from master: {other:?}"))),
+                Frame::Error { code, message } => {
+                    return Err(NetError::Protocol(format!(
+                        "master reported error {code}: {message}"
+                    )))
+                }
+                other => {
+                    return Err(NetError::Protocol(format!(
+                        "unexpected frame from master: {other:?}"
+                    )))
+                }
             }
             next = reader.try_next()?;
         }
@@ -455,18 +686,32 @@ async fn stream_loop(s: &Arc<Shared>, reader: &mut FrameReader, wr: &mut tokio::
         if tick {
             next_tick = now + hb;
             if liveness.on_tick() == Tick::Dead {
-                return Err(NetError::Protocol(format!("master silent for {} heartbeat ticks", s.cfg.heartbeat_dead_ticks)));
+                return Err(NetError::Protocol(format!(
+                    "master silent for {} heartbeat ticks",
+                    s.cfg.heartbeat_dead_ticks
+                )));
             }
         }
         // Acknowledge each batch, and on every tick (the ack is our heartbeat).
         if got_data || tick {
             if got_data && flush_each {
-                log.flush().map_err(|e| NetError::Protocol(format!("flush: {e}")))?;
+                log.flush()
+                    .map_err(|e| NetError::Protocol(format!("flush: {e}")))?;
             }
             let applied = s.applied.load(Ordering::Acquire);
             if got_data || tick || applied != acked_at_tick {
                 acked_at_tick = applied;
-                write_frame(wr, &Frame::Ack { epoch, received: tail, flushed: log.flushed(), applied, echo_ns }).await?;
+                write_frame(
+                    wr,
+                    &Frame::Ack {
+                        epoch,
+                        received: tail,
+                        flushed: log.flushed(),
+                        applied,
+                        echo_ns,
+                    },
+                )
+                .await?;
             }
         }
     }

@@ -22,13 +22,38 @@ pub async fn ask(addr: SocketAddr, req: Request, timeout: Duration) -> Option<Re
         stream.set_nodelay(true).ok()?;
         let (rd, mut wr) = stream.into_split();
         let f = match req {
-            Request::Renew { pair, node, epoch } => Frame::WitnessRequest { pair, node, epoch, promote: false, dead: false },
-            Request::Promote { pair, node, epoch, dead } => Frame::WitnessRequest { pair, node, epoch, promote: true, dead },
+            Request::Renew { pair, node, epoch } => Frame::WitnessRequest {
+                pair,
+                node,
+                epoch,
+                promote: false,
+                dead: false,
+            },
+            Request::Promote {
+                pair,
+                node,
+                epoch,
+                dead,
+            } => Frame::WitnessRequest {
+                pair,
+                node,
+                epoch,
+                promote: true,
+                dead,
+            },
         };
         write_frame(&mut wr, &f).await.ok()?;
         let mut reader = FrameReader::new(rd, WITNESS_FRAME_BYTES_MAX);
         match reader.next().await.ok()? {
-            Frame::WitnessReply { granted, epoch, holder } => Some(Reply { granted, epoch, holder }),
+            Frame::WitnessReply {
+                granted,
+                epoch,
+                holder,
+            } => Some(Reply {
+                granted,
+                epoch,
+                holder,
+            }),
             _ => None,
         }
     };
@@ -50,9 +75,20 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
             let (rd, mut wr) = stream.into_split();
             let mut reader = FrameReader::new(rd, WITNESS_FRAME_BYTES_MAX);
             let req = match tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
-                Ok(Ok(Frame::WitnessRequest { pair, node, epoch, promote, dead })) => {
+                Ok(Ok(Frame::WitnessRequest {
+                    pair,
+                    node,
+                    epoch,
+                    promote,
+                    dead,
+                })) => {
                     if promote {
-                        Request::Promote { pair, node, epoch, dead }
+                        Request::Promote {
+                            pair,
+                            node,
+                            epoch,
+                            dead,
+                        }
                     } else {
                         Request::Renew { pair, node, epoch }
                     }
@@ -66,7 +102,15 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
             if matches!(req, Request::Promote { .. }) {
                 tracing::info!(%peer, ?req, ?reply, "promotion request");
             }
-            let _ = write_frame(&mut wr, &Frame::WitnessReply { granted: reply.granted, epoch: reply.epoch, holder: reply.holder }).await;
+            let _ = write_frame(
+                &mut wr,
+                &Frame::WitnessReply {
+                    granted: reply.granted,
+                    epoch: reply.epoch,
+                    holder: reply.holder,
+                },
+            )
+            .await;
         });
     }
 }
@@ -74,5 +118,8 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
 /// The hold time a witness should use for pairs with these heartbeat settings:
 /// the lease plus one tick of margin.
 pub fn hold_for(heartbeat_interval_ms: u64, heartbeat_dead_ticks: u32) -> Duration {
-    Duration::from_millis(crate::proto::election::lease_ms(heartbeat_interval_ms, heartbeat_dead_ticks) + heartbeat_interval_ms)
+    Duration::from_millis(
+        crate::proto::election::lease_ms(heartbeat_interval_ms, heartbeat_dead_ticks)
+            + heartbeat_interval_ms,
+    )
 }

@@ -36,7 +36,10 @@ impl Epochs {
     /// Where the records of `epoch` (and older) end in this log: the start of the
     /// first newer epoch, or `tail`.
     pub fn end_of(&self, epoch: u32, tail: u64) -> u64 {
-        self.starts.iter().find(|e| e.0 > epoch).map_or(tail, |e| e.1)
+        self.starts
+            .iter()
+            .find(|e| e.0 > epoch)
+            .map_or(tail, |e| e.1)
     }
 
     /// Forgets epochs whose records start at or after `pos` (the log was truncated).
@@ -102,17 +105,29 @@ impl Epochs {
 
 pub fn decide(m: MasterView<'_>, s: SlaveView<'_>) -> Decision {
     if s.epoch > m.epoch {
-        return Decision::Fenced { slave_epoch: s.epoch };
+        return Decision::Fenced {
+            slave_epoch: s.epoch,
+        };
     }
     if s.history == 0 && s.tail == 0 {
-        return if m.first == 0 { Decision::Continue { from: 0 } } else { Decision::Resync };
+        return if m.first == 0 {
+            Decision::Continue { from: 0 }
+        } else {
+            Decision::Resync
+        };
     }
     if s.history != m.history {
         return Decision::Resync;
     }
     if s.tail == 0 || s.epochs.is_empty() {
         // Same history, nothing written (or all before a snapshot): from where it is.
-        return if s.tail < m.first { Decision::Resync } else if s.tail <= m.tail { Decision::Continue { from: s.tail } } else { Decision::Truncate { to: m.tail } };
+        return if s.tail < m.first {
+            Decision::Resync
+        } else if s.tail <= m.tail {
+            Decision::Continue { from: s.tail }
+        } else {
+            Decision::Truncate { to: m.tail }
+        };
     }
     // The latest epoch both logs hold: the same term, so the same records from its
     // start until either log moved on.
@@ -130,7 +145,9 @@ pub fn decide(m: MasterView<'_>, s: SlaveView<'_>) -> Decision {
     }
     // None in common: if the master's log starts after a snapshot that covers the
     // slave's epochs, the master cannot tell; resync.
-    let Some(resume) = common else { return Decision::Resync };
+    let Some(resume) = common else {
+        return Decision::Resync;
+    };
     if resume < m.first {
         return Decision::Resync;
     }
@@ -156,22 +173,45 @@ mod tests {
     #[test]
     fn continue_truncate_resync_fenced() {
         let e = epochs(&[(1, 0), (3, 1000)]);
-        let m = MasterView { history: 7, epoch: 3, epochs: &e, first: 0, tail: 5000 };
-        let s = |history, epoch, tail, ep: &'static [(u32, u64)]| SlaveView { history, epoch, tail, epochs: ep };
+        let m = MasterView {
+            history: 7,
+            epoch: 3,
+            epochs: &e,
+            first: 0,
+            tail: 5000,
+        };
+        let s = |history, epoch, tail, ep: &'static [(u32, u64)]| SlaveView {
+            history,
+            epoch,
+            tail,
+            epochs: ep,
+        };
         // Behind in the same history: continue from its tail.
-        assert_eq!(decide(m, s(7, 3, 2000, &[(1, 0), (3, 1000)])), Decision::Continue { from: 2000 });
+        assert_eq!(
+            decide(m, s(7, 3, 2000, &[(1, 0), (3, 1000)])),
+            Decision::Continue { from: 2000 }
+        );
         // Old master of epoch 1 wrote past 1000 after the promotion at 1000: truncate.
-        assert_eq!(decide(m, s(7, 1, 1800, &[(1, 0)])), Decision::Truncate { to: 1000 });
+        assert_eq!(
+            decide(m, s(7, 1, 1800, &[(1, 0)])),
+            Decision::Truncate { to: 1000 }
+        );
         // Empty slave, full history on disk: stream from 0.
         assert_eq!(decide(m, s(0, 0, 0, &[])), Decision::Continue { from: 0 });
         // Another history: resync.
         assert_eq!(decide(m, s(8, 1, 10, &[(1, 0)])), Decision::Resync);
         // History needed is gone.
         let m2 = MasterView { first: 4096, ..m };
-        assert_eq!(decide(m2, s(7, 3, 2000, &[(1, 0), (3, 1000)])), Decision::Resync);
+        assert_eq!(
+            decide(m2, s(7, 3, 2000, &[(1, 0), (3, 1000)])),
+            Decision::Resync
+        );
         assert_eq!(decide(m2, s(0, 0, 0, &[])), Decision::Resync);
         // Slave has seen epoch 4: this master is stale.
-        assert_eq!(decide(m, s(7, 4, 10, &[(1, 0)])), Decision::Fenced { slave_epoch: 4 });
+        assert_eq!(
+            decide(m, s(7, 4, 10, &[(1, 0)])),
+            Decision::Fenced { slave_epoch: 4 }
+        );
     }
 
     /// The slave was master for a while in an epoch the master never had (2): its
@@ -180,12 +220,40 @@ mod tests {
     #[test]
     fn an_epoch_the_master_never_had_is_cut_where_it_started() {
         let e = epochs(&[(1, 0), (3, 1000)]);
-        let m = MasterView { history: 7, epoch: 3, epochs: &e, first: 0, tail: 5000 };
+        let m = MasterView {
+            history: 7,
+            epoch: 3,
+            epochs: &e,
+            first: 0,
+            tail: 5000,
+        };
         let ep: &[(u32, u64)] = &[(1, 0), (2, 600)];
-        assert_eq!(decide(m, SlaveView { history: 7, epoch: 2, tail: 900, epochs: ep }), Decision::Truncate { to: 600 });
+        assert_eq!(
+            decide(
+                m,
+                SlaveView {
+                    history: 7,
+                    epoch: 2,
+                    tail: 900,
+                    epochs: ep
+                }
+            ),
+            Decision::Truncate { to: 600 }
+        );
         // One epoch with two different starts: not one history; resync.
         let bad: &[(u32, u64)] = &[(1, 8)];
-        assert_eq!(decide(m, SlaveView { history: 7, epoch: 1, tail: 900, epochs: bad }), Decision::Resync);
+        assert_eq!(
+            decide(
+                m,
+                SlaveView {
+                    history: 7,
+                    epoch: 1,
+                    tail: 900,
+                    epochs: bad
+                }
+            ),
+            Decision::Resync
+        );
     }
 
     #[test]

@@ -28,7 +28,13 @@ pub struct Rank {
 
 impl Rank {
     fn key(&self) -> (u32, u32, u64, bool, u64) {
-        (self.epoch, self.last_epoch, self.tail, self.prefer_master, self.node)
+        (
+            self.epoch,
+            self.last_epoch,
+            self.tail,
+            self.prefer_master,
+            self.node,
+        )
     }
 }
 
@@ -66,7 +72,12 @@ pub enum Verdict {
 }
 
 /// What a node may do about `cause`, given its configuration.
-pub fn verdict(cause: Cause, has_witness: bool, accept_split_risk: bool, prefer_master: bool) -> Verdict {
+pub fn verdict(
+    cause: Cause,
+    has_witness: bool,
+    accept_split_risk: bool,
+    prefer_master: bool,
+) -> Verdict {
     match (cause, has_witness) {
         // The old master asked for it after it stopped writing.
         (Cause::Handover, _) => Verdict::Promote,
@@ -105,7 +116,9 @@ pub fn next_epoch(seen: u32, me: u64, peer: u64) -> u32 {
 /// slave promote, minus two ticks of margin (at least one tick).
 pub fn lease_ms(heartbeat_interval_ms: u64, heartbeat_dead_ticks: u32) -> u64 {
     let silence = heartbeat_interval_ms * heartbeat_dead_ticks as u64;
-    silence.saturating_sub(2 * heartbeat_interval_ms).max(heartbeat_interval_ms)
+    silence
+        .saturating_sub(2 * heartbeat_interval_ms)
+        .max(heartbeat_interval_ms)
 }
 
 #[cfg(test)]
@@ -127,12 +140,30 @@ mod tests {
 
     #[test]
     fn silence_alone_never_promotes_without_a_witness_or_consent() {
-        assert_eq!(verdict(Cause::MasterSilent, false, false, true), Verdict::Refuse);
-        assert_eq!(verdict(Cause::MasterSilent, false, true, false), Verdict::Promote);
-        assert_eq!(verdict(Cause::MasterSilent, true, false, false), Verdict::AskWitness);
-        assert_eq!(verdict(Cause::PeerUnreachable, false, true, false), Verdict::Refuse);
-        assert_eq!(verdict(Cause::PeerUnreachable, false, true, true), Verdict::Promote);
-        assert_eq!(verdict(Cause::MasterProcessDead, false, false, false), Verdict::Promote);
+        assert_eq!(
+            verdict(Cause::MasterSilent, false, false, true),
+            Verdict::Refuse
+        );
+        assert_eq!(
+            verdict(Cause::MasterSilent, false, true, false),
+            Verdict::Promote
+        );
+        assert_eq!(
+            verdict(Cause::MasterSilent, true, false, false),
+            Verdict::AskWitness
+        );
+        assert_eq!(
+            verdict(Cause::PeerUnreachable, false, true, false),
+            Verdict::Refuse
+        );
+        assert_eq!(
+            verdict(Cause::PeerUnreachable, false, true, true),
+            Verdict::Promote
+        );
+        assert_eq!(
+            verdict(Cause::MasterProcessDead, false, false, false),
+            Verdict::Promote
+        );
         assert!(lease_ms(100, 5) < 100 * 5);
         // Each node owns a parity once both ids are known: never the same epoch.
         for seen in 0..10 {

@@ -53,25 +53,83 @@ pub enum Action {
 /// One protocol message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    Hello { node: u64, history: u128, epoch: u32, last_epoch: u32, tail: u64, role: u8, epochs: Vec<(u32, u64)> },
+    Hello {
+        node: u64,
+        history: u128,
+        epoch: u32,
+        last_epoch: u32,
+        tail: u64,
+        role: u8,
+        epochs: Vec<(u32, u64)>,
+    },
     /// `node`: the master's id (the slave records it as its peer's).
-    Welcome { history: u128, epoch: u32, segment_bytes: u64, action: Action, start: u64, snapshot_bytes: u64, node: u64 },
+    Welcome {
+        history: u128,
+        epoch: u32,
+        segment_bytes: u64,
+        action: Action,
+        start: u64,
+        snapshot_bytes: u64,
+        node: u64,
+    },
     /// Whole records starting at `pos`, all from one segment; `tail` is the
     /// master's tail when sent (so the slave knows its lag while catching up).
-    Data { pos: u64, epoch: u32, tail: u64, records: Bytes },
-    Snapshot { offset: u64, bytes: Bytes },
+    Data {
+        pos: u64,
+        epoch: u32,
+        tail: u64,
+        records: Bytes,
+    },
+    Snapshot {
+        offset: u64,
+        bytes: Bytes,
+    },
     /// `sent_ns`: the master's monotonic clock when sent; the slave echoes it (lease).
-    Heartbeat { epoch: u32, tail: u64, flushed: u64, sent_ns: u64 },
+    Heartbeat {
+        epoch: u32,
+        tail: u64,
+        flushed: u64,
+        sent_ns: u64,
+    },
     /// `echo_ns`: the `sent_ns` of the latest heartbeat the slave received.
-    Ack { epoch: u32, received: u64, flushed: u64, applied: u64, echo_ns: u64 },
-    Error { code: u16, message: String },
+    Ack {
+        epoch: u32,
+        received: u64,
+        flushed: u64,
+        applied: u64,
+        echo_ns: u64,
+    },
+    Error {
+        code: u16,
+        message: String,
+    },
     /// A node that is not serving as master answers a Hello with its rank.
-    Status { node: u64, epoch: u32, last_epoch: u32, tail: u64, role: u8, prefer: u8 },
+    Status {
+        node: u64,
+        epoch: u32,
+        last_epoch: u32,
+        tail: u64,
+        role: u8,
+        prefer: u8,
+    },
     /// Planned switchover: the master stopped writing at `tail`; the slave, having
     /// applied up to it, takes over in `epoch + 1`.
-    Handover { epoch: u32, tail: u64 },
-    WitnessRequest { pair: u64, node: u64, epoch: u32, promote: bool, dead: bool },
-    WitnessReply { granted: bool, epoch: u32, holder: u64 },
+    Handover {
+        epoch: u32,
+        tail: u64,
+    },
+    WitnessRequest {
+        pair: u64,
+        node: u64,
+        epoch: u32,
+        promote: bool,
+        dead: bool,
+    },
+    WitnessReply {
+        granted: bool,
+        epoch: u32,
+        holder: u64,
+    },
 }
 
 const K_HELLO: u8 = 1;
@@ -130,7 +188,12 @@ fn put_header(dst: &mut BytesMut, kind: u8, payload_len: usize, crc: u32) {
 
 /// Encodes the header of a Data frame whose records (already in the log) follow it
 /// on the wire: the sender writes this header and then the log's bytes, no copy.
-pub fn data_header(pos: u64, epoch: u32, tail: u64, records_len: usize) -> [u8; FRAME_HEADER_BYTES + DATA_SUBHEADER_BYTES] {
+pub fn data_header(
+    pos: u64,
+    epoch: u32,
+    tail: u64,
+    records_len: usize,
+) -> [u8; FRAME_HEADER_BYTES + DATA_SUBHEADER_BYTES] {
     let mut sub = [0u8; DATA_SUBHEADER_BYTES];
     sub[0..8].copy_from_slice(&pos.to_le_bytes());
     sub[8..12].copy_from_slice(&epoch.to_le_bytes());
@@ -148,7 +211,15 @@ impl Frame {
     pub fn encode(&self, dst: &mut BytesMut) {
         let mut p = BytesMut::new();
         let kind = match self {
-            Frame::Hello { node, history, epoch, last_epoch, tail, role, epochs } => {
+            Frame::Hello {
+                node,
+                history,
+                epoch,
+                last_epoch,
+                tail,
+                role,
+                epochs,
+            } => {
                 p.put_u32_le(MAGIC);
                 p.put_u16_le(VERSION);
                 p.put_u16_le(0);
@@ -166,7 +237,15 @@ impl Frame {
                 }
                 K_HELLO
             }
-            Frame::Welcome { history, epoch, segment_bytes, action, start, snapshot_bytes, node } => {
+            Frame::Welcome {
+                history,
+                epoch,
+                segment_bytes,
+                action,
+                start,
+                snapshot_bytes,
+                node,
+            } => {
                 p.put_u128_le(*history);
                 p.put_u32_le(*epoch);
                 p.put_u32_le(0);
@@ -181,7 +260,12 @@ impl Frame {
                 p.put_u64_le(*node);
                 K_WELCOME
             }
-            Frame::Data { pos, epoch, tail, records } => {
+            Frame::Data {
+                pos,
+                epoch,
+                tail,
+                records,
+            } => {
                 dst.extend_from_slice(&data_header(*pos, *epoch, *tail, records.len()));
                 dst.extend_from_slice(records);
                 return;
@@ -191,7 +275,12 @@ impl Frame {
                 p.extend_from_slice(bytes);
                 K_SNAPSHOT
             }
-            Frame::Heartbeat { epoch, tail, flushed, sent_ns } => {
+            Frame::Heartbeat {
+                epoch,
+                tail,
+                flushed,
+                sent_ns,
+            } => {
                 p.put_u32_le(*epoch);
                 p.put_u32_le(0);
                 p.put_u64_le(*tail);
@@ -199,7 +288,13 @@ impl Frame {
                 p.put_u64_le(*sent_ns);
                 K_HEARTBEAT
             }
-            Frame::Ack { epoch, received, flushed, applied, echo_ns } => {
+            Frame::Ack {
+                epoch,
+                received,
+                flushed,
+                applied,
+                echo_ns,
+            } => {
                 p.put_u32_le(*epoch);
                 p.put_u32_le(0);
                 p.put_u64_le(*received);
@@ -208,7 +303,14 @@ impl Frame {
                 p.put_u64_le(*echo_ns);
                 K_ACK
             }
-            Frame::Status { node, epoch, last_epoch, tail, role, prefer } => {
+            Frame::Status {
+                node,
+                epoch,
+                last_epoch,
+                tail,
+                role,
+                prefer,
+            } => {
                 p.put_u64_le(*node);
                 p.put_u32_le(*epoch);
                 p.put_u32_le(*last_epoch);
@@ -223,7 +325,13 @@ impl Frame {
                 p.put_u64_le(*tail);
                 K_HANDOVER
             }
-            Frame::WitnessRequest { pair, node, epoch, promote, dead } => {
+            Frame::WitnessRequest {
+                pair,
+                node,
+                epoch,
+                promote,
+                dead,
+            } => {
                 p.put_u64_le(*pair);
                 p.put_u64_le(*node);
                 p.put_u32_le(*epoch);
@@ -231,7 +339,11 @@ impl Frame {
                 p.put_u8(*dead as u8);
                 K_WITNESS_REQ
             }
-            Frame::WitnessReply { granted, epoch, holder } => {
+            Frame::WitnessReply {
+                granted,
+                epoch,
+                holder,
+            } => {
                 p.put_u8(*granted as u8);
                 p.put_u8(0);
                 p.put_u16_le(0);
@@ -261,7 +373,10 @@ impl Frame {
         }
         let len = u32::from_le_bytes(src[0..4].try_into().unwrap()) as usize;
         if len > frame_bytes_max {
-            return Err(FrameError::TooLarge { len, max: frame_bytes_max });
+            return Err(FrameError::TooLarge {
+                len,
+                max: frame_bytes_max,
+            });
         }
         let kind = src[4];
         if !(K_HELLO..=K_MAX).contains(&kind) {
@@ -274,11 +389,21 @@ impl Frame {
         let crc = u32::from_le_bytes(src[8..12].try_into().unwrap());
         src.advance(FRAME_HEADER_BYTES);
         let mut p = src.split_to(len).freeze();
-        let covered = if kind == K_DATA { &p[..p.len().min(DATA_SUBHEADER_BYTES)] } else { &p[..] };
+        let covered = if kind == K_DATA {
+            &p[..p.len().min(DATA_SUBHEADER_BYTES)]
+        } else {
+            &p[..]
+        };
         if crc32fast::hash(covered) != crc {
             return Err(FrameError::BadCrc { kind });
         }
-        let need = |n: usize, p: &Bytes, what| if p.len() < n { Err(FrameError::Malformed { kind, what }) } else { Ok(()) };
+        let need = |n: usize, p: &Bytes, what| {
+            if p.len() < n {
+                Err(FrameError::Malformed { kind, what })
+            } else {
+                Ok(())
+            }
+        };
         let f = match kind {
             K_HELLO => {
                 need(47, &p, "hello shorter than 47 bytes")?;
@@ -291,13 +416,31 @@ impl Frame {
                     return Err(FrameError::BadVersion(version));
                 }
                 p.advance(2);
-                let (node, history, epoch, last_epoch, tail, role) = (p.get_u64_le(), p.get_u128_le(), p.get_u32_le(), p.get_u32_le(), p.get_u64_le(), p.get_u8());
+                let (node, history, epoch, last_epoch, tail, role) = (
+                    p.get_u64_le(),
+                    p.get_u128_le(),
+                    p.get_u32_le(),
+                    p.get_u32_le(),
+                    p.get_u64_le(),
+                    p.get_u8(),
+                );
                 let n = p.get_u16_le() as usize;
                 if n > crate::proto::catchup::HELLO_EPOCHS_MAX || p.len() != n * 12 {
-                    return Err(FrameError::Malformed { kind, what: "hello epoch list length" });
+                    return Err(FrameError::Malformed {
+                        kind,
+                        what: "hello epoch list length",
+                    });
                 }
                 let epochs = (0..n).map(|_| (p.get_u32_le(), p.get_u64_le())).collect();
-                Frame::Hello { node, history, epoch, last_epoch, tail, role, epochs }
+                Frame::Hello {
+                    node,
+                    history,
+                    epoch,
+                    last_epoch,
+                    tail,
+                    role,
+                    epochs,
+                }
             }
             K_WELCOME => {
                 need(57, &p, "welcome shorter than 57 bytes")?;
@@ -309,17 +452,39 @@ impl Frame {
                     0 => Action::Continue,
                     1 => Action::Truncate,
                     2 => Action::Resync,
-                    _ => return Err(FrameError::Malformed { kind, what: "unknown welcome action" }),
+                    _ => {
+                        return Err(FrameError::Malformed {
+                            kind,
+                            what: "unknown welcome action",
+                        })
+                    }
                 };
-                Frame::Welcome { history, epoch, segment_bytes, action, start: p.get_u64_le(), snapshot_bytes: p.get_u64_le(), node: p.get_u64_le() }
+                Frame::Welcome {
+                    history,
+                    epoch,
+                    segment_bytes,
+                    action,
+                    start: p.get_u64_le(),
+                    snapshot_bytes: p.get_u64_le(),
+                    node: p.get_u64_le(),
+                }
             }
             K_DATA => {
-                need(DATA_SUBHEADER_BYTES, &p, "data shorter than its 24-byte header")?;
+                need(
+                    DATA_SUBHEADER_BYTES,
+                    &p,
+                    "data shorter than its 24-byte header",
+                )?;
                 let pos = p.get_u64_le();
                 let epoch = p.get_u32_le();
                 p.advance(4);
                 let tail = p.get_u64_le();
-                Frame::Data { pos, epoch, tail, records: p }
+                Frame::Data {
+                    pos,
+                    epoch,
+                    tail,
+                    records: p,
+                }
             }
             K_SNAPSHOT => {
                 need(8, &p, "snapshot chunk shorter than 8 bytes")?;
@@ -330,13 +495,24 @@ impl Frame {
                 need(32, &p, "heartbeat shorter than 32 bytes")?;
                 let epoch = p.get_u32_le();
                 p.advance(4);
-                Frame::Heartbeat { epoch, tail: p.get_u64_le(), flushed: p.get_u64_le(), sent_ns: p.get_u64_le() }
+                Frame::Heartbeat {
+                    epoch,
+                    tail: p.get_u64_le(),
+                    flushed: p.get_u64_le(),
+                    sent_ns: p.get_u64_le(),
+                }
             }
             K_ACK => {
                 need(40, &p, "ack shorter than 40 bytes")?;
                 let epoch = p.get_u32_le();
                 p.advance(4);
-                Frame::Ack { epoch, received: p.get_u64_le(), flushed: p.get_u64_le(), applied: p.get_u64_le(), echo_ns: p.get_u64_le() }
+                Frame::Ack {
+                    epoch,
+                    received: p.get_u64_le(),
+                    flushed: p.get_u64_le(),
+                    applied: p.get_u64_le(),
+                    echo_ns: p.get_u64_le(),
+                }
             }
             K_STATUS => {
                 need(26, &p, "status shorter than 26 bytes")?;
@@ -353,22 +529,38 @@ impl Frame {
                 need(16, &p, "handover shorter than 16 bytes")?;
                 let epoch = p.get_u32_le();
                 p.advance(4);
-                Frame::Handover { epoch, tail: p.get_u64_le() }
+                Frame::Handover {
+                    epoch,
+                    tail: p.get_u64_le(),
+                }
             }
             K_WITNESS_REQ => {
                 need(22, &p, "witness request shorter than 22 bytes")?;
-                Frame::WitnessRequest { pair: p.get_u64_le(), node: p.get_u64_le(), epoch: p.get_u32_le(), promote: p.get_u8() != 0, dead: p.get_u8() != 0 }
+                Frame::WitnessRequest {
+                    pair: p.get_u64_le(),
+                    node: p.get_u64_le(),
+                    epoch: p.get_u32_le(),
+                    promote: p.get_u8() != 0,
+                    dead: p.get_u8() != 0,
+                }
             }
             K_WITNESS_REP => {
                 need(16, &p, "witness reply shorter than 16 bytes")?;
                 let granted = p.get_u8() != 0;
                 p.advance(3);
-                Frame::WitnessReply { granted, epoch: p.get_u32_le(), holder: p.get_u64_le() }
+                Frame::WitnessReply {
+                    granted,
+                    epoch: p.get_u32_le(),
+                    holder: p.get_u64_le(),
+                }
             }
             K_ERROR => {
                 need(2, &p, "error shorter than 2 bytes")?;
                 let code = p.get_u16_le();
-                Frame::Error { code, message: String::from_utf8_lossy(&p).into_owned() }
+                Frame::Error {
+                    code,
+                    message: String::from_utf8_lossy(&p).into_owned(),
+                }
             }
             _ => unreachable!("kind checked above"),
         };
@@ -384,26 +576,122 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let bytes = proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from);
         prop_oneof![
-            (any::<u64>(), any::<u128>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u8>(), proptest::collection::vec((any::<u32>(), any::<u64>()), 0..20))
-                .prop_map(|(node, history, epoch, last_epoch, tail, role, epochs)| Frame::Hello { node, history, epoch, last_epoch, tail, role, epochs }),
-            (any::<u128>(), any::<u32>(), any::<u64>(), 0u8..3, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(history, epoch, segment_bytes, a, start, snapshot_bytes, node)| Frame::Welcome {
-                    history, epoch, segment_bytes,
-                    action: [Action::Continue, Action::Truncate, Action::Resync][a as usize],
-                    start, snapshot_bytes, node
+            (
+                any::<u64>(),
+                any::<u128>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u8>(),
+                proptest::collection::vec((any::<u32>(), any::<u64>()), 0..20)
+            )
+                .prop_map(|(node, history, epoch, last_epoch, tail, role, epochs)| {
+                    Frame::Hello {
+                        node,
+                        history,
+                        epoch,
+                        last_epoch,
+                        tail,
+                        role,
+                        epochs,
+                    }
                 }),
-            (any::<u64>(), any::<u32>(), any::<u64>(), bytes.clone()).prop_map(|(pos, epoch, tail, records)| Frame::Data { pos, epoch, tail, records }),
+            (
+                any::<u128>(),
+                any::<u32>(),
+                any::<u64>(),
+                0u8..3,
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(
+                    |(history, epoch, segment_bytes, a, start, snapshot_bytes, node)| {
+                        Frame::Welcome {
+                            history,
+                            epoch,
+                            segment_bytes,
+                            action: [Action::Continue, Action::Truncate, Action::Resync]
+                                [a as usize],
+                            start,
+                            snapshot_bytes,
+                            node,
+                        }
+                    }
+                ),
+            (any::<u64>(), any::<u32>(), any::<u64>(), bytes.clone()).prop_map(
+                |(pos, epoch, tail, records)| Frame::Data {
+                    pos,
+                    epoch,
+                    tail,
+                    records
+                }
+            ),
             (any::<u64>(), bytes).prop_map(|(offset, bytes)| Frame::Snapshot { offset, bytes }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, tail, flushed, sent_ns)| Frame::Heartbeat { epoch, tail, flushed, sent_ns }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(epoch, received, flushed, applied, echo_ns)| Frame::Ack { epoch, received, flushed, applied, echo_ns }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u8>(), any::<u8>())
-                .prop_map(|(node, epoch, last_epoch, tail, role, prefer)| Frame::Status { node, epoch, last_epoch, tail, role, prefer }),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(epoch, tail, flushed, sent_ns)| Frame::Heartbeat {
+                    epoch,
+                    tail,
+                    flushed,
+                    sent_ns
+                }
+            ),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(epoch, received, flushed, applied, echo_ns)| Frame::Ack {
+                    epoch,
+                    received,
+                    flushed,
+                    applied,
+                    echo_ns
+                }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u8>(),
+                any::<u8>()
+            )
+                .prop_map(|(node, epoch, last_epoch, tail, role, prefer)| {
+                    Frame::Status {
+                        node,
+                        epoch,
+                        last_epoch,
+                        tail,
+                        role,
+                        prefer,
+                    }
+                }),
             (any::<u32>(), any::<u64>()).prop_map(|(epoch, tail)| Frame::Handover { epoch, tail }),
-            (any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>(), any::<bool>())
-                .prop_map(|(pair, node, epoch, promote, dead)| Frame::WitnessRequest { pair, node, epoch, promote, dead }),
-            (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(granted, epoch, holder)| Frame::WitnessReply { granted, epoch, holder }),
-            (any::<u16>(), "[a-z ]{0,40}").prop_map(|(code, message)| Frame::Error { code, message }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(pair, node, epoch, promote, dead)| Frame::WitnessRequest {
+                    pair,
+                    node,
+                    epoch,
+                    promote,
+                    dead
+                }),
+            (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(granted, epoch, holder)| {
+                Frame::WitnessReply {
+                    granted,
+                    epoch,
+                    holder,
+                }
+            }),
+            (any::<u16>(), "[a-z ]{0,40}")
+                .prop_map(|(code, message)| Frame::Error { code, message }),
         ]
     }
 
@@ -439,25 +727,56 @@ mod tests {
         src.put_u8(K_DATA);
         src.extend_from_slice(&[0; 7]);
         let cap = src.capacity();
-        assert_eq!(Frame::decode(&mut src, 1 << 20), Err(FrameError::TooLarge { len: u32::MAX as usize, max: 1 << 20 }));
+        assert_eq!(
+            Frame::decode(&mut src, 1 << 20),
+            Err(FrameError::TooLarge {
+                len: u32::MAX as usize,
+                max: 1 << 20
+            })
+        );
         assert_eq!(src.capacity(), cap);
     }
 
     #[test]
     fn damaged_control_frame_and_unknown_kind_are_refused() {
         let mut wire = BytesMut::new();
-        Frame::Ack { epoch: 1, received: 2, flushed: 3, applied: 4, echo_ns: 5 }.encode(&mut wire);
+        Frame::Ack {
+            epoch: 1,
+            received: 2,
+            flushed: 3,
+            applied: 4,
+            echo_ns: 5,
+        }
+        .encode(&mut wire);
         let mut bad = wire.clone();
         bad[20] ^= 0x40;
-        assert_eq!(Frame::decode(&mut bad, 1024), Err(FrameError::BadCrc { kind: K_ACK }));
+        assert_eq!(
+            Frame::decode(&mut bad, 1024),
+            Err(FrameError::BadCrc { kind: K_ACK })
+        );
         let mut unk = wire.clone();
         unk[4] = 42;
-        assert_eq!(Frame::decode(&mut unk, 1024), Err(FrameError::UnknownKind(42)));
+        assert_eq!(
+            Frame::decode(&mut unk, 1024),
+            Err(FrameError::UnknownKind(42))
+        );
         let mut hello = BytesMut::new();
-        Frame::Hello { node: 1, history: 2, epoch: 3, last_epoch: 3, tail: 0, role: 0, epochs: vec![] }.encode(&mut hello);
+        Frame::Hello {
+            node: 1,
+            history: 2,
+            epoch: 3,
+            last_epoch: 3,
+            tail: 0,
+            role: 0,
+            epochs: vec![],
+        }
+        .encode(&mut hello);
         hello[12] ^= 0xff; // magic, and fix the CRC so only the magic is wrong
         let crc = crc32fast::hash(&hello[12..]);
         hello[8..12].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(Frame::decode(&mut hello, 1024), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            Frame::decode(&mut hello, 1024),
+            Err(FrameError::BadMagic(_))
+        ));
     }
 }

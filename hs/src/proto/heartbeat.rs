@@ -30,7 +30,12 @@ impl Liveness {
     /// `dead_ticks`: idle ticks that mean the peer is dead (at least 1).
     pub fn new(dead_ticks: u32) -> Self {
         assert!(dead_ticks >= 1, "heartbeat_dead_ticks must be at least 1");
-        Liveness { received: 0, seen_at_last_tick: 0, idle_ticks: 0, dead_ticks }
+        Liveness {
+            received: 0,
+            seen_at_last_tick: 0,
+            idle_ticks: 0,
+            dead_ticks,
+        }
     }
 
     /// A frame arrived from the peer.

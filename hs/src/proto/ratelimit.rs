@@ -22,7 +22,12 @@ impl TokenBucket {
     /// A bucket that starts empty, so the first second sends `rate` bytes, not `rate + burst`.
     pub fn new(now: Instant, rate_bytes_per_s: u64, burst_bytes: u64) -> Self {
         assert!(rate_bytes_per_s > 0, "rate limit must be positive");
-        TokenBucket { rate_bytes_per_s, burst_bytes: burst_bytes.max(1), tokens_scaled: 0, last: now }
+        TokenBucket {
+            rate_bytes_per_s,
+            burst_bytes: burst_bytes.max(1),
+            tokens_scaled: 0,
+            last: now,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -55,13 +60,15 @@ impl TokenBucket {
 
     /// Gives back bytes taken but not sent (a batch cut at a record boundary).
     pub fn refund(&mut self, n: u64) {
-        self.tokens_scaled = (self.tokens_scaled + n as u128 * SCALE).min(self.burst_bytes as u128 * SCALE);
+        self.tokens_scaled =
+            (self.tokens_scaled + n as u128 * SCALE).min(self.burst_bytes as u128 * SCALE);
     }
 
     /// When `want` bytes (capped at the burst) will be available.
     pub fn ready_at(&self, now: Instant, want: u64) -> Instant {
         let want = (want.min(self.burst_bytes) as u128) * SCALE;
-        let dt = now.saturating_duration_since(self.last).as_nanos() * self.rate_bytes_per_s as u128;
+        let dt =
+            now.saturating_duration_since(self.last).as_nanos() * self.rate_bytes_per_s as u128;
         let have = self.tokens_scaled + dt;
         if have >= want {
             return now;
@@ -89,7 +96,10 @@ mod tests {
         assert_eq!(b.take(t0 + Duration::from_millis(100), 1000), 100);
         // capped at the burst
         assert_eq!(b.take(t0 + Duration::from_secs(10), 10_000), 500);
-        assert_eq!(b.ready_at(t0 + Duration::from_secs(10), 250), t0 + Duration::from_secs(10) + Duration::from_millis(250));
+        assert_eq!(
+            b.ready_at(t0 + Duration::from_secs(10), 250),
+            t0 + Duration::from_secs(10) + Duration::from_millis(250)
+        );
     }
 
     proptest! {

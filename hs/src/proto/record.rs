@@ -89,7 +89,14 @@ pub const fn encoded_len(key_len: usize, value_len: usize) -> usize {
 /// The CRC is computed here, from the bytes as written, and checked again by
 /// every reader: a fault between here and the slave is caught, never applied.
 #[inline]
-pub fn encode_into(buf: &mut [u8], pos: u64, epoch: u32, op: Op, key: &[u8], value: &[u8]) -> usize {
+pub fn encode_into(
+    buf: &mut [u8],
+    pos: u64,
+    epoch: u32,
+    op: Op,
+    key: &[u8],
+    value: &[u8],
+) -> usize {
     let len = RECORD_HEADER_BYTES + key.len() + value.len();
     debug_assert!(key.len() <= KEY_BYTES_MAX);
     debug_assert!(buf.len() >= align_up(len));
@@ -136,7 +143,11 @@ pub enum RecordError {
     BadLength { pos: u64, len: usize, max: usize },
     /// The CRC does not match the bytes: corruption.
     #[error("record at position {pos} fails its CRC check (stored {stored:#010x}, computed {computed:#010x})")]
-    BadCrc { pos: u64, stored: u32, computed: u32 },
+    BadCrc {
+        pos: u64,
+        stored: u32,
+        computed: u32,
+    },
     /// The record says it lives elsewhere: a misplaced or stale record.
     #[error("record at position {pos} carries position {found}")]
     WrongPosition { pos: u64, found: u64 },
@@ -145,7 +156,11 @@ pub enum RecordError {
     BadOp { pos: u64, op: u8 },
     /// The key length points past the record.
     #[error("record at position {pos} has key length {key_len} beyond its length {len}")]
-    BadKeyLength { pos: u64, key_len: usize, len: usize },
+    BadKeyLength {
+        pos: u64,
+        key_len: usize,
+        len: usize,
+    },
     /// A segment-end marker whose check does not match.
     #[error("segment-end marker at position {pos} is corrupt")]
     BadSkip { pos: u64 },
@@ -161,7 +176,11 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
         return if buf.iter().all(|&b| b == 0) {
             Ok(Decoded::End)
         } else {
-            Err(RecordError::Truncated { pos, len: 4, avail: buf.len() })
+            Err(RecordError::Truncated {
+                pos,
+                len: 4,
+                avail: buf.len(),
+            })
         };
     }
     let len = u32::from_le_bytes(buf[0..4].try_into().unwrap());
@@ -170,7 +189,11 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
     }
     if len == SKIP_MARKER {
         if buf.len() < SKIP_BYTES {
-            return Err(RecordError::Truncated { pos, len: SKIP_BYTES, avail: buf.len() });
+            return Err(RecordError::Truncated {
+                pos,
+                len: SKIP_BYTES,
+                avail: buf.len(),
+            });
         }
         let stored = u32::from_le_bytes(buf[4..8].try_into().unwrap());
         if stored != crc32fast::hash(&pos.to_le_bytes()) {
@@ -180,15 +203,27 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
     }
     let len = len as usize;
     if len < RECORD_HEADER_BYTES || len > record_bytes_max {
-        return Err(RecordError::BadLength { pos, len, max: record_bytes_max });
+        return Err(RecordError::BadLength {
+            pos,
+            len,
+            max: record_bytes_max,
+        });
     }
     if len > buf.len() {
-        return Err(RecordError::Truncated { pos, len, avail: buf.len() });
+        return Err(RecordError::Truncated {
+            pos,
+            len,
+            avail: buf.len(),
+        });
     }
     let stored = u32::from_le_bytes(buf[4..8].try_into().unwrap());
     let computed = crc32fast::hash(&buf[8..len]);
     if stored != computed {
-        return Err(RecordError::BadCrc { pos, stored, computed });
+        return Err(RecordError::BadCrc {
+            pos,
+            stored,
+            computed,
+        });
     }
     let found = u64::from_le_bytes(buf[8..16].try_into().unwrap());
     if found != pos {
@@ -202,7 +237,16 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
     }
     let key = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + key_len];
     let value = &buf[RECORD_HEADER_BYTES + key_len..len];
-    Ok(Decoded::Record { rec: RecordRef { pos, epoch, op, key, value }, size: align_up(len).min(buf.len()) })
+    Ok(Decoded::Record {
+        rec: RecordRef {
+            pos,
+            epoch,
+            op,
+            key,
+            value,
+        },
+        size: align_up(len).min(buf.len()),
+    })
 }
 
 /// Decodes a record already checked by [`decode`] (same bytes, same position)
@@ -221,7 +265,16 @@ pub fn decode_unchecked(buf: &[u8], pos: u64) -> Option<(RecordRef<'_>, usize)> 
     let epoch = u32::from_le_bytes(buf[16..20].try_into().unwrap());
     let op = Op::from_u8(buf[20])?;
     debug_assert_eq!(u64::from_le_bytes(buf[8..16].try_into().unwrap()), pos);
-    Some((RecordRef { pos, epoch, op, key, value }, align_up(len).min(buf.len())))
+    Some((
+        RecordRef {
+            pos,
+            epoch,
+            op,
+            key,
+            value,
+        },
+        align_up(len).min(buf.len()),
+    ))
 }
 
 /// The length word at the start of `buf` as a record size with padding, without
@@ -266,14 +319,29 @@ mod tests {
         let good = enc(64, 1, Op::Delete, b"key", b"");
         let mut b = good.clone();
         b[25] ^= 1;
-        assert!(matches!(decode(&b, 64, 1 << 20), Err(RecordError::BadCrc { .. })));
-        assert!(matches!(decode(&good, 72, 1 << 20), Err(RecordError::WrongPosition { .. })));
-        assert!(matches!(decode(&good[..20], 64, 1 << 20), Err(RecordError::Truncated { .. })));
-        assert!(matches!(decode(&good, 64, 16), Err(RecordError::BadLength { .. })));
+        assert!(matches!(
+            decode(&b, 64, 1 << 20),
+            Err(RecordError::BadCrc { .. })
+        ));
+        assert!(matches!(
+            decode(&good, 72, 1 << 20),
+            Err(RecordError::WrongPosition { .. })
+        ));
+        assert!(matches!(
+            decode(&good[..20], 64, 1 << 20),
+            Err(RecordError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode(&good, 64, 16),
+            Err(RecordError::BadLength { .. })
+        ));
         let mut skip = [0u8; 8];
         encode_skip(&mut skip, 64);
         assert_eq!(decode(&skip, 64, 1 << 20), Ok(Decoded::Skip));
-        assert!(matches!(decode(&skip, 72, 1 << 20), Err(RecordError::BadSkip { .. })));
+        assert!(matches!(
+            decode(&skip, 72, 1 << 20),
+            Err(RecordError::BadSkip { .. })
+        ));
         assert_eq!(decode(&[0u8; 32], 8, 1 << 20), Ok(Decoded::End));
     }
 

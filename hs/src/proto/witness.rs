@@ -16,7 +16,12 @@ pub enum Request {
     /// "I am master of `pair` in `epoch`; keep my lease."
     Renew { pair: u64, node: u64, epoch: u32 },
     /// "May I become master of `pair` in `epoch`?" `dead`: the old master's port refused us.
-    Promote { pair: u64, node: u64, epoch: u32, dead: bool },
+    Promote {
+        pair: u64,
+        node: u64,
+        epoch: u32,
+        dead: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,33 +52,65 @@ pub struct Witness {
 
 impl Witness {
     pub fn new(hold: Duration) -> Self {
-        Witness { hold, pairs: HashMap::new(), started: None }
+        Witness {
+            hold,
+            pairs: HashMap::new(),
+            started: None,
+        }
     }
 
     /// Records `node` as the master of `pair` in `epoch` (a grant), if there is room.
     fn record(&mut self, now: Instant, pair: u64, node: u64, epoch: u32) -> Reply {
         if !self.pairs.contains_key(&pair) && self.pairs.len() >= PAIRS_MAX {
-            return Reply { granted: false, epoch: 0, holder: 0 };
+            return Reply {
+                granted: false,
+                epoch: 0,
+                holder: 0,
+            };
         }
-        self.pairs.insert(pair, PairState { epoch, holder: node, renewed: now });
-        Reply { granted: true, epoch, holder: node }
+        self.pairs.insert(
+            pair,
+            PairState {
+                epoch,
+                holder: node,
+                renewed: now,
+            },
+        );
+        Reply {
+            granted: true,
+            epoch,
+            holder: node,
+        }
     }
 
     pub fn handle(&mut self, now: Instant, req: Request) -> Reply {
         let started = *self.started.get_or_insert(now);
-        let refuse = |p: &PairState| Reply { granted: false, epoch: p.epoch, holder: p.holder };
+        let refuse = |p: &PairState| Reply {
+            granted: false,
+            epoch: p.epoch,
+            holder: p.holder,
+        };
         match req {
             Request::Renew { pair, node, epoch } => match self.pairs.get_mut(&pair) {
                 Some(p) if p.holder == node && p.epoch == epoch => {
                     p.renewed = now;
-                    Reply { granted: true, epoch, holder: node }
+                    Reply {
+                        granted: true,
+                        epoch,
+                        holder: node,
+                    }
                 }
                 // A master the witness has not heard of (first contact, or the
                 // witness restarted): recorded if nothing newer is known.
                 Some(p) if epoch <= p.epoch => refuse(p),
                 _ => self.record(now, pair, node, epoch),
             },
-            Request::Promote { pair, node, epoch, dead } => {
+            Request::Promote {
+                pair,
+                node,
+                epoch,
+                dead,
+            } => {
                 let fresh = now.saturating_duration_since(started) <= self.hold;
                 match self.pairs.get(&pair) {
                     Some(p) if epoch <= p.epoch => refuse(p),
@@ -81,8 +118,17 @@ impl Witness {
                     _ if dead => self.record(now, pair, node, epoch),
                     // Just started: a master may still run on a lease from our previous life.
                     Some(p) if fresh && p.holder != node => refuse(p),
-                    None if fresh => Reply { granted: false, epoch: 0, holder: 0 },
-                    Some(p) if p.holder != node && now.saturating_duration_since(p.renewed) <= self.hold => refuse(p),
+                    None if fresh => Reply {
+                        granted: false,
+                        epoch: 0,
+                        holder: 0,
+                    },
+                    Some(p)
+                        if p.holder != node
+                            && now.saturating_duration_since(p.renewed) <= self.hold =>
+                    {
+                        refuse(p)
+                    }
                     _ => self.record(now, pair, node, epoch),
                 }
             }
@@ -99,22 +145,132 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut w = Witness::new(Duration::from_millis(300));
-        assert!(w.handle(ms(0), Request::Renew { pair: 1, node: 10, epoch: 1 }).granted);
+        assert!(
+            w.handle(
+                ms(0),
+                Request::Renew {
+                    pair: 1,
+                    node: 10,
+                    epoch: 1
+                }
+            )
+            .granted
+        );
         // Just started, it knows nothing of other pairs' masters: no promotion on silence yet.
-        assert!(!w.handle(ms(10), Request::Promote { pair: 3, node: 10, epoch: 1, dead: false }).granted);
+        assert!(
+            !w.handle(
+                ms(10),
+                Request::Promote {
+                    pair: 3,
+                    node: 10,
+                    epoch: 1,
+                    dead: false
+                }
+            )
+            .granted
+        );
         // The master renews: the slave may not take over.
-        assert!(w.handle(ms(100), Request::Renew { pair: 1, node: 10, epoch: 1 }).granted);
-        assert!(!w.handle(ms(200), Request::Promote { pair: 1, node: 20, epoch: 2, dead: false }).granted);
+        assert!(
+            w.handle(
+                ms(100),
+                Request::Renew {
+                    pair: 1,
+                    node: 10,
+                    epoch: 1
+                }
+            )
+            .granted
+        );
+        assert!(
+            !w.handle(
+                ms(200),
+                Request::Promote {
+                    pair: 1,
+                    node: 20,
+                    epoch: 2,
+                    dead: false
+                }
+            )
+            .granted
+        );
         // Silent longer than the hold: granted, once.
-        assert!(w.handle(ms(500), Request::Promote { pair: 1, node: 20, epoch: 2, dead: false }).granted);
-        assert!(!w.handle(ms(501), Request::Promote { pair: 1, node: 30, epoch: 2, dead: false }).granted);
+        assert!(
+            w.handle(
+                ms(500),
+                Request::Promote {
+                    pair: 1,
+                    node: 20,
+                    epoch: 2,
+                    dead: false
+                }
+            )
+            .granted
+        );
+        assert!(
+            !w.handle(
+                ms(501),
+                Request::Promote {
+                    pair: 1,
+                    node: 30,
+                    epoch: 2,
+                    dead: false
+                }
+            )
+            .granted
+        );
         // The old master comes back: fenced, told who holds which epoch.
-        let r = w.handle(ms(600), Request::Renew { pair: 1, node: 10, epoch: 1 });
-        assert_eq!(r, Reply { granted: false, epoch: 2, holder: 20 });
+        let r = w.handle(
+            ms(600),
+            Request::Renew {
+                pair: 1,
+                node: 10,
+                epoch: 1,
+            },
+        );
+        assert_eq!(
+            r,
+            Reply {
+                granted: false,
+                epoch: 2,
+                holder: 20
+            }
+        );
         // The kernel's word that the master is dead is enough, even right after a renewal.
-        assert!(w.handle(ms(700), Request::Renew { pair: 1, node: 20, epoch: 2 }).granted);
-        assert!(w.handle(ms(701), Request::Promote { pair: 1, node: 10, epoch: 3, dead: true }).granted);
+        assert!(
+            w.handle(
+                ms(700),
+                Request::Renew {
+                    pair: 1,
+                    node: 20,
+                    epoch: 2
+                }
+            )
+            .granted
+        );
+        assert!(
+            w.handle(
+                ms(701),
+                Request::Promote {
+                    pair: 1,
+                    node: 10,
+                    epoch: 3,
+                    dead: true
+                }
+            )
+            .granted
+        );
         // Pairs are independent (and past the first hold period, a new pair is granted).
-        assert!(w.handle(ms(701), Request::Promote { pair: 2, node: 10, epoch: 1, dead: false }).granted);
+        assert!(
+            w.handle(
+                ms(701),
+                Request::Promote {
+                    pair: 2,
+                    node: 10,
+                    epoch: 1,
+                    dead: false
+                }
+            )
+            .granted
+        );
     }
 }

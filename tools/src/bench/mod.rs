@@ -32,7 +32,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser, Debug)]
-#[command(name = "hs-bench", about = "Benchmarks of hs: master and slave as two processes on 127.0.0.1")]
+#[command(
+    name = "hs-bench",
+    about = "Benchmarks of hs: master and slave as two processes on 127.0.0.1"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -152,7 +155,9 @@ pub struct RecoveryArgs {
 /// `1GiB`, `256MiB`, `64KiB`, `100MB`, `5GB`, or plain bytes.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -163,22 +168,37 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1048576.0,
         "gib" => 1073741824.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
     };
     Ok((n * mult) as u64)
 }
 
 pub fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Replicate(a) => runs(&a.common.clone(), "replicate", |dir| scenarios::replicate(&a, dir)),
-        Cmd::Latency(a) => runs(&a.common.clone(), "latency", |dir| scenarios::latency(&a, dir)),
-        Cmd::Catchup(a) => runs(&a.common.clone(), "catchup", |dir| scenarios::catchup(&a, dir)),
-        Cmd::Recovery(a) => runs(&a.common.clone(), "recovery", |dir| scenarios::recovery(&a, dir)),
+        Cmd::Replicate(a) => runs(&a.common.clone(), "replicate", |dir| {
+            scenarios::replicate(&a, dir)
+        }),
+        Cmd::Latency(a) => runs(&a.common.clone(), "latency", |dir| {
+            scenarios::latency(&a, dir)
+        }),
+        Cmd::Catchup(a) => runs(&a.common.clone(), "catchup", |dir| {
+            scenarios::catchup(&a, dir)
+        }),
+        Cmd::Recovery(a) => runs(&a.common.clone(), "recovery", |dir| {
+            scenarios::recovery(&a, dir)
+        }),
         Cmd::Report(a) => report::run(&a),
         Cmd::Slave(a) => slave::run(&a),
     };
@@ -196,7 +216,11 @@ pub type Row = Map<String, Value>;
 
 /// Runs a scenario `common.runs` times, each in a fresh directory; prints each
 /// run and the median; with `--json` the median as the last line.
-fn runs(common: &Common, name: &str, mut f: impl FnMut(&std::path::Path) -> Result<Row, String>) -> Result<(), String> {
+fn runs(
+    common: &Common,
+    name: &str,
+    mut f: impl FnMut(&std::path::Path) -> Result<Row, String>,
+) -> Result<(), String> {
     let base = common.dir.clone().unwrap_or_else(std::env::temp_dir);
     let n = common.runs.max(1);
     let mut rows = Vec::with_capacity(n);
@@ -221,18 +245,40 @@ fn runs(common: &Common, name: &str, mut f: impl FnMut(&std::path::Path) -> Resu
 /// Per field: the median of the numbers; strings and the like from the first run.
 fn median_row(rows: &[Row]) -> Row {
     let mut out = Row::new();
-    let Some(first) = rows.first() else { return out };
+    let Some(first) = rows.first() else {
+        return out;
+    };
     // Non-numbers (a latency distribution) come from the run with the median p99
     // (or the first run), so a plot agrees with the table.
     let mut by_p99: Vec<&Row> = rows.iter().collect();
-    by_p99.sort_by(|a, b| a.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0).total_cmp(&b.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0)));
-    let typical = if first.contains_key("p99_us") { by_p99[by_p99.len() / 2] } else { first };
+    by_p99.sort_by(|a, b| {
+        a.get("p99_us")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+            .total_cmp(&b.get("p99_us").and_then(Value::as_f64).unwrap_or(0.0))
+    });
+    let typical = if first.contains_key("p99_us") {
+        by_p99[by_p99.len() / 2]
+    } else {
+        first
+    };
     for (k, v) in first {
-        let v = if v.is_number() { v } else { typical.get(k).unwrap_or(v) };
+        let v = if v.is_number() {
+            v
+        } else {
+            typical.get(k).unwrap_or(v)
+        };
         if v.is_number() && rows.len() > 1 {
-            let mut xs: Vec<f64> = rows.iter().filter_map(|r| r.get(k).and_then(Value::as_f64)).collect();
+            let mut xs: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| r.get(k).and_then(Value::as_f64))
+                .collect();
             xs.sort_by(f64::total_cmp);
-            let m = if xs.len() % 2 == 1 { xs[xs.len() / 2] } else { (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0 };
+            let m = if xs.len() % 2 == 1 {
+                xs[xs.len() / 2]
+            } else {
+                (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+            };
             out.insert(k.clone(), num(m));
         } else {
             out.insert(k.clone(), v.clone());
@@ -254,7 +300,11 @@ pub fn num(x: f64) -> Value {
 }
 
 fn print_table(name: &str, rows: &[Row], med: &Row) {
-    let keys: Vec<&String> = med.keys().filter(|k| med[*k].is_number() || med[*k].is_string()).filter(|k| *k != "runs").collect();
+    let keys: Vec<&String> = med
+        .keys()
+        .filter(|k| med[*k].is_number() || med[*k].is_string())
+        .filter(|k| *k != "runs")
+        .collect();
     let cell = |v: Option<&Value>| match v {
         Some(Value::Number(n)) => fmt_num(n.as_f64().unwrap_or(0.0)),
         Some(Value::String(s)) => s.clone(),
@@ -288,7 +338,10 @@ fn print_table(name: &str, rows: &[Row], med: &Row) {
 /// Human form of a number: thousands separated, at most 3 decimals.
 pub fn fmt_num(x: f64) -> String {
     if x.fract() != 0.0 && x.abs() < 1000.0 {
-        return format!("{x:.3}").trim_end_matches('0').trim_end_matches('.').to_string();
+        return format!("{x:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string();
     }
     let s = format!("{}", x.round() as i64);
     let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
@@ -306,7 +359,10 @@ pub fn fmt_num(x: f64) -> String {
 /// so a slave process can compare it with a timestamp its master wrote.
 #[inline]
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -331,10 +387,13 @@ pub struct SlaveProc {
 
 impl SlaveProc {
     pub fn spawn(args: &[String]) -> Result<SlaveProc, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
         let mut all = vec!["__slave".to_string()];
         all.extend_from_slice(args);
-        Ok(SlaveProc { proc: tools::proc::Proc::spawn("slave", &exe, &all, Stdio::inherit(), false)? })
+        Ok(SlaveProc {
+            proc: tools::proc::Proc::spawn("slave", &exe, &all, Stdio::inherit(), false)?,
+        })
     }
 
     /// Waits for a stdout line starting with `prefix`; returns the rest.
@@ -350,7 +409,8 @@ impl SlaveProc {
     pub fn finish(mut self, timeout: Duration) -> Result<Row, String> {
         self.send("STOP")?;
         let r = self.expect("RESULT ", timeout)?;
-        let v: Value = serde_json::from_str(&r).map_err(|e| format!("slave result is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&r).map_err(|e| format!("slave result is not JSON: {e}"))?;
         self.proc.close_stdin();
         let _ = self.proc.wait_exit(Duration::from_secs(10));
         match v {

@@ -28,7 +28,8 @@ pub struct ReportArgs {
 }
 
 fn load(path: &PathBuf) -> Result<Vec<Row>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for l in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
         match serde_json::from_str::<Value>(l) {
@@ -44,7 +45,10 @@ fn f(r: &Row, k: &str) -> Option<f64> {
 }
 
 fn find<'a>(rows: &'a [Row], scenario: &str, size: Option<u64>) -> Option<&'a Row> {
-    rows.iter().find(|r| r.get("scenario").and_then(Value::as_str) == Some(scenario) && size.is_none_or(|s| r.get("record_size").and_then(Value::as_u64) == Some(s)))
+    rows.iter().find(|r| {
+        r.get("scenario").and_then(Value::as_str) == Some(scenario)
+            && size.is_none_or(|s| r.get("record_size").and_then(Value::as_u64) == Some(s))
+    })
 }
 
 fn size_label(s: u64) -> String {
@@ -57,7 +61,10 @@ fn size_label(s: u64) -> String {
 
 fn bytes_label(b: f64) -> String {
     if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{} GiB", fmt_num(((b / 1073741824.0) * 100.0).round() / 100.0))
+        format!(
+            "{} GiB",
+            fmt_num(((b / 1073741824.0) * 100.0).round() / 100.0)
+        )
     } else {
         format!("{} MiB", (b / 1048576.0).round())
     }
@@ -92,7 +99,11 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
         None => Vec::new(),
     };
     let mut lines: Vec<Line> = Vec::new();
-    let mut sizes: Vec<u64> = hs.iter().filter(|r| r.get("scenario").and_then(Value::as_str) == Some("replicate")).filter_map(|r| r.get("record_size").and_then(Value::as_u64)).collect();
+    let mut sizes: Vec<u64> = hs
+        .iter()
+        .filter(|r| r.get("scenario").and_then(Value::as_str) == Some("replicate"))
+        .filter_map(|r| r.get("record_size").and_then(Value::as_u64))
+        .collect();
     sizes.sort();
     sizes.dedup();
     for &s in &sizes {
@@ -100,22 +111,69 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
         let r = find(&redis, "replicate", Some(s));
         let goal_rec = (s == 64).then_some((5e6, true));
         let goal_bytes = (s == 1024).then_some((1e9, true));
-        lines.push(Line { what: format!("replication {}, published → applied", size_label(s)), hs: h.and_then(|r| f(r, "records_per_s")), redis: r.and_then(|r| f(r, "records_per_s")), unit: "rec/s", goal: goal_rec, note: None });
-        lines.push(Line { what: format!("replication {}, value bytes", size_label(s)), hs: h.and_then(|r| f(r, "bytes_per_s")), redis: r.and_then(|r| f(r, "bytes_per_s")), unit: "MB/s", goal: goal_bytes, note: None });
+        lines.push(Line {
+            what: format!("replication {}, published → applied", size_label(s)),
+            hs: h.and_then(|r| f(r, "records_per_s")),
+            redis: r.and_then(|r| f(r, "records_per_s")),
+            unit: "rec/s",
+            goal: goal_rec,
+            note: None,
+        });
+        lines.push(Line {
+            what: format!("replication {}, value bytes", size_label(s)),
+            hs: h.and_then(|r| f(r, "bytes_per_s")),
+            redis: r.and_then(|r| f(r, "bytes_per_s")),
+            unit: "MB/s",
+            goal: goal_bytes,
+            note: None,
+        });
         if let Some(r) = r.and_then(|r| f(r, "master_records_per_s")) {
-            lines.push(Line { what: format!("  publisher side only, {} (hs: publish returns; Redis: benchmark acks)", size_label(s)), hs: h.and_then(|r| f(r, "publish_records_per_s")), redis: Some(r), unit: "rec/s", goal: None, note: None });
+            lines.push(Line {
+                what: format!(
+                    "  publisher side only, {} (hs: publish returns; Redis: benchmark acks)",
+                    size_label(s)
+                ),
+                hs: h.and_then(|r| f(r, "publish_records_per_s")),
+                redis: Some(r),
+                unit: "rec/s",
+                goal: None,
+                note: None,
+            });
         }
     }
     if let Some(h) = find(&hs, "replicate", Some(64)).or_else(|| find(&hs, "replicate", None)) {
-        lines.push(Line { what: format!("publish cost p50 ({} values, per call)", size_label(h.get("record_size").and_then(Value::as_u64).unwrap_or(0))), hs: f(h, "publish_p50_ns"), redis: None, unit: "ns", goal: Some((100.0, false)), note: None });
+        lines.push(Line {
+            what: format!(
+                "publish cost p50 ({} values, per call)",
+                size_label(h.get("record_size").and_then(Value::as_u64).unwrap_or(0))
+            ),
+            hs: f(h, "publish_p50_ns"),
+            redis: None,
+            unit: "ns",
+            goal: Some((100.0, false)),
+            note: None,
+        });
     }
-    for h in hs.iter().filter(|r| r.get("scenario").and_then(Value::as_str) == Some("latency")) {
+    for h in hs
+        .iter()
+        .filter(|r| r.get("scenario").and_then(Value::as_str) == Some("latency"))
+    {
         let rate = f(h, "rate").unwrap_or(0.0);
         let s = h.get("record_size").and_then(Value::as_u64).unwrap_or(0);
-        let r = redis.iter().find(|r| r.get("scenario").and_then(Value::as_str) == Some("latency"));
-        for (k, label, goal) in [("p50_us", "p50", None), ("p99_us", "p99", Some((250.0, false))), ("p999_us", "p99.9", None)] {
+        let r = redis
+            .iter()
+            .find(|r| r.get("scenario").and_then(Value::as_str) == Some("latency"));
+        for (k, label, goal) in [
+            ("p50_us", "p50", None),
+            ("p99_us", "p99", Some((250.0, false))),
+            ("p999_us", "p99.9", None),
+        ] {
             lines.push(Line {
-                what: format!("latency publish → applied {label}, {} at {} rec/s", size_label(s), fmt_num(rate)),
+                what: format!(
+                    "latency publish → applied {label}, {} at {} rec/s",
+                    size_label(s),
+                    fmt_num(rate)
+                ),
                 hs: f(h, k),
                 redis: r.and_then(|r| f(r, k)),
                 unit: "µs",
@@ -124,28 +182,76 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
             });
         }
     }
-    for h in hs.iter().filter(|r| r.get("scenario").and_then(Value::as_str) == Some("catchup")) {
+    for h in hs
+        .iter()
+        .filter(|r| r.get("scenario").and_then(Value::as_str) == Some("catchup"))
+    {
         let lim = f(h, "rate_limit").unwrap_or(0.0);
         let vol = f(h, "volume_bytes").unwrap_or(0.0);
-        let r = redis.iter().find(|r| r.get("scenario").and_then(Value::as_str) == Some("catchup") && lim == 0.0);
+        let r = redis
+            .iter()
+            .find(|r| r.get("scenario").and_then(Value::as_str) == Some("catchup") && lim == 0.0);
         if lim == 0.0 {
-            lines.push(Line { what: format!("catch-up of {} (values), unthrottled", bytes_label(vol)), hs: f(h, "bytes_per_s"), redis: r.and_then(|r| f(r, "bytes_per_s")), unit: "MB/s", goal: Some((1e9, true)), note: None });
-            lines.push(Line { what: format!("catch-up of {}: time to caught up", bytes_label(vol)), hs: f(h, "secs"), redis: r.and_then(|r| f(r, "secs")), unit: "s", goal: None, note: None });
+            lines.push(Line {
+                what: format!("catch-up of {} (values), unthrottled", bytes_label(vol)),
+                hs: f(h, "bytes_per_s"),
+                redis: r.and_then(|r| f(r, "bytes_per_s")),
+                unit: "MB/s",
+                goal: Some((1e9, true)),
+                note: None,
+            });
+            lines.push(Line {
+                what: format!("catch-up of {}: time to caught up", bytes_label(vol)),
+                hs: f(h, "secs"),
+                redis: r.and_then(|r| f(r, "secs")),
+                unit: "s",
+                goal: None,
+                note: None,
+            });
         } else {
-            lines.push(Line { what: format!("catch-up limited to {} MB/s: error of the limit", fmt_num(lim / 1e6)), hs: f(h, "limit_error_pct"), redis: None, unit: "%", goal: None, note: None });
+            lines.push(Line {
+                what: format!(
+                    "catch-up limited to {} MB/s: error of the limit",
+                    fmt_num(lim / 1e6)
+                ),
+                hs: f(h, "limit_error_pct"),
+                redis: None,
+                unit: "%",
+                goal: None,
+                note: None,
+            });
         }
     }
     if let Some(h) = find(&hs, "recovery", None) {
         let vol = f(h, "log_bytes").unwrap_or(0.0);
-        lines.push(Line { what: format!("recovery: reopen a {} log (scan, CRC)", bytes_label(vol)), hs: f(h, "open_ms"), redis: None, unit: "ms", goal: Some((1000.0, false)), note: None });
-        lines.push(Line { what: format!("restart: open + replay {} through Apply", bytes_label(vol)), hs: f(h, "node_start_ms"), redis: None, unit: "ms", goal: None, note: h.get("node_start_error").and_then(Value::as_str).map(|e| format!("fails: {e}")) });
+        lines.push(Line {
+            what: format!("recovery: reopen a {} log (scan, CRC)", bytes_label(vol)),
+            hs: f(h, "open_ms"),
+            redis: None,
+            unit: "ms",
+            goal: Some((1000.0, false)),
+            note: None,
+        });
+        lines.push(Line {
+            what: format!("restart: open + replay {} through Apply", bytes_label(vol)),
+            hs: f(h, "node_start_ms"),
+            redis: None,
+            unit: "ms",
+            goal: None,
+            note: h
+                .get("node_start_error")
+                .and_then(Value::as_str)
+                .map(|e| format!("fails: {e}")),
+        });
     }
 
     let mut md = String::new();
     if !a.note.is_empty() {
         md.push_str(&format!("{}\n\n", a.note));
     }
-    md.push_str("| measurement | hs | Redis | hs / Redis | goal | met |\n|---|---:|---:|---:|---:|:---:|\n");
+    md.push_str(
+        "| measurement | hs | Redis | hs / Redis | goal | met |\n|---|---:|---:|---:|---:|:---:|\n",
+    );
     let mut table_json = Vec::new();
     for l in &lines {
         let ratio = match (l.hs, l.redis) {
@@ -156,14 +262,25 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
         let (goal, met) = match (l.goal, l.hs) {
             (Some((g, higher)), Some(h)) => {
                 let ok = if higher { h >= g } else { h <= g };
-                (format!("{} {}", if higher { "≥" } else { "≤" }, cell(Some(g), l.unit)), if ok { "yes" } else { "no" })
+                (
+                    format!(
+                        "{} {}",
+                        if higher { "≥" } else { "≤" },
+                        cell(Some(g), l.unit)
+                    ),
+                    if ok { "yes" } else { "no" },
+                )
             }
             _ => ("".into(), ""),
         };
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             l.what,
-            if l.hs.is_none() { l.note.clone().unwrap_or_else(|| cell(None, l.unit)) } else { cell(l.hs, l.unit) },
+            if l.hs.is_none() {
+                l.note.clone().unwrap_or_else(|| cell(None, l.unit))
+            } else {
+                cell(l.hs, l.unit)
+            },
             cell(l.redis, l.unit),
             ratio.map_or("—".into(), |x| format!("{:.2}×", x)),
             goal,
@@ -174,11 +291,19 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
     print!("{md}");
     std::fs::create_dir_all(&a.out).map_err(|e| format!("create {}: {e}", a.out.display()))?;
     let all = json!({ "note": a.note, "hs": hs, "redis": redis, "table": table_json });
-    std::fs::write(a.out.join("compare.json"), serde_json::to_string_pretty(&all).unwrap()).map_err(|e| format!("write compare.json: {e}"))?;
+    std::fs::write(
+        a.out.join("compare.json"),
+        serde_json::to_string_pretty(&all).unwrap(),
+    )
+    .map_err(|e| format!("write compare.json: {e}"))?;
     std::fs::write(a.out.join("compare.md"), &md).map_err(|e| format!("write compare.md: {e}"))?;
-    plot_throughput(&hs, &redis, &a.out.join("throughput.svg")).map_err(|e| format!("throughput plot: {e}"))?;
+    plot_throughput(&hs, &redis, &a.out.join("throughput.svg"))
+        .map_err(|e| format!("throughput plot: {e}"))?;
     plot_latency(&hs, &a.out.join("latency.svg")).map_err(|e| format!("latency plot: {e}"))?;
-    eprintln!("wrote {}/compare.json, compare.md, throughput.svg, latency.svg", a.out.display());
+    eprintln!(
+        "wrote {}/compare.json, compare.md, throughput.svg, latency.svg",
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -200,7 +325,11 @@ fn plot_throughput(hs: &[Row], redis: &[Row], path: &std::path::Path) -> PlotRes
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
-    let mut sizes: Vec<f64> = series(hs, "records_per_s").iter().chain(series(redis, "records_per_s").iter()).map(|p| p.0).collect();
+    let mut sizes: Vec<f64> = series(hs, "records_per_s")
+        .iter()
+        .chain(series(redis, "records_per_s").iter())
+        .map(|p| p.0)
+        .collect();
     sizes.sort_by(f64::total_cmp);
     sizes.dedup();
     if sizes.is_empty() {
@@ -208,9 +337,21 @@ fn plot_throughput(hs: &[Row], redis: &[Row], path: &std::path::Path) -> PlotRes
         return Ok(());
     }
     let idx = |x: f64| sizes.iter().position(|&s| s == x).unwrap_or(0) as f64;
-    for (i, (key, title, scale)) in [("records_per_s", "records/s published → applied", 1.0), ("bytes_per_s", "MB/s of values published → applied", 1e-6)].into_iter().enumerate() {
-        let h: Vec<(f64, f64)> = series(hs, key).into_iter().map(|(x, y)| (idx(x), y * scale)).collect();
-        let r: Vec<(f64, f64)> = series(redis, key).into_iter().map(|(x, y)| (idx(x), y * scale)).collect();
+    for (i, (key, title, scale)) in [
+        ("records_per_s", "records/s published → applied", 1.0),
+        ("bytes_per_s", "MB/s of values published → applied", 1e-6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let h: Vec<(f64, f64)> = series(hs, key)
+            .into_iter()
+            .map(|(x, y)| (idx(x), y * scale))
+            .collect();
+        let r: Vec<(f64, f64)> = series(redis, key)
+            .into_iter()
+            .map(|(x, y)| (idx(x), y * scale))
+            .collect();
         let all: Vec<&(f64, f64)> = h.iter().chain(r.iter()).collect();
         if all.is_empty() {
             continue;
@@ -244,10 +385,20 @@ fn plot_throughput(hs: &[Row], redis: &[Row], path: &std::path::Path) -> PlotRes
             if pts.is_empty() {
                 continue;
             }
-            chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()?;
     }
     root.present()?;
     Ok(())
@@ -270,15 +421,33 @@ fn plot_latency(hs: &[Row], path: &std::path::Path) -> PlotResult {
                             let q = p.get(0)?.as_f64()?;
                             let us = p.get(1)?.as_f64()?;
                             // x = nines: 90% -> 1, 99% -> 2, ...; the max sits just past the last quantile.
-                            let x = if q >= 100.0 { f64::NAN } else { -(1.0 - q / 100.0).log10() };
+                            let x = if q >= 100.0 {
+                                f64::NAN
+                            } else {
+                                -(1.0 - q / 100.0).log10()
+                            };
                             Some((x, us.max(0.1)))
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            let max_x = pts.iter().map(|p| p.0).filter(|x| x.is_finite()).fold(0.0, f64::max);
-            let pts = pts.into_iter().map(|(x, y)| (if x.is_finite() { x } else { max_x + 0.3 }, y)).collect();
-            (format!("hs {} B at {} rec/s", r.get("record_size").and_then(Value::as_u64).unwrap_or(0), fmt_num(f(r, "rate").unwrap_or(0.0))), pts)
+            let max_x = pts
+                .iter()
+                .map(|p| p.0)
+                .filter(|x| x.is_finite())
+                .fold(0.0, f64::max);
+            let pts = pts
+                .into_iter()
+                .map(|(x, y)| (if x.is_finite() { x } else { max_x + 0.3 }, y))
+                .collect();
+            (
+                format!(
+                    "hs {} B at {} rec/s",
+                    r.get("record_size").and_then(Value::as_u64).unwrap_or(0),
+                    fmt_num(f(r, "rate").unwrap_or(0.0))
+                ),
+                pts,
+            )
         })
         .collect();
     let all: Vec<(f64, f64)> = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
@@ -290,7 +459,10 @@ fn plot_latency(hs: &[Row], path: &std::path::Path) -> PlotResult {
     let ymin = all.iter().map(|p| p.1).fold(f64::MAX, f64::min) / 1.5;
     let ymax = all.iter().map(|p| p.1).fold(0.0, f64::max) * 1.5;
     let mut chart = ChartBuilder::on(&root)
-        .caption("publish → applied on the slave (two processes, loopback)", ("sans-serif", 18))
+        .caption(
+            "publish → applied on the slave (two processes, loopback)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -313,9 +485,17 @@ fn plot_latency(hs: &[Row], path: &std::path::Path) -> PlotResult {
     let colors = [BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, (name, pts)) in runs.iter().enumerate() {
         let c = colors[i % colors.len()];
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -9,7 +9,10 @@ use hs::log::{Log, LogConfig};
 use hs::{Apply, Config, Durability, FlushPolicy, Node, Op, RecordRef, Role};
 use serde_json::json;
 
-use super::{key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, RecoveryArgs, ReplicateArgs, Row, SlaveProc};
+use super::{
+    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, RecoveryArgs, ReplicateArgs, Row,
+    SlaveProc,
+};
 
 /// Retention for benchmark logs: large enough that compaction never runs
 /// during a measurement (the directories are deleted after each run).
@@ -22,7 +25,10 @@ pub fn flush_policy(s: &str) -> Result<FlushPolicy, String> {
     Ok(match s {
         "never" => FlushPolicy::Never,
         "batch" => FlushPolicy::EveryBatch,
-        ms => FlushPolicy::EveryMs(ms.parse().map_err(|_| format!("--flush takes never, batch or milliseconds, not {ms:?}"))?),
+        ms => FlushPolicy::EveryMs(
+            ms.parse()
+                .map_err(|_| format!("--flush takes never, batch or milliseconds, not {ms:?}"))?,
+        ),
     })
 }
 
@@ -92,7 +98,9 @@ fn wait_live(master: &Node) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("the slave did not connect within {SLAVE_START_TIMEOUT:?}"));
+            return Err(format!(
+                "the slave did not connect within {SLAVE_START_TIMEOUT:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -107,9 +115,14 @@ fn keys(n: u64) -> Vec<[u8; 16]> {
 }
 
 fn check_slave(res: &Row, want_records: u64) -> Result<(), String> {
-    let got = res.get("slave_records").and_then(|v| v.as_u64()).unwrap_or(0);
+    let got = res
+        .get("slave_records")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     if got != want_records {
-        return Err(format!("the slave applied {got} records, the master published {want_records}"));
+        return Err(format!(
+            "the slave applied {got} records, the master published {want_records}"
+        ));
     }
     Ok(())
 }
@@ -135,7 +148,9 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
         let b0 = Instant::now();
         let m = BATCH.min(limit - n);
         for _ in 0..m {
-            last = node.publish(&ks[nk], Op::Put, &value).map_err(|e| format!("publish: {e}"))?;
+            last = node
+                .publish(&ks[nk], Op::Put, &value)
+                .map_err(|e| format!("publish: {e}"))?;
             nk += 1;
             if nk == ks.len() {
                 nk = 0;
@@ -148,7 +163,8 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
         }
     }
     let t_pub = t0.elapsed();
-    node.wait(last, Durability::Applied, APPLY_TIMEOUT).map_err(|e| format!("waiting for the slave to apply: {e}"))?;
+    node.wait(last, Durability::Applied, APPLY_TIMEOUT)
+        .map_err(|e| format!("waiting for the slave to apply: {e}"))?;
     let t_all = t0.elapsed();
     let res = slave.finish(Duration::from_secs(10))?;
     check_slave(&res, n)?;
@@ -162,12 +178,30 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     r.insert("records".into(), json!(n));
     r.insert("secs".into(), num((secs_all * 1000.0).round() / 1000.0));
     r.insert("records_per_s".into(), num((n as f64 / secs_all).round()));
-    r.insert("bytes_per_s".into(), num((n as f64 * a.record_size as f64 / secs_all).round()));
-    r.insert("log_bytes_per_s".into(), num((st.written as f64 / secs_all).round()));
-    r.insert("publish_records_per_s".into(), num((n as f64 / t_pub.as_secs_f64()).round()));
-    r.insert("publish_p50_ns".into(), json!(pub_hist.value_at_quantile(0.5)));
-    r.insert("publish_p99_ns".into(), json!(pub_hist.value_at_quantile(0.99)));
-    r.insert("drain_ms".into(), num(((t_all - t_pub).as_secs_f64() * 1e3).round()));
+    r.insert(
+        "bytes_per_s".into(),
+        num((n as f64 * a.record_size as f64 / secs_all).round()),
+    );
+    r.insert(
+        "log_bytes_per_s".into(),
+        num((st.written as f64 / secs_all).round()),
+    );
+    r.insert(
+        "publish_records_per_s".into(),
+        num((n as f64 / t_pub.as_secs_f64()).round()),
+    );
+    r.insert(
+        "publish_p50_ns".into(),
+        json!(pub_hist.value_at_quantile(0.5)),
+    );
+    r.insert(
+        "publish_p99_ns".into(),
+        json!(pub_hist.value_at_quantile(0.99)),
+    );
+    r.insert(
+        "drain_ms".into(),
+        num(((t_all - t_pub).as_secs_f64() * 1e3).round()),
+    );
     Ok(r)
 }
 
@@ -204,14 +238,17 @@ pub fn latency(a: &LatencyArgs, dir: &Path) -> Result<Row, String> {
         while n < due {
             let ts = if measuring { mono_ns() } else { 0 };
             value[..8].copy_from_slice(&ts.to_le_bytes());
-            last = node.publish(&ks[(n % ks.len() as u64) as usize], Op::Put, &value).map_err(|e| format!("publish: {e}"))?;
+            last = node
+                .publish(&ks[(n % ks.len() as u64) as usize], Op::Put, &value)
+                .map_err(|e| format!("publish: {e}"))?;
             n += 1;
             measured += measuring as u64;
         }
         std::thread::sleep(Duration::from_micros(20));
     }
     let t_m = t_measure.map_or(Duration::ZERO, |t| t.elapsed());
-    node.wait(last, Durability::Applied, APPLY_TIMEOUT).map_err(|e| format!("waiting for the slave to apply: {e}"))?;
+    node.wait(last, Durability::Applied, APPLY_TIMEOUT)
+        .map_err(|e| format!("waiting for the slave to apply: {e}"))?;
     let res = slave.finish(Duration::from_secs(10))?;
     check_slave(&res, n)?;
     drop(node);
@@ -219,9 +256,25 @@ pub fn latency(a: &LatencyArgs, dir: &Path) -> Result<Row, String> {
     r.insert("scenario".into(), json!("latency"));
     r.insert("record_size".into(), json!(a.record_size));
     r.insert("rate".into(), json!(a.rate));
-    r.insert("records_per_s".into(), num((measured as f64 / t_m.as_secs_f64().max(1e-9)).round()));
-    r.insert("bytes_per_s".into(), num((measured as f64 * a.record_size as f64 / t_m.as_secs_f64().max(1e-9)).round()));
-    for k in ["samples", "p50_us", "p90_us", "p99_us", "p999_us", "p9999_us", "max_us", "mean_us", "distribution"] {
+    r.insert(
+        "records_per_s".into(),
+        num((measured as f64 / t_m.as_secs_f64().max(1e-9)).round()),
+    );
+    r.insert(
+        "bytes_per_s".into(),
+        num((measured as f64 * a.record_size as f64 / t_m.as_secs_f64().max(1e-9)).round()),
+    );
+    for k in [
+        "samples",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "p9999_us",
+        "max_us",
+        "mean_us",
+        "distribution",
+    ] {
         if let Some(v) = res.get(k) {
             r.insert(k.into(), v.clone());
         }
@@ -238,14 +291,22 @@ pub fn catchup(a: &CatchupArgs, dir: &Path) -> Result<Row, String> {
     let tw = Instant::now();
     let mut last = 0;
     for i in 0..n {
-        last = node.publish(&ks[(i % ks.len() as u64) as usize], Op::Put, &value).map_err(|e| format!("publish: {e}"))?;
+        last = node
+            .publish(&ks[(i % ks.len() as u64) as usize], Op::Put, &value)
+            .map_err(|e| format!("publish: {e}"))?;
     }
     let fill_secs = tw.elapsed().as_secs_f64();
     let tail = node.stats().written;
     let t0 = Instant::now();
     let slave = spawn_slave(c, dir, &node, &c.apply)?;
     // Poll: when the slave connected (start of the transfer) and when it applied all.
-    let deadline = t0 + APPLY_TIMEOUT + Duration::from_secs_f64(if a.rate_limit > 0 { 2.0 * tail as f64 / a.rate_limit as f64 } else { 0.0 });
+    let deadline = t0
+        + APPLY_TIMEOUT
+        + Duration::from_secs_f64(if a.rate_limit > 0 {
+            2.0 * tail as f64 / a.rate_limit as f64
+        } else {
+            0.0
+        });
     let mut t_conn: Option<Duration> = None;
     let t_done = loop {
         let s = node.stats();
@@ -256,7 +317,10 @@ pub fn catchup(a: &CatchupArgs, dir: &Path) -> Result<Row, String> {
             break t0.elapsed();
         }
         if Instant::now() >= deadline {
-            return Err(format!("the slave did not catch up in time (applied {} of {tail})", s.acked_applied));
+            return Err(format!(
+                "the slave did not catch up in time (applied {} of {tail})",
+                s.acked_applied
+            ));
         }
         std::thread::sleep(Duration::from_micros(500));
     };
@@ -273,36 +337,63 @@ pub fn catchup(a: &CatchupArgs, dir: &Path) -> Result<Row, String> {
     r.insert("records".into(), json!(n));
     r.insert("volume_bytes".into(), json!(n * a.record_size as u64));
     r.insert("log_bytes".into(), json!(tail));
-    r.insert("fill_secs".into(), num((fill_secs * 1000.0).round() / 1000.0));
+    r.insert(
+        "fill_secs".into(),
+        num((fill_secs * 1000.0).round() / 1000.0),
+    );
     r.insert("secs".into(), num((secs * 1000.0).round() / 1000.0));
-    r.insert("connect_ms".into(), num((t_conn.as_secs_f64() * 1e3 * 10.0).round() / 10.0));
+    r.insert(
+        "connect_ms".into(),
+        num((t_conn.as_secs_f64() * 1e3 * 10.0).round() / 10.0),
+    );
     r.insert("records_per_s".into(), num((n as f64 / secs).round()));
-    r.insert("bytes_per_s".into(), num((n as f64 * a.record_size as f64 / secs).round()));
-    r.insert("log_bytes_per_s".into(), num((tail as f64 / transfer).round()));
+    r.insert(
+        "bytes_per_s".into(),
+        num((n as f64 * a.record_size as f64 / secs).round()),
+    );
+    r.insert(
+        "log_bytes_per_s".into(),
+        num((tail as f64 / transfer).round()),
+    );
     r.insert("rate_limit".into(), json!(a.rate_limit));
     if a.rate_limit > 0 {
         // The master's own measure (bytes sent over the session's time) and ours.
         let master_rate = st.catchup_rate_bytes_per_s as f64;
         r.insert("master_rate_bytes_per_s".into(), num(master_rate));
-        r.insert("limit_error_pct".into(), num(((tail as f64 / transfer / a.rate_limit as f64 - 1.0) * 1e4).round() / 100.0));
+        r.insert(
+            "limit_error_pct".into(),
+            num(((tail as f64 / transfer / a.rate_limit as f64 - 1.0) * 1e4).round() / 100.0),
+        );
     }
     Ok(r)
 }
 
 pub fn recovery(a: &RecoveryArgs, dir: &Path) -> Result<Row, String> {
     let c = &a.common;
-    let cfg = LogConfig { dir: dir.join("log"), segment_bytes: c.segment_bytes, record_bytes_max: 1 << 20, retention_bytes_max: RETENTION_BYTES };
+    let cfg = LogConfig {
+        dir: dir.join("log"),
+        segment_bytes: c.segment_bytes,
+        record_bytes_max: 1 << 20,
+        retention_bytes_max: RETENTION_BYTES,
+    };
     let tw = Instant::now();
     let n;
     {
         let (log, _) = Log::open(cfg.clone()).map_err(|e| format!("open: {e}"))?;
-        log.start_history(hs::log::meta::new_history_id()).map_err(|e| format!("history: {e}"))?;
+        log.start_history(hs::log::meta::new_history_id())
+            .map_err(|e| format!("history: {e}"))?;
         log.ensure_writable().map_err(|e| format!("segment: {e}"))?;
         let value = value_of(a.record_size);
         let ks = keys(10_000);
         let mut i = 0u64;
         while log.tail() < a.volume {
-            log.append_wait(Op::Put, &ks[(i % 10_000) as usize], &value, Duration::from_secs(5)).map_err(|e| format!("append: {e}"))?;
+            log.append_wait(
+                Op::Put,
+                &ks[(i % 10_000) as usize],
+                &value,
+                Duration::from_secs(5),
+            )
+            .map_err(|e| format!("append: {e}"))?;
             i += 1;
         }
         n = i;
@@ -313,7 +404,10 @@ pub fn recovery(a: &RecoveryArgs, dir: &Path) -> Result<Row, String> {
     let (log, rec) = Log::open(cfg).map_err(|e| format!("reopen: {e}"))?;
     let open = rec.duration;
     if rec.records != n || rec.truncated_at.is_some() {
-        return Err(format!("recovery found {} records (wrote {n}), cut at {:?}", rec.records, rec.truncated_at));
+        return Err(format!(
+            "recovery found {} records (wrote {n}), cut at {:?}",
+            rec.records, rec.truncated_at
+        ));
     }
     let tail = log.tail();
     drop(log);
@@ -326,7 +420,9 @@ pub fn recovery(a: &RecoveryArgs, dir: &Path) -> Result<Row, String> {
     // A panic inside hs (a bug to report) must not hide the scan's result: catch it.
     let t1 = Instant::now();
     let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|i| eprintln!("hs panicked during Node::start: {i}")));
+    std::panic::set_hook(Box::new(|i| {
+        eprintln!("hs panicked during Node::start: {i}")
+    }));
     let started = std::panic::catch_unwind(|| Node::start(ncfg, Role::Master, CountApp(0)));
     std::panic::set_hook(prev);
     let start = t1.elapsed();
@@ -336,20 +432,35 @@ pub fn recovery(a: &RecoveryArgs, dir: &Path) -> Result<Row, String> {
             (num((start.as_secs_f64() * 1e4).round() / 10.0), None)
         }
         Ok(Err(e)) => (serde_json::Value::Null, Some(format!("node start: {e}"))),
-        Err(_) => (serde_json::Value::Null, Some("hs panicked in Node::start (replay)".to_string())),
+        Err(_) => (
+            serde_json::Value::Null,
+            Some("hs panicked in Node::start (replay)".to_string()),
+        ),
     };
     let mut r = Row::new();
     r.insert("scenario".into(), json!("recovery"));
     r.insert("record_size".into(), json!(a.record_size));
     r.insert("records".into(), json!(n));
     r.insert("log_bytes".into(), json!(tail));
-    r.insert("fill_secs".into(), num((fill_secs * 1000.0).round() / 1000.0));
-    r.insert("open_ms".into(), num((open.as_secs_f64() * 1e4).round() / 10.0));
+    r.insert(
+        "fill_secs".into(),
+        num((fill_secs * 1000.0).round() / 1000.0),
+    );
+    r.insert(
+        "open_ms".into(),
+        num((open.as_secs_f64() * 1e4).round() / 10.0),
+    );
     r.insert("node_start_ms".into(), start_ms);
     if let Some(e) = start_err {
         r.insert("node_start_error".into(), json!(e));
     }
-    r.insert("records_per_s".into(), num((n as f64 / open.as_secs_f64()).round()));
-    r.insert("bytes_per_s".into(), num((tail as f64 / open.as_secs_f64()).round()));
+    r.insert(
+        "records_per_s".into(),
+        num((n as f64 / open.as_secs_f64()).round()),
+    );
+    r.insert(
+        "bytes_per_s".into(),
+        num((tail as f64 / open.as_secs_f64()).round()),
+    );
     Ok(r)
 }

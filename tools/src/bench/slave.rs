@@ -63,7 +63,9 @@ impl Apply for BenchApp {
         // Plain stores of this thread's running totals (no locked instructions).
         self.local_records += 1;
         self.local_bytes += r.value.len() as u64;
-        self.local_touch = self.local_touch.wrapping_add(r.value.first().copied().unwrap_or(0) as u64);
+        self.local_touch = self
+            .local_touch
+            .wrapping_add(r.value.first().copied().unwrap_or(0) as u64);
         let c = &self.counters;
         c.records.store(self.local_records, Ordering::Relaxed);
         c.value_bytes.store(self.local_bytes, Ordering::Relaxed);
@@ -74,7 +76,9 @@ impl Apply for BenchApp {
                 // 0: a warm-up record, not measured.
                 if then != 0 {
                     let now = mono_ns();
-                    h.lock().unwrap().saturating_record(now.saturating_sub(then).max(1));
+                    h.lock()
+                        .unwrap()
+                        .saturating_record(now.saturating_sub(then).max(1));
                 }
             }
         }
@@ -116,7 +120,10 @@ pub fn distribution(h: &Histogram<u64>) -> Value {
         if h.len() as f64 * (1.0 - q) < 1.0 {
             break;
         }
-        pts.push(json!([num(q * 100.0), num(h.value_at_quantile(q) as f64 / 1000.0)]));
+        pts.push(json!([
+            num(q * 100.0),
+            num(h.value_at_quantile(q) as f64 / 1000.0)
+        ]));
         x += 0.1;
     }
     pts.push(json!([100, num(h.max() as f64 / 1000.0)]));
@@ -133,7 +140,10 @@ pub fn percentiles(h: &Histogram<u64>, out: &mut Row) {
     out.insert("p999_us".into(), us(h.value_at_quantile(0.999)));
     out.insert("p9999_us".into(), us(h.value_at_quantile(0.9999)));
     out.insert("max_us".into(), us(h.max()));
-    out.insert("mean_us".into(), num((h.mean() / 1000.0 * 1000.0).round() / 1000.0));
+    out.insert(
+        "mean_us".into(),
+        num((h.mean() / 1000.0 * 1000.0).round() / 1000.0),
+    );
 }
 
 pub fn run(a: &SlaveArgs) -> Result<(), String> {
@@ -154,7 +164,10 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
         local_touch: 0,
     };
     if !matches!(a.apply.as_str(), "count" | "kv" | "latency") {
-        return Err(format!("--apply takes count, kv or latency, not {:?}", a.apply));
+        return Err(format!(
+            "--apply takes count, kv or latency, not {:?}",
+            a.apply
+        ));
     }
     let node = Node::start(cfg, Role::Slave, app).map_err(|e| format!("slave: {e}"))?;
     println!("READY");
@@ -174,11 +187,20 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
     }
     let st = node.stats();
     let mut out = Row::new();
-    out.insert("slave_records".into(), json!(counters.records.load(Ordering::Relaxed)));
-    out.insert("slave_value_bytes".into(), json!(counters.value_bytes.load(Ordering::Relaxed)));
+    out.insert(
+        "slave_records".into(),
+        json!(counters.records.load(Ordering::Relaxed)),
+    );
+    out.insert(
+        "slave_value_bytes".into(),
+        json!(counters.value_bytes.load(Ordering::Relaxed)),
+    );
     out.insert("slave_applied_pos".into(), json!(st.applied));
     out.insert("slave_reconnects".into(), json!(st.reconnects));
-    out.insert("touch".into(), json!(counters.touch.load(Ordering::Relaxed)));
+    out.insert(
+        "touch".into(),
+        json!(counters.touch.load(Ordering::Relaxed)),
+    );
     if let Some(h) = &hist {
         let h = h.lock().unwrap();
         percentiles(&h, &mut out);
