@@ -71,6 +71,18 @@ pub struct NodeOpts {
     pub stats_ms: u64,
 }
 
+/// `--flush`: `never`, `batch`, or a period in milliseconds.
+pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
+    Ok(match s {
+        "never" => FlushPolicy::Never,
+        "batch" => FlushPolicy::EveryBatch,
+        ms => FlushPolicy::EveryMs(
+            ms.parse()
+                .map_err(|_| format!("--flush takes never, batch or milliseconds, not {ms:?}"))?,
+        ),
+    })
+}
+
 impl NodeOpts {
     pub fn config(&self, dir: PathBuf) -> Result<Config, String> {
         let mut c = Config::new(dir);
@@ -78,14 +90,7 @@ impl NodeOpts {
         c.retention_bytes_max = self.retention_bytes;
         c.record_bytes_max = self.record_bytes_max;
         c.catchup_rate_bytes_per_s = self.catchup_rate;
-        c.flush =
-            match self.flush.as_str() {
-                "never" => FlushPolicy::Never,
-                "batch" => FlushPolicy::EveryBatch,
-                ms => FlushPolicy::EveryMs(ms.parse().map_err(|_| {
-                    format!("--flush takes never, batch or milliseconds, not {ms:?}")
-                })?),
-            };
+        c.flush = parse_flush(&self.flush)?;
         c.heartbeat_interval_ms = self.heartbeat_ms;
         c.heartbeat_dead_ticks = self.dead_ticks;
         c.batch_bytes_max = self.batch_bytes;

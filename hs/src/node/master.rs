@@ -360,6 +360,10 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
                     s_ack.acked_flushed.fetch_max(flushed, Ordering::AcqRel);
                     s_ack.acked_applied.fetch_max(applied, Ordering::AcqRel);
                     s_ack.acks_moved();
+                    if s_ack.handover.load(Ordering::Acquire) {
+                        // The session waits for these acks to hand over.
+                        s_ack.data_notify.notify_one();
+                    }
                 }
                 Ok(Frame::Error { code, message }) => {
                     break NetError::Protocol(format!("slave reported error {code}: {message}"))
@@ -505,15 +509,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
         if s.is_shutdown() {
             return Ok(());
         }
-        // While a handover waits for acks, poll them every millisecond.
-        let handover_poll = if s.handover.load(Ordering::Acquire) {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_secs(3600)
-        };
         tokio::select! {
+            // Publishers, and acks while a handover waits for them, wake us here.
             _ = s.data_notify.notified() => {}
-            _ = tokio::time::sleep(handover_poll) => {}
             _ = tokio::time::sleep_until(next_tick.into()) => {}
             r = &mut closed_rx => {
                 s.sender_parked.store(false, Ordering::SeqCst);

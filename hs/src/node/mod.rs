@@ -475,14 +475,19 @@ impl Shared {
         self.shutdown.load(Ordering::Acquire)
     }
 
-    /// Rebuilds the application's state from this node's own log: snapshot, then records.
-    pub fn replay(&self) -> Result<u64, LogError> {
-        let snap = self.log.load_snapshot()?;
-        let mut app = self.app.lock();
+    /// Hands a snapshot to the application: `reset`, then `restore` per key.
+    pub fn load_snapshot_into(app: &mut dyn Apply, snap: &crate::log::snapshot::Snapshot) {
         app.reset();
         for (k, v) in &snap.state.map {
             app.restore(k, v);
         }
+    }
+
+    /// Rebuilds the application's state from this node's own log: snapshot, then records.
+    pub fn replay(&self) -> Result<u64, LogError> {
+        let snap = self.log.load_snapshot()?;
+        let mut app = self.app.lock();
+        Shared::load_snapshot_into(&mut **app, &snap);
         let mut n = 0u64;
         let tail = self.log.tail();
         self.log.for_each(self.log.first(), tail, |r| {

@@ -524,13 +524,7 @@ async fn follow(
                 return Err(proto_err("snapshot does not match the Welcome").into());
             }
             log.reset_to(&snap, &buf, segment_bytes).map_err(map_log)?;
-            {
-                let mut app = s.app.lock();
-                app.reset();
-                for (k, v) in &snap.state.map {
-                    app.restore(k, v);
-                }
-            }
+            Shared::load_snapshot_into(&mut **s.app.lock(), &snap);
             s.applied.store(start, Ordering::Release);
             tracing::info!(
                 pos = start,
@@ -588,7 +582,6 @@ async fn stream_loop(
     let mut next_tick = Instant::now() + hb;
     let mut liveness = Liveness::new(s.cfg.heartbeat_dead_ticks);
     let mut caught_up = false;
-    let mut acked_at_tick = u64::MAX;
     let flush_each = s.cfg.flush == FlushPolicy::EveryBatch;
     let mut echo_ns = 0u64;
     loop {
@@ -699,20 +692,17 @@ async fn stream_loop(
                     .map_err(|e| NetError::Protocol(format!("flush: {e}")))?;
             }
             let applied = s.applied.load(Ordering::Acquire);
-            if got_data || tick || applied != acked_at_tick {
-                acked_at_tick = applied;
-                write_frame(
-                    wr,
-                    &Frame::Ack {
-                        epoch,
-                        received: tail,
-                        flushed: log.flushed(),
-                        applied,
-                        echo_ns,
-                    },
-                )
-                .await?;
-            }
+            write_frame(
+                wr,
+                &Frame::Ack {
+                    epoch,
+                    received: tail,
+                    flushed: log.flushed(),
+                    applied,
+                    echo_ns,
+                },
+            )
+            .await?;
         }
     }
 }

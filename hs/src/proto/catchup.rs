@@ -47,11 +47,6 @@ impl Epochs {
         self.starts.retain(|e| e.1 < pos);
     }
 
-    /// Forgets everything (a full resync).
-    pub fn clear(&mut self) {
-        self.starts.clear();
-    }
-
     /// Epoch boundaries, oldest first.
     pub fn as_slice(&self) -> &[(u32, u64)] {
         &self.starts

@@ -58,11 +58,6 @@ impl Liveness {
             Tick::Idle(self.idle_ticks)
         }
     }
-
-    /// Frames received so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
 }
 
 #[cfg(test)]

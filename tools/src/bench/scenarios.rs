@@ -21,17 +21,6 @@ pub const RETENTION_BYTES: u64 = 1 << 40;
 const SLAVE_START_TIMEOUT: Duration = Duration::from_secs(20);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn flush_policy(s: &str) -> Result<FlushPolicy, String> {
-    Ok(match s {
-        "never" => FlushPolicy::Never,
-        "batch" => FlushPolicy::EveryBatch,
-        ms => FlushPolicy::EveryMs(
-            ms.parse()
-                .map_err(|_| format!("--flush takes never, batch or milliseconds, not {ms:?}"))?,
-        ),
-    })
-}
-
 /// The master's `Apply`: only used if it replays its own log at start (never here).
 struct Nop;
 impl Apply for Nop {
@@ -56,7 +45,7 @@ fn master_config(c: &Common, dir: &Path) -> Result<Config, String> {
     cfg.segment_bytes = c.segment_bytes;
     cfg.batch_bytes_max = c.batch_bytes;
     cfg.retention_bytes_max = RETENTION_BYTES;
-    cfg.flush = flush_policy(&c.flush)?;
+    cfg.flush = tools::cli::parse_flush(&c.flush)?;
     // A publisher outrunning segment preparation waits rather than failing.
     cfg.publish_timeout_ms = 2000;
     Ok(cfg)

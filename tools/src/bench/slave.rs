@@ -152,7 +152,7 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
     cfg.segment_bytes = a.segment_bytes;
     cfg.batch_bytes_max = a.batch_bytes;
     cfg.retention_bytes_max = super::scenarios::RETENTION_BYTES;
-    cfg.flush = super::scenarios::flush_policy(&a.flush)?;
+    cfg.flush = tools::cli::parse_flush(&a.flush)?;
     let counters = Arc::new(Counters::default());
     let hist = (a.apply == "latency").then(|| Arc::new(Mutex::new(new_histogram())));
     let app = BenchApp {
