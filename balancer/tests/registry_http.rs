@@ -248,6 +248,7 @@ async fn drain_gets_no_picks_reports_empty_and_kicks_nobody() {
 
     let v = c.drain("a").await.unwrap();
     assert_eq!((v.status, v.drained), (103, false));
+    let drained_at = v.last_push_ms;
     for _ in 0..20 {
         assert_eq!(
             c.pick(ZONE).await.unwrap().id,
@@ -255,8 +256,14 @@ async fn drain_gets_no_picks_reports_empty_and_kicks_nobody() {
             "draining process picked"
         );
     }
-    // Pushes keep it draining; players stay.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Pushes keep it draining; players stay: wait for a push after the drain.
+    eventually!(
+        "a push after the drain",
+        3_000,
+        view(&mut c, "a")
+            .await
+            .is_some_and(|v| v.last_push_ms > drained_at)
+    );
     assert_eq!(status_of(&mut c, "a").await, Some(103));
     assert!(p1.connected() && p2.connected(), "drain kicked a player");
     drop(p1);

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use balancer::client::ClientError;
 use balancer::config::SpawnConfig;
 use common::*;
@@ -158,9 +156,13 @@ async fn broken_template_fails_cleanly_and_is_rate_limited() {
             "{err}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let metrics =
-        String::from_utf8(c.request("GET", "/metrics", None).await.unwrap().body).unwrap();
+    // Wait until the failed attempt is counted, then check it was the only one.
+    let mut metrics: String;
+    eventually!("the failed spawn to be counted", 3_000, {
+        metrics =
+            String::from_utf8(c.request("GET", "/metrics", None).await.unwrap().body).unwrap();
+        !metrics.contains("balancer_spawns_failed_total 0")
+    });
     assert!(
         metrics.contains("balancer_spawns_failed_total 1"),
         "one attempt, then rate limited: {metrics}"
