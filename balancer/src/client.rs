@@ -10,8 +10,12 @@
 //! sends the request again there. Reads are answered by a standby too (from
 //! its replica), so a client only moves when it has to.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::api::{ErrorBody, PickReply, ProcessView, PushReply, ZoneSummary, ZoneView};
 use crate::registry::{StatusPush, ZoneId};
+use crate::stream::{StreamReply, STREAM_UPGRADE};
 
 /// Largest response head (status line + headers) accepted.
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -135,13 +140,25 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Response, ClientError> {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    async fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
         let timeout_ms = self.timeout.as_millis() as u64;
         let attempts = self.addrs.len().max(1) + 1;
         let mut last_err = None;
         let mut not_master = None;
         for _ in 0..attempts {
             let fresh = self.conn.is_none();
-            match tokio::time::timeout(self.timeout, self.attempt(method, path, body)).await {
+            match tokio::time::timeout(self.timeout, self.attempt(method, path, body, headers))
+                .await
+            {
                 Ok(Ok(resp)) => match not_master_answer(&resp) {
                     Some(master) if self.addrs.len() > 1 => {
                         self.follow(master);
@@ -176,6 +193,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&[u8]>,
+        headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
         if self.conn.is_none() {
             let addr = *self
@@ -195,6 +213,9 @@ impl Client {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
         if let Some(secret) = &self.secret {
             req.push_str(&format!("Authorization: Bearer {secret}\r\n"));
+        }
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
         }
         let body = body.unwrap_or_default();
         if !body.is_empty() || method == "POST" {
@@ -276,6 +297,187 @@ impl Client {
         self.call("POST", &format!("/v1/processes/{id}/undrain"), None)
             .await
     }
+}
+
+/// Lines of a push stream the client keeps for [`PushStream::take_errors`];
+/// older ones are dropped.
+pub const STREAM_ERRORS_KEPT_MAX: usize = 256;
+
+/// What a push stream's reader task learned.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Last status told per process id.
+    latest: HashMap<String, StreamReply>,
+    /// Refused lines and stream-wide errors not taken yet.
+    errors: VecDeque<StreamReply>,
+    /// The stream ended; the master a `not_master` line named, if any.
+    ended: Option<Option<SocketAddr>>,
+}
+
+/// A push stream ([`crate::stream`]): one connection, a status push per
+/// line, no answer per push; the balancer answers only news (first push,
+/// status or drain change, refused line), which a reader task keeps for
+/// [`PushStream::status`] and [`PushStream::take_errors`].
+///
+/// It follows the master like [`Client`]: when the stream ends (the
+/// balancer closed it, named another master, or died), the next
+/// [`PushStream::push`] reopens it at the master named, else at the next
+/// address.
+#[derive(Debug)]
+pub struct PushStream {
+    client: Client,
+    writer: Option<(tokio::net::tcp::OwnedWriteHalf, tokio::task::JoinHandle<()>)>,
+    state: Arc<Mutex<StreamState>>,
+    line: Vec<u8>,
+}
+
+impl PushStream {
+    /// A stream over `client`'s addresses, secret and timeout. Connects on
+    /// the first push.
+    pub fn new(client: Client) -> PushStream {
+        PushStream {
+            client,
+            writer: None,
+            state: Arc::default(),
+            line: Vec::with_capacity(256),
+        }
+    }
+
+    /// Whether a stream is open now.
+    pub fn is_open(&self) -> bool {
+        self.writer.is_some() && self.state.lock().ended.is_none()
+    }
+
+    /// Writes one push (opening the stream first when needed). An error means
+    /// it was not sent (no balancer reachable as master): push again next
+    /// interval. A push written is not confirmed; a refused one shows in
+    /// [`PushStream::take_errors`].
+    pub async fn push(&mut self, push: &StatusPush) -> Result<(), ClientError> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, push).expect("plain data serialises");
+        self.line.push(b'\n');
+        let ended = self.state.lock().ended.take();
+        if let Some(master) = ended {
+            self.close();
+            self.client.follow(master);
+        }
+        if self.writer.is_none() {
+            self.open().await?;
+        }
+        let (w, _) = self.writer.as_mut().expect("opened above");
+        match tokio::time::timeout(self.client.timeout, w.write_all(&self.line)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => {
+                self.close();
+                self.client.follow(None);
+                Err(ClientError::Io {
+                    addrs: self.client.addrs.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                self.close();
+                Err(ClientError::Timeout {
+                    timeout_ms: self.client.timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// The last status the balancer told for `id` on this stream.
+    pub fn status(&self, id: &str) -> Option<StreamReply> {
+        self.state.lock().latest.get(id).cloned()
+    }
+
+    /// Refused lines and stream-wide errors since the last call (at most
+    /// [`STREAM_ERRORS_KEPT_MAX`], newest kept).
+    pub fn take_errors(&self) -> Vec<StreamReply> {
+        self.state.lock().errors.drain(..).collect()
+    }
+
+    /// Closes the stream (the balancer probes the processes it vouched for).
+    pub fn close(&mut self) {
+        if let Some((_, reader)) = self.writer.take() {
+            reader.abort();
+        }
+    }
+
+    async fn open(&mut self) -> Result<(), ClientError> {
+        let headers = [("Connection", "upgrade"), ("Upgrade", STREAM_UPGRADE)];
+        let resp = self
+            .client
+            .request_with("GET", "/v1/status/stream", None, &headers)
+            .await?;
+        let conn = self.client.conn.take();
+        if resp.status != 101 {
+            let err: Option<ErrorBody> = serde_json::from_slice(&resp.body).ok();
+            return Err(ClientError::Http {
+                status: resp.status,
+                code: err.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
+                message: err
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
+            });
+        }
+        let conn =
+            conn.ok_or_else(|| ClientError::BadResponse("101 without a connection".into()))?;
+        let leftover = conn.buffer().to_vec();
+        let (read, write) = conn.into_inner().into_split();
+        let state = Arc::new(Mutex::new(StreamState::default()));
+        self.state = state.clone();
+        let reader = tokio::spawn(read_stream(leftover, read, state));
+        self.writer = Some((write, reader));
+        Ok(())
+    }
+}
+
+impl Drop for PushStream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The reader task of a [`PushStream`]: keeps the balancer's lines.
+async fn read_stream(
+    leftover: Vec<u8>,
+    read: tokio::net::tcp::OwnedReadHalf,
+    state: Arc<Mutex<StreamState>>,
+) {
+    let mut lines = BufReader::new(std::io::Cursor::new(leftover).chain(read));
+    let mut line = Vec::new();
+    let mut master = None;
+    loop {
+        line.clear();
+        // Lines are short; a runaway one ends the stream.
+        match (&mut lines)
+            .take(RESPONSE_HEAD_BYTES_MAX as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) if n > 0 && line.last() == Some(&b'\n') => {}
+            _ => break,
+        }
+        let Ok(reply) = serde_json::from_slice::<StreamReply>(&line) else {
+            break;
+        };
+        let mut st = state.lock();
+        match (&reply.error, &reply.id) {
+            (None, Some(id)) => {
+                st.latest.insert(id.clone(), reply);
+            }
+            (Some(code), _) => {
+                if code == "not_master" {
+                    master = reply.master;
+                }
+                if st.errors.len() >= STREAM_ERRORS_KEPT_MAX {
+                    st.errors.pop_front();
+                }
+                st.errors.push_back(reply);
+            }
+            (None, None) => {}
+        }
+    }
+    state.lock().ended = Some(master);
 }
 
 /// For a 503 `not_master` answer: the master it names, if any.

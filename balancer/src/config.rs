@@ -233,6 +233,15 @@ pub struct Config {
     pub probe_timeout_ms: u64,
     /// Probes in flight at once.
     pub probe_concurrency_max: usize,
+    /// A process reporting over a push stream (`GET /v1/status/stream`)
+    /// whose last push is younger than this is not probed every round: its
+    /// open stream vouches for it, and the stream closing (the process died)
+    /// probes it at once. Default: a 1 s push interval plus half a second.
+    pub stream_fresh_ms: u64,
+    /// Such a process's game port is still connect-tested this often
+    /// (spread over rounds), to catch a port that stopped accepting while
+    /// the stream lives.
+    pub stream_probe_interval_ms: u64,
     /// Time between registry ticks (reservation expiry, missed pushes,
     /// reaping). Adds up to this to every timer below.
     pub tick_interval_ms: u64,
@@ -287,6 +296,8 @@ impl Default for Config {
             probe_interval_ms: 500,
             probe_timeout_ms: 400,
             probe_concurrency_max: 256,
+            stream_fresh_ms: 1_500,
+            stream_probe_interval_ms: 30_000,
             tick_interval_ms: 100,
             push_timeout_ms: limits.push_timeout_ms,
             reservation_ttl_ms: limits.reservation_ttl_ms,
@@ -344,6 +355,7 @@ impl Config {
             ("push_burst", self.push_burst as u64),
             ("processes_max", self.processes_max as u64),
             ("probe_concurrency_max", self.probe_concurrency_max as u64),
+            ("stream_probe_interval_ms", self.stream_probe_interval_ms),
             ("request_body_bytes_max", self.request_body_bytes_max as u64),
             ("witness_hold_ms", self.witness_hold_ms),
         ] {

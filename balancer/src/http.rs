@@ -4,6 +4,7 @@
 //! | method | path | auth | what |
 //! |---|---|---|---|
 //! | POST | /v1/status | secret | status push ([`StatusPush`]) |
+//! | GET | /v1/status/stream | secret | upgrade to a push stream ([`crate::stream`]) |
 //! | GET | /v1/zones | | zone list |
 //! | GET | /v1/servers[?format=xml] | | every zone, sorted (seed 000) |
 //! | GET | /v1/zones/{zone}[?format=xml] | | one zone, sorted |
@@ -46,14 +47,18 @@ type Shared = State<Arc<Balancer>>;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
-    message: String,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
     retry_after_ms: Option<u64>,
-    master: Option<std::net::SocketAddr>,
+    pub(crate) master: Option<std::net::SocketAddr>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -128,6 +133,7 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/role", get(role))
         .route("/v1/status", post(push))
+        .route("/v1/status/stream", get(crate::stream::upgrade))
         .route("/v1/zones", get(zones))
         .route("/v1/servers", get(servers))
         .route("/v1/zones/:zone", get(zone))
@@ -146,8 +152,58 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
         .with_state(balancer)
 }
 
+/// Pause after a failed `accept` (e.g. out of file descriptors) before the
+/// next, so the loop does not spin.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+
+/// Serves `app` on `listener` until `stop` turns true: HTTP/1.1 keep-alive
+/// with `TCP_NODELAY` (an answer is not held back by Nagle's algorithm) and
+/// pipelining (answers to pipelined requests leave in one write), upgrades
+/// (push streams). On stop, idle connections close and busy ones finish
+/// their request.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true).pipeline_flush(true);
+    loop {
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed (out of file descriptors? raise ulimit -n)");
+                    tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                    continue;
+                }
+            },
+            _ = async { drop(stop.wait_for(|s| *s).await) } => return,
+        };
+        let _ = socket.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+            .with_upgrades();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
 /// Checks `Authorization: Bearer <secret>` when a secret is configured.
-fn authorize(b: &Balancer, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(b: &Balancer, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(secret) = &b.config().secret else {
         return Ok(());
     };
@@ -197,7 +253,18 @@ async fn push(
     body: Bytes,
 ) -> Result<Json<PushReply>, ApiError> {
     authorize(&b, &headers)?;
-    let wire: StatusPush = serde_json::from_slice(&body).map_err(|e| {
+    let status = accept_push(&b, &body)?.1;
+    Ok(Json(PushReply {
+        status: status.code(),
+        status_name: status.name().into(),
+        draining: status == Status::Draining,
+    }))
+}
+
+/// One status push, from `POST /v1/status` or a push stream's line: parse,
+/// validate, rate-limit, apply. Returns the process id and its status now.
+pub(crate) fn accept_push(b: &Balancer, body: &[u8]) -> Result<(String, Status), ApiError> {
+    let wire: StatusPush = serde_json::from_slice(body).map_err(|e| {
         Metrics::inc(&b.metrics.pushes_invalid);
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -231,14 +298,10 @@ async fn push(
         err.retry_after_ms = Some(retry_after_ms);
         return Err(err);
     }
+    let id = report.id.clone();
     let out = b.apply(RegistryOp::Push { now_ms, report })?;
     Metrics::inc(&b.metrics.pushes);
-    let status = out.status.unwrap_or(Status::Running);
-    Ok(Json(PushReply {
-        status: status.code(),
-        status_name: status.name().into(),
-        draining: status == Status::Draining,
-    }))
+    Ok((id, out.status.unwrap_or(Status::Running)))
 }
 
 #[derive(Debug, Deserialize)]

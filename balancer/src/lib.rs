@@ -13,7 +13,9 @@
 //! - [`standby`]: the balancer's own hot standby: an embedded hs node, the
 //!   entity records the master publishes, the replica's `Apply`, and the role
 //!   watcher that opens and closes the master gate.
-//! - [`http`]: the axum routes; [`api`]: wire types and seed 000's XML.
+//! - [`http`]: the axum routes and the HTTP/1.1 server loop; [`stream`]:
+//!   push streams (one connection, a push per line, no answer per push);
+//!   [`api`]: wire types and seed 000's XML.
 //! - [`client`]: the library a game server or game client links to push
 //!   status and pick; [`rolling`]: rolling restart; [`fake`]: a simulated
 //!   game server for tests and demos; [`cli`]: the binaries' front ends.
@@ -30,3 +32,4 @@ pub mod registry;
 pub mod rolling;
 pub mod server;
 pub mod standby;
+pub mod stream;

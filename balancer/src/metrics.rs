@@ -35,6 +35,10 @@ pub struct Metrics {
     pub stopped: AtomicU64,
     /// Drains completed.
     pub drains_complete: AtomicU64,
+    /// Push streams opened.
+    pub streams_opened: AtomicU64,
+    /// Push streams closed.
+    pub streams_closed: AtomicU64,
 }
 
 impl Metrics {
@@ -46,7 +50,7 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, registry: &Registry) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "balancer_pushes_total",
                 "Status pushes accepted.",
@@ -107,6 +111,16 @@ impl Metrics {
                 "balancer_drains_complete_total",
                 "Drains that reached zero players.",
                 &self.drains_complete,
+            ),
+            (
+                "balancer_streams_opened_total",
+                "Push streams opened (GET /v1/status/stream).",
+                &self.streams_opened,
+            ),
+            (
+                "balancer_streams_closed_total",
+                "Push streams closed; each probes the processes it vouched for.",
+                &self.streams_closed,
             ),
         ];
         for (name, help, v) in counters {

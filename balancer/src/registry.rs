@@ -20,7 +20,7 @@
 //!   process by the zone's seat cap, claims per push by [`CLAIMS_PER_PUSH_MAX`],
 //!   each iteration by the number of processes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -685,6 +685,15 @@ impl Process {
         }
     }
 
+    fn probe_target(&self) -> ProbeTarget {
+        ProbeTarget {
+            id: self.id.clone(),
+            addr: self.addr(),
+            confirms: self.status == Status::Starting,
+            last_push_ms: self.last_push_ms,
+        }
+    }
+
     fn set_status(&mut self, status: Status, now_ms: Millis) {
         if self.status != status {
             self.status = status;
@@ -875,6 +884,9 @@ pub struct ProbeTarget {
     /// A success is news (send [`RegistryOp::ProbeOk`]): the process waits
     /// for a probe to become running again.
     pub confirms: bool,
+    /// The process's last push (the prober skips processes whose open push
+    /// stream and recent push vouch for them).
+    pub last_push_ms: Millis,
 }
 
 /// What [`Registry::spawn_plan`] proposes.
@@ -905,10 +917,11 @@ pub struct ZoneStats {
 pub struct Registry {
     limits: RegistryLimits,
     zones: BTreeMap<ZoneId, Zone>,
-    /// Process id → zone.
-    zone_of: BTreeMap<String, ZoneId>,
+    /// Process id → zone. (Hash maps: looked up on every push, never
+    /// iterated, so their order cannot reach a replica.)
+    zone_of: HashMap<String, ZoneId>,
     /// Endpoint → process id: one process per host:port.
-    endpoints: BTreeMap<SocketAddr, String>,
+    endpoints: HashMap<SocketAddr, String>,
     /// Next reservation token.
     next_token: u64,
 }
@@ -936,8 +949,8 @@ impl Registry {
         Registry {
             limits,
             zones,
-            zone_of: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
+            zone_of: HashMap::new(),
+            endpoints: HashMap::new(),
             next_token: 1,
         }
     }
@@ -987,16 +1000,25 @@ impl Registry {
 
     /// Processes that the prober should connect to.
     pub fn probe_targets(&self) -> Vec<ProbeTarget> {
+        self.probe_targets_by(|_| true)
+    }
+
+    /// Processes that the prober should connect to and `keep` accepts
+    /// (only those are copied out).
+    pub fn probe_targets_by(&self, mut keep: impl FnMut(&Process) -> bool) -> Vec<ProbeTarget> {
         self.zones
             .values()
             .flat_map(|z| z.processes.values())
-            .filter(|p| p.wants_probe())
-            .map(|p| ProbeTarget {
-                id: p.id.clone(),
-                addr: p.addr(),
-                confirms: p.status == Status::Starting,
-            })
+            .filter(|p| p.wants_probe() && keep(p))
+            .map(Process::probe_target)
             .collect()
+    }
+
+    /// `id` as a probe target, if the prober should connect to it.
+    pub fn probe_target(&self, id: &str) -> Option<ProbeTarget> {
+        self.process(id)
+            .filter(|p| p.wants_probe())
+            .map(Process::probe_target)
     }
 
     /// A zone's processes sorted as seed 000 says: running first, then
@@ -1243,8 +1265,11 @@ impl Registry {
         // Validated: from here on the op succeeds.
         let mut out = Outcome::default();
         let mut inherited_spawn = None;
-        if let Some(owner) = self.endpoints.get(&addr).cloned() {
-            if owner != r.id {
+        // Compared in place: on the common path the endpoint is this
+        // process's own and nothing is copied.
+        let taken = self.endpoints.get(&addr).filter(|o| **o != r.id).cloned();
+        if let Some(owner) = taken {
+            {
                 // Two processes cannot listen on one endpoint: the old one is
                 // gone (restarted, or the spawn placeholder of this process).
                 if let Some(old) = self.remove(&owner) {
@@ -1260,28 +1285,33 @@ impl Registry {
             }
         }
         let zone = self.zones.get_mut(&r.zone).expect("zone checked above");
-        let is_new = !zone.processes.contains_key(&r.id);
-        let p = zone
-            .processes
-            .entry(r.id.clone())
-            .or_insert_with(|| Process {
-                id: r.id.clone(),
-                zone: r.zone,
-                host: r.host,
-                port: r.port,
-                online: 0,
-                used_memory_mb: 0,
-                version: String::new(),
-                pid: None,
-                status: Status::Stopped,
-                stop_reason: None,
-                draining: false,
-                drained_reported: false,
-                last_push_ms: now_ms,
-                status_since_ms: now_ms,
-                reservations: VecDeque::new(),
-                spawned: None,
-            });
+        let is_new = existing_zone.is_none();
+        debug_assert_eq!(is_new, !zone.processes.contains_key(&r.id));
+        // A known process is found without copying its id for the key.
+        let p = match zone.processes.get_mut(&r.id) {
+            Some(p) => p,
+            None => zone
+                .processes
+                .entry(r.id.clone())
+                .or_insert_with(|| Process {
+                    id: r.id.clone(),
+                    zone: r.zone,
+                    host: r.host,
+                    port: r.port,
+                    online: 0,
+                    used_memory_mb: 0,
+                    version: String::new(),
+                    pid: None,
+                    status: Status::Stopped,
+                    stop_reason: None,
+                    draining: false,
+                    drained_reported: false,
+                    last_push_ms: now_ms,
+                    status_since_ms: now_ms,
+                    reservations: VecDeque::new(),
+                    spawned: None,
+                }),
+        };
         if is_new {
             out.events.push(Event::Registered { id: r.id.clone() });
             if let Some(mut s) = inherited_spawn {
@@ -1326,15 +1356,19 @@ impl Registry {
         }
         p.set_status(next, now_ms);
         out.status = Some(p.status);
-        let id = r.id.clone();
+        let draining = p.status == Status::Draining;
         if is_new {
-            self.zone_of.insert(id.clone(), r.zone);
+            self.zone_of.insert(r.id.clone(), r.zone);
         }
-        if old_addr != addr && self.endpoints.get(&old_addr) == Some(&id) {
+        if old_addr != addr && self.endpoints.get(&old_addr) == Some(&r.id) {
             self.endpoints.remove(&old_addr);
         }
-        self.endpoints.insert(addr, id.clone());
-        self.check_drained(&id, &mut out);
+        if self.endpoints.get(&addr) != Some(&r.id) {
+            self.endpoints.insert(addr, r.id.clone());
+        }
+        if draining {
+            self.check_drained(&r.id, &mut out);
+        }
         Ok(out)
     }
 

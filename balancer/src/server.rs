@@ -2,7 +2,8 @@
 //! prober and the ticker, publishes every applied op to an [`OpSink`], and
 //! does the IO the registry decides on (spawning and killing children).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::registry::{
     Event, Millis, Outcome, Picked, ProbeTarget, Registry, RegistryError, RegistryOp, SpawnRefused,
-    StopReason, ZoneId,
+    Status, StopReason, ZoneId,
 };
 use crate::standby::{Entity, HsSink, RoleWatcher};
 
@@ -177,6 +178,13 @@ pub struct Balancer {
     epoch: AtomicU64,
     /// The embedded hs node's sink, when replicated.
     hs: Option<Arc<HsSink>>,
+    /// Process id -> serial of the open push stream it last pushed on
+    /// (not replicated: streams are connections to this balancer).
+    streams: Mutex<HashMap<String, u64>>,
+    /// Serial of the last push stream opened.
+    stream_serial: AtomicU64,
+    /// Probe rounds run (spreads the port checks of streamed processes).
+    probe_rounds: AtomicU64,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -215,6 +223,9 @@ impl Balancer {
             master: watch::channel(hs.is_none()).0,
             epoch: AtomicU64::new(0),
             hs,
+            streams: Mutex::new(HashMap::new()),
+            stream_serial: AtomicU64::new(0),
+            probe_rounds: AtomicU64::new(0),
         }
     }
 
@@ -521,8 +532,31 @@ impl Balancer {
     }
 
     /// One probe round: connect to every live process, apply verdicts.
+    /// A process whose open push stream and fresh push vouch for it is
+    /// connect-tested only every `stream_probe_interval_ms` (each on its own
+    /// round, so the checks are spread evenly).
     async fn probe_round(&self) {
-        let targets = self.read(|r| r.probe_targets());
+        let now_ms = self.now_ms();
+        let round = self.probe_rounds.fetch_add(1, Ordering::Relaxed);
+        let every = (self.config.stream_probe_interval_ms / self.config.probe_interval_ms).max(1);
+        let fresh_ms = self.config.stream_fresh_ms;
+        let targets = {
+            // Lock order: streams, then the registry.
+            let streams = self.streams.lock();
+            self.read(|r| {
+                r.probe_targets_by(|p| {
+                    let vouched = p.status != Status::Starting
+                        && now_ms.saturating_sub(p.last_push_ms) < fresh_ms
+                        && streams.contains_key(&p.id);
+                    !vouched || (round + id_hash(&p.id)) % every == 0
+                })
+            })
+        };
+        self.probe(targets).await;
+    }
+
+    /// Connects to `targets` and applies the verdicts.
+    async fn probe(&self, targets: Vec<ProbeTarget>) {
         let timeout = Duration::from_millis(self.config.probe_timeout_ms);
         let results = probe_all(targets, timeout, self.config.probe_concurrency_max).await;
         for (target, ok) in results {
@@ -547,6 +581,58 @@ impl Balancer {
             let _ = self.apply(op);
         }
     }
+
+    /// A push stream opened: its serial.
+    pub(crate) fn stream_opened(&self) -> u64 {
+        Metrics::inc(&self.metrics.streams_opened);
+        self.stream_serial.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `id` pushed on stream `serial` for the first time.
+    pub(crate) fn stream_pushed(&self, serial: u64, id: &str) {
+        self.streams.lock().insert(id.to_string(), serial);
+    }
+
+    /// Stream `serial` closed after `ids` pushed on it: the ones it still
+    /// vouched for are probed now, so a process that died (its kernel closed
+    /// the stream) is stopped within a connect, not a probe round.
+    pub(crate) async fn stream_closed(&self, serial: u64, ids: Vec<String>) {
+        Metrics::inc(&self.metrics.streams_closed);
+        let orphaned: Vec<String> = {
+            let mut streams = self.streams.lock();
+            ids.into_iter()
+                .filter(|id| {
+                    let mine = streams.get(id) == Some(&serial);
+                    if mine {
+                        streams.remove(id);
+                    }
+                    mine
+                })
+                .collect()
+        };
+        if orphaned.is_empty() || !self.is_master() {
+            return;
+        }
+        let targets: Vec<ProbeTarget> = self.read(|r| {
+            orphaned
+                .iter()
+                .filter_map(|id| r.probe_target(id))
+                .collect()
+        });
+        debug!(
+            serial,
+            processes = targets.len(),
+            "push stream closed: probing its processes"
+        );
+        self.probe(targets).await;
+    }
+}
+
+/// A stable spread of process ids over probe rounds.
+fn id_hash(id: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 /// Connects to each target with a timeout, at most `concurrency` at once.
@@ -562,10 +648,18 @@ pub async fn probe_all(
         while set.len() < concurrency.max(1) {
             let Some(t) = pending.next() else { break };
             set.spawn(async move {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, TcpStream::connect(t.addr)).await,
-                    Ok(Ok(_))
-                );
+                let ok = match tokio::time::timeout(timeout, TcpStream::connect(t.addr)).await {
+                    Ok(Ok(s)) => {
+                        // Close with a reset, as HAProxy's checks do: no
+                        // FIN handshake and no TIME_WAIT socket per probe.
+                        // (Deprecated because a non-zero linger blocks the
+                        // dropping thread; a zero linger never does.)
+                        #[allow(deprecated)]
+                        let _ = s.set_linger(Some(Duration::ZERO));
+                        true
+                    }
+                    _ => false,
+                };
                 (t, ok)
             });
         }
@@ -769,15 +863,11 @@ async fn start_with(
     }
 
     let app = crate::http::router(balancer.clone());
-    let shutdown = until_stopped(stopped.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            error!(error = %e, "http server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        stopped.clone(),
+    )));
 
     let period = balancer.config.probe_interval_ms;
     tasks.push(tokio::spawn(while_master(

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancer::client::Client;
+use balancer::client::{Client, PushStream};
 use balancer::config::{Config, ZoneConfig};
 use balancer::registry::StatusPush;
 use balancer::server::{start, NoSink};
@@ -45,12 +45,21 @@ struct Args {
     /// Time between two pushes of one process.
     #[arg(long, default_value_t = 1000)]
     push_interval_ms: u64,
-    /// Connections used for pushing.
+    /// Connections used for pushing (each carries every Nth process; their
+    /// timers are staggered over the interval).
     #[arg(long, default_value_t = 4)]
     push_connections: usize,
-    /// Length of the run.
+    /// Push over push streams (GET /v1/status/stream: a line per push, no
+    /// answer) instead of one HTTP request per push.
+    #[arg(long)]
+    stream: bool,
+    /// Length of the measured run.
     #[arg(long, default_value_t = 5000)]
     duration_ms: u64,
+    /// Load before the measured run, not counted: streams open, the first
+    /// probe rounds after registration pass.
+    #[arg(long, default_value_t = 2000)]
+    warmup_ms: u64,
 }
 
 /// Processes the tool will register; bounds listeners and push work.
@@ -157,9 +166,8 @@ async fn run(args: Args) -> ExitCode {
         }
     }
 
-    let deadline = Instant::now() + Duration::from_millis(args.duration_ms);
-    let cpu_before = args.balancer_pid.and_then(cpu_seconds);
-    let started = Instant::now();
+    let warm = Instant::now() + Duration::from_millis(args.warmup_ms);
+    let deadline = warm + Duration::from_millis(args.duration_ms);
     let pushes = Arc::new(AtomicU64::new(0));
     let push_errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -174,19 +182,31 @@ async fn run(args: Args) -> ExitCode {
             push_errors.clone(),
             args.push_interval_ms.max(1),
         );
+        let stream = args.stream;
+        let offset = Duration::from_millis(interval * k as u64 / pc as u64);
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::new(vec![addr]);
-            let mut tick = tokio::time::interval(Duration::from_millis(interval));
+            let mut http = Client::new(vec![addr]);
+            let mut lines = PushStream::new(Client::new(vec![addr]));
+            let start = tokio::time::Instant::now() + offset;
+            let mut tick = tokio::time::interval_at(start, Duration::from_millis(interval));
             while Instant::now() < deadline {
                 tick.tick().await;
+                // Refused lines come back on the stream, not as errors of `push`.
+                errors.fetch_add(lines.take_errors().len() as u64, Ordering::Relaxed);
                 for p in &mine {
                     if Instant::now() >= deadline {
                         break;
                     }
-                    match c.push_status(p).await {
-                        Ok(_) => pushes.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    let ok = if stream {
+                        lines.push(p).await.is_ok()
+                    } else {
+                        http.push_status(p).await.is_ok()
                     };
+                    if ok {
+                        pushes.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }));
@@ -205,30 +225,44 @@ async fn run(args: Args) -> ExitCode {
             }
         }));
     }
+    // Steady state only: counted from the end of the warm-up to the
+    // deadline, before the streams close (each close probes the processes it
+    // vouched for).
+    tokio::time::sleep_until(warm.into()).await;
+    let cpu_before = args.balancer_pid.and_then(cpu_seconds);
+    let counted = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let before = [&picks, &pick_errors, &pushes, &push_errors].map(|c| counted(c));
+    let started = Instant::now();
+    tokio::time::sleep_until(deadline.into()).await;
+    let cpu_after = args.balancer_pid.and_then(cpu_seconds);
+    let secs = started.elapsed().as_secs_f64();
+    let [picks, pick_errors, pushes, push_errors] =
+        [&picks, &pick_errors, &pushes, &push_errors].map(|c| counted(c));
+    let (picks, pick_errors, pushes, push_errors) = (
+        picks - before[0],
+        pick_errors - before[1],
+        pushes - before[2],
+        push_errors - before[3],
+    );
     for t in tasks {
         let _ = t.await;
     }
-    let secs = started.elapsed().as_secs_f64();
-    let picks = picks.load(Ordering::Relaxed);
     println!("duration_s        {secs:.2}");
     println!(
         "picks             {picks} ({:.0}/s), errors {}",
         picks as f64 / secs,
-        pick_errors.load(Ordering::Relaxed)
+        pick_errors
     );
-    let pushes = pushes.load(Ordering::Relaxed);
     println!(
         "pushes            {pushes} ({:.0}/s), errors {}",
         pushes as f64 / secs,
-        push_errors.load(Ordering::Relaxed)
+        push_errors
     );
-    if let (Some(pid), Some(before)) = (args.balancer_pid, cpu_before) {
-        if let Some(after) = cpu_seconds(pid) {
-            println!(
-                "balancer_cpu      {:.1}% of one core",
-                100.0 * (after - before) / secs
-            );
-        }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        println!(
+            "balancer_cpu      {:.1}% of one core",
+            100.0 * (after - before) / secs
+        );
     }
     drop(listeners);
     ExitCode::SUCCESS
