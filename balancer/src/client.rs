@@ -30,6 +30,8 @@ use crate::stream::{StreamReply, STREAM_UPGRADE};
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Largest response body accepted (a list of 10,000 processes is ~4 MiB).
 pub const RESPONSE_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most requests [`Client::pipeline`] sends in one write.
+pub const PIPELINE_DEPTH_MAX: usize = 64;
 /// Default time limit of one request, connect included.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
@@ -195,16 +197,6 @@ impl Client {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
-        if self.conn.is_none() {
-            let addr = *self
-                .addrs
-                .get(self.current)
-                .ok_or_else(|| std::io::Error::other("no balancer address given"))?;
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            self.conn = Some(BufReader::new(stream));
-        }
-        let conn = self.conn.as_mut().expect("connected above");
         let host = self
             .addrs
             .get(self.current)
@@ -227,6 +219,7 @@ impl Client {
         req.push_str("\r\n");
         let mut buf = req.into_bytes();
         buf.extend_from_slice(body);
+        let conn = self.connection().await?;
         conn.get_mut().write_all(&buf).await?;
         let resp = read_response(conn).await?;
         if resp.1 {
@@ -257,6 +250,80 @@ impl Client {
 
     fn json<T: Serialize>(value: &T) -> Vec<u8> {
         serde_json::to_vec(value).expect("plain data serialises")
+    }
+
+    /// Sends `requests` (method, path; no body) pipelined: all in one write
+    /// on the keep-alive connection, answers read in order. No retry: on an
+    /// error the connection is dropped and the caller decides (a pick may
+    /// have been made). At most [`PIPELINE_DEPTH_MAX`] requests.
+    pub async fn pipeline(
+        &mut self,
+        requests: &[(&str, &str)],
+    ) -> Result<Vec<Response>, ClientError> {
+        if requests.len() > PIPELINE_DEPTH_MAX {
+            return Err(ClientError::BadResponse(format!(
+                "{} pipelined requests, at most {PIPELINE_DEPTH_MAX}",
+                requests.len()
+            )));
+        }
+        let out = match tokio::time::timeout(self.timeout, self.pipeline_attempt(requests)).await {
+            Ok(Ok(out)) if out.len() == requests.len() => return Ok(out),
+            Ok(Ok(_)) => Err(ClientError::BadResponse(
+                "the balancer closed the connection in the middle of a pipeline".into(),
+            )),
+            Ok(Err(source)) => Err(ClientError::Io {
+                addrs: self.addrs.clone(),
+                source,
+            }),
+            Err(_) => Err(ClientError::Timeout {
+                timeout_ms: self.timeout.as_millis() as u64,
+            }),
+        };
+        self.conn = None;
+        out
+    }
+
+    async fn pipeline_attempt(
+        &mut self,
+        requests: &[(&str, &str)],
+    ) -> std::io::Result<Vec<Response>> {
+        let host = self.current().map(|a| a.to_string()).unwrap_or_default();
+        let mut buf = String::new();
+        for (method, path) in requests {
+            buf.push_str(&format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n"));
+            if let Some(secret) = &self.secret {
+                buf.push_str(&format!("Authorization: Bearer {secret}\r\n"));
+            }
+            if *method == "POST" {
+                buf.push_str("Content-Length: 0\r\n");
+            }
+            buf.push_str("\r\n");
+        }
+        let conn = self.connection().await?;
+        conn.get_mut().write_all(buf.as_bytes()).await?;
+        let mut out = Vec::with_capacity(requests.len());
+        for _ in requests {
+            let (resp, close) = read_response(conn).await?;
+            out.push(resp);
+            if close {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keep-alive connection to the current address, opened if needed.
+    async fn connection(&mut self) -> std::io::Result<&mut BufReader<TcpStream>> {
+        if self.conn.is_none() {
+            let addr = *self
+                .addrs
+                .get(self.current)
+                .ok_or_else(|| std::io::Error::other("no balancer address given"))?;
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(stream));
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
     }
 
     /// Pushes a game-server process's status.

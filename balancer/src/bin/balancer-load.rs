@@ -39,6 +39,10 @@ struct Args {
     /// Keep-alive connections picking in parallel (0: no picks).
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Picks sent per write on each connection (HTTP/1.1 pipelining); 1
+    /// sends one and waits for its answer.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
     /// Processes registered by the tool, each pushing every `push_interval_ms`.
     #[arg(long, default_value_t = 10)]
     processes: usize,
@@ -79,6 +83,13 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !(1..=balancer::client::PIPELINE_DEPTH_MAX).contains(&args.pipeline) {
+        eprintln!(
+            "error: --pipeline is 1..={}",
+            balancer::client::PIPELINE_DEPTH_MAX
+        );
+        return ExitCode::from(2);
+    }
     if args.processes > PROCESSES_MAX {
         eprintln!("error: --processes is at most {PROCESSES_MAX}");
         return ExitCode::from(2);
@@ -215,13 +226,29 @@ async fn run(args: Args) -> ExitCode {
     let pick_errors = Arc::new(AtomicU64::new(0));
     for _ in 0..args.connections {
         let (picks, errors, zone) = (picks.clone(), pick_errors.clone(), args.zone);
+        let depth = args.pipeline;
         tasks.push(tokio::spawn(async move {
             let mut c = Client::new(vec![addr]);
+            let path = format!("/v1/zones/{zone}/pick");
+            let batch = vec![("POST", path.as_str()); depth];
             while Instant::now() < deadline {
-                match c.pick(zone).await {
-                    Ok(_) => picks.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-                };
+                if depth == 1 {
+                    match c.pick(zone).await {
+                        Ok(_) => picks.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    continue;
+                }
+                match c.pipeline(&batch).await {
+                    Ok(answers) => {
+                        let ok = answers.iter().filter(|r| r.status == 200).count() as u64;
+                        picks.fetch_add(ok, Ordering::Relaxed);
+                        errors.fetch_add(depth as u64 - ok, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(depth as u64, Ordering::Relaxed);
+                    }
+                }
             }
         }));
     }
