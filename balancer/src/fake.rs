@@ -17,7 +17,13 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
-use crate::client::Client;
+use crate::client::{Client, PushStream};
+
+/// How a fake server reports.
+enum Pusher {
+    Http(Client),
+    Stream(PushStream),
+}
 use crate::registry::{StatusPush, ZoneId};
 
 /// Byte a player sends after connecting.
@@ -48,6 +54,9 @@ pub struct FakeOptions {
     pub push_interval_ms: u64,
     /// Memory figure to report, MiB.
     pub used_memory_mb: i64,
+    /// Push over a push stream (one connection, a line per push) instead of
+    /// an HTTP request per push.
+    pub stream: bool,
 }
 
 /// A running fake server.
@@ -110,9 +119,14 @@ impl FakeServer {
         let ok = pushes_ok.clone();
         let push_id = id.clone();
         let push = tokio::spawn(async move {
-            let mut client = Client::new(opts.balancer.clone())
+            let client = Client::new(opts.balancer.clone())
                 .with_secret(opts.secret.clone())
                 .with_timeout(Duration::from_millis(opts.push_interval_ms.max(200) * 2));
+            let mut pusher = if opts.stream {
+                Pusher::Stream(PushStream::new(client))
+            } else {
+                Pusher::Http(client)
+            };
             let mut interval =
                 tokio::time::interval(Duration::from_millis(opts.push_interval_ms.max(1)));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,8 +143,12 @@ impl FakeServer {
                     pid: Some(std::process::id()),
                     claimed: Vec::new(),
                 };
-                match client.push_status(&push).await {
-                    Ok(_) => {
+                let sent = match &mut pusher {
+                    Pusher::Http(c) => c.push_status(&push).await.map(drop),
+                    Pusher::Stream(s) => s.push(&push).await,
+                };
+                match sent {
+                    Ok(()) => {
                         ok.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(e) => debug!(id = push_id, error = %e, "push failed"),

@@ -53,6 +53,7 @@ impl Restarter for FakeRestarter {
                     id: Some(id.clone()),
                     push_interval_ms: 50,
                     used_memory_mb: 10,
+                    stream: false,
                 })
                 .await
                 {

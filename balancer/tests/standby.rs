@@ -159,6 +159,9 @@ async fn fake_on(addrs: Vec<SocketAddr>, id: &str) -> FakeServer {
         id: Some(id.to_string()),
         push_interval_ms: 50,
         used_memory_mb: 10,
+        // gs-2 reports over a push stream, the others one request per push:
+        // both kinds must follow the master.
+        stream: id == "gs-2",
     })
     .await
     .expect("fake server binds 127.0.0.1")
@@ -312,6 +315,16 @@ async fn standby_takes_over_with_the_same_registry() {
             .zip(&pushed)
             .all(|(f, n)| f.pushes_ok() > n + 3)
     );
+    // gs-2's stream reopened on B (a stream push is not answered, so its
+    // count alone could not tell).
+    eventually!("gs-2's push stream open on B", DEADLINE_MS, {
+        let m = one(http_b).request("GET", "/metrics", None).await;
+        m.is_ok_and(|m| {
+            String::from_utf8_lossy(&m.body)
+                .lines()
+                .any(|l| l.starts_with("balancer_streams_opened_total ") && !l.ends_with(" 0"))
+        })
+    });
     // A new process registers through the same client code.
     let gs4 = fake_on(both.clone(), "gs-4").await;
     eventually!("gs-4 running on B", DEADLINE_MS, {

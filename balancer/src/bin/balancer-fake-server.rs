@@ -39,6 +39,9 @@ struct Args {
     /// Process id to report (default: MAC + pid).
     #[arg(long)]
     id: Option<String>,
+    /// Push over a push stream (a line per push on one connection).
+    #[arg(long)]
+    stream: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             port: args.port,
             id: args.id,
             push_interval_ms: args.push_interval_ms,
+            stream: args.stream,
             used_memory_mb: 1,
         };
         let server = match balancer::fake::FakeServer::start(opts).await {

@@ -78,6 +78,7 @@ pub async fn fake(b: &ServerHandle, id: &str, port: u16) -> FakeServer {
         id: Some(id.to_string()),
         push_interval_ms: 50,
         used_memory_mb: 10,
+        stream: false,
     })
     .await
     .expect("fake server binds 127.0.0.1")
