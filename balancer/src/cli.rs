@@ -257,6 +257,9 @@ pub enum CtlCommand {
         /// Process id.
         id: String,
     },
+    /// Hand the master role to the standby (before upgrading this balancer);
+    /// send it to the master (-b its address).
+    Switchover,
     /// Drain, restart and wait for each process of a zone in turn.
     RollingRestart {
         /// Zone id.
@@ -341,6 +344,7 @@ async fn ctl(
             pretty(&view)
         }
         CtlCommand::Undrain { id } => pretty(&client.undrain(&id).await?),
+        CtlCommand::Switchover => pretty(&client.switchover().await?),
         CtlCommand::RollingRestart {
             zone,
             drain_timeout_ms,

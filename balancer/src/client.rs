@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::api::{ErrorBody, PickReply, ProcessView, PushReply, ZoneSummary, ZoneView};
+use crate::api::{ErrorBody, PickReply, ProcessView, PushReply, RoleReply, ZoneSummary, ZoneView};
 use crate::registry::{StatusPush, ZoneId};
 use crate::stream::{StreamReply, STREAM_UPGRADE};
 
@@ -324,6 +324,12 @@ impl Client {
             self.conn = Some(BufReader::new(stream));
         }
         Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Planned handover of the master role to the standby (see
+    /// `POST /v1/role/switchover`); answers the old master's role after it.
+    pub async fn switchover(&mut self) -> Result<RoleReply, ClientError> {
+        self.call("POST", "/v1/role/switchover", None).await
     }
 
     /// Pushes a game-server process's status.

@@ -14,6 +14,7 @@
 //! | POST | /v1/processes/{id}/undrain | secret | back in service |
 //! | DELETE | /v1/processes/{id} | secret | forget it |
 //! | GET | /v1/role | | master / standby / candidate, epoch, master address |
+//! | POST | /v1/role/switchover | secret | planned handover to the standby |
 //! | GET | /healthz | | liveness |
 //!
 //! On a balancer that is not the master (its hs standby, or one between
@@ -132,6 +133,7 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/role", get(role))
+        .route("/v1/role/switchover", post(switchover))
         .route("/v1/status", post(push))
         .route("/v1/status/stream", get(crate::stream::upgrade))
         .route("/v1/zones", get(zones))
@@ -423,6 +425,7 @@ async fn set_drain(
     };
     b.apply(op)?;
     tracing::info!(id, draining, "drain flag set by operator");
+    confirm_on_standby(&b).await;
     b.read(|r| r.process(&id).map(ProcessView::of))
         .map(Json)
         .ok_or_else(|| RegistryError::UnknownProcess { id }.into())
@@ -452,7 +455,78 @@ async fn forget(
     authorize(&b, &headers)?;
     check_id(&id)?;
     b.apply(RegistryOp::Forget { id })?;
+    confirm_on_standby(&b).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long an operator change (drain, undrain, forget) waits for the
+/// connected standby to apply it before it is answered anyway.
+pub const STANDBY_CONFIRM_TIMEOUT_MS: u64 = 1_000;
+/// How long `POST /v1/role/switchover` waits for the standby to catch up.
+pub const SWITCHOVER_TIMEOUT_MS: u64 = 5_000;
+
+/// Operator changes are rare and matter (a drain lost in a failover would
+/// send players to a process being restarted): they are answered once the
+/// standby, when one is connected, has applied them. Pushes and picks are
+/// not waited for (a push repeats every second; a reservation is a hint).
+async fn confirm_on_standby(b: &Arc<Balancer>) {
+    let Some(sink) = b.hs().cloned() else { return };
+    let timeout = std::time::Duration::from_millis(STANDBY_CONFIRM_TIMEOUT_MS);
+    let confirmed = tokio::task::spawn_blocking(move || sink.wait_standby(timeout))
+        .await
+        .unwrap_or(false);
+    if !confirmed {
+        Metrics::inc(&b.metrics.unconfirmed);
+        tracing::warn!(
+            timeout_ms = STANDBY_CONFIRM_TIMEOUT_MS,
+            "operator change applied on the master but not confirmed by the standby in time; a master death now could lose it"
+        );
+    }
+}
+
+/// `POST /v1/role/switchover`: planned handover to the standby (before an
+/// upgrade of this balancer). hs seals the log, waits until the standby has
+/// applied everything, and hands over; this balancer continues as standby.
+async fn switchover(State(b): Shared, headers: HeaderMap) -> Result<Json<RoleReply>, ApiError> {
+    authorize(&b, &headers)?;
+    let Some(sink) = b.hs().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_standby_configured",
+            "this balancer runs without [hs]: there is no standby to hand over to",
+        ));
+    };
+    let timeout = std::time::Duration::from_millis(SWITCHOVER_TIMEOUT_MS);
+    let result = tokio::task::spawn_blocking(move || sink.with_node(|n| n.switchover(timeout)))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match result {
+        Some(Ok(())) => {
+            tracing::info!("switchover done: serving as standby now");
+            Ok(role(State(b)).await)
+        }
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hs_restarting",
+            "the embedded hs node is restarting; retry in a second",
+        )),
+        Some(Err(hs::NodeError::NotMaster { .. })) => Err(b.not_master().into()),
+        Some(Err(hs::NodeError::NoStandby)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_standby",
+            "no standby is connected: start it and wait until GET /v1/role shows standby_connected",
+        )),
+        Some(Err(hs::NodeError::Timeout(_))) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "switchover_timeout",
+            format!("the standby did not apply everything within {SWITCHOVER_TIMEOUT_MS} ms; this balancer stays master, retry when it has caught up"),
+        )),
+        Some(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "switchover_failed",
+            format!("{e}; this balancer stays master"),
+        )),
+    }
 }
 
 async fn role(State(b): Shared) -> Json<RoleReply> {

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub streams_opened: AtomicU64,
     /// Push streams closed.
     pub streams_closed: AtomicU64,
+    /// Operator changes answered before the connected standby confirmed them.
+    pub unconfirmed: AtomicU64,
 }
 
 impl Metrics {
@@ -50,7 +52,7 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, registry: &Registry) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "balancer_pushes_total",
                 "Status pushes accepted.",
@@ -121,6 +123,11 @@ impl Metrics {
                 "balancer_streams_closed_total",
                 "Push streams closed; each probes the processes it vouched for.",
                 &self.streams_closed,
+            ),
+            (
+                "balancer_unconfirmed_changes_total",
+                "Drains, undrains and forgets answered before the connected standby applied them (timeout).",
+                &self.unconfirmed,
             ),
         ];
         for (name, help, v) in counters {

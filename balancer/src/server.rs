@@ -548,7 +548,7 @@ impl Balancer {
                     let vouched = p.status != Status::Starting
                         && now_ms.saturating_sub(p.last_push_ms) < fresh_ms
                         && streams.contains_key(&p.id);
-                    !vouched || (round + id_hash(&p.id)) % every == 0
+                    !vouched || round.wrapping_add(id_hash(&p.id)) % every == 0
                 })
             })
         };

@@ -279,6 +279,8 @@ pub struct HsSink {
     pub publish_failed: AtomicU64,
     /// Replicated records that could not be applied.
     pub replica_errors: AtomicU64,
+    /// Log position of the last record published (0: none yet).
+    last_published: AtomicU64,
 }
 
 impl std::fmt::Debug for HsSink {
@@ -298,6 +300,22 @@ impl HsSink {
             Some(Role::Slave) | Some(Role::Master) => *self.master_http.lock(),
             _ => None,
         }
+    }
+
+    /// Waits until the standby has applied everything this master published
+    /// so far, up to `timeout`. True at once when no standby is connected
+    /// (nothing to wait for: a lone master answers as before) or nothing was
+    /// published. False on timeout: the change is applied here but a master
+    /// death now could lose it.
+    pub fn wait_standby(&self, timeout: std::time::Duration) -> bool {
+        let pos = self.last_published.load(Ordering::Acquire);
+        let Some(node) = self.node.read().clone() else {
+            return false;
+        };
+        if pos == 0 || !node.stats().slave_connected {
+            return true;
+        }
+        node.wait(pos, hs::Durability::Applied, timeout).is_ok()
     }
 
     /// Runs `f` with the node, if one is running.
@@ -336,12 +354,17 @@ impl crate::server::OpSink for HsSink {
             return Err(self.not_master());
         };
         for (key, op, value) in records(&changes, registry) {
-            if let Err(e) = node.publish(&key, op, &value) {
-                self.publish_failed.fetch_add(1, Ordering::Relaxed);
-                self.diverged.store(true, Ordering::Release);
-                warn!(error = %e, key = %String::from_utf8_lossy(&key), "publish failed after the op was applied; rebuilding from the log");
-                drop(guard);
-                return Err(self.not_master());
+            match node.publish(&key, op, &value) {
+                Ok(pos) => {
+                    self.last_published.fetch_max(pos, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    self.publish_failed.fetch_add(1, Ordering::Relaxed);
+                    self.diverged.store(true, Ordering::Release);
+                    warn!(error = %e, key = %String::from_utf8_lossy(&key), "publish failed after the op was applied; rebuilding from the log");
+                    drop(guard);
+                    return Err(self.not_master());
+                }
             }
             self.published.fetch_add(1, Ordering::Relaxed);
         }

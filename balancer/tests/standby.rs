@@ -384,6 +384,44 @@ async fn standby_takes_over_with_the_same_registry() {
                 .any(|p| p.id == "gs-5" && p.status == 101)
         })
     });
+    // A drain on the master is answered once the connected standby has it.
+    let drained = c.drain("gs-5").await.expect("drain on B");
+    assert_eq!(drained.status, 103);
+    let on_a = registry_view(http_a).await.unwrap();
+    assert!(
+        on_a.processes
+            .iter()
+            .any(|p| p.id == "gs-5" && p.status == 103),
+        "the drain was answered before the standby applied it"
+    );
+
+    // Planned switchover back to A (before upgrading B): nothing is lost.
+    let before = registry_view(http_b).await.unwrap();
+    let old = one(http_b).switchover().await.expect("switchover on B");
+    assert_ne!(old.role, "master", "B still master after its switchover");
+    eventually!(
+        "A master and serving, B standby",
+        DEADLINE_MS,
+        matches!(
+            (role(http_a).await, role(http_b).await),
+            (Some(ra), Some(rb)) if ra.role == "master" && ra.serving && rb.role == "standby" && !rb.serving
+        )
+    );
+    let after = registry_view(http_a).await.unwrap();
+    let ids = |v: &balancer::api::ZoneView| -> Vec<(String, u16)> {
+        v.processes
+            .iter()
+            .map(|p| (p.id.clone(), p.status))
+            .collect()
+    };
+    assert_eq!(ids(&after), ids(&before), "the switchover lost a change");
+    expect_not_master(
+        one(http_b).pick(ZONE).await,
+        Some(http_a),
+        "pick on B after switchover",
+    );
+    c2.pick(ZONE).await.expect("clients follow to A");
+    assert_eq!(c2.current(), Some(http_a));
     drop(gs5);
     drop(proc_a2);
 }
