@@ -45,6 +45,9 @@ pub const STREAM_UPGRADE: &str = "balancer-push";
 pub const STREAM_PROCESSES_MAX: usize = 4096;
 /// Read buffer of a stream: many pushes arrive in one read.
 pub const STREAM_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Answers held back while more input is buffered are written once they
+/// reach this size (a client flooding bad lines cannot grow them).
+pub const STREAM_REPLY_BUFFER_BYTES: usize = 64 * 1024;
 
 /// One line the balancer writes on a push stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,9 +179,12 @@ where
             }
             Ok(_) => on_line(&b, serial, &line, &mut told, &mut out),
         };
-        // Answers go out when no more input is buffered: one write for a
-        // burst of pushes.
-        if !out.is_empty() && (io.buffer().is_empty() || matches!(next, Next::Close)) {
+        // Answers go out when no more input is buffered (one write for a
+        // burst of pushes), or when they fill their buffer.
+        let flush = io.buffer().is_empty()
+            || out.len() >= STREAM_REPLY_BUFFER_BYTES
+            || matches!(next, Next::Close);
+        if !out.is_empty() && flush {
             if let Err(e) = io.get_mut().write_all(&out).await {
                 debug!(serial, error = %e, "push stream broke while answering");
                 break;
