@@ -27,6 +27,9 @@ use crate::standby::{Entity, HsSink, RoleWatcher};
 /// Pick attempts per request while waiting for a spawned process; with
 /// `pick_wait_ms` this bounds the loop.
 pub const PICK_ATTEMPTS_MAX: usize = 16;
+/// After a push stream closed, processes whose probe still answered are
+/// probed once more this much later (their process may have been exiting).
+pub const STREAM_CLOSE_RECHECK_MS: u64 = 200;
 /// How long [`ServerHandle::shutdown`] waits for open HTTP connections.
 pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
 
@@ -552,13 +555,15 @@ impl Balancer {
                 })
             })
         };
-        self.probe(targets).await;
+        let _ = self.probe(targets).await;
     }
 
-    /// Connects to `targets` and applies the verdicts.
-    async fn probe(&self, targets: Vec<ProbeTarget>) {
+    /// Connects to `targets` and applies the verdicts; returns the targets
+    /// that answered.
+    async fn probe(&self, targets: Vec<ProbeTarget>) -> Vec<ProbeTarget> {
         let timeout = Duration::from_millis(self.config.probe_timeout_ms);
         let results = probe_all(targets, timeout, self.config.probe_concurrency_max).await;
+        let mut answered = Vec::new();
         for (target, ok) in results {
             Metrics::inc(&self.metrics.probes);
             let now_ms = self.now_ms();
@@ -570,16 +575,19 @@ impl Balancer {
                     id: target.id,
                 }
             } else if target.confirms {
+                answered.push(target.clone());
                 RegistryOp::ProbeOk {
                     now_ms,
                     id: target.id,
                 }
             } else {
+                answered.push(target);
                 continue;
             };
             // The process may have been forgotten meanwhile; that is fine.
             let _ = self.apply(op);
         }
+        answered
     }
 
     /// A push stream opened: its serial.
@@ -624,7 +632,16 @@ impl Balancer {
             processes = targets.len(),
             "push stream closed: probing its processes"
         );
-        self.probe(targets).await;
+        let answered = self.probe(targets).await;
+        if answered.is_empty() {
+            return;
+        }
+        // A dying process's kernel may close the stream a moment before its
+        // listener: a connect in between succeeds. Look again shortly.
+        tokio::time::sleep(Duration::from_millis(STREAM_CLOSE_RECHECK_MS)).await;
+        if self.is_master() {
+            let _ = self.probe(answered).await;
+        }
     }
 }
 
