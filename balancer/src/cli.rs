@@ -142,7 +142,9 @@ pub fn init_tracing() {
         .try_init();
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+/// The binaries' multi-thread runtime; an error is printed and becomes the
+/// exit code.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

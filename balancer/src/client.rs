@@ -197,27 +197,9 @@ impl Client {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
-        let host = self
-            .addrs
-            .get(self.current)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-        if let Some(secret) = &self.secret {
-            req.push_str(&format!("Authorization: Bearer {secret}\r\n"));
-        }
-        for (name, value) in headers {
-            req.push_str(&format!("{name}: {value}\r\n"));
-        }
         let body = body.unwrap_or_default();
-        if !body.is_empty() || method == "POST" {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        let mut buf = req.into_bytes();
+        let mut buf = Vec::with_capacity(256 + body.len());
+        self.head(&mut buf, method, path, headers, body.len());
         buf.extend_from_slice(body);
         let conn = self.connection().await?;
         conn.get_mut().write_all(&buf).await?;
@@ -236,14 +218,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let resp = self.request(method, path, body).await?;
         if !(200..300).contains(&resp.status) {
-            let err: Option<ErrorBody> = serde_json::from_slice(&resp.body).ok();
-            return Err(ClientError::Http {
-                status: resp.status,
-                code: err.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
-                message: err
-                    .map(|e| e.message)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
-            });
+            return Err(http_error(&resp));
         }
         serde_json::from_slice(&resp.body).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
@@ -287,20 +262,12 @@ impl Client {
         &mut self,
         requests: &[(&str, &str)],
     ) -> std::io::Result<Vec<Response>> {
-        let host = self.current().map(|a| a.to_string()).unwrap_or_default();
-        let mut buf = String::new();
+        let mut buf = Vec::with_capacity(128 * requests.len());
         for (method, path) in requests {
-            buf.push_str(&format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n"));
-            if let Some(secret) = &self.secret {
-                buf.push_str(&format!("Authorization: Bearer {secret}\r\n"));
-            }
-            if *method == "POST" {
-                buf.push_str("Content-Length: 0\r\n");
-            }
-            buf.push_str("\r\n");
+            self.head(&mut buf, method, path, &[], 0);
         }
         let conn = self.connection().await?;
-        conn.get_mut().write_all(buf.as_bytes()).await?;
+        conn.get_mut().write_all(&buf).await?;
         let mut out = Vec::with_capacity(requests.len());
         for _ in requests {
             let (resp, close) = read_response(conn).await?;
@@ -310,6 +277,35 @@ impl Client {
             }
         }
         Ok(out)
+    }
+
+    /// Appends a request head: Host, the secret, `headers`, and a
+    /// Content-Length for a body or a POST.
+    fn head(
+        &self,
+        buf: &mut Vec<u8>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body_len: usize,
+    ) {
+        use std::io::Write as _;
+        let host = self.current().map(|a| a.to_string()).unwrap_or_default();
+        // Writing to a Vec cannot fail.
+        let _ = write!(buf, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+        if let Some(secret) = &self.secret {
+            let _ = write!(buf, "Authorization: Bearer {secret}\r\n");
+        }
+        for (name, value) in headers {
+            let _ = write!(buf, "{name}: {value}\r\n");
+        }
+        if body_len > 0 || method == "POST" {
+            let _ = write!(
+                buf,
+                "Content-Type: application/json\r\nContent-Length: {body_len}\r\n"
+            );
+        }
+        buf.extend_from_slice(b"\r\n");
     }
 
     /// The keep-alive connection to the current address, opened if needed.
@@ -483,14 +479,7 @@ impl PushStream {
             .await?;
         let conn = self.client.conn.take();
         if resp.status != 101 {
-            let err: Option<ErrorBody> = serde_json::from_slice(&resp.body).ok();
-            return Err(ClientError::Http {
-                status: resp.status,
-                code: err.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
-                message: err
-                    .map(|e| e.message)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
-            });
+            return Err(http_error(&resp));
         }
         let conn =
             conn.ok_or_else(|| ClientError::BadResponse("101 without a connection".into()))?;
@@ -551,6 +540,18 @@ async fn read_stream(
         }
     }
     state.lock().ended = Some(master);
+}
+
+/// A non-2xx answer as an error, with the code and message of its JSON body.
+fn http_error(resp: &Response) -> ClientError {
+    let err: Option<ErrorBody> = serde_json::from_slice(&resp.body).ok();
+    ClientError::Http {
+        status: resp.status,
+        code: err.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
+        message: err
+            .map(|e| e.message)
+            .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).into_owned()),
+    }
 }
 
 /// For a 503 `not_master` answer: the master it names, if any.

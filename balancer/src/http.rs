@@ -40,7 +40,7 @@ use crate::api::{
 use crate::metrics::Metrics;
 use crate::ratelimit::Refused;
 use crate::registry::{validate_process_id, RegistryError, RegistryOp, Status, StatusPush, ZoneId};
-use crate::server::{ApplyError, Balancer, NotMaster, PickError};
+use crate::server::{until_stopped, ApplyError, Balancer, NotMaster, PickError};
 
 type Shared = State<Arc<Balancer>>;
 
@@ -166,8 +166,10 @@ pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let stopped = until_stopped(stop.clone());
+    tokio::pin!(stopped);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true).pipeline_flush(true);
     loop {
@@ -180,19 +182,19 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = async { drop(stop.wait_for(|s| *s).await) } => return,
+            _ = &mut stopped => return,
         };
         let _ = socket.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = http
             .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
             .with_upgrades();
-        let mut stop = stop.clone();
+        let stop = until_stopped(stop.clone());
         tokio::spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
-                _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                _ = stop => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

@@ -761,7 +761,7 @@ impl Drop for ServerHandle {
 }
 
 /// Resolves once `true` is sent (or the sender is gone).
-async fn until_stopped(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn until_stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.is_ok();
 }
 
