@@ -1188,6 +1188,13 @@ impl Registry {
                 }
             }
         }
+        // A pick is published as the process (holding the new reservation)
+        // and then the token counter: a master that dies between the two
+        // must not leave a standby that hands the token out again. The
+        // process record alone lifts the counter past its tokens.
+        if let Some(top) = p.reservations.iter().map(|r| r.token).max() {
+            self.next_token = self.next_token.max(top.saturating_add(1));
+        }
         self.zone_of.insert(p.id.clone(), p.zone);
         self.zones
             .get_mut(&p.zone)
@@ -1209,9 +1216,11 @@ impl Registry {
         }
     }
 
-    /// Replica: sets the token counter.
+    /// Replica: raises the token counter to the master's. It never goes
+    /// down (between two [`Registry::clear`]s): a process record may have
+    /// lifted it already, and the master's counter only grows.
     pub fn set_next_token(&mut self, next_token: u64) {
-        self.next_token = next_token;
+        self.next_token = self.next_token.max(next_token);
     }
 
     fn process_mut(&mut self, id: &str) -> Result<&mut Process, RegistryError> {

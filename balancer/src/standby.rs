@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `p/<process id>` | put / delete | the whole [`Process`] (status, load, reservations, spawn record) |
 //! | `z/<zone id>` | put | `{"last_spawn_ms": ...}` (the spawn rate limit) |
-//! | `t` | put | the next reservation token |
+//! | `t` | put | the next reservation token (a standby also lifts its counter past every token of each `p/` record it loads, so a master dying between a pick's `p/<id>` and `t` records cannot make the next master reuse the token) |
 //! | `m` | put | `{"http": "IP:PORT"}`: the master's HTTP address, published on promotion |
 //!
 //! Every value is `{ format u8 = 1 | JSON }`. hs folds old segments into
@@ -707,7 +707,25 @@ mod tests {
                     continue;
                 };
                 applied_ops += 1;
-                for (key, hs_op, value) in records(&Changes::of(&op, &out), &master) {
+                let recs = records(&Changes::of(&op, &out), &master);
+                if let Some(picked) = &out.picked {
+                    // A master that dies after any prefix of a pick's
+                    // records leaves a standby that never reuses its token.
+                    for k in 1..recs.len() {
+                        let mut cut = replica.clone();
+                        for (key, hs_op, value) in &recs[..k] {
+                            load(&mut cut, decode(key, *hs_op, value).unwrap()).unwrap();
+                        }
+                        assert!(
+                            cut.next_token() > picked.reservation,
+                            "seed {seed} step {step}: after {k} of {} records the next token is {}, token {} was handed out",
+                            recs.len(),
+                            cut.next_token(),
+                            picked.reservation
+                        );
+                    }
+                }
+                for (key, hs_op, value) in recs {
                     let e = decode(&key, hs_op, &value).expect("record decodes");
                     load(&mut replica, e).expect("record loads");
                     match hs_op {
@@ -736,6 +754,53 @@ mod tests {
         assert!(
             applied_ops > 10_000,
             "the generator makes mostly valid ops: {applied_ops}"
+        );
+    }
+
+    fn report(id: &str, port: u16) -> StatusReport {
+        StatusReport {
+            id: id.into(),
+            zone: 1,
+            host: LOCAL,
+            port,
+            online: 0,
+            used_memory_mb: 0,
+            version: String::new(),
+            pid: None,
+            claimed: vec![],
+        }
+    }
+
+    /// The master dies after publishing a pick's first record: the standby
+    /// that promotes with only that record must not hand the same token out
+    /// again (a game server would take one player's token for another's).
+    #[test]
+    fn a_failover_inside_a_pick_never_hands_its_token_out_again() {
+        let mut master = registry();
+        let mut standby = registry();
+        let push = RegistryOp::Push {
+            now_ms: 1,
+            report: report("a", 7000),
+        };
+        let out = master.apply(&push).unwrap();
+        for (key, hs_op, value) in records(&Changes::of(&push, &out), &master) {
+            load(&mut standby, decode(&key, hs_op, &value).unwrap()).unwrap();
+        }
+        let pick = RegistryOp::Pick { now_ms: 2, zone: 1 };
+        let out = master.apply(&pick).unwrap();
+        let handed_out = out.picked.as_ref().unwrap().reservation;
+        let recs = records(&Changes::of(&pick, &out), &master);
+        // Only the first record reaches the standby before the master dies.
+        let (key, hs_op, value) = &recs[0];
+        load(&mut standby, decode(key, *hs_op, value).unwrap()).unwrap();
+        // The standby promotes and serves the next pick.
+        let again = standby
+            .apply(&RegistryOp::Pick { now_ms: 3, zone: 1 })
+            .unwrap();
+        assert_ne!(
+            again.picked.unwrap().reservation,
+            handed_out,
+            "token {handed_out} handed out twice across a failover"
         );
     }
 
