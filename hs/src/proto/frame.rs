@@ -206,6 +206,58 @@ pub fn data_header(
     out
 }
 
+/// Bytes of a Hello before its epoch list: magic 4, version 2, 0 2, node 8,
+/// history 16, epoch 4, last_epoch 4, tail 8, role 1, n 2.
+const HELLO_FIXED_BYTES: usize = 51;
+
+/// A payload being decoded: every read checks what is left first, so a short
+/// payload is `Malformed` (never a panic, whatever its CRC).
+struct Rd {
+    p: Bytes,
+    kind: u8,
+}
+
+impl Rd {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), FrameError> {
+        if self.p.len() < n {
+            Err(FrameError::Malformed {
+                kind: self.kind,
+                what,
+            })
+        } else {
+            Ok(())
+        }
+    }
+    fn short(&self) -> FrameError {
+        FrameError::Malformed {
+            kind: self.kind,
+            what: "payload ends inside a field",
+        }
+    }
+    fn skip(&mut self, n: usize) -> Result<(), FrameError> {
+        if self.p.len() < n {
+            return Err(self.short());
+        }
+        self.p.advance(n);
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        self.p.try_get_u8().map_err(|_| self.short())
+    }
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        self.p.try_get_u16_le().map_err(|_| self.short())
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        self.p.try_get_u32_le().map_err(|_| self.short())
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        self.p.try_get_u64_le().map_err(|_| self.short())
+    }
+    fn u128(&mut self) -> Result<u128, FrameError> {
+        self.p.try_get_u128_le().map_err(|_| self.short())
+    }
+}
+
 impl Frame {
     /// Appends the encoded frame to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
@@ -388,7 +440,7 @@ impl Frame {
         }
         let crc = u32::from_le_bytes(src[8..12].try_into().unwrap());
         src.advance(FRAME_HEADER_BYTES);
-        let mut p = src.split_to(len).freeze();
+        let p = src.split_to(len).freeze();
         let covered = if kind == K_DATA {
             &p[..p.len().min(DATA_SUBHEADER_BYTES)]
         } else {
@@ -397,41 +449,34 @@ impl Frame {
         if crc32fast::hash(covered) != crc {
             return Err(FrameError::BadCrc { kind });
         }
-        let need = |n: usize, p: &Bytes, what| {
-            if p.len() < n {
-                Err(FrameError::Malformed { kind, what })
-            } else {
-                Ok(())
-            }
-        };
+        // Every read is checked: a payload shorter than its kind's layout is
+        // `Malformed`, never a panic (the CRC proves only that the sender meant it).
+        let mut r = Rd { p, kind };
         let f = match kind {
             K_HELLO => {
-                need(47, &p, "hello shorter than 47 bytes")?;
-                let magic = p.get_u32_le();
+                r.need(HELLO_FIXED_BYTES, "hello shorter than 51 bytes")?;
+                let magic = r.u32()?;
                 if magic != MAGIC {
                     return Err(FrameError::BadMagic(magic));
                 }
-                let version = p.get_u16_le();
+                let version = r.u16()?;
                 if version != VERSION {
                     return Err(FrameError::BadVersion(version));
                 }
-                p.advance(2);
-                let (node, history, epoch, last_epoch, tail, role) = (
-                    p.get_u64_le(),
-                    p.get_u128_le(),
-                    p.get_u32_le(),
-                    p.get_u32_le(),
-                    p.get_u64_le(),
-                    p.get_u8(),
-                );
-                let n = p.get_u16_le() as usize;
-                if n > crate::proto::catchup::HELLO_EPOCHS_MAX || p.len() != n * 12 {
+                r.skip(2)?;
+                let (node, history, epoch, last_epoch, tail, role) =
+                    (r.u64()?, r.u128()?, r.u32()?, r.u32()?, r.u64()?, r.u8()?);
+                let n = r.u16()? as usize;
+                if n > crate::proto::catchup::HELLO_EPOCHS_MAX || r.p.len() != n * 12 {
                     return Err(FrameError::Malformed {
                         kind,
                         what: "hello epoch list length",
                     });
                 }
-                let epochs = (0..n).map(|_| (p.get_u32_le(), p.get_u64_le())).collect();
+                let mut epochs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    epochs.push((r.u32()?, r.u64()?));
+                }
                 Frame::Hello {
                     node,
                     history,
@@ -443,12 +488,12 @@ impl Frame {
                 }
             }
             K_WELCOME => {
-                need(57, &p, "welcome shorter than 57 bytes")?;
-                let history = p.get_u128_le();
-                let epoch = p.get_u32_le();
-                p.advance(4);
-                let segment_bytes = p.get_u64_le();
-                let action = match p.get_u8() {
+                r.need(57, "welcome shorter than 57 bytes")?;
+                let history = r.u128()?;
+                let epoch = r.u32()?;
+                r.skip(4)?;
+                let segment_bytes = r.u64()?;
+                let action = match r.u8()? {
                     0 => Action::Continue,
                     1 => Action::Truncate,
                     2 => Action::Resync,
@@ -464,102 +509,101 @@ impl Frame {
                     epoch,
                     segment_bytes,
                     action,
-                    start: p.get_u64_le(),
-                    snapshot_bytes: p.get_u64_le(),
-                    node: p.get_u64_le(),
+                    start: r.u64()?,
+                    snapshot_bytes: r.u64()?,
+                    node: r.u64()?,
                 }
             }
             K_DATA => {
-                need(
-                    DATA_SUBHEADER_BYTES,
-                    &p,
-                    "data shorter than its 24-byte header",
-                )?;
-                let pos = p.get_u64_le();
-                let epoch = p.get_u32_le();
-                p.advance(4);
-                let tail = p.get_u64_le();
+                r.need(DATA_SUBHEADER_BYTES, "data shorter than its 24-byte header")?;
+                let pos = r.u64()?;
+                let epoch = r.u32()?;
+                r.skip(4)?;
+                let tail = r.u64()?;
                 Frame::Data {
                     pos,
                     epoch,
                     tail,
-                    records: p,
+                    records: r.p,
                 }
             }
             K_SNAPSHOT => {
-                need(8, &p, "snapshot chunk shorter than 8 bytes")?;
-                let offset = p.get_u64_le();
-                Frame::Snapshot { offset, bytes: p }
+                r.need(8, "snapshot chunk shorter than 8 bytes")?;
+                let offset = r.u64()?;
+                Frame::Snapshot {
+                    offset,
+                    bytes: r.p,
+                }
             }
             K_HEARTBEAT => {
-                need(32, &p, "heartbeat shorter than 32 bytes")?;
-                let epoch = p.get_u32_le();
-                p.advance(4);
+                r.need(32, "heartbeat shorter than 32 bytes")?;
+                let epoch = r.u32()?;
+                r.skip(4)?;
                 Frame::Heartbeat {
                     epoch,
-                    tail: p.get_u64_le(),
-                    flushed: p.get_u64_le(),
-                    sent_ns: p.get_u64_le(),
+                    tail: r.u64()?,
+                    flushed: r.u64()?,
+                    sent_ns: r.u64()?,
                 }
             }
             K_ACK => {
-                need(40, &p, "ack shorter than 40 bytes")?;
-                let epoch = p.get_u32_le();
-                p.advance(4);
+                r.need(40, "ack shorter than 40 bytes")?;
+                let epoch = r.u32()?;
+                r.skip(4)?;
                 Frame::Ack {
                     epoch,
-                    received: p.get_u64_le(),
-                    flushed: p.get_u64_le(),
-                    applied: p.get_u64_le(),
-                    echo_ns: p.get_u64_le(),
+                    received: r.u64()?,
+                    flushed: r.u64()?,
+                    applied: r.u64()?,
+                    echo_ns: r.u64()?,
                 }
             }
             K_STATUS => {
-                need(26, &p, "status shorter than 26 bytes")?;
+                r.need(26, "status shorter than 26 bytes")?;
                 Frame::Status {
-                    node: p.get_u64_le(),
-                    epoch: p.get_u32_le(),
-                    last_epoch: p.get_u32_le(),
-                    tail: p.get_u64_le(),
-                    role: p.get_u8(),
-                    prefer: p.get_u8(),
+                    node: r.u64()?,
+                    epoch: r.u32()?,
+                    last_epoch: r.u32()?,
+                    tail: r.u64()?,
+                    role: r.u8()?,
+                    prefer: r.u8()?,
                 }
             }
             K_HANDOVER => {
-                need(16, &p, "handover shorter than 16 bytes")?;
-                let epoch = p.get_u32_le();
-                p.advance(4);
+                r.need(16, "handover shorter than 16 bytes")?;
+                let epoch = r.u32()?;
+                r.skip(4)?;
                 Frame::Handover {
                     epoch,
-                    tail: p.get_u64_le(),
+                    tail: r.u64()?,
                 }
             }
             K_WITNESS_REQ => {
-                need(22, &p, "witness request shorter than 22 bytes")?;
+                r.need(22, "witness request shorter than 22 bytes")?;
                 Frame::WitnessRequest {
-                    pair: p.get_u64_le(),
-                    node: p.get_u64_le(),
-                    epoch: p.get_u32_le(),
-                    promote: p.get_u8() != 0,
-                    dead: p.get_u8() != 0,
+                    pair: r.u64()?,
+                    node: r.u64()?,
+                    epoch: r.u32()?,
+                    promote: r.u8()? != 0,
+                    dead: r.u8()? != 0,
                 }
             }
             K_WITNESS_REP => {
-                need(16, &p, "witness reply shorter than 16 bytes")?;
-                let granted = p.get_u8() != 0;
-                p.advance(3);
+                r.need(16, "witness reply shorter than 16 bytes")?;
+                let granted = r.u8()? != 0;
+                r.skip(3)?;
                 Frame::WitnessReply {
                     granted,
-                    epoch: p.get_u32_le(),
-                    holder: p.get_u64_le(),
+                    epoch: r.u32()?,
+                    holder: r.u64()?,
                 }
             }
             K_ERROR => {
-                need(2, &p, "error shorter than 2 bytes")?;
-                let code = p.get_u16_le();
+                r.need(2, "error shorter than 2 bytes")?;
+                let code = r.u16()?;
                 Frame::Error {
                     code,
-                    message: String::from_utf8_lossy(&p).into_owned(),
+                    message: String::from_utf8_lossy(&r.p).into_owned(),
                 }
             }
             _ => unreachable!("kind checked above"),
@@ -717,6 +761,168 @@ mod tests {
             for _ in 0..16 {
                 match Frame::decode(&mut src, 4096) { Ok(Some(_)) => {}, _ => break }
             }
+        }
+    }
+
+    /// Deterministic bytes (splitmix64): the same payloads every run.
+    fn noise(seed: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = *seed;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                (z ^ (z >> 31)) as u8
+            })
+            .collect()
+    }
+
+    /// A frame of `kind` around `payload` with the CRC a sender would compute, so
+    /// the payload decoder itself runs (random bytes stop at the frame CRC).
+    fn framed(kind: u8, payload: &[u8]) -> BytesMut {
+        let covered = if kind == K_DATA {
+            &payload[..payload.len().min(DATA_SUBHEADER_BYTES)]
+        } else {
+            payload
+        };
+        let mut b = BytesMut::new();
+        put_header(&mut b, kind, payload.len(), crc32fast::hash(covered));
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn decode_no_panic(kind: u8, payload: &[u8]) -> Result<Option<Frame>, FrameError> {
+        let mut src = framed(kind, payload);
+        match std::panic::catch_unwind(move || Frame::decode(&mut src, 1 << 20)) {
+            Ok(r) => r,
+            Err(_) => panic!(
+                "decoder of kind {kind} panicked on a {}-byte payload with a valid CRC: {payload:02x?}",
+                payload.len()
+            ),
+        }
+    }
+
+    /// One valid frame of every kind, for the truncation test.
+    fn one_of_each() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                node: 7,
+                history: 9,
+                epoch: 3,
+                last_epoch: 2,
+                tail: 4096,
+                role: 2,
+                epochs: vec![(1, 0), (2, 1024)],
+            },
+            Frame::Welcome {
+                history: 9,
+                epoch: 3,
+                segment_bytes: 4096,
+                action: Action::Truncate,
+                start: 8,
+                snapshot_bytes: 0,
+                node: 5,
+            },
+            Frame::Data {
+                pos: 8,
+                epoch: 3,
+                tail: 64,
+                records: Bytes::from_static(&[1; 32]),
+            },
+            Frame::Snapshot {
+                offset: 0,
+                bytes: Bytes::from_static(b"snap"),
+            },
+            Frame::Heartbeat {
+                epoch: 3,
+                tail: 1,
+                flushed: 1,
+                sent_ns: 2,
+            },
+            Frame::Ack {
+                epoch: 3,
+                received: 1,
+                flushed: 1,
+                applied: 1,
+                echo_ns: 2,
+            },
+            Frame::Error {
+                code: 4,
+                message: "no".into(),
+            },
+            Frame::Status {
+                node: 1,
+                epoch: 2,
+                last_epoch: 2,
+                tail: 3,
+                role: 3,
+                prefer: 1,
+            },
+            Frame::Handover { epoch: 3, tail: 8 },
+            Frame::WitnessRequest {
+                pair: 1,
+                node: 2,
+                epoch: 3,
+                promote: true,
+                dead: false,
+            },
+            Frame::WitnessReply {
+                granted: true,
+                epoch: 3,
+                holder: 2,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_with_a_valid_crc_and_any_length_never_panics() {
+        let mut seed = 2026u64;
+        for kind in K_HELLO..=K_MAX {
+            for len in 0..=160usize {
+                for round in 0..24 {
+                    let mut payload = noise(&mut seed, len);
+                    if kind == K_HELLO && round % 2 == 0 && len >= 8 {
+                        // Valid magic and version, so the decoder reads on.
+                        payload[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+                        payload[4..6].copy_from_slice(&VERSION.to_le_bytes());
+                    }
+                    if kind == K_HELLO && round % 4 == 0 && len >= 51 {
+                        // A plausible epoch count too.
+                        let n = ((len - 51) / 12) as u16 + (round / 4) as u16 % 2;
+                        payload[49..51].copy_from_slice(&n.to_le_bytes());
+                    }
+                    let _ = decode_no_panic(kind, &payload);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_every_kind_is_an_error_not_a_panic() {
+        for f in one_of_each() {
+            let mut wire = BytesMut::new();
+            f.encode(&mut wire);
+            let kind = wire[4];
+            let payload = wire[FRAME_HEADER_BYTES..].to_vec();
+            // Bytes each kind needs before its variable part (if it has one).
+            let fixed = match kind {
+                K_HELLO => payload.len(), // the epoch list length is exact
+                K_DATA => DATA_SUBHEADER_BYTES,
+                K_SNAPSHOT => 8,
+                K_ERROR => 2,
+                _ => payload.len(),
+            };
+            for cut in 0..payload.len() {
+                let r = decode_no_panic(kind, &payload[..cut]);
+                if cut < fixed {
+                    assert!(
+                        matches!(r, Err(FrameError::Malformed { .. })),
+                        "kind {kind} cut to {cut} of {} bytes decoded as {r:?}",
+                        payload.len()
+                    );
+                }
+            }
+            assert_eq!(decode_no_panic(kind, &payload), Ok(Some(f)));
         }
     }
 
