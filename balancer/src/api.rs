@@ -39,7 +39,8 @@ pub struct ProcessView {
     pub drained: bool,
     /// The balancer spawned it.
     pub spawned: bool,
-    /// Last push, unix ms (balancer clock).
+    /// Last push, unix ms on the balancer's clock (read at its start, then
+    /// advanced by the monotonic clock: wall-clock steps since do not show).
     pub last_push_ms: Millis,
 }
 

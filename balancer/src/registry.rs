@@ -11,7 +11,8 @@
 //!   and a standby that applies them, or only the latest value of each, is
 //!   equal to the master (checked over random op sequences in the tests).
 //! - **No clock, no IO, no randomness inside.** Time arrives in the op
-//!   (`now_ms`, unix milliseconds chosen by the driver); reservation tokens come
+//!   (`now_ms`, milliseconds on the driver's [`crate::server::Clock`], which
+//!   never steps); reservation tokens come
 //!   from a counter in the state. Two registries built from the same zones that
 //!   apply the same ops in the same order are equal, field for field.
 //! - **A rejected op changes nothing.** `apply` validates before it mutates, so
@@ -487,6 +488,23 @@ impl RegistryOp {
         // Serialising these plain data types into a Vec cannot fail.
         serde_json::to_writer(&mut out, self).expect("RegistryOp serialises");
         out
+    }
+
+    /// The time the op carries (all but [`RegistryOp::Forget`], which
+    /// changes no deadline: it only removes).
+    pub fn now_ms(&self) -> Option<Millis> {
+        match self {
+            RegistryOp::Push { now_ms, .. }
+            | RegistryOp::Pick { now_ms, .. }
+            | RegistryOp::Tick { now_ms }
+            | RegistryOp::ProbeFailed { now_ms, .. }
+            | RegistryOp::ProbeOk { now_ms, .. }
+            | RegistryOp::Drain { now_ms, .. }
+            | RegistryOp::Undrain { now_ms, .. }
+            | RegistryOp::SpawnStarted { now_ms, .. }
+            | RegistryOp::SpawnFailed { now_ms, .. } => Some(*now_ms),
+            RegistryOp::Forget { .. } => None,
+        }
     }
 
     /// Decodes bytes made by [`RegistryOp::encode`]; refuses oversize input

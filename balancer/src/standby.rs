@@ -11,7 +11,10 @@
 //! | `t` | put | the next reservation token (a standby also lifts its counter past every token of each `p/` record it loads, so a master dying between a pick's `p/<id>` and `t` records cannot make the next master reuse the token) |
 //! | `m` | put | `{"http": "IP:PORT"}`: the master's HTTP address, published on promotion |
 //!
-//! Every value is `{ format u8 = 1 | JSON }`. hs folds old segments into
+//! Every value is `{ format u8 = 2 | at_ms u64 | JSON }`, `at_ms` being the
+//! master's clock when it wrote the value: a replica carries each time in
+//! it onto its own clock as an age ([`decode_at`]), so deadlines survive a
+//! failover between machines whose clocks disagree. hs folds old segments into
 //! "latest value per key", and the latest value of every key *is* the
 //! registry, so a snapshot needs nothing from the balancer; applying a record
 //! and restoring a key are the same upsert ([`load`]). Zone specs and limits
@@ -42,8 +45,14 @@ use tracing::{debug, error, info, warn};
 use crate::registry::{Changes, Millis, Process, Registry, RegistryError, ZoneId};
 use crate::server::{Balancer, NotMaster};
 
-/// Format byte in front of every replicated value.
-const VALUE_FORMAT_VERSION: u8 = 1;
+/// Format byte of values written before times were stamped: their times
+/// are taken as they are (read, never written).
+const VALUE_FORMAT_UNSTAMPED: u8 = 1;
+/// Format byte in front of every replicated value written now: `{ 2 u8 |
+/// at_ms u64 | JSON }`, `at_ms` = the master's clock when it wrote it.
+const VALUE_FORMAT_VERSION: u8 = 2;
+/// Bytes in front of a stamped value's JSON.
+const VALUE_HEADER_BYTES: usize = 9;
 /// Largest replicated value accepted; checked before parsing. A process
 /// with 20,000 reservations is about 800 KiB.
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
@@ -116,13 +125,20 @@ struct MasterValue {
     http: SocketAddr,
 }
 
-fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![VALUE_FORMAT_VERSION];
+// { format u8 = 2 | at_ms u64 | JSON }
+fn encode_value<T: Serialize>(v: &T, at_ms: Millis) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(VALUE_FORMAT_VERSION);
+    out.extend_from_slice(&at_ms.to_le_bytes());
     serde_json::to_writer(&mut out, v).expect("plain data serialises");
     out
 }
 
-fn decode_value<'a, T: Deserialize<'a>>(key: &[u8], bytes: &'a [u8]) -> Result<T, EntityError> {
+/// The value and, for a stamped value, the writer's clock when it wrote it.
+fn decode_value<'a, T: Deserialize<'a>>(
+    key: &[u8],
+    bytes: &'a [u8],
+) -> Result<(T, Option<Millis>), EntityError> {
     let bad = |why: String| EntityError::Value {
         key: String::from_utf8_lossy(key).into_owned(),
         why,
@@ -133,27 +149,42 @@ fn decode_value<'a, T: Deserialize<'a>>(key: &[u8], bytes: &'a [u8]) -> Result<T
             bytes.len()
         )));
     }
-    match bytes.first() {
-        Some(&VALUE_FORMAT_VERSION) => {
-            serde_json::from_slice(&bytes[1..]).map_err(|e| bad(e.to_string()))
+    let (json, at_ms) = match bytes.first() {
+        Some(&VALUE_FORMAT_VERSION) if bytes.len() >= VALUE_HEADER_BYTES => {
+            let at: [u8; 8] = bytes[1..VALUE_HEADER_BYTES]
+                .try_into()
+                .expect("eight bytes");
+            (&bytes[VALUE_HEADER_BYTES..], Some(u64::from_le_bytes(at)))
         }
-        found => Err(bad(format!(
-            "format byte {found:?}, this build reads {VALUE_FORMAT_VERSION}"
-        ))),
-    }
+        Some(&VALUE_FORMAT_VERSION) => {
+            return Err(bad(format!(
+                "{} bytes, shorter than the {VALUE_HEADER_BYTES}-byte header",
+                bytes.len()
+            )))
+        }
+        Some(&VALUE_FORMAT_UNSTAMPED) => (&bytes[1..], None),
+        found => {
+            return Err(bad(format!(
+                "format byte {found:?}, this build reads {VALUE_FORMAT_UNSTAMPED} and {VALUE_FORMAT_VERSION}"
+            )))
+        }
+    };
+    let v = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    Ok((v, at_ms))
 }
 
 /// One record to publish: key, put or delete, value.
 pub type Record = (Vec<u8>, Op, Vec<u8>);
 
 /// The records that carry `changes` (read from `registry`, the state after
-/// the op): removals first, then processes, zones, the token counter.
-pub fn records(changes: &Changes, registry: &Registry) -> Vec<Record> {
+/// the op, at `at_ms` on the master's clock): removals first, then
+/// processes, zones, the token counter.
+pub fn records(changes: &Changes, registry: &Registry, at_ms: Millis) -> Vec<Record> {
     let mut out = Vec::with_capacity(changes.processes.len() + changes.zones.len() + 1);
     for id in &changes.processes {
         let key = [KEY_PROCESS, id.as_bytes()].concat();
         match registry.process(id) {
-            Some(p) => out.push((key, Op::Put, encode_value(p))),
+            Some(p) => out.push((key, Op::Put, encode_value(p, at_ms))),
             None => out.push((key, Op::Delete, Vec::new())),
         }
     }
@@ -162,16 +193,19 @@ pub fn records(changes: &Changes, registry: &Registry) -> Vec<Record> {
         out.push((
             key,
             Op::Put,
-            encode_value(&ZoneValue {
-                last_spawn_ms: registry.last_spawn(*zone),
-            }),
+            encode_value(
+                &ZoneValue {
+                    last_spawn_ms: registry.last_spawn(*zone),
+                },
+                at_ms,
+            ),
         ));
     }
     if changes.next_token {
         out.push((
             KEY_TOKEN.to_vec(),
             Op::Put,
-            encode_value(&registry.next_token()),
+            encode_value(&registry.next_token(), at_ms),
         ));
     }
     out
@@ -182,26 +216,75 @@ pub fn master_record(http: SocketAddr) -> Record {
     (
         KEY_MASTER.to_vec(),
         Op::Put,
-        encode_value(&MasterValue { http }),
+        encode_value(&MasterValue { http }, 0),
     )
 }
 
-/// Decodes one record (or one restored key, as a put).
+/// Decodes one record (or one restored key, as a put), with its times as
+/// the writer's clock read them.
 pub fn decode(key: &[u8], op: Op, value: &[u8]) -> Result<Entity, EntityError> {
+    decode_stamped(key, op, value).map(|(e, _)| e)
+}
+
+/// Decodes one record as [`decode`] does, with its times carried onto this
+/// node's clock, which reads `now_ms`: each time keeps its age at the
+/// moment the master wrote the record (`t' = now_ms - (at_ms - t)`), so a
+/// reservation keeps its remaining ttl and a push its freshness whatever
+/// the two machines' clocks say. The replication lag (and, for a node
+/// replaying its own log at start, the time it was down) is added to every
+/// deadline: a reservation held a little longer, never dropped early.
+pub fn decode_at(key: &[u8], op: Op, value: &[u8], now_ms: Millis) -> Result<Entity, EntityError> {
+    let (entity, at_ms) = decode_stamped(key, op, value)?;
+    let Some(at_ms) = at_ms else {
+        return Ok(entity);
+    };
+    let shift = |t: Millis| -> Millis {
+        let age = at_ms.saturating_sub(t);
+        let ahead = t.saturating_sub(at_ms);
+        now_ms.saturating_sub(age).saturating_add(ahead)
+    };
+    Ok(match entity {
+        Entity::Process(mut p) => {
+            p.last_push_ms = shift(p.last_push_ms);
+            p.status_since_ms = shift(p.status_since_ms);
+            for r in p.reservations.iter_mut() {
+                r.expires_ms = shift(r.expires_ms);
+            }
+            if let Some(s) = p.spawned.as_mut() {
+                s.started_ms = shift(s.started_ms);
+            }
+            Entity::Process(p)
+        }
+        Entity::LastSpawn {
+            zone,
+            last_spawn_ms,
+        } => Entity::LastSpawn {
+            zone,
+            last_spawn_ms: last_spawn_ms.map(shift),
+        },
+        other => other,
+    })
+}
+
+fn decode_stamped(
+    key: &[u8],
+    op: Op,
+    value: &[u8],
+) -> Result<(Entity, Option<Millis>), EntityError> {
     let key_text = || String::from_utf8_lossy(key).into_owned();
     if let Some(id) = key.strip_prefix(KEY_PROCESS) {
         let id = std::str::from_utf8(id).map_err(|_| EntityError::Key(key_text()))?;
         return Ok(match op {
-            Op::Delete => Entity::ProcessGone(id.to_string()),
+            Op::Delete => (Entity::ProcessGone(id.to_string()), None),
             Op::Put => {
-                let p: Process = decode_value(key, value)?;
+                let (p, at): (Process, _) = decode_value(key, value)?;
                 if p.id != id {
                     return Err(EntityError::Value {
                         key: key_text(),
                         why: format!("holds process {:?}", p.id),
                     });
                 }
-                Entity::Process(Box::new(p))
+                (Entity::Process(Box::new(p)), at)
             }
         });
     }
@@ -210,22 +293,32 @@ pub fn decode(key: &[u8], op: Op, value: &[u8]) -> Result<Entity, EntityError> {
             .ok()
             .and_then(|z| z.parse().ok())
             .ok_or_else(|| EntityError::Key(key_text()))?;
-        let v: ZoneValue = match op {
+        let (v, at): (ZoneValue, _) = match op {
             Op::Put => decode_value(key, value)?,
-            Op::Delete => ZoneValue {
-                last_spawn_ms: None,
-            },
+            Op::Delete => (
+                ZoneValue {
+                    last_spawn_ms: None,
+                },
+                None,
+            ),
         };
-        return Ok(Entity::LastSpawn {
-            zone,
-            last_spawn_ms: v.last_spawn_ms,
-        });
+        return Ok((
+            Entity::LastSpawn {
+                zone,
+                last_spawn_ms: v.last_spawn_ms,
+            },
+            at,
+        ));
     }
     match (key, op) {
-        (KEY_TOKEN, Op::Put) => Ok(Entity::NextToken(decode_value(key, value)?)),
-        (KEY_MASTER, Op::Put) => Ok(Entity::Master {
-            http: decode_value::<MasterValue>(key, value)?.http,
-        }),
+        (KEY_TOKEN, Op::Put) => {
+            let (t, at) = decode_value(key, value)?;
+            Ok((Entity::NextToken(t), at))
+        }
+        (KEY_MASTER, Op::Put) => {
+            let (m, at): (MasterValue, _) = decode_value(key, value)?;
+            Ok((Entity::Master { http: m.http }, at))
+        }
         _ => Err(EntityError::Key(key_text())),
     }
 }
@@ -353,7 +446,8 @@ impl crate::server::OpSink for HsSink {
             self.diverged.store(true, Ordering::Release);
             return Err(self.not_master());
         };
-        for (key, op, value) in records(&changes, registry) {
+        let at_ms = op.now_ms().unwrap_or_default();
+        for (key, op, value) in records(&changes, registry, at_ms) {
             match node.publish(&key, op, &value) {
                 Ok(pos) => {
                     self.last_published.fetch_max(pos, Ordering::AcqRel);
@@ -384,7 +478,7 @@ impl ReplicaApply {
         let Some(b) = self.balancer.upgrade() else {
             return;
         };
-        let result = decode(key, op, value).and_then(|entity| {
+        let result = decode_at(key, op, value, b.now_ms()).and_then(|entity| {
             if let Entity::Master { http } = entity {
                 *self.sink.master_http.lock() = Some(http);
                 return Ok(());
@@ -707,7 +801,11 @@ mod tests {
                     continue;
                 };
                 applied_ops += 1;
-                let recs = records(&Changes::of(&op, &out), &master);
+                let recs = records(
+                    &Changes::of(&op, &out),
+                    &master,
+                    op.now_ms().unwrap_or(now_ms),
+                );
                 if let Some(picked) = &out.picked {
                     // A master that dies after any prefix of a pick's
                     // records leaves a standby that never reuses its token.
@@ -783,13 +881,13 @@ mod tests {
             report: report("a", 7000),
         };
         let out = master.apply(&push).unwrap();
-        for (key, hs_op, value) in records(&Changes::of(&push, &out), &master) {
+        for (key, hs_op, value) in records(&Changes::of(&push, &out), &master, 1) {
             load(&mut standby, decode(&key, hs_op, &value).unwrap()).unwrap();
         }
         let pick = RegistryOp::Pick { now_ms: 2, zone: 1 };
         let out = master.apply(&pick).unwrap();
         let handed_out = out.picked.as_ref().unwrap().reservation;
-        let recs = records(&Changes::of(&pick, &out), &master);
+        let recs = records(&Changes::of(&pick, &out), &master, 2);
         // Only the first record reaches the standby before the master dies.
         let (key, hs_op, value) = &recs[0];
         load(&mut standby, decode(key, *hs_op, value).unwrap()).unwrap();
@@ -801,6 +899,81 @@ mod tests {
             again.picked.unwrap().reservation,
             handed_out,
             "token {handed_out} handed out twice across a failover"
+        );
+    }
+
+    /// Master and standby clocks disagree (the standby's wall clock is an
+    /// hour ahead, and each process's monotonic clock has its own origin):
+    /// a reservation and a push the master made keep their remaining time
+    /// on the standby that takes over, and a wall-clock step there changes
+    /// nothing.
+    #[test]
+    fn replicated_deadlines_keep_their_remaining_time_on_a_skewed_standby() {
+        use crate::server::{Clock, ManualTime};
+        let master_time = Arc::new(ManualTime::new(5_000, 1_700_000_000_000));
+        let standby_time = Arc::new(ManualTime::new(987_654, 1_700_000_000_000 + 3_600_000));
+        let master_clock = Clock::with_source(master_time.clone());
+        let standby_clock = Clock::with_source(standby_time.clone());
+        let limits = RegistryLimits::default();
+        let mut master = registry();
+        let mut standby = registry();
+        let publish = |master: &mut Registry, op: RegistryOp, standby: &mut Registry| {
+            let out = master.apply(&op).unwrap();
+            let at_ms = op.now_ms().unwrap();
+            for (key, hs_op, value) in records(&Changes::of(&op, &out), master, at_ms) {
+                let e = decode_at(&key, hs_op, &value, standby_clock.now_ms()).unwrap();
+                load(standby, e).unwrap();
+            }
+        };
+        let now = master_clock.now_ms();
+        publish(
+            &mut master,
+            RegistryOp::Push {
+                now_ms: now,
+                report: report("a", 7000),
+            },
+            &mut standby,
+        );
+        publish(
+            &mut master,
+            RegistryOp::Pick {
+                now_ms: now,
+                zone: 1,
+            },
+            &mut standby,
+        );
+        // The master dies; the standby's wall clock is stepped back an hour
+        // meanwhile (NTP corrects it). Two seconds pass.
+        standby_time.step_wall(-3_600_000);
+        master_time.advance(2_000);
+        standby_time.advance(2_000);
+        let out = standby.apply(&RegistryOp::Tick {
+            now_ms: standby_clock.now_ms(),
+        });
+        let out = out.unwrap();
+        assert_eq!(
+            out.events,
+            vec![],
+            "nothing is due 2 s after the push and the pick"
+        );
+        let a = standby.process("a").unwrap();
+        assert_eq!(a.status, crate::registry::Status::Running);
+        assert_eq!(a.reservations.len(), 1, "the reservation holds for its ttl");
+        // Once the ttl has passed on the standby's own clock, it expires.
+        standby_time.advance(limits.reservation_ttl_ms - 2_000);
+        let out = standby
+            .apply(&RegistryOp::Tick {
+                now_ms: standby_clock.now_ms(),
+            })
+            .unwrap();
+        assert!(
+            out.events
+                .contains(&crate::registry::Event::ReservationsExpired {
+                    id: "a".into(),
+                    count: 1
+                }),
+            "{:?}",
+            out.events
         );
     }
 
@@ -844,7 +1017,7 @@ mod tests {
             },
         };
         let out = r.apply(&op).unwrap();
-        let (_, _, value) = records(&Changes::of(&op, &out), &r).remove(0);
+        let (_, _, value) = records(&Changes::of(&op, &out), &r, 1).remove(0);
         assert!(matches!(
             decode(b"p/b", Op::Put, &value),
             Err(EntityError::Value { .. })

@@ -308,9 +308,11 @@ impl balancer::server::OpSink for RecordingSink {
         assert!(ops.len() < RECORDED_OPS_MAX, "recording sink overflow");
         ops.push(op.encode());
         let changes = balancer::registry::Changes::of(op, out);
-        self.records
-            .lock()
-            .extend(balancer::standby::records(&changes, registry));
+        self.records.lock().extend(balancer::standby::records(
+            &changes,
+            registry,
+            op.now_ms().unwrap_or_default(),
+        ));
         Ok(())
     }
 }
