@@ -1,1 +1,13 @@
-//! placeholder: see the issue that builds this crate.
+//! The game server: the processes players connect to.
+//!
+//! - [`proto`]: frames and payloads (client ↔ gateway), sans-IO;
+//! - [`link`]: the gateway ↔ room-server messages;
+//! - [`game`]: table games' rules (Gomoku), pure;
+//! - [`room`]: a room's rules as a state machine, and how rooms live in hs;
+//! - [`token`]: signed expiring tokens.
+
+pub mod game;
+pub mod link;
+pub mod proto;
+pub mod room;
+pub mod token;

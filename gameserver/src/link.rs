@@ -1,0 +1,86 @@
+//! The gateway ↔ room-server link: the same [`crate::proto::frame`] format,
+//! kinds `ToRoom` (64) and `FromRoom` (65), postcard payloads.
+//!
+//! One TCP connection per (gateway, room-server pair), held by the gateway to
+//! whichever node of the pair is master. Order on the link is the room
+//! server's release order: a reply or push leaves only once the records
+//! behind it are on the standby (hs `Received`).
+//!
+//! ```text
+//! gateway                                   room server (master)
+//!   Hello{gateway, version} ───────────────►
+//!                           ◄─────────────── Welcome{node, rooms}  | NotMaster{master}
+//!   Subscribe{room, after} ────────────────► (resume: events > after, or a snapshot)
+//!   Request{player, seq, name, req} ───────► plan → publish → Received →
+//!                           ◄─────────────── Events{room, first_seq, events}
+//!                           ◄─────────────── Reply{player, seq, reply}
+//! ```
+//!
+//! A node that is not (or stops being) master answers `NotMaster` and closes;
+//! the gateway tries the other node. After reconnecting, the gateway sends a
+//! `Subscribe` per room it has players in, then re-sends every request not yet
+//! answered (at most one per player): the room server answers a request it
+//! already did from its replicated state instead of doing it twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::msg::{Reply, Request, RoomEvent, RoomInfo, RoomSnapshot};
+
+/// Link protocol version.
+pub const LINK_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToRoom {
+    Hello {
+        gateway: u64,
+        version: u32,
+    },
+    /// A player's request. `name` is the player's name (from the token),
+    /// needed when the request enters a room.
+    Request {
+        player: u64,
+        seq: u32,
+        name: String,
+        req: Request,
+    },
+    /// Send this link the room's events after `after` (exclusive), then every
+    /// new one; a snapshot when the room no longer holds them all.
+    Subscribe {
+        room: u32,
+        after: u64,
+    },
+    /// No more events of this room on this link.
+    Unsubscribe {
+        room: u32,
+    },
+    /// The rooms with their online counts.
+    Rooms,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromRoom {
+    Welcome {
+        node: u64,
+        rooms: Vec<RoomInfo>,
+    },
+    /// This node does not take requests; `master` is where it thinks the
+    /// master's link port is, if it knows.
+    NotMaster {
+        master: Option<String>,
+    },
+    Reply {
+        player: u64,
+        seq: u32,
+        reply: Reply,
+    },
+    /// Consecutive events of one room, the first numbered `first_seq`.
+    Events {
+        room: u32,
+        first_seq: u64,
+        events: Vec<RoomEvent>,
+    },
+    /// The room as of `snapshot.seq`: what a subscriber gets when the events
+    /// it asked for are gone. Events continue from `seq + 1`.
+    Snapshot(RoomSnapshot),
+    Rooms(Vec<RoomInfo>),
+}
