@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hs::{Apply, Config, Durability, Event, Node, NodeError, RecordRef, Role};
+use hs::{Apply, Config, Durability, Event, LogConfig, Node, NodeError, RecordRef, Role};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -297,5 +297,72 @@ fn a_witness_fences_a_stale_master() {
     assert!(
         a.put(b"after", b"").is_err(),
         "a fenced master accepted a write"
+    );
+}
+
+/// A node that was master, then followed a master whose history it lacked (its
+/// log cut back), then became master again must not count its old standby's
+/// acknowledgements: no standby holds its new records yet.
+#[test]
+fn acknowledgements_from_an_earlier_role_do_not_carry_over() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let ka = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
+    let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, Kv::default()).unwrap();
+    until("pair", || {
+        a.role() == Role::Master && b.role() == Role::Slave
+    });
+    write_acked(&a, &ka, "acked", 100);
+    let stale = a.stats().acked_received;
+    assert!(stale >= 100 * 32, "{stale}");
+    drop(b);
+    until("A to notice", || !a.stats().slave_connected);
+
+    // B's replacement holds another history, at a newer epoch, with 3 records:
+    // far fewer bytes than A's old standby acknowledged.
+    let db2 = tempfile::tempdir().unwrap();
+    {
+        let c = cfg(db2.path(), pb, pa, 2);
+        let (log, _) = hs::log::Log::open(LogConfig {
+            dir: db2.path().to_path_buf(),
+            segment_bytes: c.segment_bytes,
+            record_bytes_max: c.record_bytes_max,
+            retention_bytes_max: c.retention_bytes_max,
+        })
+        .unwrap();
+        log.start_history(0xb2).unwrap();
+        log.set_ids(2, 1).unwrap();
+        log.set_epoch(a.stats().epoch + 7).unwrap();
+        for i in 0..3u8 {
+            log.append_wait(hs::Op::Put, &[i], b"v", DEADLINE).unwrap();
+        }
+        log.flush().unwrap();
+    }
+    let b2 = Node::start(cfg(db2.path(), pb, pa, 2), Role::Master, Kv::default()).unwrap();
+    // A is fenced by B2's newer epoch, resyncs from it (its log is replaced)...
+    wait_event(&a, "Resynced", |e| matches!(e, Event::Resynced { .. }));
+    until("A to follow B2", || {
+        a.role() == Role::Slave && b2.role() == Role::Master
+    });
+    // ...and takes over when B2's process is gone.
+    drop(b2);
+    until("A to serve again", || a.role() == Role::Master && a.is_writable());
+    let pos = a.put(b"new", b"v").unwrap();
+    assert!(pos < stale, "the test needs a position below the old acks");
+    let st = a.stats();
+    assert!(!st.slave_connected);
+    assert!(
+        st.acked_received <= pos && st.acked_flushed <= pos && st.acked_applied <= pos,
+        "stale acknowledgements carried over: {st:?}"
+    );
+    assert_eq!(st.lag_bytes, st.written, "nothing is applied by any standby");
+    assert!(
+        matches!(
+            a.wait(pos, Durability::Received, Duration::from_millis(200)),
+            Err(NodeError::Timeout(_))
+        ),
+        "wait(Received) answered for a record no standby holds"
     );
 }

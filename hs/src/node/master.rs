@@ -228,6 +228,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
         ?decision,
         "slave said hello"
     );
+    // A new standby: nothing it holds is known until its first ack (the previous
+    // session's acks may describe another node or a log since cut back).
+    s.forget_standby();
     let segment_bytes = meta.segment_bytes;
     // The peer's id decides which epochs each node may take: remember it.
     if node != 0 && node != s.node_id {

@@ -434,6 +434,9 @@ impl Shared {
         self.log.seal(role != Role::Master);
         self.writable.store(writable, Ordering::Release);
         if old != role {
+            // What a standby acknowledged in the previous role says nothing about
+            // this one (the log may have been cut back or replaced since).
+            self.forget_standby();
             tracing::info!(?old, new = ?role, epoch, reason, "role changed");
             self.emit(Event::RoleChanged {
                 role,
@@ -442,6 +445,21 @@ impl Shared {
             });
         }
         // Waiters (`wait`, `switchover`) re-check their condition on a role change too.
+        self.acks_moved();
+    }
+
+    /// Forgets every position a standby acknowledged, and what is derived from
+    /// them (lag), before they could be trusted for a log they no longer describe:
+    /// on a role change, a new slave session, a truncate or a resync. Acks only
+    /// grow within one session (`fetch_max`); across sessions they start from 0,
+    /// so `wait` answers only for what the current standby said it holds.
+    pub fn forget_standby(&self) {
+        self.acked_received.store(0, Ordering::Release);
+        self.acked_flushed.store(0, Ordering::Release);
+        self.acked_applied.store(0, Ordering::Release);
+        self.acked_records.store(0, Ordering::Release);
+        self.sent.store(0, Ordering::Release);
+        self.lag_ms.store(0, Ordering::Relaxed);
         self.acks_moved();
     }
 

@@ -540,6 +540,12 @@ async fn follow(
     if epoch > log.meta().epoch {
         log.set_epoch(epoch).map_err(map_log)?;
     }
+    if action != Action::Continue {
+        // The log was cut back or replaced: positions heard before describe
+        // another log (a master's tail above ours would hide CaughtUp forever).
+        s.forget_standby();
+        s.master_tail.store(start, Ordering::Release);
+    }
     *backoff = backoff_min;
     *s.master_addr.lock() = Some(addr);
     s.set_role(Role::Slave, "following the master");
