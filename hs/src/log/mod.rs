@@ -842,6 +842,9 @@ impl Log {
                 return Err(LogError::PreviousIo(msg));
             }
         }
+        // `truncate` and `reset_to` lower the tail only under `flush_lock`, so
+        // `to` is still at or below the tail here.
+        debug_assert!(to <= self.tail(), "flushed {to} above the tail");
         self.flushed.fetch_max(to, Ordering::AcqRel);
         Ok(to)
     }
@@ -852,6 +855,9 @@ impl Log {
     pub fn truncate(&self, to: u64) -> Result<u64, LogError> {
         let mut cut = 0u64;
         self.for_each(to, self.tail(), |_| cut += 1)?;
+        // Under the flush lock: a flush that read the old tail must finish (and
+        // raise `flushed`) before `flushed` is lowered here, never after.
+        let _f = self.flush_lock.lock();
         let mut a = self.app.lock();
         assert!(to <= a.tail, "truncate forward: {to} > {}", a.tail);
         if to < self.first() {
@@ -895,6 +901,8 @@ impl Log {
         segment_bytes: u64,
     ) -> Result<(), LogError> {
         let _c = self.compact_lock.lock();
+        // As in `truncate`: no flush of the old log may raise `flushed` afterwards.
+        let _f = self.flush_lock.lock();
         let mut a = self.app.lock();
         let dir = self.cfg.dir.clone();
         let mut segs = self.segs.write();

@@ -281,3 +281,58 @@ proptest! {
         prop_assert_eq!(all(&s), all(&m));
     }
 }
+
+/// `flushed` must never end above the tail: a flush that read the old tail and
+/// finished after a truncate would report bytes as synced that are gone (and
+/// the slave would acknowledge `Flushed` for them).
+#[test]
+fn flush_racing_truncate_never_leaves_flushed_above_the_tail() {
+    let d = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(LogConfig {
+        dir: d.path().to_path_buf(),
+        segment_bytes: 8 << 20,
+        record_bytes_max: 4096,
+        retention_bytes_max: 1 << 30,
+    })
+    .unwrap();
+    log.start_history(0xf1).unwrap();
+    log.ensure_writable().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flushes = Arc::new(AtomicU64::new(0));
+    let flusher = {
+        let (log, stop, flushes) = (log.clone(), stop.clone(), flushes.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                log.flush().unwrap();
+                flushes.fetch_add(1, Ordering::Release);
+            }
+        })
+    };
+    let base = log.tail();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut rounds = 0u32;
+    let mut bad = None;
+    let value = vec![7u8; 2000];
+    while rounds < 3000 && Instant::now() < deadline {
+        rounds += 1;
+        for i in 0..32u32 {
+            put(&log, &i.to_le_bytes(), &value);
+        }
+        log.truncate(base).unwrap();
+        // Any flush in progress during the truncate has finished after two more.
+        let seen = flushes.load(Ordering::Acquire);
+        let t0 = Instant::now();
+        while flushes.load(Ordering::Acquire) < seen + 2 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "flusher stuck");
+            std::thread::yield_now();
+        }
+        if log.flushed() > log.tail() {
+            bad = Some((rounds, log.flushed(), log.tail()));
+            break;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    flusher.join().unwrap();
+    assert_eq!(bad, None, "(round, flushed, tail) with flushed above the tail");
+    assert!(rounds >= 50, "too few rounds to mean anything: {rounds}");
+}
