@@ -168,8 +168,17 @@ pub fn write_file(dir: &Path, pos: u64, bytes: &[u8]) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Makes a rename (or a delete) in `dir` durable: fsync of the directory itself.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    DIR_SYNCS.with(|n| n.set(n.get() + 1));
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Directory fsyncs made by this thread (tests check the crash-safety steps).
+    pub(crate) static DIR_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
