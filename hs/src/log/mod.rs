@@ -532,6 +532,20 @@ impl Log {
     /// network; fails with `Full` when the next segment is not prepared yet.
     #[inline]
     pub fn append(&self, op: Op, key: &[u8], value: &[u8]) -> Result<u64, LogError> {
+        self.append_if(op, key, value, || true)
+    }
+
+    /// Like `append`, but `admit` is asked under the append lock, just before the
+    /// write: `false` refuses it (`Sealed`). A condition checked there cannot
+    /// change between the check and the write (the master's lease, say).
+    #[inline]
+    pub fn append_if(
+        &self,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        admit: impl Fn() -> bool,
+    ) -> Result<u64, LogError> {
         let len = record::RECORD_HEADER_BYTES + key.len() + value.len();
         if key.len() > record::KEY_BYTES_MAX {
             return Err(LogError::KeyTooLarge { len: key.len() });
@@ -547,7 +561,7 @@ impl Log {
         if let Some(f) = &a.failed {
             return Err(LogError::PreviousIo(f.clone()));
         }
-        if a.sealed {
+        if a.sealed || !admit() {
             return Err(LogError::Sealed);
         }
         let pos = a.tail;
@@ -577,14 +591,26 @@ impl Log {
         value: &[u8],
         timeout: Duration,
     ) -> Result<u64, LogError> {
+        self.append_wait_if(op, key, value, timeout, || true)
+    }
+
+    /// `append_wait` with `append_if`'s admission check.
+    pub fn append_wait_if(
+        &self,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        timeout: Duration,
+        admit: impl Fn() -> bool,
+    ) -> Result<u64, LogError> {
         // The clock is read only when the log is full: not on the hot path.
-        let first = self.append(op, key, value);
+        let first = self.append_if(op, key, value, &admit);
         if !matches!(first, Err(LogError::Full { .. })) {
             return first;
         }
         let deadline = deadline_after(timeout);
         loop {
-            match self.append(op, key, value) {
+            match self.append_if(op, key, value, &admit) {
                 Err(LogError::Full { .. }) if Instant::now() < deadline => {
                     // Wait for the preparer's next attempt (it signals after each one).
                     let mut sp = self.spare.m.lock();

@@ -410,6 +410,10 @@ pub(crate) struct Shared {
     pub step_down_notify: tokio::sync::Notify,
     /// Where the master is, as far as this node knows (for `NotMaster`).
     pub master_addr: Mutex<Option<SocketAddr>>,
+    /// Tests: runs inside `publish` after its entry checks, just before the append
+    /// (models the process being stopped there).
+    #[cfg(test)]
+    pub before_append: Mutex<Option<Box<dyn Fn(&Shared) + Send>>>,
 }
 
 impl Shared {
@@ -588,6 +592,8 @@ impl Node {
             step_down: Mutex::new(None),
             step_down_notify: tokio::sync::Notify::new(),
             master_addr: Mutex::new(None),
+            #[cfg(test)]
+            before_append: Mutex::new(None),
             cfg,
         });
         let replayed = shared.replay()?;
@@ -672,24 +678,27 @@ impl Node {
                 master: self.master_addr(),
             });
         }
-        // The lease watcher clears `writable` when the lease ends, but a process
-        // resumed after a long stop must not take a write before it runs.
-        if s.lease_required && s.now_ns() >= s.lease_until_ns.load(Ordering::Acquire) {
-            return Err(NodeError::NotMaster {
-                master: self.master_addr(),
-            });
-        }
         if s.cfg.lag_bytes_max > 0 {
             self.check_lag()?;
         }
+        #[cfg(test)]
+        if let Some(h) = &*s.before_append.lock() {
+            h(s);
+        }
+        // The lease watcher clears `writable` when the lease ends, but a process
+        // resumed after a long stop must not take a write before it runs: the lease
+        // is checked under the append lock, so no stop between check and write.
+        let lease_holds =
+            || !s.lease_required || s.now_ns() < s.lease_until_ns.load(Ordering::Acquire);
         let r = if s.cfg.publish_timeout_ms == 0 {
-            s.log.append(op, key, value)
+            s.log.append_if(op, key, value, lease_holds)
         } else {
-            s.log.append_wait(
+            s.log.append_wait_if(
                 op,
                 key,
                 value,
                 Duration::from_millis(s.cfg.publish_timeout_ms),
+                lease_holds,
             )
         };
         let pos = match r {
@@ -1025,5 +1034,61 @@ fn flusher(s: Arc<Shared>, policy: FlushPolicy) {
                 tracing::warn!(error = %e, "retention could not compact the log; it keeps growing until this is fixed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl Apply for Nop {
+        fn apply(&mut self, _: &RecordRef<'_>) {}
+        fn reset(&mut self) {}
+        fn restore(&mut self, _: &[u8], _: &[u8]) {}
+    }
+
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A master stopped between `publish`'s checks and the append, for longer
+    /// than its lease, must not write when it resumes: by then its slave may
+    /// have been promoted.
+    #[test]
+    fn a_lease_that_ends_just_before_the_append_refuses_the_write() {
+        let d = tempfile::tempdir().unwrap();
+        // A witness nobody answers at: no renewals, only the start-up grace lease.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let witness = dead.local_addr().unwrap();
+        drop(dead);
+        let mut c = Config::new(d.path());
+        c.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.witness = Some(witness);
+        c.segment_bytes = 1 << 20;
+        c.record_bytes_max = 4096;
+        // Grace lease of (5 - 2) x 1 s: ample time to publish once inside it.
+        c.heartbeat_interval_ms = 1000;
+        let n = Node::start(c, Role::Master, Nop).unwrap();
+        until("the grace lease", || n.is_writable());
+        let ran = Arc::new(AtomicBool::new(false));
+        let ran2 = ran.clone();
+        *n.shared.before_append.lock() = Some(Box::new(move |s: &Shared| {
+            // The stop: when the process resumes, its lease has run out.
+            s.lease_until_ns.store(s.now_ns(), Ordering::Release);
+            ran2.store(true, Ordering::Release);
+        }));
+        let tail = n.stats().written;
+        let r = n.put(b"k", b"v");
+        assert!(ran.load(Ordering::Acquire), "publish refused before the hook");
+        assert!(
+            matches!(r, Err(NodeError::NotMaster { .. })),
+            "a master wrote after its lease ran out: {r:?}"
+        );
+        assert_eq!(n.stats().written, tail, "the record landed in the log");
     }
 }
