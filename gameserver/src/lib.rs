@@ -6,8 +6,11 @@
 //! - [`room`]: a room's rules as a state machine, and how rooms live in hs;
 //! - [`token`]: signed expiring tokens.
 
+pub mod client;
 pub mod game;
+pub mod gateway;
 pub mod link;
 pub mod proto;
 pub mod room;
 pub mod token;
+pub mod roomserver;

@@ -1,0 +1,746 @@
+//! The room server: many rooms in one process, run as an hs pair.
+//!
+//! ```text
+//!  gateway links (tokio) ──ToRoom──► game task ──plan / publish / commit──► hs master log
+//!        ▲                              │  (one thread owns the rooms' rules)      │
+//!        │                              ▼                                          ▼
+//!        └──── FromRoom ◄── release thread: waits hs Received(pos), then sends  standby applies
+//!                                                                                the same records
+//! ```
+//!
+//! - The **game task** (its own thread and current-thread runtime) is the only
+//!   writer of the rooms: it plans each request with [`RoomState::plan`],
+//!   publishes the resulting records to hs, applies them ([`Rooms::commit`]),
+//!   and queues the replies and pushes in publication order. It also runs the
+//!   turn timers (master only).
+//! - The **release thread** takes that queue in order and lets an entry go
+//!   only once hs says the standby has its records (`Received`): a reply or a
+//!   push a player sees is always on the standby. Entries without records
+//!   (refusals, answers from state) keep their place in the order.
+//! - A node that is not master answers a gateway's Hello with `NotMaster`.
+//!   When the node loses the master role, every link is closed: the gateways
+//!   go to the new master, re-subscribe and re-send what was not answered.
+//!
+//! With no standby connected (or one still catching up), a reply waits at
+//! most `standby_wait_ms`, then leaves anyway: counted in
+//! `released_unreplicated` and logged, because a room that stops answering
+//! when its standby dies is worse than one that runs without a standby for a
+//! while (the operator sees it and restarts the standby).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hs::{Durability, Node, NodeError, Op, Role};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::link::{FromRoom, ToRoom, LINK_VERSION};
+use crate::proto::frame::{self, Frame, Kind};
+use crate::proto::msg::{encode, Answer, ErrorCode, Fail, Reply, Request, RoomInfo};
+use crate::room::replica::{Replica, Rooms, Writes};
+use crate::room::{Plan, RoomConfig};
+
+/// Limits and settings of a room server.
+#[derive(Clone, Debug)]
+pub struct RoomServerConfig {
+    /// The hs node: dir, listen, peer, witness, pair id, heartbeat...
+    pub hs: hs::Config,
+    /// Prefer to be master when both nodes start.
+    pub prefer_master: bool,
+    /// Where gateways connect.
+    pub link_listen: SocketAddr,
+    /// The other node's link address, given to gateways in `NotMaster`.
+    pub peer_link: Option<SocketAddr>,
+    /// Line-based admin port (ROLE, STATS, SWITCHOVER).
+    pub admin_listen: Option<SocketAddr>,
+    pub rooms: Vec<RoomConfig>,
+    /// How long a reply waits for the standby when none is connected and live.
+    pub standby_wait_ms: u64,
+    /// Largest link frame payload accepted from a gateway, bytes.
+    pub link_frame_bytes_max: usize,
+    /// Frames queued per gateway link before it is dropped as too slow.
+    pub link_queue_frames_max: usize,
+    /// Gateway links at once.
+    pub links_max: usize,
+    /// Messages queued for the game task.
+    pub inbox_max: usize,
+    /// Entries waiting for the standby before the game task waits too.
+    pub release_queue_max: usize,
+}
+
+impl RoomServerConfig {
+    pub fn new(hs: hs::Config, link_listen: SocketAddr, rooms: Vec<RoomConfig>) -> Self {
+        RoomServerConfig {
+            hs,
+            prefer_master: false,
+            link_listen,
+            peer_link: None,
+            admin_listen: None,
+            rooms,
+            standby_wait_ms: 1000,
+            link_frame_bytes_max: 64 << 10,
+            link_queue_frames_max: 1 << 16,
+            links_max: 256,
+            inbox_max: 1 << 16,
+            release_queue_max: 1 << 16,
+        }
+    }
+}
+
+/// Counters an operator reads (admin `STATS`).
+#[derive(Default)]
+pub struct RoomStats {
+    pub requests: AtomicU64,
+    pub refused: AtomicU64,
+    pub deduplicated: AtomicU64,
+    pub records: AtomicU64,
+    pub timer_moves: AtomicU64,
+    pub released_unreplicated: AtomicU64,
+    pub links: AtomicU64,
+    pub links_dropped_slow: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    /// Microseconds spent waiting for `Received`, summed, and the count.
+    pub replicate_wait_us: AtomicU64,
+    pub replicate_waits: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomServerError {
+    #[error("hs node: {0}")]
+    Node(#[from] NodeError),
+    #[error("{what} {addr}: {err}; is another process using the port?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+type LinkId = u64;
+
+/// The game task's tick: role checks and turn timers, milliseconds.
+const TICK_MS: u64 = 10;
+
+enum Inbox {
+    Opened(LinkId, mpsc::Sender<Bytes>),
+    Closed(LinkId),
+    Msg(LinkId, ToRoom),
+}
+
+/// One entry of the release queue: frames that may leave once `pos` is on the standby.
+struct Release {
+    pos: Option<u64>,
+    out: Vec<(LinkId, Bytes)>,
+}
+
+struct Shared {
+    node: Arc<Node>,
+    rooms: Arc<Mutex<Rooms>>,
+    stats: RoomStats,
+    links: Mutex<HashMap<LinkId, mpsc::Sender<Bytes>>>,
+    stop: AtomicBool,
+    cfg: RoomServerConfig,
+    /// Random id of this process, told to gateways.
+    instance: u64,
+}
+
+/// A running room server.
+pub struct RoomServer {
+    shared: Arc<Shared>,
+    pub link_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn link_frame(msg: &FromRoom) -> Bytes {
+    Frame::new(Kind::FromRoom, 0, crate::token::now_ms(), Bytes::from(encode(msg))).to_bytes()
+}
+
+impl RoomServer {
+    pub fn start(cfg: RoomServerConfig) -> Result<RoomServer, RoomServerError> {
+        let rooms = Arc::new(Mutex::new(Rooms::default()));
+        let role = if cfg.prefer_master { Role::Master } else { Role::Slave };
+        let node = Arc::new(Node::start(cfg.hs.clone(), role, Replica(rooms.clone()))?);
+        let std_link = StdListener::bind(cfg.link_listen).map_err(|err| RoomServerError::Bind {
+            what: "link port",
+            addr: cfg.link_listen,
+            err,
+        })?;
+        std_link.set_nonblocking(true)?;
+        let link_addr = std_link.local_addr()?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(StdListener::bind(a).map_err(|err| RoomServerError::Bind {
+                what: "admin port",
+                addr: a,
+                err,
+            })?),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let shared = Arc::new(Shared {
+            node,
+            rooms,
+            stats: RoomStats::default(),
+            links: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            cfg: cfg.clone(),
+            instance: crate::token::now_ms() ^ ((std::process::id() as u64) << 40),
+        });
+        let (inbox_tx, inbox_rx) = mpsc::channel(cfg.inbox_max);
+        let (rel_tx, rel_rx) = sync_channel(cfg.release_queue_max);
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("gs-release".into())
+                .spawn(move || release_loop(&s, rel_rx))?,
+        );
+        let s = shared.clone();
+        threads.push(std::thread::Builder::new().name("gs-game".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            rt.block_on(Game::new(s, rel_tx).run(inbox_rx));
+        })?);
+        let s = shared.clone();
+        threads.push(std::thread::Builder::new().name("gs-links".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            rt.block_on(accept_links(s, std_link, inbox_tx));
+        })?);
+        if let Some(l) = admin {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("gs-admin".into())
+                .spawn(move || admin_loop(&s, l))?;
+        }
+        Ok(RoomServer {
+            shared,
+            link_addr,
+            admin_addr,
+            threads,
+        })
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.shared.node
+    }
+
+    pub fn stats(&self) -> &RoomStats {
+        &self.shared.stats
+    }
+
+    /// The rooms' state (for tests and the admin port).
+    pub fn rooms(&self) -> &Arc<Mutex<Rooms>> {
+        &self.shared.rooms
+    }
+
+    /// Stops the threads; the hs node is dropped with the last reference.
+    pub fn shutdown(mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.links.lock().clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_links(s: Arc<Shared>, l: StdListener, inbox: mpsc::Sender<Inbox>) {
+    let l = TcpListener::from_std(l).expect("a non-blocking std listener");
+    let mut next: LinkId = 1;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            r = l.accept() => {
+                let Ok((sock, _)) = r else { continue };
+                if s.links.lock().len() >= s.cfg.links_max {
+                    tracing::warn!(max = s.cfg.links_max, "gateway link refused: links_max reached");
+                    continue;
+                }
+                let _ = sock.set_nodelay(true);
+                let id = next;
+                next += 1;
+                tokio::spawn(serve_link(s.clone(), id, sock, inbox.clone()));
+            }
+            _ = tick.tick() => if s.stop.load(Ordering::Acquire) { return },
+        }
+    }
+}
+
+async fn serve_link(s: Arc<Shared>, id: LinkId, sock: TcpStream, inbox: mpsc::Sender<Inbox>) {
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(s.cfg.link_queue_frames_max);
+    if inbox.send(Inbox::Opened(id, tx)).await.is_err() {
+        return;
+    }
+    s.stats.links.fetch_add(1, Ordering::Relaxed);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 << 10);
+        while let Some(b) = rx.recv().await {
+            buf.clear();
+            buf.extend_from_slice(&b);
+            // Coalesce what is queued into one write.
+            while buf.len() < (256 << 10) {
+                match rx.try_recv() {
+                    Ok(b) => buf.extend_from_slice(&b),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    'read: loop {
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match frame::decode(&mut buf, s.cfg.link_frame_bytes_max) {
+                Ok(None) => break,
+                Ok(Some(f)) if f.kind == Kind::ToRoom => match crate::proto::msg::decode::<ToRoom>(&f.payload) {
+                    Ok(m) => {
+                        if inbox.send(Inbox::Msg(id, m)).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(link = id, error = %e, "undecodable link message; closing the link");
+                        break 'read;
+                    }
+                },
+                Ok(Some(f)) => {
+                    tracing::warn!(link = id, kind = ?f.kind, "unexpected frame kind on a link; closing it");
+                    break 'read;
+                }
+                Err(e) => {
+                    tracing::warn!(link = id, error = %e, "bad link frame; closing the link");
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = inbox.send(Inbox::Closed(id)).await;
+    // The game task drops the link's sender; the writer then ends.
+    let _ = writer.await;
+}
+
+/// The game task's state: who is subscribed to which room.
+struct Game {
+    s: Arc<Shared>,
+    release: SyncSender<Release>,
+    subs: BTreeMap<u32, HashSet<LinkId>>,
+    /// Links that said Hello while this node was master.
+    live: HashSet<LinkId>,
+    pending: HashMap<LinkId, mpsc::Sender<Bytes>>,
+    master: bool,
+}
+
+impl Game {
+    fn new(s: Arc<Shared>, release: SyncSender<Release>) -> Game {
+        Game {
+            s,
+            release,
+            subs: BTreeMap::new(),
+            live: HashSet::new(),
+            pending: HashMap::new(),
+            master: false,
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Inbox>) {
+        // Role changes are noticed within a tick; turn timers have the same resolution.
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                m = inbox.recv() => match m {
+                    Some(m) => self.handle(m),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if self.s.stop.load(Ordering::Acquire) { return }
+                    self.check_role();
+                    self.timers();
+                }
+            }
+        }
+    }
+
+    fn check_role(&mut self) {
+        let writable = self.s.node.role() == Role::Master && self.s.node.is_writable();
+        if writable == self.master {
+            return;
+        }
+        if writable {
+            tracing::info!(epoch = self.s.node.stats().epoch, "master: taking gateway links");
+            self.master = true;
+            let cfgs = self.s.cfg.rooms.clone();
+            let created = self.s.rooms.lock().create_missing(&cfgs);
+            for (room, w) in created {
+                match self.publish(&w) {
+                    Ok(_) => self.s.rooms.lock().commit(&w, Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(room, error = %e, "could not create room");
+                        self.step_down();
+                        return;
+                    }
+                }
+            }
+        } else {
+            tracing::info!(role = ?self.s.node.role(), "not master: closing gateway links");
+            self.step_down();
+        }
+    }
+
+    /// Closes every link: gateways find the new master and re-send.
+    fn step_down(&mut self) {
+        self.master = false;
+        self.subs.clear();
+        let mut links = self.s.links.lock();
+        for id in self.live.drain() {
+            links.remove(&id);
+        }
+    }
+
+    fn send_now(&self, link: LinkId, f: Bytes) {
+        self.queue(Release {
+            pos: None,
+            out: vec![(link, f)],
+        });
+    }
+
+    fn queue(&self, r: Release) {
+        if r.out.is_empty() && r.pos.is_none() {
+            return;
+        }
+        // Blocks when the standby is far behind: back-pressure on the game task.
+        let _ = self.release.send(r);
+    }
+
+    fn handle(&mut self, m: Inbox) {
+        match m {
+            Inbox::Opened(id, tx) => {
+                self.pending.insert(id, tx);
+            }
+            Inbox::Closed(id) => {
+                self.pending.remove(&id);
+                self.live.remove(&id);
+                self.s.links.lock().remove(&id);
+                for subs in self.subs.values_mut() {
+                    subs.remove(&id);
+                }
+            }
+            Inbox::Msg(id, ToRoom::Hello { gateway, version }) => {
+                let Some(tx) = self.pending.remove(&id) else { return };
+                if !self.master || version != LINK_VERSION {
+                    let master = self.s.cfg.peer_link.map(|a| a.to_string());
+                    if version != LINK_VERSION {
+                        tracing::warn!(gateway, version, "gateway speaks another link version; refused");
+                    }
+                    let _ = tx.try_send(link_frame(&FromRoom::NotMaster { master }));
+                    return; // dropping tx closes the link after the frame
+                }
+                tracing::info!(link = id, gateway, "gateway link up");
+                self.s.links.lock().insert(id, tx);
+                self.live.insert(id);
+                let rooms = self.room_infos();
+                let node = self.s.instance;
+                self.send_now(id, link_frame(&FromRoom::Welcome { node, rooms }));
+            }
+            Inbox::Msg(id, m) => {
+                if !self.live.contains(&id) {
+                    return; // no Hello yet, or from before a step-down
+                }
+                match m {
+                    ToRoom::Hello { .. } => {}
+                    ToRoom::Rooms => {
+                        let rooms = self.room_infos();
+                        self.send_now(id, link_frame(&FromRoom::Rooms(rooms)));
+                    }
+                    ToRoom::Subscribe { room, after } => self.subscribe(id, room, after),
+                    ToRoom::Unsubscribe { room } => {
+                        if let Some(s) = self.subs.get_mut(&room) {
+                            s.remove(&id);
+                        }
+                    }
+                    ToRoom::Request { player, seq, name, req } => self.request(id, player, seq, &name, req),
+                }
+            }
+        }
+    }
+
+    fn room_infos(&self) -> Vec<RoomInfo> {
+        self.s.rooms.lock().get().values().map(|r| r.info()).collect()
+    }
+
+    fn subscribe(&mut self, link: LinkId, room: u32, after: u64) {
+        let mut rooms = self.s.rooms.lock();
+        let Some(st) = rooms.get().get(&room) else { return };
+        self.subs.entry(room).or_default().insert(link);
+        let msg = match st.events_after(after) {
+            Some(ev) if ev.is_empty() => return,
+            Some(ev) => FromRoom::Events {
+                room,
+                first_seq: ev[0].0,
+                events: ev.into_iter().map(|(_, e)| e).collect(),
+            },
+            None => {
+                self.s.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                FromRoom::Snapshot(st.snapshot())
+            }
+        };
+        drop(rooms);
+        self.send_now(link, link_frame(&msg));
+    }
+
+    fn reply(&self, link: LinkId, player: u64, seq: u32, reply: Reply, pos: Option<u64>, mut out: Vec<(LinkId, Bytes)>) {
+        out.push((link, link_frame(&FromRoom::Reply { player, seq, reply })));
+        self.queue(Release { pos, out });
+    }
+
+    fn publish(&self, w: &Writes) -> Result<u64, NodeError> {
+        let mut pos = 0;
+        for (k, v) in w {
+            pos = self.s.node.publish(k, Op::Put, v)?;
+            self.s.stats.records.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(pos)
+    }
+
+    fn request(&mut self, link: LinkId, player: u64, seq: u32, name: &str, req: Request) {
+        self.s.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let Some(room) = req.room() else {
+            let reply = Err(Fail::new(ErrorCode::BadRequest, "Rooms is answered by the gateway"));
+            return self.reply(link, player, seq, reply, None, Vec::new());
+        };
+        let mut rooms = self.s.rooms.lock();
+        let Some(st) = rooms.get().get(&room) else {
+            drop(rooms);
+            let reply = Err(Fail::new(ErrorCode::UnknownRoom, format!("room {room} is not served here")));
+            return self.reply(link, player, seq, reply, None, Vec::new());
+        };
+        // Events of a room a link sent a request for go to that link from now on.
+        self.subs.entry(room).or_default().insert(link);
+        if let Some(done_seq) = st.done(player, seq) {
+            self.s.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+            let a = st.answer_done(&req, done_seq);
+            drop(rooms);
+            return self.reply(link, player, seq, Ok(a), None, Vec::new());
+        }
+        let events = match st.plan(player, name, &req) {
+            Err(f) => {
+                drop(rooms);
+                self.s.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return self.reply(link, player, seq, Err(f), None, Vec::new());
+            }
+            Ok(Plan::Answer(a)) => {
+                drop(rooms);
+                return self.reply(link, player, seq, Ok(a), None, Vec::new());
+            }
+            Ok(Plan::Events(ev)) => ev,
+        };
+        let first_seq = st.seq + 1;
+        let w = rooms.prepare(room, events.clone(), Some((player, seq)));
+        let pos = match self.publish(&w) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(rooms);
+                tracing::warn!(room, error = %e, "publish refused; stepping down from the links");
+                // Not master any more (or the log failed): the gateways re-send elsewhere.
+                self.step_down();
+                return;
+            }
+        };
+        rooms.commit(&w, Instant::now());
+        let st = &rooms.get()[&room];
+        let answer = match req {
+            Request::Enter { .. } => Answer::Entered(st.snapshot()),
+            _ => Answer::Done { room, seq: st.seq },
+        };
+        drop(rooms);
+        let out = self.fanout(room, first_seq, events);
+        self.reply(link, player, seq, Ok(answer), Some(pos), out);
+    }
+
+    fn fanout(&self, room: u32, first_seq: u64, events: Vec<crate::proto::msg::RoomEvent>) -> Vec<(LinkId, Bytes)> {
+        let Some(subs) = self.subs.get(&room).filter(|s| !s.is_empty()) else {
+            return Vec::new();
+        };
+        let f = link_frame(&FromRoom::Events {
+            room,
+            first_seq,
+            events,
+        });
+        subs.iter().map(|l| (*l, f.clone())).collect()
+    }
+
+    fn timers(&mut self) {
+        if !self.master {
+            return;
+        }
+        let now = Instant::now();
+        let mut rooms = self.s.rooms.lock();
+        let due: Vec<(u32, Vec<_>)> = rooms
+            .get()
+            .iter()
+            .map(|(id, r)| (*id, r.expired(now)))
+            .filter(|(_, e)| !e.is_empty())
+            .collect();
+        for (room, events) in due {
+            let first_seq = rooms.get()[&room].seq + 1;
+            let w = rooms.prepare(room, events.clone(), None);
+            match self.publish(&w) {
+                Ok(pos) => {
+                    rooms.commit(&w, now);
+                    self.s.stats.timer_moves.fetch_add(1, Ordering::Relaxed);
+                    let out = self.fanout(room, first_seq, events);
+                    self.queue(Release { pos: Some(pos), out });
+                }
+                Err(e) => {
+                    drop(rooms);
+                    tracing::warn!(room, error = %e, "timer publish refused; stepping down from the links");
+                    self.step_down();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends each entry once its records are on the standby (see the module doc).
+fn release_loop(s: &Shared, rx: Receiver<Release>) {
+    let wait_max = Duration::from_millis(s.cfg.standby_wait_ms);
+    let mut warned = false;
+    loop {
+        let r = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if s.stop.load(Ordering::Acquire) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Some(pos) = r.pos {
+            let t0 = Instant::now();
+            loop {
+                match s.node.wait(pos, Durability::Received, Duration::from_millis(20)) {
+                    Ok(()) => break,
+                    Err(NodeError::Shutdown) => return,
+                    Err(_) => {}
+                }
+                if s.node.role() != Role::Master || s.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let st = s.node.stats();
+                let live_standby = st.slave_connected && !st.catching_up;
+                if !live_standby && t0.elapsed() >= wait_max {
+                    s.stats.released_unreplicated.fetch_add(1, Ordering::Relaxed);
+                    if !warned {
+                        warned = true;
+                        tracing::warn!("no live standby: replies leave without replication; start the standby");
+                    }
+                    break;
+                }
+            }
+            if s.node.role() != Role::Master {
+                continue; // never acknowledged: the gateways re-send to the new master
+            }
+            if warned && s.node.stats().slave_connected {
+                warned = false;
+            }
+            s.stats.replicate_wait_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            s.stats.replicate_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        let links = s.links.lock();
+        for (l, f) in r.out {
+            if let Some(tx) = links.get(&l) {
+                if tx.try_send(f).is_err() {
+                    s.stats.links_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(link = l, "gateway link queue full; the gateway will reconnect and resume");
+                }
+            }
+        }
+    }
+}
+
+/// Admin commands, one per line: `ROLE`, `STATS`, `SWITCHOVER`, `ROOMS`.
+fn admin_loop(s: &Arc<Shared>, l: StdListener) {
+    for c in l.incoming() {
+        let Ok(c) = c else { continue };
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let Ok(mut out) = c.try_clone() else { return };
+            for line in BufReader::new(c).lines() {
+                let Ok(line) = line else { return };
+                let reply = admin_command(&s, line.trim());
+                if out.write_all(reply.as_bytes()).and_then(|_| out.write_all(b"\n")).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn admin_command(s: &Shared, cmd: &str) -> String {
+    match cmd {
+        "ROLE" => {
+            let st = s.node.stats();
+            let role = match s.node.role() {
+                Role::Master => "master",
+                Role::Slave => "slave",
+                Role::Candidate => "candidate",
+            };
+            format!("ROLE {role} {} {}", st.epoch, s.node.is_writable() as u8)
+        }
+        "SWITCHOVER" => match s.node.switchover(Duration::from_secs(5)) {
+            Ok(()) => "OK".into(),
+            Err(e) => format!("ERR {e}"),
+        },
+        "STATS" => {
+            let st = s.node.stats();
+            let r = &s.stats;
+            let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let mut rooms = s.rooms.lock();
+            let (divergences, errors) = (rooms.divergences, rooms.errors);
+            let online: usize = rooms.get().values().map(|r| r.members.len()).sum();
+            serde_json::json!({
+                "role": format!("{:?}", s.node.role()), "epoch": st.epoch, "written": st.written,
+                "acked_received": st.acked_received, "applied": st.applied, "slave_connected": st.slave_connected,
+                "requests": g(&r.requests), "refused": g(&r.refused), "deduplicated": g(&r.deduplicated),
+                "records": g(&r.records), "timer_moves": g(&r.timer_moves),
+                "released_unreplicated": g(&r.released_unreplicated), "links": g(&r.links),
+                "links_dropped_slow": g(&r.links_dropped_slow), "snapshots_sent": g(&r.snapshots_sent),
+                "replicate_wait_us": g(&r.replicate_wait_us), "replicate_waits": g(&r.replicate_waits),
+                "divergences": divergences, "apply_errors": errors, "online": online,
+            })
+            .to_string()
+        }
+        "ROOMS" => {
+            let mut rooms = s.rooms.lock();
+            let snaps: Vec<_> = rooms.get().values().map(|r| r.snapshot()).collect();
+            serde_json::to_string(&snaps.iter().map(snapshot_json).collect::<Vec<_>>()).unwrap_or_default()
+        }
+        _ => "ERR commands: ROLE, STATS, SWITCHOVER, ROOMS".into(),
+    }
+}
+
+/// A room snapshot as JSON for operators and the drill's final check.
+pub fn snapshot_json(s: &crate::proto::msg::RoomSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "room": s.room, "seq": s.seq, "members": s.members.len(),
+        "tables": s.tables.iter().filter_map(|t| t.game.as_ref().map(|g| serde_json::json!({
+            "table": t.table, "game_no": g.game_no, "players": g.players,
+            "moves": g.moves.iter().map(|(seat, mv, auto)| serde_json::json!([seat, mv, auto])).collect::<Vec<_>>(),
+            "ended": g.outcome.is_some(),
+        }))).collect::<Vec<_>>(),
+    })
+}
