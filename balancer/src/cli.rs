@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Overrides `secret` (prefer the config file: flags show in `ps`).
     #[arg(long)]
     pub secret: Option<String>,
+    /// Sets `insecure_no_secret`: listen on a non-loopback address without
+    /// a secret (only behind a firewall that admits trusted hosts alone).
+    #[arg(long)]
+    pub insecure_no_secret: bool,
     /// Overrides `probe_interval_ms`.
     #[arg(long)]
     pub probe_interval_ms: Option<u64>,
@@ -73,7 +77,10 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Loads the config file and lays the flags over it.
     pub fn config(&self) -> Result<Config, crate::config::ConfigError> {
-        let mut c = Config::load(&self.config)?;
+        let mut c = Config::read(&self.config)?;
+        if self.insecure_no_secret {
+            c.insecure_no_secret = true;
+        }
         if let Some(v) = self.listen {
             c.listen = v;
         }

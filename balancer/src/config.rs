@@ -223,9 +223,49 @@ impl HsConfig {
 pub struct Config {
     /// HTTP listen address.
     pub listen: SocketAddr,
-    /// Shared secret: when set, pushes, drains and forgets need
-    /// `Authorization: Bearer <secret>`. Picks and lists stay open.
+    /// Shared secret: when set, pushes, push streams, drains, undrains,
+    /// forgets and switchovers need `Authorization: Bearer <secret>`. Lists
+    /// stay open; picks are open too unless `pick_token` is set (and the
+    /// secret is accepted there as well). Required when `listen` is not a
+    /// loopback address, unless `insecure_no_secret`.
     pub secret: Option<String>,
+    /// When set, picks need `Authorization: Bearer <pick_token>` (or the
+    /// secret): for deployments where picks come from a login server or
+    /// gateway rather than from game clients directly. Holders of the token
+    /// are exempt from the per-source pick limit (a login server picks for
+    /// many players from one address), not from the global one.
+    pub pick_token: Option<String>,
+    /// Allow a `listen` address other than loopback without a `secret`.
+    /// Anyone who reaches the port can then push fake processes, drain and
+    /// forget real ones, and hand the master role over: only behind a
+    /// firewall that admits nothing but the game servers and operators.
+    pub insecure_no_secret: bool,
+    /// Picks per second allowed per source IP address (token bucket
+    /// refill). Each pick holds a seat for `reservation_ttl_ms` and may
+    /// spawn a process, so a flood from one address could fill a zone.
+    pub pick_rate_per_s: u32,
+    /// Picks one source address may make in a burst.
+    pub pick_burst: u32,
+    /// Picks per second allowed from all sources together: bounds the
+    /// seats a distributed flood can hold (about this times
+    /// `reservation_ttl_ms` / 1000).
+    pub pick_global_rate_per_s: u32,
+    /// Picks all sources together may make in a burst.
+    pub pick_global_burst: u32,
+    /// Source addresses the per-source pick limiter tracks (about 64 bytes
+    /// each); when all are active, picks from new addresses get 429.
+    pub pick_sources_max: usize,
+    /// Open client connections (HTTP keep-alive and push streams) at once;
+    /// past it a new connection gets 503 and is closed. Each costs a file
+    /// descriptor, a task and its buffers (a push stream's is 64 KiB);
+    /// keep it below `ulimit -n`.
+    pub connections_max: usize,
+    /// Time a client has to send a whole request head (request line and
+    /// headers), from the connection's start or the end of its previous
+    /// answer; then the connection is closed. Bounds slow-header
+    /// (slowloris) clients, and also closes keep-alive connections idle
+    /// this long (clients reconnect by themselves).
+    pub request_head_timeout_ms: u64,
     /// Time between probe rounds. Dead detection takes at most this plus
     /// `probe_timeout_ms`; each round connects to every live process.
     pub probe_interval_ms: u64,
@@ -293,6 +333,15 @@ impl Default for Config {
         Config {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7700),
             secret: None,
+            pick_token: None,
+            insecure_no_secret: false,
+            pick_rate_per_s: 20,
+            pick_burst: 100,
+            pick_global_rate_per_s: 5_000,
+            pick_global_burst: 10_000,
+            pick_sources_max: 65_536,
+            connections_max: 16_384,
+            request_head_timeout_ms: 10_000,
             probe_interval_ms: 500,
             probe_timeout_ms: 400,
             probe_concurrency_max: 256,
@@ -323,6 +372,14 @@ impl Default for Config {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file without [`Config::validate`] (for flags to be laid
+    /// over it first: a `--secret` can make a public `listen` valid).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -331,7 +388,6 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -358,10 +414,33 @@ impl Config {
             ("stream_probe_interval_ms", self.stream_probe_interval_ms),
             ("request_body_bytes_max", self.request_body_bytes_max as u64),
             ("witness_hold_ms", self.witness_hold_ms),
+            ("pick_rate_per_s", self.pick_rate_per_s as u64),
+            ("pick_burst", self.pick_burst as u64),
+            ("pick_global_rate_per_s", self.pick_global_rate_per_s as u64),
+            ("pick_global_burst", self.pick_global_burst as u64),
+            ("pick_sources_max", self.pick_sources_max as u64),
+            ("connections_max", self.connections_max as u64),
+            ("request_head_timeout_ms", self.request_head_timeout_ms),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be above 0"));
             }
+        }
+        for (name, v) in [("secret", &self.secret), ("pick_token", &self.pick_token)] {
+            if v.as_ref().is_some_and(|t| t.trim().is_empty()) {
+                return bad(format!(
+                    "{name} is empty: set a long random value, or remove it"
+                ));
+            }
+        }
+        if self.secret.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_secret {
+            return bad(format!(
+                "listen = {} is reachable from other machines and no secret is set: anyone could \
+                 push fake processes, drain or forget real ones and take the master role over. \
+                 Set secret (and give it to the game servers and operators), listen on 127.0.0.1, \
+                 or set insecure_no_secret = true if a firewall admits only trusted hosts",
+                self.listen
+            ));
         }
         if let Some(h) = &self.hs {
             h.resolve()?;

@@ -8,7 +8,7 @@
 //! | GET | /v1/zones | | zone list |
 //! | GET | /v1/servers[?format=xml] | | every zone, sorted (seed 000) |
 //! | GET | /v1/zones/{zone}[?format=xml] | | one zone, sorted |
-//! | POST | /v1/zones/{zone}/pick | | least-loaded process, seat reserved |
+//! | POST | /v1/zones/{zone}/pick | pick token, if set | least-loaded process, seat reserved; rate-limited per source address and globally |
 //! | GET | /v1/processes/{id} | | one process |
 //! | POST | /v1/processes/{id}/drain | secret | stop picks to it |
 //! | POST | /v1/processes/{id}/undrain | secret | back in service |
@@ -23,15 +23,17 @@
 //! are served from the replica (at most the replication lag behind).
 //! | GET | /metrics | | Prometheus text |
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{
     render_xml, ErrorBody, HsView, PickReply, ProcessView, PushReply, RoleReply, ZoneSummary,
@@ -157,21 +159,159 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the
 /// next, so the loop does not spin.
 pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// A connection refused over `connections_max` is answered 503, then read
+/// (and discarded) this long at most before it is closed, so the client
+/// reads the answer instead of a reset.
+pub const REFUSED_LINGER_MS: u64 = 500;
+/// Refused connections lingering at once; past it they are dropped at once
+/// (a flood of connects costs no more than this many tasks).
+pub const REFUSED_LINGERING_MAX: usize = 64;
+/// Bytes of a refused connection's request read and discarded at most.
+pub const REFUSED_DRAIN_BYTES_MAX: usize = 64 * 1024;
+
+/// A connection's socket holding its slot of `connections_max`: the slot
+/// frees when the socket is dropped, also after an upgrade to a push stream
+/// (hyper hands this same socket to the stream).
+struct Counted {
+    socket: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+type AxumService = hyper_util::service::TowerToHyperService<Router>;
+type Incoming = hyper::Request<hyper::body::Incoming>;
+
+/// The router, with the connection's peer address put into every request
+/// (as axum's `ConnectInfo`): picks are rate-limited per source address.
+struct WithPeer {
+    inner: AxumService,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Incoming> for WithPeer {
+    type Response = <AxumService as hyper::service::Service<Incoming>>::Response;
+    type Error = <AxumService as hyper::service::Service<Incoming>>::Error;
+    type Future = <AxumService as hyper::service::Service<Incoming>>::Future;
+
+    fn call(&self, mut req: Incoming) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.inner.call(req)
+    }
+}
+
+/// Answers a connection over `connections_max` with 503 and closes it.
+fn refuse_connection(
+    mut socket: tokio::net::TcpStream,
+    connections_max: usize,
+    lingering: &Arc<tokio::sync::Semaphore>,
+) {
+    let body = serde_json::to_string(&ErrorBody {
+        error: "too_many_connections".into(),
+        message: format!(
+            "the balancer has {connections_max} connections open (connections_max); retry in a second, reuse one keep-alive connection, or raise connections_max"
+        ),
+        master: None,
+    })
+    .expect("an error body serialises");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(slot) = lingering.clone().try_acquire_owned() else {
+        // Too many refusals lingering: this one gets what fits in the
+        // socket buffer (all of it, on a fresh socket) and a close.
+        let _ = socket.try_write(answer.as_bytes());
+        return;
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let linger = async {
+            socket.write_all(answer.as_bytes()).await?;
+            socket.shutdown().await?;
+            // Read what the client sent until it closes, so closing does
+            // not reset the connection before it read the answer.
+            let mut buf = [0u8; 4096];
+            let mut drained = 0;
+            while drained < REFUSED_DRAIN_BYTES_MAX {
+                match socket.read(&mut buf).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(REFUSED_LINGER_MS), linger).await;
+    });
+}
 
 /// Serves `app` on `listener` until `stop` turns true: HTTP/1.1 keep-alive
 /// with `TCP_NODELAY` (an answer is not held back by Nagle's algorithm) and
 /// pipelining (answers to pipelined requests leave in one write), upgrades
-/// (push streams). On stop, idle connections close and busy ones finish
-/// their request.
+/// (push streams). At most `connections_max` connections are open (more
+/// get 503); a request head must arrive whole within
+/// `request_head_timeout_ms` (which also closes keep-alive connections idle
+/// that long). On stop, idle connections close and busy ones finish their
+/// request.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     stop: tokio::sync::watch::Receiver<bool>,
+    balancer: Arc<Balancer>,
 ) {
     let stopped = until_stopped(stop.clone());
     tokio::pin!(stopped);
+    let connections_max = balancer.config().connections_max;
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections_max));
+    let lingering = Arc::new(tokio::sync::Semaphore::new(REFUSED_LINGERING_MAX));
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true).pipeline_flush(true);
+    http.keep_alive(true)
+        .pipeline_flush(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(
+            balancer.config().request_head_timeout_ms,
+        ));
     loop {
         let (socket, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -185,9 +325,22 @@ pub async fn serve(
             _ = &mut stopped => return,
         };
         let _ = socket.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Metrics::inc(&balancer.metrics.connections_refused);
+            tracing::debug!(%peer, connections_max, "connection refused: connections_max open");
+            refuse_connection(socket, connections_max, &lingering);
+            continue;
+        };
+        let service = WithPeer {
+            inner: hyper_util::service::TowerToHyperService::new(app.clone()),
+            peer,
+        };
+        let io = Counted {
+            socket,
+            _slot: slot,
+        };
         let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
             .with_upgrades();
         let stop = until_stopped(stop.clone());
         tokio::spawn(async move {
@@ -211,11 +364,7 @@ pub(crate) fn authorize(b: &Balancer, headers: &HeaderMap) -> Result<(), ApiErro
     let Some(secret) = &b.config().secret else {
         return Ok(());
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = bearer(headers);
     if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
         Ok(())
     } else {
@@ -377,8 +526,97 @@ async fn zone(
     })
 }
 
-async fn pick(State(b): Shared, Path(zone): Path<String>) -> Result<Json<PickReply>, ApiError> {
+/// The bearer token of a request ("" when there is none).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+/// Checks a pick's token when `pick_token` is configured; true when the
+/// request carries the pick token or the secret (a trusted picker, exempt
+/// from the per-source limit).
+fn authorize_pick(b: &Balancer, headers: &HeaderMap) -> Result<bool, ApiError> {
+    let given = bearer(headers).as_bytes();
+    let matches = |t: &Option<String>| {
+        t.as_ref()
+            .is_some_and(|t| constant_time_eq(given, t.as_bytes()))
+    };
+    let trusted = matches(&b.config().secret) | matches(&b.config().pick_token);
+    if b.config().pick_token.is_some() && !trusted {
+        Metrics::inc(&b.metrics.unauthorized);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "picks need Authorization: Bearer <pick_token> (the balancer's configured pick_token, or its secret)",
+        ));
+    }
+    Ok(trusted)
+}
+
+/// Takes a pick token from the source's bucket (unless `trusted`), then
+/// from the global one: a pick holds a seat and may spawn a process.
+fn limit_pick(b: &Balancer, source: IpAddr, trusted: bool) -> Result<(), ApiError> {
+    let now_ms = b.now_ms();
+    let c = b.config();
+    let refused = if trusted {
+        Ok(())
+    } else {
+        b.pick_sources
+            .lock()
+            .check(&source, now_ms)
+            .map_err(|r| match r {
+                Refused::Limited { retry_after_ms } => (
+                    format!(
+                        "picks from {source} exceed pick_rate_per_s = {} (burst pick_burst = {}); retry after {retry_after_ms} ms (a login server picking for many players should send the pick_token)",
+                        c.pick_rate_per_s, c.pick_burst
+                    ),
+                    retry_after_ms,
+                ),
+                Refused::TableFull => (
+                    format!(
+                        "{} source addresses are picking at once (pick_sources_max); retry in a second",
+                        c.pick_sources_max
+                    ),
+                    1000,
+                ),
+            })
+    }
+    .and_then(|()| {
+        b.pick_global.lock().take(now_ms).map_err(|r| {
+            let retry_after_ms = match r {
+                Refused::Limited { retry_after_ms } => retry_after_ms,
+                Refused::TableFull => 1000,
+            };
+            (
+                format!(
+                    "all picks together exceed pick_global_rate_per_s = {} (burst pick_global_burst = {}): the balancer is under a pick flood; retry after {retry_after_ms} ms",
+                    c.pick_global_rate_per_s, c.pick_global_burst
+                ),
+                retry_after_ms,
+            )
+        })
+    });
+    refused.map_err(|(message, retry_after_ms)| {
+        Metrics::inc(&b.metrics.picks_limited);
+        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        err.retry_after_ms = Some(retry_after_ms);
+        err
+    })
+}
+
+async fn pick(
+    State(b): Shared,
+    headers: HeaderMap,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    Path(zone): Path<String>,
+) -> Result<Json<PickReply>, ApiError> {
     let zone = parse_zone(&zone)?;
+    let trusted = authorize_pick(&b, &headers)?;
+    let source = peer.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    limit_pick(&b, source, trusted)?;
     match b.pick(zone).await {
         Ok(p) => Ok(Json(PickReply {
             id: p.id,

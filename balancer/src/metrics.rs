@@ -41,6 +41,10 @@ pub struct Metrics {
     pub streams_closed: AtomicU64,
     /// Operator changes answered before the connected standby confirmed them.
     pub unconfirmed: AtomicU64,
+    /// Picks refused by a rate limit (per source or global).
+    pub picks_limited: AtomicU64,
+    /// Connections refused: `connections_max` open already.
+    pub connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -52,7 +56,7 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self, registry: &Registry) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "balancer_pushes_total",
                 "Status pushes accepted.",
@@ -128,6 +132,16 @@ impl Metrics {
                 "balancer_unconfirmed_changes_total",
                 "Drains, undrains and forgets answered before the connected standby applied them (timeout).",
                 &self.unconfirmed,
+            ),
+            (
+                "balancer_picks_rate_limited_total",
+                "Picks refused by pick_rate_per_s (per source address) or pick_global_rate_per_s.",
+                &self.picks_limited,
+            ),
+            (
+                "balancer_connections_refused_total",
+                "Connections refused because connections_max were open.",
+                &self.connections_refused,
             ),
         ];
         for (name, help, v) in counters {

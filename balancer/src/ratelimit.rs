@@ -1,20 +1,72 @@
-//! Per-key token buckets for pushes, with time as a parameter.
+//! Token buckets, with time as a parameter: one per key (pushes per
+//! process id, picks per source address) and a single one (all picks).
 //!
 //! Not replicated: after a failover the standby starts with full buckets,
 //! which at worst lets one burst through.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use crate::registry::Millis;
 
+/// One token bucket: `rate_per_s` tokens a second, at most `burst`.
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+pub struct TokenBucket {
+    rate_per_s: u64,
+    burst: u64,
     /// Tokens in thousandths, so refill has no rounding drift.
     milli_tokens: u64,
     last_ms: Millis,
 }
 
-/// A push was refused; retry after this long.
+impl TokenBucket {
+    /// A full bucket at `now_ms`.
+    pub fn new(rate_per_s: u32, burst: u32, now_ms: Millis) -> TokenBucket {
+        let burst = burst.max(1) as u64;
+        TokenBucket {
+            rate_per_s: rate_per_s.max(1) as u64,
+            burst,
+            milli_tokens: burst * 1000,
+            last_ms: now_ms,
+        }
+    }
+
+    fn refill(&mut self, now_ms: Millis) {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(elapsed.saturating_mul(self.rate_per_s))
+            .min(self.burst * 1000);
+        self.last_ms = self.last_ms.max(now_ms);
+    }
+
+    /// Takes one token, or says how long until one is back.
+    pub fn take(&mut self, now_ms: Millis) -> Result<(), Refused> {
+        self.refill(now_ms);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            Ok(())
+        } else {
+            let missing = 1000 - self.milli_tokens;
+            Err(Refused::Limited {
+                retry_after_ms: missing.div_ceil(self.rate_per_s),
+            })
+        }
+    }
+
+    /// Whether the bucket is full again at `now_ms` (forgetting it changes
+    /// nothing).
+    fn is_full_at(&self, now_ms: Millis) -> bool {
+        self.milli_tokens.saturating_add(
+            now_ms
+                .saturating_sub(self.last_ms)
+                .saturating_mul(self.rate_per_s),
+        ) >= self.burst * 1000
+    }
+}
+
+/// A request was refused; retry after this long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// This key used its burst; one token comes back after `retry_after_ms`.
@@ -26,68 +78,52 @@ pub enum Refused {
     TableFull,
 }
 
-/// Token buckets keyed by process id, at most `entries_max` keys.
+/// Token buckets keyed by process id (or any key: picks use the source
+/// address), at most `entries_max` keys.
 #[derive(Debug)]
-pub struct RateLimiter {
-    rate_per_s: u64,
-    burst: u64,
+pub struct RateLimiter<K = String> {
+    rate_per_s: u32,
+    burst: u32,
     entries_max: usize,
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<K, TokenBucket>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// `rate_per_s` tokens per second refill, `burst` tokens at most, and at
     /// most `entries_max` keys tracked (about 64 bytes each).
-    pub fn new(rate_per_s: u32, burst: u32, entries_max: usize) -> RateLimiter {
+    pub fn new(rate_per_s: u32, burst: u32, entries_max: usize) -> RateLimiter<K> {
         RateLimiter {
-            rate_per_s: rate_per_s.max(1) as u64,
-            burst: burst.max(1) as u64,
+            rate_per_s,
+            burst,
             entries_max: entries_max.max(1),
             buckets: HashMap::new(),
         }
     }
 
-    fn refill(&self, b: &mut Bucket, now_ms: Millis) {
-        let elapsed = now_ms.saturating_sub(b.last_ms);
-        b.milli_tokens =
-            (b.milli_tokens + elapsed.saturating_mul(self.rate_per_s)).min(self.burst * 1000);
-        b.last_ms = b.last_ms.max(now_ms);
-    }
-
     /// Takes one token for `key`, or says why not.
-    pub fn check(&mut self, key: &str, now_ms: Millis) -> Result<(), Refused> {
-        if !self.buckets.contains_key(key) && self.buckets.len() >= self.entries_max {
+    pub fn check<Q>(&mut self, key: &Q, now_ms: Millis) -> Result<(), Refused>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(b) = self.buckets.get_mut(key) {
+            return b.take(now_ms);
+        }
+        if self.buckets.len() >= self.entries_max {
             self.evict_full(now_ms);
             if self.buckets.len() >= self.entries_max {
                 return Err(Refused::TableFull);
             }
         }
-        let fresh = Bucket {
-            milli_tokens: self.burst * 1000,
-            last_ms: now_ms,
-        };
-        let mut b = self.buckets.get(key).copied().unwrap_or(fresh);
-        self.refill(&mut b, now_ms);
-        let result = if b.milli_tokens >= 1000 {
-            b.milli_tokens -= 1000;
-            Ok(())
-        } else {
-            let missing = 1000 - b.milli_tokens;
-            Err(Refused::Limited {
-                retry_after_ms: missing.div_ceil(self.rate_per_s),
-            })
-        };
-        self.buckets.insert(key.to_string(), b);
+        let mut b = TokenBucket::new(self.rate_per_s, self.burst, now_ms);
+        let result = b.take(now_ms);
+        self.buckets.insert(key.to_owned(), b);
         result
     }
 
     /// Drops keys whose bucket has refilled: forgetting them changes nothing.
     fn evict_full(&mut self, now_ms: Millis) {
-        let full = self.burst * 1000;
-        let rate = self.rate_per_s;
-        self.buckets.retain(|_, b| {
-            b.milli_tokens + now_ms.saturating_sub(b.last_ms).saturating_mul(rate) < full
-        });
+        self.buckets.retain(|_, b| !b.is_full_at(now_ms));
     }
 
     /// Keys tracked.
@@ -136,5 +172,35 @@ mod tests {
         // After 100 ms a and b have refilled and can be forgotten.
         r.check("c", 100).unwrap();
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_single_bucket_refills_at_its_rate() {
+        let mut b = TokenBucket::new(2, 2, 0);
+        assert!(b.take(0).is_ok());
+        assert!(b.take(0).is_ok());
+        assert_eq!(
+            b.take(0),
+            Err(Refused::Limited {
+                retry_after_ms: 500
+            })
+        );
+        assert_eq!(
+            b.take(250),
+            Err(Refused::Limited {
+                retry_after_ms: 250
+            })
+        );
+        assert!(b.take(500).is_ok());
+    }
+
+    #[test]
+    fn keys_can_be_addresses() {
+        let mut r: RateLimiter<std::net::IpAddr> = RateLimiter::new(1, 1, 10);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(r.check(&a, 0).is_ok());
+        assert!(r.check(&a, 0).is_err());
+        assert!(r.check(&b, 0).is_ok());
     }
 }

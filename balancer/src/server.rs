@@ -291,6 +291,10 @@ pub struct Balancer {
     config: Config,
     /// Push rate limiter (not replicated).
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// Pick rate limiter per source address (not replicated).
+    pub(crate) pick_sources: Mutex<RateLimiter<std::net::IpAddr>>,
+    /// Pick rate limit of all sources together (not replicated).
+    pub(crate) pick_global: Mutex<crate::ratelimit::TokenBucket>,
     children: Mutex<BTreeMap<u32, tokio::process::Child>>,
     spawn_lock: Mutex<()>,
     capacity: Notify,
@@ -332,13 +336,26 @@ impl Balancer {
             config.push_burst,
             config.processes_max as usize + 1024,
         );
+        let clock = Clock::default();
+        let pick_sources = RateLimiter::new(
+            config.pick_rate_per_s,
+            config.pick_burst,
+            config.pick_sources_max,
+        );
+        let pick_global = crate::ratelimit::TokenBucket::new(
+            config.pick_global_rate_per_s,
+            config.pick_global_burst,
+            clock.now_ms(),
+        );
         Balancer {
             registry: Mutex::new(registry),
             sink,
             metrics: Metrics::default(),
-            clock: Clock::default(),
+            clock,
             config,
             limiter: Mutex::new(limiter),
+            pick_sources: Mutex::new(pick_sources),
+            pick_global: Mutex::new(pick_global),
             children: Mutex::new(BTreeMap::new()),
             spawn_lock: Mutex::new(()),
             capacity: Notify::new(),
@@ -1005,6 +1022,7 @@ async fn start_with(
         listener,
         app,
         stopped.clone(),
+        balancer.clone(),
     )));
 
     let period = balancer.config.probe_interval_ms;

@@ -15,12 +15,13 @@
 //!
 //! - client to balancer: one [`crate::registry::StatusPush`] JSON object per
 //!   line (`\n`), each at most `request_body_bytes_max` bytes, at most
-//!   [`STREAM_PROCESSES_MAX`] distinct process ids per stream;
+//!   [`STREAM_PROCESSES_MAX`] distinct process ids per stream, each line
+//!   whole within `request_head_timeout_ms` of the previous one;
 //! - balancer to client: one [`StreamReply`] per line, only when something
 //!   is news: the first push of an id, a change of its status or drain
 //!   flag, or a refused line (the same codes as the HTTP answers). A refused
 //!   line loses nothing else: the stream goes on. `not_master`,
-//!   `line_too_long` and `too_many_processes` are sent, then the balancer
+//!   `line_too_long`, `too_many_processes` and `stream_idle` are sent, then the balancer
 //!   closes the stream (the client reconnects, to the master it names).
 
 use std::collections::HashMap;
@@ -148,6 +149,9 @@ where
 {
     let serial = b.stream_opened();
     let line_max = b.config().request_body_bytes_max;
+    // A stream whose next line does not arrive whole in this long is closed
+    // (a silent or trickling client would hold a connection slot forever).
+    let line_timeout = std::time::Duration::from_millis(b.config().request_head_timeout_ms);
     let mut io = BufReader::with_capacity(STREAM_READ_BUFFER_BYTES, io);
     // Last status told per id: a reply is sent only when it changes.
     let mut told: HashMap<String, Status> = HashMap::new();
@@ -155,29 +159,43 @@ where
     let mut out = Vec::new();
     loop {
         line.clear();
-        let read = (&mut io)
-            .take(line_max as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await;
+        let read = tokio::time::timeout(
+            line_timeout,
+            (&mut io)
+                .take(line_max as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
         let next = match read {
-            Ok(0) => break,
-            Err(e) => {
-                debug!(serial, error = %e, "push stream broke");
-                break;
+            Err(_) => {
+                let e = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "stream_idle",
+                    format!("no whole push line in {} ms (request_head_timeout_ms); the stream is closed: push at least that often", line_timeout.as_millis()),
+                );
+                write_line(&mut out, &StreamReply::error(None, e));
+                Next::Close
             }
-            Ok(_) if line.last() != Some(&b'\n') => {
-                if line.len() > line_max {
-                    let e = ApiError::new(
+            Ok(read) => match read {
+                Ok(0) => break,
+                Err(e) => {
+                    debug!(serial, error = %e, "push stream broke");
+                    break;
+                }
+                Ok(_) if line.last() != Some(&b'\n') => {
+                    if line.len() > line_max {
+                        let e = ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "line_too_long",
                         format!("a push line is at most {line_max} bytes (request_body_bytes_max); the stream is closed"),
                     );
-                    write_line(&mut out, &StreamReply::error(None, e));
+                        write_line(&mut out, &StreamReply::error(None, e));
+                    }
+                    // else: the client closed in the middle of a line.
+                    Next::Close
                 }
-                // else: the client closed in the middle of a line.
-                Next::Close
-            }
-            Ok(_) => on_line(&b, serial, &line, &mut told, &mut out),
+                Ok(_) => on_line(&b, serial, &line, &mut told, &mut out),
+            },
         };
         // Answers go out when no more input is buffered (one write for a
         // burst of pushes), or when they fill their buffer.

@@ -83,6 +83,10 @@ struct Tally {
 async fn rolling_restart_kicks_no_player() {
     let mut cfg = config(zone(1000, None));
     cfg.reservation_ttl_ms = 2_000;
+    // Players pick as fast as they can from one address (127.0.0.1) for
+    // the whole restart: lift the per-source pick limit out of the way.
+    cfg.pick_rate_per_s = 1_000_000;
+    cfg.pick_burst = 1_000_000;
     cfg.probe_interval_ms = 100;
     cfg.probe_timeout_ms = 100;
     let b = Arc::new(balancer(cfg).await);

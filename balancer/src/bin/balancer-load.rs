@@ -121,6 +121,12 @@ async fn run(args: Args) -> ExitCode {
                 }],
                 push_rate_per_s: 1000,
                 push_burst: 1000,
+                // All picks come from one address, as fast as they go: the
+                // pick limits would measure themselves.
+                pick_rate_per_s: u32::MAX,
+                pick_burst: u32::MAX,
+                pick_global_rate_per_s: u32::MAX,
+                pick_global_burst: u32::MAX,
                 ..Config::default()
             };
             match start(config, Arc::new(NoSink)).await {
