@@ -416,3 +416,31 @@ fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
     }
     assert_eq!(node.stats().records_published, 10);
 }
+
+/// A second node (an operator's mistake: two processes, one directory) must not
+/// start on a directory in use; the error names the holder's pid.
+#[test]
+fn a_second_node_on_the_same_directory_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Config::new(d.path());
+    c.listen = Some("127.0.0.1:0".parse().unwrap());
+    c.segment_bytes = SEG;
+    c.record_bytes_max = 4096;
+    let a = Node::start(c.clone(), Role::Master, Count::default()).unwrap();
+    a.put(b"k", b"v").unwrap();
+    let err = match Node::start(c.clone(), Role::Master, Count::default()) {
+        Ok(_) => panic!("two nodes run on one directory"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, hs::NodeError::Log(hs::LogError::Locked { pid: Some(p), .. }) if p == std::process::id()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("in use by process"), "{err}");
+    // The first node is untouched.
+    a.put(b"k2", b"v").unwrap();
+    assert_eq!(a.stats().records_published, 2);
+    drop(a);
+    let b = Node::start(c, Role::Master, Count::default()).unwrap();
+    assert_eq!(b.recovery().records, 2);
+}

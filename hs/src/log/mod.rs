@@ -94,6 +94,9 @@ pub enum LogError {
     NoHistory,
     #[error("this node is not taking writes (not master, or handing over)")]
     Sealed,
+    /// Another open log (this process or another) holds the directory's lock.
+    #[error("log directory {} is in use by {} (it holds {}); stop that node, or give this one another directory", dir.display(), pid.map_or("another process".to_string(), |p| format!("process {p}")), dir.join(LOCK_FILE).display())]
+    Locked { dir: PathBuf, pid: Option<u32> },
     #[error("log directory {dir} is inconsistent: {what}; move it away to resync this node from its peer")]
     Inconsistent { dir: PathBuf, what: String },
 }
@@ -128,6 +131,10 @@ pub(crate) fn deadline_after(d: Duration) -> Instant {
     now.checked_add(d)
         .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
 }
+
+/// The file in a log directory whose exclusive `flock` the open log holds; it
+/// contains the holder's pid (for the error a second open gets).
+pub const LOCK_FILE: &str = "lock";
 
 /// Longest a blocking roll (the slave's) waits for the preparer.
 const SEGMENT_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -197,6 +204,48 @@ pub struct Log {
     failed: AtomicBool,
     compact_lock: Mutex<()>,
     preparer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Holds the directory's exclusive lock until the log is dropped.
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive `flock` on `<dir>/lock` (never blocking) and writes this
+/// process's pid into it. The kernel releases it when the file closes, however
+/// the process ends, so a stale lock file never keeps a directory locked.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    // SAFETY: plain syscall on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(LogError::Io {
+                op: "lock",
+                path,
+                source: e,
+            });
+        }
+        let mut text = String::new();
+        let _ = f.read_to_string(&mut text);
+        return Err(LogError::Locked {
+            dir: dir.to_path_buf(),
+            pid: text.trim().parse().ok(),
+        });
+    }
+    let write_pid = |f: &mut std::fs::File| -> io::Result<()> {
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())
+    };
+    write_pid(&mut f).map_err(io_err("write lock file", &path))?;
+    Ok(f)
 }
 
 impl Log {
@@ -206,6 +255,9 @@ impl Log {
         let t0 = Instant::now();
         let dir = cfg.dir.clone();
         std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        // Before anything in the directory is touched: another open log would have
+        // its tail zeroed and its spare deleted under its mapping (SIGBUS).
+        let lock = lock_dir(&dir)?;
         let mut rec = Recovery::default();
         let mut seg_paths = Vec::new();
         let mut snaps = Vec::new();
@@ -412,6 +464,7 @@ impl Log {
             failed: AtomicBool::new(false),
             compact_lock: Mutex::new(()),
             preparer: Mutex::new(None),
+            _lock: lock,
             cfg,
         });
         let shared = log.spare.clone();

@@ -336,3 +336,31 @@ fn flush_racing_truncate_never_leaves_flushed_above_the_tail() {
     assert_eq!(bad, None, "(round, flushed, tail) with flushed above the tail");
     assert!(rounds >= 50, "too few rounds to mean anything: {rounds}");
 }
+
+/// A second open of a directory in use would zero the live tail and delete the
+/// spare segment under the first one's mapping: it must fail, naming the holder.
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_naming_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let log = new_log(d.path());
+    let pos = put(&log, b"k", b"v");
+    match Log::open(cfg(d.path())) {
+        Err(e @ LogError::Locked { pid, .. }) => {
+            assert_eq!(pid, Some(std::process::id()));
+            let msg = e.to_string();
+            assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+            assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a second open of a directory in use succeeded"),
+    }
+    // The first log is untouched and keeps working.
+    assert_eq!(all(&log).len(), 1);
+    let next = put(&log, b"k2", b"v");
+    assert!(next > pos);
+    // Once it is closed, the directory opens again.
+    drop(log);
+    let (log, rec) = Log::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.records, 2);
+    drop(log);
+}
