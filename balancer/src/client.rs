@@ -564,7 +564,10 @@ fn not_master_answer(resp: &Response) -> Option<Option<SocketAddr>> {
 }
 
 /// Reads one response; the flag says the server will close the connection.
-async fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Response, bool)> {
+pub(crate) async fn read_response<R>(conn: &mut R) -> std::io::Result<(Response, bool)>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
     let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let mut head_bytes = 0usize;
     let mut line = String::new();
@@ -575,7 +578,10 @@ async fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(Resp
     // Bounded: every line adds to head_bytes, capped below.
     loop {
         line.clear();
-        let n = conn.read_line(&mut line).await?;
+        // At most one byte past the limit per line: a line that never ends
+        // is refused, not buffered.
+        let left = (RESPONSE_HEAD_BYTES_MAX - head_bytes) as u64 + 1;
+        let n = (&mut *conn).take(left).read_line(&mut line).await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -652,4 +658,36 @@ pub fn local_process_id() -> String {
         .find(|m| m.len() == 17 && m != "00:00:00:00:00:00")
         .unwrap_or_else(|| "00:00:00:00:00:00".to_string());
     format!("{mac}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile or broken balancer sends a head line that never ends: the
+    /// client gives up at the head limit instead of buffering forever.
+    #[tokio::test]
+    async fn an_endless_response_head_line_is_refused_at_the_limit() {
+        let mut endless = BufReader::new(
+            std::io::Cursor::new(b"HTTP/1.1 200 OK\r\nx-junk: ".to_vec())
+                .chain(tokio::io::repeat(b'a')),
+        );
+        let r = tokio::time::timeout(Duration::from_secs(5), read_response(&mut endless))
+            .await
+            .expect("the client stops reading at the head limit");
+        let e = r.expect_err("an oversized head is an error");
+        assert!(e.to_string().contains("response head over"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_response_is_read() {
+        let mut ok = BufReader::new(std::io::Cursor::new(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec(),
+        ));
+        let (resp, close) = read_response(&mut ok).await.unwrap();
+        assert_eq!(
+            (resp.status, resp.body.as_slice(), close),
+            (200, &b"ok"[..], true)
+        );
+    }
 }
