@@ -158,13 +158,24 @@ impl Segment {
         self.base + self.size
     }
 
+    /// Whether `[pos, pos + len)` lies inside this segment (no overflow).
+    #[inline]
+    fn contains(&self, pos: u64, len: usize) -> bool {
+        pos >= self.base
+            && (len as u64)
+                .checked_add(pos)
+                .is_some_and(|end| end <= self.end())
+    }
+
     /// Bytes at positions `[pos, pos + len)`.
     ///
     /// # Safety
     /// The range must be inside the segment and below the log's committed tail
     /// (loaded with Acquire), or otherwise not concurrently written.
     pub unsafe fn slice(&self, pos: u64, len: usize) -> &[u8] {
-        debug_assert!(pos >= self.base && pos + len as u64 <= self.end());
+        // In every build: the bounds are the SAFETY argument, and two compares are
+        // nothing next to what the caller does with the bytes.
+        assert!(self.contains(pos, len), "read outside segment");
         let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
         // SAFETY: in bounds (asserted), and the caller guarantees no concurrent writer.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
@@ -177,10 +188,7 @@ impl Segment {
     /// committed tail (or truncating on a slave with no reader past the new tail).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, pos: u64, len: usize) -> &mut [u8] {
-        assert!(
-            pos >= self.base && pos + len as u64 <= self.end(),
-            "write outside segment"
-        );
+        assert!(self.contains(pos, len), "write outside segment");
         let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
         // SAFETY: in bounds, and the caller guarantees exclusive access to the range.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) }
@@ -222,5 +230,21 @@ mod tests {
         drop(s);
         let s = Segment::open(&d.path().join(file_name(8192))).unwrap();
         assert_eq!((s.base, s.size, s.history), (8192, 4096, 0x5e9));
+    }
+
+    /// `slice`'s bounds are its SAFETY argument: checked in release builds too.
+    #[test]
+    fn slice_outside_the_segment_panics_in_every_build() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Segment::create(d.path(), 1, 8192, 4096).unwrap();
+        // SAFETY (of the calls that do not panic): inside, nothing writes.
+        assert_eq!(unsafe { s.slice(8192, 4096) }.len(), 4096);
+        for (pos, len) in [(8184u64, 8usize), (8192 + 4090, 8), (u64::MAX - 2, 8)] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: none — this is the out-of-bounds call that must panic.
+                unsafe { s.slice(pos, len) }.len()
+            }));
+            assert!(r.is_err(), "slice({pos}, {len}) of [8192, 12288) did not panic");
+        }
     }
 }
