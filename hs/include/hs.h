@@ -142,7 +142,9 @@ enum hs_status
      */
     HS_STATUS_NOT_FOUND = 14,
     /**
-     * A Rust panic was caught at the boundary. The node may be unusable: free it.
+     * A Rust panic was caught at the boundary, or the node stopped for good after
+     * a panic on its data path (`HS_EVENT_KIND_FATAL`). The node may be unusable:
+     * free it.
      */
     HS_STATUS_PANIC = 15,
 };
@@ -266,6 +268,12 @@ enum hs_event_kind
      * An event this version of the C API does not describe: `reason` holds its text.
      */
     HS_EVENT_KIND_OTHER = 12,
+    /**
+     * The node stopped for good: the application's data callback path panicked
+     * (`reason` says how). Every call now returns `HS_STATUS_PANIC`; free the
+     * node and start it again (its log is intact and replayed at start).
+     */
+    HS_EVENT_KIND_FATAL = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -454,7 +462,7 @@ typedef struct hs_event {
     const char *addr;
     size_t addr_len;
     /**
-     * Why (`ROLE_CHANGED`, `SLAVE_LOST`, `MASTER_LOST`, `FRAME_REJECTED`, `OTHER`), NUL-terminated; "" otherwise.
+     * Why (`ROLE_CHANGED`, `SLAVE_LOST`, `MASTER_LOST`, `FRAME_REJECTED`, `FATAL`, `OTHER`), NUL-terminated; "" otherwise.
      */
     const char *reason;
     size_t reason_len;

@@ -92,7 +92,9 @@ pub enum hs_status {
     BufferTooSmall = 13,
     /// There is nothing to report (for example no master address is known).
     NotFound = 14,
-    /// A Rust panic was caught at the boundary. The node may be unusable: free it.
+    /// A Rust panic was caught at the boundary, or the node stopped for good after
+    /// a panic on its data path (`HS_EVENT_KIND_FATAL`). The node may be unusable:
+    /// free it.
     Panic = 15,
 }
 
@@ -184,6 +186,10 @@ pub enum hs_event_kind {
     LagOverLimit = 11,
     /// An event this version of the C API does not describe: `reason` holds its text.
     Other = 12,
+    /// The node stopped for good: the application's data callback path panicked
+    /// (`reason` says how). Every call now returns `HS_STATUS_PANIC`; free the
+    /// node and start it again (its log is intact and replayed at start).
+    Fatal = 13,
 }
 
 /// A record, passed to `apply` on the slave (and on any node replaying its own
@@ -253,7 +259,7 @@ pub struct hs_event {
     /// The peer's address (`SLAVE_CONNECTED`, `MASTER_CONNECTED`), NUL-terminated; "" otherwise.
     pub addr: *const c_char,
     pub addr_len: usize,
-    /// Why (`ROLE_CHANGED`, `SLAVE_LOST`, `MASTER_LOST`, `FRAME_REJECTED`, `OTHER`), NUL-terminated; "" otherwise.
+    /// Why (`ROLE_CHANGED`, `SLAVE_LOST`, `MASTER_LOST`, `FRAME_REJECTED`, `FATAL`, `OTHER`), NUL-terminated; "" otherwise.
     pub reason: *const c_char,
     pub reason_len: usize,
 }
@@ -460,6 +466,7 @@ impl From<NodeError> for Failure {
             NodeError::Timeout(_) => hs_status::Timeout,
             NodeError::Config(_) => hs_status::Config,
             NodeError::Shutdown => hs_status::Shutdown,
+            NodeError::ApplyPanicked { .. } => hs_status::Panic,
         };
         Failure::new(status, e.to_string())
     }
@@ -782,6 +789,10 @@ fn deliver(cb: &Callbacks, e: &Event) {
         }
         Event::LagOverLimit { lag } => {
             (ev.kind, ev.lag_bytes) = (hs_event_kind::LagOverLimit, *lag)
+        }
+        Event::Fatal { reason: why } => {
+            ev.kind = hs_event_kind::Fatal;
+            reason.clone_from(why);
         }
         other => reason = format!("{other:?}"),
     }
@@ -2082,5 +2093,100 @@ mod tests {
             drop(s);
             hs_node_free(node);
         }
+    }
+
+    /// A Rust `Apply` that panics on the key "boom" (a C callback cannot unwind:
+    /// a panic on the data path comes from Rust code, such as a wrapper's).
+    struct Boom;
+    impl Apply for Boom {
+        fn apply(&mut self, r: &RecordRef<'_>) {
+            assert!(r.key != b"boom", "boom is not handled");
+        }
+        fn reset(&mut self) {}
+        fn restore(&mut self, _: &[u8], _: &[u8]) {}
+    }
+
+    unsafe extern "C" fn note_kind(user: *mut c_void, ev: *const hs_event) {
+        // SAFETY: `user` is the test's Mutex, `ev` valid during the call.
+        let (seen, ev) = unsafe { (&*(user as *const std::sync::Mutex<Vec<(u32, String)>>), &*ev) };
+        // SAFETY: NUL-terminated for the call.
+        let why = unsafe { CStr::from_ptr(ev.reason) }.to_string_lossy().into_owned();
+        seen.lock().unwrap().push((ev.kind as u32, why));
+    }
+
+    #[test]
+    fn a_panicking_apply_is_hs_status_panic_and_a_fatal_event_through_the_c_abi() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pa = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pb = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pa, pb) = {
+            let addrs = (pa.local_addr().unwrap(), pb.local_addr().unwrap());
+            drop((pa, pb)); // the nodes bind them again
+            addrs
+        };
+        let mk = |dir: &std::path::Path, me: SocketAddr, peer: SocketAddr, id: u64| {
+            let mut c = Config::new(dir);
+            (c.listen, c.peer, c.node_id) = (Some(me), Some(peer), id);
+            (c.segment_bytes, c.record_bytes_max) = (1 << 20, 4096);
+            (c.heartbeat_interval_ms, c.reconnect_backoff_min_ms) = (20, 5);
+            c
+        };
+        struct Nop;
+        impl Apply for Nop {
+            fn apply(&mut self, _: &RecordRef<'_>) {}
+            fn reset(&mut self) {}
+            fn restore(&mut self, _: &[u8], _: &[u8]) {}
+        }
+        let a = Node::start(mk(da.path(), pa, pb, 1), Role::Master, Nop).unwrap();
+        let b = Node::start(mk(db.path(), pb, pa, 2), Role::Slave, Boom).unwrap();
+        let t0 = std::time::Instant::now();
+        while !(a.role() == Role::Master && b.role() == Role::Slave) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "pair");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The slave as a C caller holds it.
+        let h = Box::into_raw(Box::new(hs_node {
+            node: Arc::new(b),
+            dispatcher: None,
+            alive: Arc::new(AtomicBool::new(true)),
+        }));
+        let pos = a.put(b"boom", b"").unwrap();
+        // SAFETY: `h` is a live handle until hs_node_free below.
+        unsafe {
+            let t0 = std::time::Instant::now();
+            loop {
+                let st = hs_node_wait(h, 0, hs_durability::Async as u32, 0);
+                assert!(st == hs_status::Ok || st == hs_status::Panic);
+                let mut w = 0u64;
+                let st = hs_node_put(h, b"k".as_ptr(), 1, std::ptr::null(), 0, &mut w);
+                if st == hs_status::Panic {
+                    assert!(last_error().contains("Apply panicked"), "{}", last_error());
+                    assert!(last_error().contains("boom is not handled"), "{}", last_error());
+                    break;
+                }
+                assert_eq!(st, hs_status::NotMaster);
+                assert!(t0.elapsed() < Duration::from_secs(20), "never HS_STATUS_PANIC");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(hs_node_wait(h, pos, hs_durability::Applied as u32, 10), hs_status::Panic);
+            hs_node_free(h);
+        }
+        // The event as the event callback sees it.
+        let seen = std::sync::Mutex::new(Vec::<(u32, String)>::new());
+        let cb = Callbacks {
+            alive: Arc::new(AtomicBool::new(true)),
+            user: &seen as *const _ as *mut c_void,
+            apply: None,
+            reset: None,
+            restore: None,
+            role_changed: None,
+            rolled_back: None,
+            event: Some(note_kind),
+        };
+        deliver(&cb, &Event::Fatal { reason: "panic: boom".into() });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(hs_event_kind::Fatal as u32, "panic: boom".to_string())]
+        );
     }
 }

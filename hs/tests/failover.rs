@@ -366,3 +366,62 @@ fn acknowledgements_from_an_earlier_role_do_not_carry_over() {
         "wait(Received) answered for a record no standby holds"
     );
 }
+
+/// An `Apply` that panics on the key "boom".
+#[derive(Clone, Default)]
+struct Fragile(Kv);
+impl Apply for Fragile {
+    fn apply(&mut self, r: &RecordRef<'_>) {
+        assert!(r.key != b"boom", "the application cannot handle boom");
+        self.0.apply(r);
+    }
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+    fn restore(&mut self, k: &[u8], v: &[u8]) {
+        self.0.restore(k, v);
+    }
+}
+
+/// A panic in the application's `Apply` on the slave is reported (an event, an
+/// error on every call) and the node stops: no more applying, no writes, no
+/// promotion — its state no longer matches its log.
+#[test]
+fn a_panicking_apply_stops_the_node_with_a_fatal_event_and_a_clear_error() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let ka = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
+    let fb = Fragile::default();
+    let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, fb.clone()).unwrap();
+    until("pair", || {
+        a.role() == Role::Master && b.role() == Role::Slave
+    });
+    write_acked(&a, &ka, "fine", 10);
+    let boom = a.put(b"boom", b"!").unwrap();
+    let e = wait_event(&b, "Fatal", |e| matches!(e, Event::Fatal { .. }));
+    assert!(
+        matches!(&e, Event::Fatal { reason } if reason.contains("cannot handle boom")),
+        "{e:?}"
+    );
+    assert_ne!(b.role(), Role::Slave);
+    assert!(!b.is_writable());
+    assert!(
+        matches!(b.put(b"x", b"y"), Err(NodeError::ApplyPanicked { ref reason }) if reason.contains("boom")),
+        "a poisoned node must say why it refuses"
+    );
+    // It applies nothing more, even when the master goes on.
+    let after = a.put(b"after", b"v").unwrap();
+    assert!(a.wait(after, Durability::Applied, Duration::from_millis(300)).is_err());
+    assert!(!fb.0 .0.lock().unwrap().contains_key(b"after".as_slice()));
+    assert!(b.stats().applied <= boom);
+    // And it does not take over when the master's process is gone.
+    drop(a);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(500) {
+        assert_ne!(b.role(), Role::Master, "a poisoned node promoted itself");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(b);
+}

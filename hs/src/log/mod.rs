@@ -149,6 +149,8 @@ struct Appender {
     meta: Meta,
     /// Refuse `append` (not replication): this node is not taking writes.
     sealed: bool,
+    /// Refuse every write, replication too, for good (`halt`).
+    halted: bool,
 }
 
 /// A chunk of committed log bytes inside one segment.
@@ -440,6 +442,7 @@ impl Log {
                 failed: None,
                 meta,
                 sealed: false,
+                halted: false,
             }),
             committed: AtomicU64::new(tail),
             flushed: AtomicU64::new(tail),
@@ -561,6 +564,15 @@ impl Log {
         self.app.lock().sealed = sealed;
     }
 
+    /// Refuses every later write (`append` and `append_replicated` get `Sealed`)
+    /// until the log is reopened; `seal(false)` does not undo it. For a node that
+    /// must stop (its application panicked).
+    pub fn halt(&self) {
+        let mut a = self.app.lock();
+        a.halted = true;
+        a.sealed = true;
+    }
+
     /// Durably records that this node has taken or seen `epoch`; new records carry it.
     /// Refuses to go backwards.
     pub fn set_epoch(&self, epoch: u32) -> Result<(), LogError> {
@@ -614,7 +626,7 @@ impl Log {
         if let Some(f) = &a.failed {
             return Err(LogError::PreviousIo(f.clone()));
         }
-        if a.sealed || !admit() {
+        if a.sealed || a.halted || !admit() {
             return Err(LogError::Sealed);
         }
         let pos = a.tail;
@@ -815,6 +827,9 @@ impl Log {
         let mut a = self.app.lock();
         if let Some(f) = &a.failed {
             return Err(LogError::PreviousIo(f.clone()));
+        }
+        if a.halted {
+            return Err(LogError::Sealed);
         }
         if pos != a.tail {
             return Err(LogError::Gap {

@@ -155,7 +155,7 @@ async fn watch_lease(s: Arc<Shared>) {
             return;
         }
         let renewed = s.lease_notify.notified();
-        if !s.demoting.load(Ordering::Acquire) {
+        if !s.demoting.load(Ordering::Acquire) && !s.poisoned() {
             s.writable.store(true, Ordering::Release);
         }
         tokio::select! {

@@ -230,6 +230,10 @@ pub enum NodeError {
     },
     #[error("the node is shut down")]
     Shutdown,
+    /// The application's `Apply` panicked: its state no longer matches the log,
+    /// so the node stopped taking, replicating and applying writes for good.
+    #[error("the application's Apply panicked ({reason}); this node stopped taking and applying writes: fix the application, then restart the node (its log is intact and is replayed at start)")]
+    ApplyPanicked { reason: String },
 }
 
 /// How far a write must have travelled before [`Node::wait`] returns.
@@ -298,6 +302,11 @@ pub enum Event {
     /// The slave's lag went over `lag_bytes_max`.
     LagOverLimit {
         lag: u64,
+    },
+    /// The node stopped for good (the application's `Apply` panicked): it takes,
+    /// replicates and applies nothing more; every call says why. Restart it.
+    Fatal {
+        reason: String,
     },
 }
 
@@ -410,6 +419,9 @@ pub(crate) struct Shared {
     pub step_down_notify: tokio::sync::Notify,
     /// Where the master is, as far as this node knows (for `NotMaster`).
     pub master_addr: Mutex<Option<SocketAddr>>,
+    /// Why the application's `Apply` panicked, once it has: the node stopped for good.
+    pub poisoned: Mutex<Option<String>>,
+    pub is_poisoned: AtomicBool,
     /// Tests: runs inside `publish` after its entry checks, just before the append
     /// (models the process being stopped there).
     #[cfg(test)]
@@ -433,8 +445,10 @@ impl Shared {
     pub fn set_role(&self, role: Role, reason: &str) {
         let old = Role::from_u8(self.role.swap(role.to_u8(), Ordering::AcqRel));
         let epoch = self.log.meta().epoch;
-        let writable =
-            role == Role::Master && !self.lease_required && !self.demoting.load(Ordering::Acquire);
+        let writable = role == Role::Master
+            && !self.lease_required
+            && !self.demoting.load(Ordering::Acquire)
+            && !self.poisoned();
         self.log.seal(role != Role::Master);
         self.writable.store(writable, Ordering::Release);
         if old != role {
@@ -497,6 +511,55 @@ impl Shared {
         self.shutdown.load(Ordering::Acquire)
     }
 
+    /// Whether the application's `Apply` has panicked (the node stopped for good).
+    pub fn poisoned(&self) -> bool {
+        self.is_poisoned.load(Ordering::Acquire)
+    }
+
+    /// The error every call gets once the node is poisoned.
+    pub fn poisoned_error(&self) -> NodeError {
+        NodeError::ApplyPanicked {
+            reason: self.poisoned.lock().clone().unwrap_or_default(),
+        }
+    }
+
+    /// Runs the application's code (`f` calls `Apply`), catching a panic. A panic
+    /// poisons the node: its state no longer matches the log, so it stops taking,
+    /// replicating and applying writes, says so in a `Fatal` event, and every call
+    /// returns `ApplyPanicked`. The log is intact; a restart replays it.
+    pub fn call_app<R>(&self, f: impl FnOnce() -> R) -> Result<R, NodeError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => Ok(r),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                self.poison(format!("panic: {msg}"));
+                Err(self.poisoned_error())
+            }
+        }
+    }
+
+    fn poison(&self, reason: String) {
+        {
+            let mut g = self.poisoned.lock();
+            if g.is_some() {
+                return;
+            }
+            *g = Some(reason.clone());
+        }
+        self.is_poisoned.store(true, Ordering::Release);
+        self.writable.store(false, Ordering::Release);
+        self.log.halt();
+        tracing::error!(reason, "the application's Apply panicked: this node stopped taking and applying writes; fix the application and restart the node");
+        self.request_step_down(format!("the application's Apply panicked: {reason}"));
+        self.set_role(Role::Candidate, "the application's Apply panicked");
+        // Last: whoever sees the event sees the node already stopped.
+        self.emit(Event::Fatal { reason });
+    }
+
     /// Hands a snapshot to the application: `reset`, then `restore` per key.
     pub fn load_snapshot_into(app: &mut dyn Apply, snap: &crate::log::snapshot::Snapshot) {
         app.reset();
@@ -506,16 +569,18 @@ impl Shared {
     }
 
     /// Rebuilds the application's state from this node's own log: snapshot, then records.
-    pub fn replay(&self) -> Result<u64, LogError> {
+    pub fn replay(&self) -> Result<u64, NodeError> {
         let snap = self.log.load_snapshot()?;
         let mut app = self.app.lock();
-        Shared::load_snapshot_into(&mut **app, &snap);
         let mut n = 0u64;
         let tail = self.log.tail();
-        self.log.for_each(self.log.first(), tail, |r| {
-            app.apply(r);
-            n += 1;
-        })?;
+        self.call_app(|| {
+            Shared::load_snapshot_into(&mut **app, &snap);
+            self.log.for_each(self.log.first(), tail, |r| {
+                app.apply(r);
+                n += 1;
+            })
+        })??;
         self.applied.store(tail, Ordering::Release);
         Ok(n)
     }
@@ -592,6 +657,8 @@ impl Node {
             step_down: Mutex::new(None),
             step_down_notify: tokio::sync::Notify::new(),
             master_addr: Mutex::new(None),
+            poisoned: Mutex::new(None),
+            is_poisoned: AtomicBool::new(false),
             #[cfg(test)]
             before_append: Mutex::new(None),
             cfg,
@@ -674,6 +741,9 @@ impl Node {
     pub fn publish(&self, key: &[u8], op: Op, value: &[u8]) -> Result<u64, NodeError> {
         let s = &*self.shared;
         if !s.writable.load(Ordering::Acquire) {
+            if s.poisoned() {
+                return Err(s.poisoned_error());
+            }
             return Err(NodeError::NotMaster {
                 master: self.master_addr(),
             });
@@ -703,6 +773,7 @@ impl Node {
         };
         let pos = match r {
             Ok(p) => p,
+            Err(LogError::Sealed) if s.poisoned() => return Err(s.poisoned_error()),
             Err(LogError::Sealed) => {
                 return Err(NodeError::NotMaster {
                     master: self.master_addr(),
@@ -763,6 +834,9 @@ impl Node {
     /// Nothing is lost. On timeout the node keeps (or takes back) the master role.
     pub fn switchover(&self, timeout: Duration) -> Result<(), NodeError> {
         let s = &*self.shared;
+        if s.poisoned() {
+            return Err(s.poisoned_error());
+        }
         if self.role() != Role::Master {
             return Err(NodeError::NotMaster {
                 master: self.master_addr(),
@@ -831,6 +905,9 @@ impl Node {
         while !reached() {
             if s.is_shutdown() {
                 return Err(NodeError::Shutdown);
+            }
+            if s.poisoned() {
+                return Err(s.poisoned_error());
             }
             if s.ack_cv.wait_until(&mut g, deadline).timed_out() && !reached() {
                 return Err(NodeError::Timeout(timeout));
@@ -985,6 +1062,10 @@ async fn run_roles(s: Arc<Shared>, listener: Option<std::net::TcpListener>, firs
             }
             _ => slave::run(s.clone(), listener.clone()).await,
         };
+        if s.poisoned() {
+            // Stopped for good: no replication, no promotion, the listener closed.
+            return;
+        }
         match out {
             Outcome::Shutdown => return,
             Outcome::Promoted(why) => {

@@ -58,6 +58,9 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
         }
         .instrument(span)
         .await;
+        if s.poisoned() {
+            return Outcome::Shutdown;
+        }
         if s.role.load(Ordering::Acquire) == Role::Slave.to_u8() {
             s.set_role(Role::Candidate, "lost the master");
         }
@@ -477,7 +480,8 @@ async fn follow(
             }
             let records = log.truncate(start).map_err(map_log)?;
             // The application saw records past `start`: rebuild it without them.
-            s.replay().map_err(map_log)?;
+            s.replay()
+                .map_err(|e| proto_err(format!("rebuilding the application: {e}")))?;
             tracing::warn!(
                 from = start,
                 to = old,
@@ -524,7 +528,11 @@ async fn follow(
                 return Err(proto_err("snapshot does not match the Welcome").into());
             }
             log.reset_to(&snap, &buf, segment_bytes).map_err(map_log)?;
-            Shared::load_snapshot_into(&mut **s.app.lock(), &snap);
+            {
+                let mut app = s.app.lock();
+                s.call_app(|| Shared::load_snapshot_into(&mut **app, &snap))
+                    .map_err(|e| proto_err(e.to_string()))?;
+            }
             s.applied.store(start, Ordering::Release);
             tracing::info!(
                 pos = start,
@@ -627,10 +635,13 @@ async fn stream_loop(
                     {
                         // `append_replicated` checked every record (CRC too) before writing.
                         let mut app = s.app.lock();
-                        for_each_checked(&records, pos, &mut |r| {
-                            app.apply(r);
-                            n += 1;
-                        });
+                        s.call_app(|| {
+                            for_each_checked(&records, pos, &mut |r| {
+                                app.apply(r);
+                                n += 1;
+                            })
+                        })
+                        .map_err(|e| NetError::Protocol(e.to_string()))?;
                     }
                     s.records_applied.fetch_add(n, Ordering::Relaxed);
                     s.applied.store(tail, Ordering::Release);
