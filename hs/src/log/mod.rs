@@ -16,6 +16,7 @@
 //!   segments wholly below the newest snapshot are deleted on open.
 
 pub mod meta;
+mod order;
 pub mod segment;
 pub mod snapshot;
 
@@ -26,7 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use order::{OrderedMutex, OrderedRwLock, Rank};
+use parking_lot::{Condvar, Mutex};
 
 use crate::proto::catchup::Epochs;
 use crate::proto::record::{self, Decoded, Op, RecordError, RecordRef};
@@ -170,7 +172,7 @@ impl Chunk {
 /// The next segment, prepared by the `hs-prepare` thread, which holds only this
 /// (never the log, so dropping the log stops it).
 struct SpareShared {
-    m: Mutex<Spare>,
+    m: OrderedMutex<Spare>,
     /// Signalled when a spare is needed (or on shutdown).
     need_cv: Condvar,
     /// Signalled when a spare becomes ready (publishers waiting on Full).
@@ -194,17 +196,17 @@ struct Spare {
 
 pub struct Log {
     cfg: LogConfig,
-    app: Mutex<Appender>,
+    app: OrderedMutex<Appender>,
     committed: AtomicU64,
     flushed: AtomicU64,
     first: AtomicU64,
-    segs: RwLock<VecDeque<Arc<Segment>>>,
+    segs: OrderedRwLock<VecDeque<Arc<Segment>>>,
     spare: Arc<SpareShared>,
-    flush_lock: Mutex<()>,
+    flush_lock: OrderedMutex<()>,
     /// Lowest position a connected reader still needs; compaction keeps it.
     pin: AtomicU64,
     failed: AtomicBool,
-    compact_lock: Mutex<()>,
+    compact_lock: OrderedMutex<()>,
     preparer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Holds the directory's exclusive lock until the log is dropped.
     _lock: std::fs::File,
@@ -434,7 +436,7 @@ impl Log {
         let cur = segs.back().filter(|s| tail < s.end()).cloned();
         let next_base = cur.as_ref().map_or(tail, |s| s.end());
         let log = Arc::new(Log {
-            app: Mutex::new(Appender {
+            app: OrderedMutex::new(Rank::App, Appender {
                 seg: cur,
                 tail,
                 epoch: meta.epoch,
@@ -447,9 +449,9 @@ impl Log {
             committed: AtomicU64::new(tail),
             flushed: AtomicU64::new(tail),
             first: AtomicU64::new(first),
-            segs: RwLock::new(segs),
+            segs: OrderedRwLock::new(Rank::Segs, segs),
             spare: Arc::new(SpareShared {
-                m: Mutex::new(Spare {
+                m: OrderedMutex::new(Rank::Spare, Spare {
                     seg: None,
                     want_base: next_base,
                     error: None,
@@ -462,10 +464,10 @@ impl Log {
                 ready_cv: Condvar::new(),
                 dir: dir.clone(),
             }),
-            flush_lock: Mutex::new(()),
+            flush_lock: OrderedMutex::new(Rank::Flush, ()),
             pin: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
-            compact_lock: Mutex::new(()),
+            compact_lock: OrderedMutex::new(Rank::Compact, ()),
             preparer: Mutex::new(None),
             _lock: lock,
             cfg,
@@ -680,7 +682,7 @@ impl Log {
                     // Wait for the preparer's next attempt (it signals after each one).
                     let mut sp = self.spare.m.lock();
                     if sp.seg.is_none() {
-                        self.spare.ready_cv.wait_until(&mut sp, deadline);
+                        self.spare.ready_cv.wait_until(sp.guard(), deadline);
                     }
                 }
                 r => return r,
@@ -722,7 +724,7 @@ impl Log {
                 });
             }
             self.spare.need_cv.notify_one();
-            self.spare.ready_cv.wait_until(&mut sp, deadline);
+            self.spare.ready_cv.wait_until(sp.guard(), deadline);
         }
         let new = Arc::new(sp.seg.take().unwrap());
         sp.want_base = new.end();
@@ -1254,7 +1256,7 @@ fn preparer(sh: Arc<SpareShared>) {
             }
             sh.ready_cv.notify_all();
         } else {
-            sh.need_cv.wait(&mut sp);
+            sh.need_cv.wait(sp.guard());
         }
     }
 }
