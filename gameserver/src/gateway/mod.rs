@@ -1,0 +1,445 @@
+//! The gateway (seed 001): holds the players' connections (TCP and
+//! WebSocket, one frame format), authenticates them, keeps their heartbeat,
+//! routes each request to the room-server pair of its room and the rooms'
+//! pushes back to the players in them.
+//!
+//! - [`config`]: what it is told, every limit with its unit;
+//! - `transport`: a connection as a stream of frames (TCP or WebSocket);
+//! - `session`: one connection: auth, heartbeat, sequence, rate, its queue;
+//! - `pair`: the link to one room-server pair: master finding, re-sending
+//!   after a failover, the rooms' fan-out;
+//! - [`stats`]: counters.
+//!
+//! Invariants:
+//! - one request of a session is in flight at a time, so after a failover
+//!   the room server's "last request done per player" decides alone whether
+//!   a re-sent request was done;
+//! - a room's events reach a session once each, in sequence order, and only
+//!   those after the snapshot it entered with (a gap asks the room again and
+//!   ends in events or a snapshot);
+//! - every queue is bounded: a client that does not read is closed
+//!   (SlowConsumer), a session that asks too much is refused.
+
+pub mod config;
+mod pair;
+mod session;
+pub mod stats;
+mod transport;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use config::{BalancerReport, GatewayConfig, PairConfig};
+pub use stats::{GatewayStats, StatsSnapshot};
+
+use crate::proto::frame::{Frame, Kind};
+use crate::proto::msg::{self, ErrorCode, RoomInfo};
+use pair::{Link, LinkCmd, PairHandle, LINK_QUEUE_CMDS_MAX, ROOMS_REFRESH_MS};
+use session::SessionHandle;
+use transport::{TcpIo, WsIo};
+
+/// Connections a listener queues before accept (the machine's somaxconn).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration cannot work.
+    #[error("gateway configuration: {0}")]
+    Config(String),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every session and link of one gateway share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) stats: Arc<GatewayStats>,
+    /// The session of each player logged in here.
+    pub(crate) players: Mutex<HashMap<u64, Arc<SessionHandle>>>,
+    /// Room → index in `pairs`.
+    routes: HashMap<u32, usize>,
+    pub(crate) pairs: Vec<PairHandle>,
+    next_session: AtomicU64,
+    /// This gateway process's id on the links (random per start).
+    pub(crate) gateway_id: u64,
+}
+
+impl Shared {
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn pair_of(&self, room: u32) -> Option<usize> {
+        self.routes.get(&room).copied()
+    }
+
+    /// Every pair's rooms as last told; asks stale pairs again (the answer
+    /// serves the next caller).
+    pub(crate) fn rooms(&self) -> Vec<RoomInfo> {
+        let mut all = Vec::new();
+        for p in &self.pairs {
+            let r = p.rooms.lock();
+            all.extend(r.0.iter().cloned());
+            if r.1
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(ROOMS_REFRESH_MS))
+            {
+                let _ = p.tx.try_send(LinkCmd::RefreshRooms);
+            }
+        }
+        all.sort_by_key(|r| r.id);
+        all
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    tcp_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// A listener with SO_REUSEADDR (and SO_REUSEPORT when asked).
+fn listen(addr: &str, reuse_port: bool) -> Result<TcpListener, GatewayError> {
+    let err = |source| GatewayError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let sa: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| err(std::io::Error::other("the address resolves to nothing")))?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(sa),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    if reuse_port {
+        s.set_reuse_port(true).map_err(err)?;
+    }
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&sa.into()).map_err(err)?;
+    s.listen(LISTEN_BACKLOG).map_err(err)?;
+    TcpListener::from_std(s.into()).map_err(err)
+}
+
+impl Gateway {
+    /// Opens the listeners, starts the pair links (and the balancer
+    /// reports), and returns once it accepts connections.
+    pub async fn start(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
+        cfg.validate().map_err(GatewayError::Config)?;
+        let tcp = listen(&cfg.tcp, cfg.reuse_port)?;
+        let ws = cfg
+            .ws
+            .as_deref()
+            .map(|a| listen(a, cfg.reuse_port))
+            .transpose()?;
+        let tcp_addr = tcp.local_addr().map_err(|source| GatewayError::Listen {
+            addr: cfg.tcp.clone(),
+            source,
+        })?;
+        let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+        let mut routes = HashMap::new();
+        let mut pairs = Vec::new();
+        let mut rxs = Vec::new();
+        for (i, p) in cfg.pairs.iter().enumerate() {
+            for r in &p.rooms {
+                routes.insert(*r, i);
+            }
+            let (tx, rx) = mpsc::channel(LINK_QUEUE_CMDS_MAX);
+            pairs.push(PairHandle {
+                tx,
+                rooms: Mutex::new((Vec::new(), None)),
+            });
+            rxs.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            cfg,
+            stats: Arc::new(GatewayStats::default()),
+            players: Mutex::new(HashMap::new()),
+            routes,
+            pairs,
+            next_session: AtomicU64::new(1),
+            gateway_id: random_u64(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            tasks.push(tokio::spawn(Link::new(i, shared.clone(), rx).run()));
+        }
+        tasks.push(tokio::spawn(accept_tcp(
+            tcp,
+            shared.clone(),
+            stopped.clone(),
+        )));
+        if let Some(ws) = ws {
+            tasks.push(tokio::spawn(accept_ws(ws, shared.clone(), stopped.clone())));
+        }
+        if let Some(b) = shared.cfg.balancer.clone() {
+            tasks.push(tokio::spawn(report(
+                b,
+                tcp_addr,
+                shared.clone(),
+                stopped.clone(),
+            )));
+        }
+        info!(tcp = %tcp_addr, ws = ?ws_addr, pairs = shared.pairs.len(), gateway = shared.gateway_id, "gateway listening");
+        Ok(Gateway {
+            tcp_addr,
+            ws_addr,
+            shared,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The TCP listener's address (the real port when configured with 0).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The WebSocket listener's address, if there is one.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The live counters (for an admin endpoint).
+    pub fn stats_handle(&self) -> Arc<GatewayStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Stops accepting, says Bye ShuttingDown to every session, stops the links.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let sessions: Vec<Arc<SessionHandle>> =
+            self.shared.players.lock().values().cloned().collect();
+        for s in &sessions {
+            s.close(
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down; connect again",
+            );
+        }
+        // Bounded: give the sessions a moment to write their Bye.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while self.shared.stats.sessions.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Runs a gateway until `shutdown` completes.
+pub async fn run(
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let g = Gateway::start(cfg).await?;
+    shutdown.await;
+    g.shutdown().await;
+    Ok(())
+}
+
+/// Refuses a connection over `sessions_max` (Bye, close), without a session.
+fn over_limit(shared: &Shared) -> bool {
+    if shared.stats.connections.load(Relaxed) as usize >= shared.cfg.sessions_max {
+        GatewayStats::inc(&shared.stats.too_many_sessions);
+        return true;
+    }
+    GatewayStats::inc(&shared.stats.connections);
+    false
+}
+
+fn too_many_frame(shared: &Shared) -> bytes::Bytes {
+    let b = msg::Bye {
+        code: ErrorCode::TooManySessions,
+        message: format!(
+            "this gateway holds its {} sessions; try another",
+            shared.cfg.sessions_max
+        ),
+    };
+    Frame::new(
+        Kind::Bye,
+        0,
+        crate::token::now_ms(),
+        bytes::Bytes::from(msg::encode(&b)),
+    )
+    .to_bytes()
+}
+
+async fn accept_tcp(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let (s, _) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and the like: wait instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let _ = s.set_nodelay(true);
+        if over_limit(&shared) {
+            let bye = too_many_frame(&shared);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut s = s;
+                let _ = tokio::time::timeout(Duration::from_millis(1000), s.write_all(&bye)).await;
+            });
+            continue;
+        }
+        let io = TcpIo::new(s, shared.cfg.frame_bytes_max);
+        tokio::spawn(session::run(io, shared.clone()));
+    }
+}
+
+async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let (s, _) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let _ = s.set_nodelay(true);
+        let full = over_limit(&shared);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let limit = Duration::from_millis(shared.cfg.auth_timeout_ms);
+            let cfg = transport::ws_config(shared.cfg.frame_bytes_max);
+            let ws = match tokio::time::timeout(
+                limit,
+                tokio_tungstenite::accept_async_with_config(s, Some(cfg)),
+            )
+            .await
+            {
+                Ok(Ok(ws)) => ws,
+                _ => {
+                    if !full {
+                        GatewayStats::dec(&shared.stats.connections);
+                    }
+                    return;
+                }
+            };
+            let mut io = WsIo::new(ws, shared.cfg.frame_bytes_max);
+            if full {
+                use transport::FrameIo;
+                let _ = io.write_frames(&[too_many_frame(&shared)]).await;
+                io.close().await;
+                return;
+            }
+            session::run(io, shared).await;
+        });
+    }
+}
+
+/// MiB of resident memory of this process (Linux), 0 when unknown.
+fn rss_mb() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096 / (1 << 20)
+}
+
+/// Pushes the gateway's status to the balancer every interval; failures are
+/// logged (at warn when the state changes) and never stop the gateway.
+async fn report(
+    b: BalancerReport,
+    tcp: SocketAddr,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let addrs: Vec<SocketAddr> = b.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    if addrs.len() != b.addrs.len() {
+        warn!(addrs = ?b.addrs, "some balancer addresses are not ip:port; they are skipped");
+    }
+    let mut client = balancer::client::Client::new(addrs).with_secret(b.secret.clone());
+    let id = if b.process_id.is_empty() {
+        balancer::client::local_process_id()
+    } else {
+        b.process_id.clone()
+    };
+    let port = if b.port == 0 { tcp.port() } else { b.port };
+    let mut tick = tokio::time::interval(Duration::from_millis(b.report_interval_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let push = balancer::registry::StatusPush {
+            id: id.clone(),
+            zone: shared.cfg.zone as i64,
+            host: b.host.clone(),
+            port: port as i64,
+            online: shared.stats.sessions.load(Relaxed) as i64,
+            used_memory_mb: rss_mb() as i64,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: Some(std::process::id()),
+            claimed: Vec::new(),
+        };
+        match client.push_status(&push).await {
+            Ok(_) if failing => {
+                failing = false;
+                info!("status reports to the balancer work again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "status report to the balancer failed; retrying every interval");
+            }
+            Err(e) => tracing::debug!(error = %e, "status report failed"),
+        }
+    }
+}
