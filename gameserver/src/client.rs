@@ -67,6 +67,8 @@ pub enum Target {
     TcpFrom { addr: SocketAddr, bind: IpAddr },
     /// WebSocket, `ws://host:port/path`: one binary message per frame.
     Ws(String),
+    /// WebSocket from a chosen local address (as [`Target::TcpFrom`]).
+    WsFrom { url: String, bind: IpAddr },
 }
 
 impl Target {
@@ -82,6 +84,7 @@ impl std::fmt::Display for Target {
             Target::Tcp(a) => write!(f, "tcp://{a}"),
             Target::TcpFrom { addr, bind } => write!(f, "tcp://{addr} from {bind}"),
             Target::Ws(u) => f.write_str(u),
+            Target::WsFrom { url, bind } => write!(f, "{url} from {bind}"),
         }
     }
 }
@@ -596,7 +599,11 @@ async fn handshake(
                 FrameWrite::Tcp(w),
             )
         }
-        Target::Ws(url) => {
+        Target::Ws(url) | Target::WsFrom { url, .. } => {
+            let bind = match target {
+                Target::WsFrom { bind, .. } => Some(*bind),
+                _ => None,
+            };
             let auth = ws_authority(url)
                 .ok_or_else(|| connect_err(target, "the URL is not ws://host:port/..."))?;
             let addr = tokio::net::lookup_host(auth)
@@ -604,7 +611,7 @@ async fn handshake(
                 .map_err(|e| connect_err(target, e))?
                 .next()
                 .ok_or_else(|| connect_err(target, "the host has no address"))?;
-            let s = tcp(addr, None).await.map_err(|e| connect_err(target, e))?;
+            let s = tcp(addr, bind).await.map_err(|e| connect_err(target, e))?;
             let (ws, _) = tokio_tungstenite::client_async(url.as_str(), s)
                 .await
                 .map_err(|e| connect_err(target, e))?;

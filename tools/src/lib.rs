@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod drill;
+pub mod gsbot;
 pub mod pair;
 pub mod proc;
 pub mod witness;

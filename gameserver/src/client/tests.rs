@@ -443,6 +443,15 @@ async fn websocket_sessions_work_the_same() {
         ),
         "{e:?}"
     );
+    let url = format!("ws://{addr}/");
+    let bind: IpAddr = "127.0.0.3".parse().unwrap();
+    let from = within(Client::connect(&Target::WsFrom { url, bind }, "good"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(from.request(Request::Enter { room: 1 })).await,
+        Ok(Answer::Entered(_))
+    ));
     let c = within(Client::connect(&Target::ws(addr), "good"))
         .await
         .unwrap();
