@@ -599,6 +599,16 @@ typedef struct hs_config {
     hs_role_changed_callback role_changed;
     hs_rolled_back_callback rolled_back;
     hs_event_callback event;
+    /**
+     * (Since the second version of the struct.) A secret shared by both nodes of
+     * the pair and their witness, `secret_len` bytes (any bytes; 16 or more random
+     * ones recommended). Every connection to the replication port and to the
+     * witness proves it (HMAC-SHA256 challenge and response) before anything it
+     * says is used. NULL / 0 (the default): no authentication — anyone who can
+     * reach the ports is trusted. Copied by `hs_node_start`.
+     */
+    const uint8_t *secret;
+    size_t secret_len;
 } hs_config;
 
 /**

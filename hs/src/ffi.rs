@@ -341,6 +341,14 @@ pub struct hs_config {
     pub role_changed: hs_role_changed_callback,
     pub rolled_back: hs_rolled_back_callback,
     pub event: hs_event_callback,
+    /// (Since the second version of the struct.) A secret shared by both nodes of
+    /// the pair and their witness, `secret_len` bytes (any bytes; 16 or more random
+    /// ones recommended). Every connection to the replication port and to the
+    /// witness proves it (HMAC-SHA256 challenge and response) before anything it
+    /// says is used. NULL / 0 (the default): no authentication — anyone who can
+    /// reach the ports is trusted. Copied by `hs_node_start`.
+    pub secret: *const u8,
+    pub secret_len: usize,
 }
 
 /// A node's counters, filled by `hs_node_stats`. Set `struct_size = sizeof(hs_stats)`
@@ -437,6 +445,7 @@ struct Dispatcher {
 // Errors, the last-error slot and the panic-catching body.
 
 /// A failed call: its status and message (without the function's name).
+#[derive(Debug)]
 struct Failure {
     status: hs_status,
     msg: String,
@@ -861,6 +870,8 @@ fn defaults() -> hs_config {
         role_changed: None,
         rolled_back: None,
         event: None,
+        secret: std::ptr::null(),
+        secret_len: 0,
     }
 }
 
@@ -966,6 +977,9 @@ unsafe fn to_config(c: &hs_config) -> Result<Config, Failure> {
     cfg.reconnect_backoff_min_ms = ms(c.reconnect_backoff_min_ms, "cfg->reconnect_backoff_min_ms")?;
     cfg.reconnect_backoff_max_ms = ms(c.reconnect_backoff_max_ms, "cfg->reconnect_backoff_max_ms")?;
     cfg.publish_timeout_ms = ms(c.publish_timeout_ms, "cfg->publish_timeout_ms")?;
+    // SAFETY: the caller's contract: `secret` points to `secret_len` readable bytes.
+    let secret = unsafe { bytes(c.secret, c.secret_len, "cfg->secret") }?;
+    cfg.secret = (!secret.is_empty()).then(|| crate::node::Secret::new(secret));
     Ok(cfg)
 }
 
@@ -2093,6 +2107,32 @@ mod tests {
             drop(s);
             hs_node_free(node);
         }
+    }
+
+    #[test]
+    fn the_secret_is_read_from_the_second_version_of_hs_config_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = CString::new(dir.path().to_str().unwrap()).unwrap();
+        let key = b"pair secret";
+        let mut c = config(&d);
+        assert!(c.secret.is_null() && c.secret_len == 0, "default: no secret");
+        c.secret = key.as_ptr();
+        c.secret_len = key.len();
+        // SAFETY: a valid config of its declared size; strings and secret live.
+        let cfg = unsafe { to_config(&read_config(&c).unwrap()) }.unwrap();
+        assert_eq!(cfg.secret, Some(crate::node::Secret::new(key)));
+        assert!(!format!("{cfg:?}").contains("pair secret"), "the secret was printed");
+        // A caller built against the first header: its struct ends before `secret`.
+        c.struct_size = CONFIG_V1_BYTES;
+        // SAFETY: as above; only the first CONFIG_V1_BYTES are read.
+        let cfg = unsafe { to_config(&read_config(&c).unwrap()) }.unwrap();
+        assert_eq!(cfg.secret, None);
+        // A length without bytes is refused, not dereferenced.
+        let mut c = config(&d);
+        c.secret_len = 8;
+        // SAFETY: as above.
+        let r = unsafe { read_config(&c).and_then(|c| to_config(&c)) };
+        assert!(matches!(r, Err(ref f) if f.status == hs_status::NullParameter));
     }
 
     /// A Rust `Apply` that panics on the key "boom" (a C callback cannot unwind:

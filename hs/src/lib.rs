@@ -19,5 +19,7 @@ pub mod proto;
 
 pub use log::{LogConfig, LogError, Recovery};
 
-pub use node::{Apply, Config, Durability, Event, FlushPolicy, Node, NodeError, Role, Stats};
+pub use node::{
+    Apply, Config, Durability, Event, FlushPolicy, Node, NodeError, Role, Secret, Stats,
+};
 pub use proto::record::{Op, RecordRef};

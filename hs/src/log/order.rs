@@ -23,6 +23,7 @@ pub enum Rank {
 }
 
 /// The order as written in ARCHITECTURE.md, for the panic message.
+#[cfg(any(debug_assertions, test))]
 pub const ORDER: &str = "compact_lock → flush_lock → app → segs → spare";
 
 #[cfg(any(debug_assertions, test))]

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::net::{write_data, write_frame, FrameReader, NetError};
+use super::net::{
+    challenge, kind_name, read_first, write_data, write_first, write_frame, FrameReader, Handshake,
+    NetError,
+};
 use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
 use crate::proto::election::lease_ms;
@@ -22,6 +25,26 @@ use crate::proto::ratelimit::TokenBucket;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lag samples kept (one per millisecond at most): covers at least 4 s of lag.
 const LAG_SAMPLES_MAX: usize = 4096;
+/// Connections at the replication port not yet proven (no valid Hello yet, or no
+/// valid Auth with a secret). Each costs a task, a socket and a 256 KiB read
+/// buffer for up to `HELLO_TIMEOUT`; past the cap a connection is closed at once.
+pub(crate) const HANDSHAKES_MAX: usize = 8;
+/// Largest first frame from an unproven peer: a Hello with 256 epochs is 3,135 bytes.
+pub(crate) const HANDSHAKE_FRAME_BYTES_MAX: usize = 4096;
+
+/// A connection whose Hello was read (and proven, with a secret): only now may
+/// it replace the current slave.
+struct Proven {
+    reader: FrameReader,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    addr: SocketAddr,
+    hs: Option<Handshake>,
+    node: u64,
+    history: u128,
+    epoch: u32,
+    tail: u64,
+    epochs: Vec<(u32, u64)>,
+}
 
 /// Serves as master until shutdown or a step-down (fenced, lease lost, handed over).
 pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outcome {
@@ -40,6 +63,10 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
     }
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     let mut conn_id = 0u64;
+    let permits = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+    let (proven_tx, mut proven_rx) = tokio::sync::mpsc::channel::<Proven>(HANDSHAKES_MAX);
+    // Aborted with this loop: a handshake never outlives the master role.
+    let mut handshakes = tokio::task::JoinSet::new();
     let out = loop {
         let shutdown = s.shutdown_notify.notified();
         let step_down = s.step_down_notify.notified();
@@ -52,43 +79,70 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
-                    conn_id += 1;
-                    // One slave at a time: a new connection (a slave that reconnected
-                    // before its old connection timed out) replaces the old one.
-                    if let Some(old) = current.take() {
-                        old.abort();
-                        let _ = old.await;
-                        tracing::info!(%addr, "a new slave connection replaces the previous one");
-                    }
-                    let s2 = s.clone();
-                    let span = tracing::info_span!("slave_conn", id = conn_id, %addr);
-                    current = Some(tokio::spawn(async move {
-                        let guard = ConnectedGuard(s2.clone());
-                        let r = session(&s2, stream, addr).await;
-                        // Flags first, so whoever sees the event also sees them cleared.
-                        drop(guard);
-                        match r {
-                            Ok(()) => {}
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        // A flood: refuse at once rather than hold a task per socket.
+                        tracing::debug!(%addr, "too many connections still saying Hello; closed");
+                        drop(stream);
+                        continue;
+                    };
+                    let (s2, tx) = (s.clone(), proven_tx.clone());
+                    handshakes.spawn(async move {
+                        let _permit = permit;
+                        match handshake(&s2, stream, addr).await {
+                            Ok(Some(p)) => {
+                                let _ = tx.send(p).await;
+                            }
+                            Ok(None) => {}
                             Err(e) => {
-                                tracing::warn!(error = %e, "slave connection ended");
-                                if matches!(e, NetError::Frame(_) | NetError::Protocol(_)) {
-                                    s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
-                                    s2.emit(Event::FrameRejected { reason: e.to_string() });
-                                }
-                                s2.emit(Event::SlaveLost { node: 0, reason: e.to_string() });
+                                // The current slave is untouched: an unproven peer changes nothing.
+                                tracing::warn!(%addr, error = %e, "connection refused before it became the slave");
+                                s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                                s2.emit(Event::FrameRejected { reason: format!("{addr}: {e}") });
                             }
                         }
-                    }.instrument(span)));
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
+            Some(p) = proven_rx.recv() => {
+                conn_id += 1;
+                // One slave at a time: a newcomer that proved itself (a slave that
+                // reconnected before its old connection timed out) replaces the old one.
+                if let Some(old) = current.take() {
+                    old.abort();
+                    let _ = old.await;
+                    tracing::info!(addr = %p.addr, "a new slave connection replaces the previous one");
+                }
+                let s2 = s.clone();
+                let addr = p.addr;
+                let span = tracing::info_span!("slave_conn", id = conn_id, %addr);
+                current = Some(tokio::spawn(async move {
+                    let guard = ConnectedGuard(s2.clone());
+                    let r = session(&s2, p).await;
+                    // Flags first, so whoever sees the event also sees them cleared.
+                    drop(guard);
+                    match r {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "slave connection ended");
+                            if matches!(e, NetError::Frame(_) | NetError::Protocol(_)) {
+                                s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                                s2.emit(Event::FrameRejected { reason: e.to_string() });
+                            }
+                            s2.emit(Event::SlaveLost { node: 0, reason: e.to_string() });
+                        }
+                    }
+                }.instrument(span)));
+            }
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
             _ = step_down => {}
             _ = shutdown => break Outcome::Shutdown,
         }
     };
+    handshakes.abort_all();
     s.writable.store(false, Ordering::Release);
     if let Some(old) = current.take() {
         old.abort();
@@ -114,7 +168,7 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             node: s.node_id,
             epoch,
         };
-        match super::witness::ask(w, req, hb).await {
+        match super::witness::ask_with(w, req, hb, s.cfg.secret.as_ref()).await {
             Some(r) if r.granted => s.renew_lease(sent + lease),
             Some(r) if r.epoch > epoch => {
                 s.request_step_down(format!(
@@ -176,32 +230,114 @@ impl Drop for ConnectedGuard {
     }
 }
 
-async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result<(), NetError> {
+/// Reads (and, with a secret, proves) a connection's Hello, and refuses what must
+/// not touch the current slave or the role. `Ok(Some)`: it may become the slave.
+async fn handshake(
+    s: &Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<Option<Proven>, NetError> {
     stream.set_nodelay(true)?;
     let (rd, mut wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd, s.cfg.frame_bytes_max());
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
-        .await
-        .map_err(|_| NetError::Protocol("no Hello within 5 s".into()))??;
+    let mut reader = FrameReader::new(rd, HANDSHAKE_FRAME_BYTES_MAX);
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let mut hs = challenge(&mut wr, s.cfg.secret.as_ref()).await?;
+        let f = read_first(&mut reader, &mut hs).await?;
+        Ok::<_, NetError>((hs, f))
+    })
+    .await
+    .map_err(|_| NetError::Protocol("no Hello within 5 s".into()));
+    let (hs, hello) = match first {
+        Ok(Ok(x)) => x,
+        Ok(Err(e @ NetError::Unauthenticated(_))) => {
+            let _ = write_frame(
+                &mut wr,
+                &Frame::Error {
+                    code: code::UNAUTHENTICATED,
+                    message: "prove you hold this pair's secret (set the same `secret` on both nodes)".into(),
+                },
+            )
+            .await;
+            return Err(e);
+        }
+        Ok(Err(e)) | Err(e) => return Err(e),
+    };
     let Frame::Hello {
         node,
         history,
         epoch,
         tail,
-        epochs: slave_epochs,
+        epochs,
         ..
     } = hello
     else {
-        let _ = write_frame(
+        let _ = write_first(
             &mut wr,
+            &hs,
             &Frame::Error {
                 code: code::MALFORMED,
                 message: "expected Hello".into(),
             },
         )
         .await;
-        return Err(NetError::Protocol(format!("expected Hello, got {hello:?}")));
+        return Err(NetError::Protocol(format!(
+            "expected Hello, got {}",
+            kind_name(&hello)
+        )));
     };
+    let mine = s.log.meta();
+    if epoch > mine.epoch {
+        // Only the pair's other node may fence this master. A lone master has none;
+        // without a secret, a known peer is known by its id.
+        let stranger = if s.cfg.peer.is_none() {
+            Some("this master serves alone (no `peer`): no Hello can fence it")
+        } else if hs.is_none() && mine.peer != 0 && node != mine.peer {
+            Some("the Hello is not from this pair's other node")
+        } else {
+            None
+        };
+        if let Some(why) = stranger {
+            let msg = format!(
+                "refused a Hello of epoch {epoch} from node {node} at {addr}: {why}"
+            );
+            let _ = write_first(
+                &mut wr,
+                &hs,
+                &Frame::Error {
+                    code: code::FENCED,
+                    message: why.into(),
+                },
+            )
+            .await;
+            return Err(NetError::Protocol(msg));
+        }
+    }
+    Ok(Some(Proven {
+        reader,
+        wr,
+        addr,
+        hs,
+        node,
+        history,
+        epoch,
+        tail,
+        epochs,
+    }))
+}
+
+async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
+    let Proven {
+        mut reader,
+        mut wr,
+        addr,
+        hs,
+        node,
+        history,
+        epoch,
+        tail,
+        epochs: slave_epochs,
+    } = p;
+    reader.set_frame_bytes_max(s.cfg.frame_bytes_max());
     let log = &s.log;
     let meta = log.meta();
     let epochs = log.epochs();
@@ -259,8 +395,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
                 "peer has seen epoch {slave_epoch}, this master is at {}: it is stale",
                 meta.epoch
             );
-            let _ = write_frame(
+            let _ = write_first(
                 &mut wr,
+                &hs,
                 &Frame::Error {
                     code: code::FENCED,
                     message: msg.clone(),
@@ -271,11 +408,11 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
             return Err(NetError::Protocol(msg));
         }
         Decision::Continue { from } => {
-            write_frame(&mut wr, &welcome(Action::Continue, from, 0)).await?;
+            write_first(&mut wr, &hs, &welcome(Action::Continue, from, 0)).await?;
             from
         }
         Decision::Truncate { to } => {
-            write_frame(&mut wr, &welcome(Action::Truncate, to, 0)).await?;
+            write_first(&mut wr, &hs, &welcome(Action::Truncate, to, 0)).await?;
             to
         }
         Decision::Resync => {
@@ -286,8 +423,9 @@ async fn session(s: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) -> Result
                 .load_snapshot()
                 .map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
             let bytes = snap.encode();
-            write_frame(
+            write_first(
                 &mut wr,
+                &hs,
                 &welcome(Action::Resync, snap.pos, bytes.len() as u64),
             )
             .await?;

@@ -90,6 +90,29 @@ pub enum LagPolicy {
     Refuse,
 }
 
+/// A shared secret that authenticates the two nodes of a pair (and them to their
+/// witness) by HMAC-SHA256 challenge and response (`proto::auth`). Its bytes are
+/// never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// At least 16 bytes of randomness are recommended (`Config::check` refuses
+    /// an empty secret).
+    pub fn new(bytes: impl AsRef<[u8]>) -> Secret {
+        Secret(bytes.as_ref().to_vec())
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
 /// Everything a node needs. Limits carry their unit in their name.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -136,6 +159,11 @@ pub struct Config {
     /// How long `publish` waits for log space (the next segment being prepared)
     /// before `Full`; 0 = fail at once. Only a publisher outrunning the disk waits.
     pub publish_timeout_ms: u64,
+    /// Shared by both nodes of the pair and their witness: every connection to the
+    /// replication port and to the witness proves it (HMAC challenge and response)
+    /// before anything it says is used. None (the default): anyone who can reach
+    /// the ports is trusted — keep them on a network you control.
+    pub secret: Option<Secret>,
 }
 
 impl Config {
@@ -162,6 +190,7 @@ impl Config {
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 1000,
             publish_timeout_ms: 100,
+            secret: None,
         }
     }
 
@@ -192,6 +221,9 @@ impl Config {
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_dead_ticks == 0 {
             return bad("heartbeat_interval_ms and heartbeat_dead_ticks must be positive");
+        }
+        if self.secret.as_ref().is_some_and(|s| s.bytes().is_empty()) {
+            return bad("secret must not be empty (use None for no authentication)");
         }
         match role {
             Role::Master if self.listen.is_none() => {

@@ -6,6 +6,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::Secret;
+use crate::proto::auth::{ct_eq, handshake_mac, Side, NONCE_BYTES};
 use crate::proto::frame::{self, Frame, FrameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +20,9 @@ pub enum NetError {
     Frame(#[from] FrameError),
     #[error("{0}")]
     Protocol(String),
+    /// The peer did not prove it holds the pair's secret (or we could not prove it).
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
 }
 
 /// Bytes read from the socket per call (the buffer grows to one frame at most).
@@ -36,6 +41,11 @@ impl FrameReader {
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             frame_bytes_max,
         }
+    }
+
+    /// Changes the largest frame accepted from now on (a proven peer gets more).
+    pub fn set_frame_bytes_max(&mut self, n: usize) {
+        self.frame_bytes_max = n;
     }
 
     /// A frame already in the buffer, without reading.
@@ -101,4 +111,173 @@ pub async fn write_data(
         r = &r[n - from_h..];
     }
     Ok(())
+}
+
+/// A fresh random nonce (the kernel's getrandom).
+pub fn random_nonce() -> io::Result<[u8; NONCE_BYTES]> {
+    let mut n = [0u8; NONCE_BYTES];
+    let mut got = 0usize;
+    // Bounded: getrandom returns at most what was asked, and only EINTR retries.
+    for _ in 0..16 {
+        // SAFETY: writes at most `len - got` bytes into our buffer.
+        let r = unsafe {
+            libc::getrandom(
+                n[got..].as_mut_ptr().cast(),
+                NONCE_BYTES - got,
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += r as usize;
+        if got == NONCE_BYTES {
+            return Ok(n);
+        }
+    }
+    Err(io::Error::other("getrandom returned too little"))
+}
+
+/// One connection's challenge and response (`proto::auth`): who we are, the
+/// secret, and the two nonces.
+pub struct Handshake {
+    secret: Secret,
+    side: Side,
+    nonce_a: [u8; NONCE_BYTES],
+    nonce_c: [u8; NONCE_BYTES],
+}
+
+/// Acceptor: with a secret, sends a fresh challenge first.
+pub async fn challenge(
+    wr: &mut OwnedWriteHalf,
+    secret: Option<&Secret>,
+) -> Result<Option<Handshake>, NetError> {
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let nonce_a = random_nonce()?;
+    write_frame(wr, &Frame::Challenge { nonce: nonce_a }).await?;
+    Ok(Some(Handshake {
+        secret: secret.clone(),
+        side: Side::Acceptor,
+        nonce_a,
+        nonce_c: [0; NONCE_BYTES],
+    }))
+}
+
+/// Connector: with a secret, waits for the acceptor's challenge.
+pub async fn await_challenge(
+    reader: &mut FrameReader,
+    secret: Option<&Secret>,
+) -> Result<Option<Handshake>, NetError> {
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    match reader.next().await? {
+        Frame::Challenge { nonce } => Ok(Some(Handshake {
+            secret: secret.clone(),
+            side: Side::Connector,
+            nonce_a: nonce,
+            nonce_c: random_nonce()?,
+        })),
+        other => Err(NetError::Unauthenticated(format!(
+            "the peer sent {} instead of a challenge: set the same `secret` on both nodes (and the witness)",
+            kind_name(&other)
+        ))),
+    }
+}
+
+/// Writes this side's first frame; with a handshake, after the Auth that proves it.
+pub async fn write_first(
+    wr: &mut OwnedWriteHalf,
+    hs: &Option<Handshake>,
+    f: &Frame,
+) -> Result<(), NetError> {
+    let mut b = BytesMut::new();
+    if let Some(h) = hs {
+        let mut body = BytesMut::new();
+        f.encode(&mut body);
+        let mac = handshake_mac(h.secret.bytes(), h.side, &h.nonce_a, &h.nonce_c, &body);
+        let nonce = match h.side {
+            Side::Connector => h.nonce_c,
+            Side::Acceptor => [0; NONCE_BYTES],
+        };
+        Frame::Auth { nonce, mac }.encode(&mut b);
+        b.extend_from_slice(&body);
+    } else {
+        f.encode(&mut b);
+    }
+    wr.write_all(&b).await?;
+    Ok(())
+}
+
+/// Reads the peer's first frame; with a handshake, only once its Auth checks.
+/// Without one, a Challenge means the peer wants a secret we do not have.
+pub async fn read_first(
+    reader: &mut FrameReader,
+    hs: &mut Option<Handshake>,
+) -> Result<Frame, NetError> {
+    let Some(h) = hs else {
+        return match reader.next().await? {
+            Frame::Challenge { .. } => Err(NetError::Unauthenticated(
+                "the peer requires authentication: set the same `secret` on this node".into(),
+            )),
+            f => Ok(f),
+        };
+    };
+    let (nonce, mac) = match reader.next().await? {
+        Frame::Auth { nonce, mac } => (nonce, mac),
+        Frame::Error { code, message } => {
+            return Err(NetError::Unauthenticated(format!(
+                "the peer refused us (code {code}): {message}"
+            )))
+        }
+        other => {
+            return Err(NetError::Unauthenticated(format!(
+                "the peer sent {} without proving it holds the secret: is `secret` set on both sides?",
+                kind_name(&other)
+            )))
+        }
+    };
+    if h.side == Side::Acceptor {
+        h.nonce_c = nonce;
+    }
+    let f = reader.next().await?;
+    let mut body = BytesMut::new();
+    f.encode(&mut body);
+    let theirs = match h.side {
+        Side::Acceptor => Side::Connector,
+        Side::Connector => Side::Acceptor,
+    };
+    let want = handshake_mac(h.secret.bytes(), theirs, &h.nonce_a, &h.nonce_c, &body);
+    if !ct_eq(&want, &mac) {
+        return Err(NetError::Unauthenticated(format!(
+            "the peer's {} carries a wrong MAC: it does not hold this pair's secret",
+            kind_name(&f)
+        )));
+    }
+    Ok(f)
+}
+
+/// A frame's kind, for messages (never its contents: an unproven peer's bytes).
+pub fn kind_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "Hello",
+        Frame::Welcome { .. } => "Welcome",
+        Frame::Data { .. } => "Data",
+        Frame::Snapshot { .. } => "Snapshot",
+        Frame::Heartbeat { .. } => "Heartbeat",
+        Frame::Ack { .. } => "Ack",
+        Frame::Error { .. } => "Error",
+        Frame::Status { .. } => "Status",
+        Frame::Handover { .. } => "Handover",
+        Frame::WitnessRequest { .. } => "WitnessRequest",
+        Frame::WitnessReply { .. } => "WitnessReply",
+        Frame::Challenge { .. } => "Challenge",
+        Frame::Auth { .. } => "Auth",
+    }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::net::{write_frame, FrameReader, NetError};
+use super::net::{
+    await_challenge, challenge, read_first, write_first, write_frame, FrameReader, NetError,
+};
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_checked;
 use crate::log::snapshot::Snapshot;
@@ -27,7 +29,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Follows the peer while it is master; returns when this node should take
 /// over (the epoch is already durable) or on shutdown.
 pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>) -> Outcome {
-    let peer = s.cfg.peer.expect("checked in Config::check");
+    let Some(peer) = s.cfg.peer else {
+        // A lone master that lost its lease: nobody to follow; the witness decides.
+        return lone(&s).await;
+    };
     let _answer = listener
         .as_ref()
         .map(|l| AbortOnDrop(tokio::spawn(answer_hellos(s.clone(), l.clone()))));
@@ -142,6 +147,25 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
     Outcome::Shutdown
 }
 
+/// A lone master (no `peer`) that stepped down (its lease ran out, or the witness
+/// fenced it): it asks the witness to serve again every tick, until shutdown.
+async fn lone(s: &Arc<Shared>) -> Outcome {
+    let tick = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    loop {
+        let shutdown = s.shutdown_notify.notified();
+        if s.is_shutdown() || s.poisoned() {
+            return Outcome::Shutdown;
+        }
+        if let Some(why) = try_promote(s, Cause::PeerUnreachable, 0).await {
+            return Outcome::Promoted(why);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown => return Outcome::Shutdown,
+        }
+    }
+}
+
 /// Whether this node has followed a master since it started (a refused
 /// connection then means that master died, not that the peer is not up yet).
 fn connected_before(s: &Shared) -> bool {
@@ -201,10 +225,11 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
                 epoch,
                 dead: cause == Cause::MasterProcessDead,
             };
-            match super::witness::ask(
+            match super::witness::ask_with(
                 w,
                 req,
                 Duration::from_millis(s.cfg.heartbeat_interval_ms.max(50) * 2),
+                s.cfg.secret.as_ref(),
             )
             .await
             {
@@ -246,35 +271,46 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
 }
 
 /// While not master, answer a peer's Hello with this node's rank, so a starting
-/// peer can settle who serves.
+/// peer can settle who serves. At most `HANDSHAKES_MAX` at once; with a secret,
+/// only a proven Hello is answered.
 async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(super::master::HANDSHAKES_MAX));
     loop {
         let Ok((stream, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let s2 = s.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let (rd, mut wr) = stream.into_split();
-            let mut reader = FrameReader::new(rd, 4096);
-            if let Ok(Ok(Frame::Hello { .. })) =
-                tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await
-            {
-                let r = my_rank(&s2);
-                let role = s2.role.load(Ordering::Acquire);
-                let _ = write_frame(
-                    &mut wr,
-                    &Frame::Status {
-                        node: r.node,
-                        epoch: r.epoch,
-                        last_epoch: r.last_epoch,
-                        tail: r.tail,
-                        role,
-                        prefer: r.prefer_master as u8,
-                    },
-                )
-                .await;
-            }
+            let mut reader = FrameReader::new(rd, super::master::HANDSHAKE_FRAME_BYTES_MAX);
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let mut hs = challenge(&mut wr, s2.cfg.secret.as_ref()).await?;
+                if let Frame::Hello { .. } = read_first(&mut reader, &mut hs).await? {
+                    let r = my_rank(&s2);
+                    let role = s2.role.load(Ordering::Acquire);
+                    write_first(
+                        &mut wr,
+                        &hs,
+                        &Frame::Status {
+                            node: r.node,
+                            epoch: r.epoch,
+                            last_epoch: r.last_epoch,
+                            tail: r.tail,
+                            role,
+                            prefer: r.prefer_master as u8,
+                        },
+                    )
+                    .await?;
+                }
+                Ok::<(), NetError>(())
+            })
+            .await;
         });
     }
 }
@@ -364,8 +400,19 @@ async fn follow(
     let mut reader = FrameReader::new(rd, s.cfg.frame_bytes_max());
     let log = &s.log;
     let meta = log.meta();
-    write_frame(
+    let mut hs = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        await_challenge(&mut reader, s.cfg.secret.as_ref()),
+    )
+    .await
+    .map_err(|_| {
+        NetError::Unauthenticated(
+            "the peer sent no challenge within 3 s: is `secret` set on both nodes?".into(),
+        )
+    })??;
+    write_first(
         &mut wr,
+        &hs,
         &Frame::Hello {
             node: s.node_id,
             history: meta.history,
@@ -377,7 +424,8 @@ async fn follow(
         },
     )
     .await?;
-    let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next())
+    // With a secret, nothing in the answer (ids, epochs, rank) is used unless proven.
+    let welcome = tokio::time::timeout(CONNECT_TIMEOUT, read_first(&mut reader, &mut hs))
         .await
         .map_err(|_| proto_err("no Welcome within 3 s"))??;
     let (history, epoch, segment_bytes, action, start, snapshot_bytes) = match welcome {

@@ -8,19 +8,44 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::net::{write_frame, FrameReader};
+use super::net::{await_challenge, challenge, read_first, write_first, FrameReader};
+use super::Secret;
 use crate::proto::frame::Frame;
 use crate::proto::witness::{Reply, Request, Witness};
 
 /// Largest frame a witness accepts (requests are a few dozen bytes).
 const WITNESS_FRAME_BYTES_MAX: usize = 256;
+/// Connections a witness serves at once. Each costs a task and a socket for up to
+/// `WITNESS_REQUEST_TIMEOUT`; past the cap a connection is closed at once. A node
+/// makes about one request per heartbeat tick, so this covers hundreds of pairs.
+pub const WITNESS_CONNS_MAX: usize = 256;
+/// How long a connection has to send its request.
+const WITNESS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks the witness; `None` if it cannot be reached or answer within `timeout`.
 pub async fn ask(addr: SocketAddr, req: Request, timeout: Duration) -> Option<Reply> {
+    ask_with(addr, req, timeout, None).await
+}
+
+/// `ask`, proving (and requiring the witness to prove) `secret` when there is one.
+pub async fn ask_with(
+    addr: SocketAddr,
+    req: Request,
+    timeout: Duration,
+    secret: Option<&Secret>,
+) -> Option<Reply> {
     let fut = async {
         let stream = TcpStream::connect(addr).await.ok()?;
         stream.set_nodelay(true).ok()?;
         let (rd, mut wr) = stream.into_split();
+        let mut reader = FrameReader::new(rd, WITNESS_FRAME_BYTES_MAX);
+        let mut hs = match await_challenge(&mut reader, secret).await {
+            Ok(hs) => hs,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "witness handshake failed");
+                return None;
+            }
+        };
         let f = match req {
             Request::Renew { pair, node, epoch } => Frame::WitnessRequest {
                 pair,
@@ -42,9 +67,15 @@ pub async fn ask(addr: SocketAddr, req: Request, timeout: Duration) -> Option<Re
                 dead,
             },
         };
-        write_frame(&mut wr, &f).await.ok()?;
-        let mut reader = FrameReader::new(rd, WITNESS_FRAME_BYTES_MAX);
-        match reader.next().await.ok()? {
+        write_first(&mut wr, &hs, &f).await.ok()?;
+        let answer = match read_first(&mut reader, &mut hs).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "the witness's answer is refused");
+                return None;
+            }
+        };
+        match answer {
             Frame::WitnessReply {
                 granted,
                 epoch,
@@ -63,25 +94,54 @@ pub async fn ask(addr: SocketAddr, req: Request, timeout: Duration) -> Option<Re
 /// Serves witness requests on `listener` until the future is dropped.
 /// `hold`: how long a renewal keeps a master alive (its lease plus a margin).
 pub async fn serve(listener: TcpListener, hold: Duration) {
+    serve_with(listener, hold, None).await
+}
+
+/// `serve`, requiring every request to prove `secret` (and proving it in every
+/// reply) when there is one. At most `WITNESS_CONNS_MAX` connections at once.
+pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Secret>) {
     let state = Arc::new(Mutex::new(Witness::new(hold)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(WITNESS_CONNS_MAX));
+    let secret = Arc::new(secret);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "witness at its connection cap; closed");
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
+        let secret = secret.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let (rd, mut wr) = stream.into_split();
             let mut reader = FrameReader::new(rd, WITNESS_FRAME_BYTES_MAX);
-            let req = match tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
-                Ok(Ok(Frame::WitnessRequest {
+            let first = tokio::time::timeout(WITNESS_REQUEST_TIMEOUT, async {
+                let mut hs = challenge(&mut wr, secret.as_ref().as_ref()).await?;
+                let f = read_first(&mut reader, &mut hs).await?;
+                Ok::<_, super::net::NetError>((hs, f))
+            })
+            .await;
+            let (hs, first) = match first {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "witness request refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let req = match first {
+                Frame::WitnessRequest {
                     pair,
                     node,
                     epoch,
                     promote,
                     dead,
-                })) => {
+                } => {
                     if promote {
                         Request::Promote {
                             pair,
@@ -94,7 +154,7 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
                     }
                 }
                 other => {
-                    tracing::debug!(%peer, ?other, "not a witness request");
+                    tracing::debug!(%peer, kind = super::net::kind_name(&other), "not a witness request");
                     return;
                 }
             };
@@ -102,8 +162,9 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
             if matches!(req, Request::Promote { .. }) {
                 tracing::info!(%peer, ?req, ?reply, "promotion request");
             }
-            let _ = write_frame(
+            let _ = write_first(
                 &mut wr,
+                &hs,
                 &Frame::WitnessReply {
                     granted: reply.granted,
                     epoch: reply.epoch,

@@ -22,7 +22,13 @@
 //! Handover   { epoch u32 | 0 u32 | tail u64 }                            master → slave (switchover)
 //! WitnessReq { pair u64 | node u64 | epoch u32 | promote u8 | dead u8 }  node → witness
 //! WitnessRep { granted u8 | 0 u8 | 0 u16 | epoch u32 | holder u64 }      witness → node
+//! Challenge  { nonce [16] }                         acceptor → connector, first (with a secret)
+//! Auth       { nonce [16] | mac [32] }              before the first frame each way (with a secret)
 //! ```
+//! With a shared secret, each connection starts with a challenge and response
+//! (`proto::auth`): the acceptor sends Challenge; each side's first frame (Hello or
+//! WitnessReq; Welcome, Status, WitnessRep or Error) follows an Auth holding its
+//! HMAC, and nothing in it is used before the MAC checks.
 //! Little-endian everywhere. The decoder rejects a length over the limit before
 //! allocating anything (as tokio-util's LengthDelimitedCodec does).
 
@@ -130,6 +136,16 @@ pub enum Frame {
         epoch: u32,
         holder: u64,
     },
+    /// The acceptor's fresh nonce: the connector's MAC must cover it.
+    Challenge {
+        nonce: [u8; 16],
+    },
+    /// The MAC of the frame that follows (`proto::auth::handshake_mac`); `nonce`
+    /// is the connector's own (zero from the acceptor).
+    Auth {
+        nonce: [u8; 16],
+        mac: [u8; 32],
+    },
 }
 
 const K_HELLO: u8 = 1;
@@ -143,7 +159,9 @@ const K_STATUS: u8 = 8;
 const K_HANDOVER: u8 = 9;
 const K_WITNESS_REQ: u8 = 10;
 const K_WITNESS_REP: u8 = 11;
-const K_MAX: u8 = K_WITNESS_REP;
+const K_CHALLENGE: u8 = 12;
+const K_AUTH: u8 = 13;
+const K_MAX: u8 = K_AUTH;
 
 /// Error codes carried by `Frame::Error`.
 pub mod code {
@@ -157,6 +175,8 @@ pub mod code {
     pub const NOT_MASTER: u16 = 4;
     /// A newer slave connection replaced this one.
     pub const REPLACED: u16 = 5;
+    /// The peer did not prove it holds the pair's secret.
+    pub const UNAUTHENTICATED: u16 = 6;
     /// Anything else; the message says what.
     pub const OTHER: u16 = 99;
 }
@@ -255,6 +275,11 @@ impl Rd {
     }
     fn u128(&mut self) -> Result<u128, FrameError> {
         self.p.try_get_u128_le().map_err(|_| self.short())
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0u8; N];
+        self.p.try_copy_to_slice(&mut a).map_err(|_| self.short())?;
+        Ok(a)
     }
 }
 
@@ -402,6 +427,15 @@ impl Frame {
                 p.put_u32_le(*epoch);
                 p.put_u64_le(*holder);
                 K_WITNESS_REP
+            }
+            Frame::Challenge { nonce } => {
+                p.extend_from_slice(nonce);
+                K_CHALLENGE
+            }
+            Frame::Auth { nonce, mac } => {
+                p.extend_from_slice(nonce);
+                p.extend_from_slice(mac);
+                K_AUTH
             }
             Frame::Error { code, message } => {
                 p.put_u16_le(*code);
@@ -598,6 +632,17 @@ impl Frame {
                     holder: r.u64()?,
                 }
             }
+            K_CHALLENGE => {
+                r.need(16, "challenge shorter than 16 bytes")?;
+                Frame::Challenge { nonce: r.array()? }
+            }
+            K_AUTH => {
+                r.need(48, "auth shorter than 48 bytes")?;
+                Frame::Auth {
+                    nonce: r.array()?,
+                    mac: r.array()?,
+                }
+            }
             K_ERROR => {
                 r.need(2, "error shorter than 2 bytes")?;
                 let code = r.u16()?;
@@ -736,6 +781,9 @@ mod tests {
             }),
             (any::<u16>(), "[a-z ]{0,40}")
                 .prop_map(|(code, message)| Frame::Error { code, message }),
+            any::<[u8; 16]>().prop_map(|nonce| Frame::Challenge { nonce }),
+            (any::<[u8; 16]>(), any::<[u8; 32]>())
+                .prop_map(|(nonce, mac)| Frame::Auth { nonce, mac }),
         ]
     }
 
@@ -870,6 +918,11 @@ mod tests {
                 granted: true,
                 epoch: 3,
                 holder: 2,
+            },
+            Frame::Challenge { nonce: [7; 16] },
+            Frame::Auth {
+                nonce: [8; 16],
+                mac: [9; 32],
             },
         ]
     }

@@ -2,6 +2,7 @@
 //! catch-up decision. Nothing here touches a socket, a file or the clock:
 //! time comes in as a parameter, so tests drive it deterministically.
 
+pub mod auth;
 pub mod catchup;
 pub mod election;
 pub mod frame;
