@@ -2115,13 +2115,19 @@ mod tests {
         let d = CString::new(dir.path().to_str().unwrap()).unwrap();
         let key = b"pair secret";
         let mut c = config(&d);
-        assert!(c.secret.is_null() && c.secret_len == 0, "default: no secret");
+        assert!(
+            c.secret.is_null() && c.secret_len == 0,
+            "default: no secret"
+        );
         c.secret = key.as_ptr();
         c.secret_len = key.len();
         // SAFETY: a valid config of its declared size; strings and secret live.
         let cfg = unsafe { to_config(&read_config(&c).unwrap()) }.unwrap();
         assert_eq!(cfg.secret, Some(crate::node::Secret::new(key)));
-        assert!(!format!("{cfg:?}").contains("pair secret"), "the secret was printed");
+        assert!(
+            !format!("{cfg:?}").contains("pair secret"),
+            "the secret was printed"
+        );
         // A caller built against the first header: its struct ends before `secret`.
         c.struct_size = CONFIG_V1_BYTES;
         // SAFETY: as above; only the first CONFIG_V1_BYTES are read.
@@ -2148,9 +2154,16 @@ mod tests {
 
     unsafe extern "C" fn note_kind(user: *mut c_void, ev: *const hs_event) {
         // SAFETY: `user` is the test's Mutex, `ev` valid during the call.
-        let (seen, ev) = unsafe { (&*(user as *const std::sync::Mutex<Vec<(u32, String)>>), &*ev) };
+        let (seen, ev) = unsafe {
+            (
+                &*(user as *const std::sync::Mutex<Vec<(u32, String)>>),
+                &*ev,
+            )
+        };
         // SAFETY: NUL-terminated for the call.
-        let why = unsafe { CStr::from_ptr(ev.reason) }.to_string_lossy().into_owned();
+        let why = unsafe { CStr::from_ptr(ev.reason) }
+            .to_string_lossy()
+            .into_owned();
         seen.lock().unwrap().push((ev.kind as u32, why));
     }
 
@@ -2201,14 +2214,24 @@ mod tests {
                 let st = hs_node_put(h, b"k".as_ptr(), 1, std::ptr::null(), 0, &mut w);
                 if st == hs_status::Panic {
                     assert!(last_error().contains("Apply panicked"), "{}", last_error());
-                    assert!(last_error().contains("boom is not handled"), "{}", last_error());
+                    assert!(
+                        last_error().contains("boom is not handled"),
+                        "{}",
+                        last_error()
+                    );
                     break;
                 }
                 assert_eq!(st, hs_status::NotMaster);
-                assert!(t0.elapsed() < Duration::from_secs(20), "never HS_STATUS_PANIC");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "never HS_STATUS_PANIC"
+                );
                 std::thread::sleep(Duration::from_millis(2));
             }
-            assert_eq!(hs_node_wait(h, pos, hs_durability::Applied as u32, 10), hs_status::Panic);
+            assert_eq!(
+                hs_node_wait(h, pos, hs_durability::Applied as u32, 10),
+                hs_status::Panic
+            );
             hs_node_free(h);
         }
         // The event as the event callback sees it.
@@ -2223,7 +2246,12 @@ mod tests {
             rolled_back: None,
             event: Some(note_kind),
         };
-        deliver(&cb, &Event::Fatal { reason: "panic: boom".into() });
+        deliver(
+            &cb,
+            &Event::Fatal {
+                reason: "panic: boom".into(),
+            },
+        );
         assert_eq!(
             *seen.lock().unwrap(),
             vec![(hs_event_kind::Fatal as u32, "panic: boom".to_string())]

@@ -348,7 +348,9 @@ fn acknowledgements_from_an_earlier_role_do_not_carry_over() {
     });
     // ...and takes over when B2's process is gone.
     drop(b2);
-    until("A to serve again", || a.role() == Role::Master && a.is_writable());
+    until("A to serve again", || {
+        a.role() == Role::Master && a.is_writable()
+    });
     let pos = a.put(b"new", b"v").unwrap();
     assert!(pos < stale, "the test needs a position below the old acks");
     let st = a.stats();
@@ -357,7 +359,10 @@ fn acknowledgements_from_an_earlier_role_do_not_carry_over() {
         st.acked_received <= pos && st.acked_flushed <= pos && st.acked_applied <= pos,
         "stale acknowledgements carried over: {st:?}"
     );
-    assert_eq!(st.lag_bytes, st.written, "nothing is applied by any standby");
+    assert_eq!(
+        st.lag_bytes, st.written,
+        "nothing is applied by any standby"
+    );
     assert!(
         matches!(
             a.wait(pos, Durability::Received, Duration::from_millis(200)),
@@ -413,7 +418,9 @@ fn a_panicking_apply_stops_the_node_with_a_fatal_event_and_a_clear_error() {
     );
     // It applies nothing more, even when the master goes on.
     let after = a.put(b"after", b"v").unwrap();
-    assert!(a.wait(after, Durability::Applied, Duration::from_millis(300)).is_err());
+    assert!(a
+        .wait(after, Durability::Applied, Duration::from_millis(300))
+        .is_err());
     assert!(!fb.0 .0.lock().unwrap().contains_key(b"after".as_slice()));
     assert!(b.stats().applied <= boom);
     // And it does not take over when the master's process is gone.

@@ -12,6 +12,7 @@
 //!    the same epoch, ever (not only at the same time);
 //! 2. no write acknowledged at `received` is ever lost;
 //! 3. a slave that is caught up holds a prefix of its master's log.
+//!
 //! A failing seed is printed with its trace; `HS_SIM_SEED=<n>` replays it alone.
 
 use std::time::{Duration, Instant};

@@ -38,7 +38,11 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// A lone master and its slave (which cannot become master: no `listen`).
-fn lone_pair(dm: &std::path::Path, ds: &std::path::Path, secret: Option<&[u8]>) -> (Node, Node, SocketAddr) {
+fn lone_pair(
+    dm: &std::path::Path,
+    ds: &std::path::Path,
+    secret: Option<&[u8]>,
+) -> (Node, Node, SocketAddr) {
     let mut cm = base(dm);
     cm.listen = Some("127.0.0.1:0".parse().unwrap());
     cm.secret = secret.map(hs::node::Secret::new);
@@ -86,7 +90,11 @@ fn still_serving(m: &Node, s: &Node, reconnects: u64, d: Duration) {
     until("the slave to apply the master's writes", || {
         s.stats().applied > last
     });
-    assert_eq!(s.stats().reconnects, reconnects, "the real slave was dropped");
+    assert_eq!(
+        s.stats().reconnects,
+        reconnects,
+        "the real slave was dropped"
+    );
     while let Some(e) = m.next_event(Duration::ZERO) {
         assert!(
             !matches!(e, Event::SlaveLost { .. } | Event::RoleChanged { .. }),
@@ -114,7 +122,10 @@ fn a_strangers_hello_with_a_high_epoch_does_not_move_a_lone_master() {
     // ... and nothing changed for the pair.
     still_serving(&m, &s, reconnects, Duration::from_millis(300));
     let meta = hs::log::meta::Meta::load(dm.path()).unwrap().unwrap();
-    assert_ne!(meta.peer, 0x5742_a4e1, "a stranger's id was recorded as the peer's");
+    assert_ne!(
+        meta.peer, 0x5742_a4e1,
+        "a stranger's id was recorded as the peer's"
+    );
 }
 
 #[test]
@@ -141,13 +152,17 @@ fn a_flood_of_connections_is_capped_and_the_slave_keeps_its_place() {
     for c in &mut conns {
         c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let mut b = [0u8; 64];
-        if matches!(c.read(&mut b), Ok(0)) || matches!(c.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        if matches!(c.read(&mut b), Ok(0))
+            || matches!(c.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
         {
             closed += 1;
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(10));
-    assert!(closed >= 48, "only {closed} of 64 idle connections were refused");
+    assert!(
+        closed >= 48,
+        "only {closed} of 64 idle connections were refused"
+    );
     still_serving(&m, &s, reconnects, Duration::from_millis(200));
 }
 
@@ -176,7 +191,10 @@ fn with_a_secret_only_a_proven_peer_is_served() {
     let mut st = TcpStream::connect(addr).unwrap();
     send(&mut st, &strangers_hello());
     let got = frames_until_eof(&mut st);
-    assert!(matches!(got.first(), Some(Frame::Challenge { .. })), "{got:?}");
+    assert!(
+        matches!(got.first(), Some(Frame::Challenge { .. })),
+        "{got:?}"
+    );
     assert!(
         got.iter().any(|f| matches!(f, Frame::Error { code, .. } if *code == hs::proto::frame::code::UNAUTHENTICATED)),
         "{got:?}"
@@ -216,7 +234,9 @@ fn with_a_secret_only_a_proven_peer_is_served() {
     cx.peer = Some(addr);
     cx.secret = Some(hs::Secret::new(b"another secret entirely"));
     let x = Node::start(cx, Role::Slave, Nop).unwrap();
-    until("the wrong secret to be refused", || x.stats().reconnects >= 2);
+    until("the wrong secret to be refused", || {
+        x.stats().reconnects >= 2
+    });
     assert_ne!(x.role(), Role::Slave);
     still_serving(&m, &s, reconnects, Duration::from_millis(100));
     let meta = hs::log::meta::Meta::load(dm.path()).unwrap().unwrap();
@@ -258,7 +278,9 @@ fn a_pair_with_a_secret_settles_fails_over_and_ignores_a_strangers_epoch() {
     // The real failover still works with the secret.
     let written = a.stats().written;
     drop(a);
-    until("B to take over", || b.role() == Role::Master && b.is_writable());
+    until("B to take over", || {
+        b.role() == Role::Master && b.is_writable()
+    });
     assert!(b.stats().written >= written);
 }
 
@@ -269,7 +291,9 @@ fn a_witness_with_a_secret_answers_only_proven_requests() {
         .build()
         .unwrap();
     let secret = hs::Secret::new(b"witness secret");
-    let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let w = l.local_addr().unwrap();
     let s2 = secret.clone();
     rt.spawn(async move {

@@ -436,30 +436,36 @@ impl Log {
         let cur = segs.back().filter(|s| tail < s.end()).cloned();
         let next_base = cur.as_ref().map_or(tail, |s| s.end());
         let log = Arc::new(Log {
-            app: OrderedMutex::new(Rank::App, Appender {
-                seg: cur,
-                tail,
-                epoch: meta.epoch,
-                epochs,
-                failed: None,
-                meta,
-                sealed: false,
-                halted: false,
-            }),
+            app: OrderedMutex::new(
+                Rank::App,
+                Appender {
+                    seg: cur,
+                    tail,
+                    epoch: meta.epoch,
+                    epochs,
+                    failed: None,
+                    meta,
+                    sealed: false,
+                    halted: false,
+                },
+            ),
             committed: AtomicU64::new(tail),
             flushed: AtomicU64::new(tail),
             first: AtomicU64::new(first),
             segs: OrderedRwLock::new(Rank::Segs, segs),
             spare: Arc::new(SpareShared {
-                m: OrderedMutex::new(Rank::Spare, Spare {
-                    seg: None,
-                    want_base: next_base,
-                    error: None,
-                    retry: false,
-                    shutdown: false,
-                    history: meta.history,
-                    segment_bytes: meta.segment_bytes,
-                }),
+                m: OrderedMutex::new(
+                    Rank::Spare,
+                    Spare {
+                        seg: None,
+                        want_base: next_base,
+                        error: None,
+                        retry: false,
+                        shutdown: false,
+                        history: meta.history,
+                        segment_bytes: meta.segment_bytes,
+                    },
+                ),
                 need_cv: Condvar::new(),
                 ready_cv: Condvar::new(),
                 dir: dir.clone(),

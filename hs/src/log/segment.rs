@@ -244,7 +244,10 @@ mod tests {
                 // SAFETY: none — this is the out-of-bounds call that must panic.
                 unsafe { s.slice(pos, len) }.len()
             }));
-            assert!(r.is_err(), "slice({pos}, {len}) of [8192, 12288) did not panic");
+            assert!(
+                r.is_err(),
+                "slice({pos}, {len}) of [8192, 12288) did not panic"
+            );
         }
     }
 }

@@ -333,7 +333,10 @@ fn flush_racing_truncate_never_leaves_flushed_above_the_tail() {
     }
     stop.store(true, Ordering::Release);
     flusher.join().unwrap();
-    assert_eq!(bad, None, "(round, flushed, tail) with flushed above the tail");
+    assert_eq!(
+        bad, None,
+        "(round, flushed, tail) with flushed above the tail"
+    );
     assert!(rounds >= 50, "too few rounds to mean anything: {rounds}");
 }
 

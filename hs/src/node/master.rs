@@ -254,7 +254,9 @@ async fn handshake(
                 &mut wr,
                 &Frame::Error {
                     code: code::UNAUTHENTICATED,
-                    message: "prove you hold this pair's secret (set the same `secret` on both nodes)".into(),
+                    message:
+                        "prove you hold this pair's secret (set the same `secret` on both nodes)"
+                            .into(),
                 },
             )
             .await;
@@ -297,9 +299,7 @@ async fn handshake(
             None
         };
         if let Some(why) = stranger {
-            let msg = format!(
-                "refused a Hello of epoch {epoch} from node {node} at {addr}: {why}"
-            );
+            let msg = format!("refused a Hello of epoch {epoch} from node {node} at {addr}: {why}");
             let _ = write_first(
                 &mut wr,
                 &hs,

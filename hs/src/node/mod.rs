@@ -210,7 +210,7 @@ impl Config {
 
     fn check(&self, role: Role) -> Result<(), NodeError> {
         let bad = |s: &str| Err(NodeError::Config(s.to_string()));
-        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 4096 {
+        if !self.segment_bytes.is_multiple_of(4096) || self.segment_bytes < 4096 {
             return bad("segment_bytes must be a positive multiple of 4096");
         }
         if self.record_bytes_max as u64 > self.segment_bytes / 2 || self.record_bytes_max < 64 {
@@ -389,6 +389,9 @@ pub struct Stats {
 /// Longest event queue; past it the oldest event is dropped.
 const EVENTS_MAX: usize = 1024;
 
+#[cfg(test)]
+pub(crate) type TestHook = Box<dyn Fn(&Shared) + Send>;
+
 /// Counters shared between the API, the IO thread and the flusher.
 pub(crate) struct Shared {
     pub cfg: Config,
@@ -457,7 +460,7 @@ pub(crate) struct Shared {
     /// Tests: runs inside `publish` after its entry checks, just before the append
     /// (models the process being stopped there).
     #[cfg(test)]
-    pub before_append: Mutex<Option<Box<dyn Fn(&Shared) + Send>>>,
+    pub before_append: Mutex<Option<TestHook>>,
 }
 
 impl Shared {
@@ -1197,7 +1200,10 @@ mod tests {
         }));
         let tail = n.stats().written;
         let r = n.put(b"k", b"v");
-        assert!(ran.load(Ordering::Acquire), "publish refused before the hook");
+        assert!(
+            ran.load(Ordering::Acquire),
+            "publish refused before the hook"
+        );
         assert!(
             matches!(r, Err(NodeError::NotMaster { .. })),
             "a master wrote after its lease ran out: {r:?}"

@@ -120,13 +120,7 @@ pub fn random_nonce() -> io::Result<[u8; NONCE_BYTES]> {
     // Bounded: getrandom returns at most what was asked, and only EINTR retries.
     for _ in 0..16 {
         // SAFETY: writes at most `len - got` bytes into our buffer.
-        let r = unsafe {
-            libc::getrandom(
-                n[got..].as_mut_ptr().cast(),
-                NONCE_BYTES - got,
-                0,
-            )
-        };
+        let r = unsafe { libc::getrandom(n[got..].as_mut_ptr().cast(), NONCE_BYTES - got, 0) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -236,12 +230,10 @@ pub async fn read_first(
                 "the peer refused us (code {code}): {message}"
             )))
         }
-        other => {
-            return Err(NetError::Unauthenticated(format!(
-                "the peer sent {} without proving it holds the secret: is `secret` set on both sides?",
-                kind_name(&other)
-            )))
-        }
+        other => return Err(NetError::Unauthenticated(format!(
+            "the peer sent {} without proving it holds the secret: is `secret` set on both sides?",
+            kind_name(&other)
+        ))),
     };
     if h.side == Side::Acceptor {
         h.nonce_c = nonce;

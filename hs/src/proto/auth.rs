@@ -237,7 +237,10 @@ mod tests {
             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
         );
         assert_eq!(
-            hex(&hmac_sha256(b"Jefe", &[b"what do ya ", b"want for nothing?"])),
+            hex(&hmac_sha256(
+                b"Jefe",
+                &[b"what do ya ", b"want for nothing?"]
+            )),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         // Test case 6: a key longer than a block is hashed first.
@@ -258,7 +261,10 @@ mod tests {
         assert_ne!(m, handshake_mac(b"s", Side::Connector, &nc, &na, b"frame"));
         assert_ne!(m, handshake_mac(b"s", Side::Connector, &na, &nc, b"framE"));
         assert_ne!(m, handshake_mac(b"t", Side::Connector, &na, &nc, b"frame"));
-        assert!(ct_eq(&m, &handshake_mac(b"s", Side::Connector, &na, &nc, b"frame")));
+        assert!(ct_eq(
+            &m,
+            &handshake_mac(b"s", Side::Connector, &na, &nc, b"frame")
+        ));
         assert!(!ct_eq(&m, &[0; 32]));
     }
 }

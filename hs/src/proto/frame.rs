@@ -564,10 +564,7 @@ impl Frame {
             K_SNAPSHOT => {
                 r.need(8, "snapshot chunk shorter than 8 bytes")?;
                 let offset = r.u64()?;
-                Frame::Snapshot {
-                    offset,
-                    bytes: r.p,
-                }
+                Frame::Snapshot { offset, bytes: r.p }
             }
             K_HEARTBEAT => {
                 r.need(32, "heartbeat shorter than 32 bytes")?;
