@@ -487,6 +487,13 @@ impl Link {
             }
             _ => Effect::None,
         };
+        // The room server subscribes a link to a room on any request for it:
+        // a room without local sessions is unsubscribed again.
+        if let Some(room) = p.req.room().filter(|r| !self.rooms.contains_key(r)) {
+            if self.rd.is_some() {
+                self.write(&ToRoom::Unsubscribe { room });
+            }
+        }
         let frame = (!p.internal).then(|| reply_frame(p.seq, &reply));
         p.session
             .send(Out::Answered { frame, effect }, &self.shared.stats);
