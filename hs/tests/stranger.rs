@@ -23,7 +23,10 @@ fn base(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir);
     c.segment_bytes = 1 << 20;
     c.record_bytes_max = 4096;
-    c.heartbeat_interval_ms = 20;
+    // Ticks long enough that a loaded test machine never drops the real slave
+    // for silence: these tests count its reconnects (there must be none).
+    c.heartbeat_interval_ms = 50;
+    c.heartbeat_dead_ticks = 10;
     c.reconnect_backoff_min_ms = 5;
     c.reconnect_backoff_max_ms = 50;
     c
@@ -312,4 +315,24 @@ fn a_witness_with_a_secret_answers_only_proven_requests() {
     let wrong = hs::Secret::new(b"not the witness secret");
     let bad = rt.block_on(hs::node::witness::ask_with(w, req, t, Some(&wrong)));
     assert_eq!(bad, None, "a request with the wrong secret was answered");
+}
+
+#[test]
+fn idle_sockets_holding_every_slot_cannot_lock_out_a_real_slave() {
+    let (dm, ds) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (m, s, addr) = lone_pair(dm.path(), ds.path(), None);
+    drop(s);
+    until("the master to notice", || !m.stats().slave_connected);
+    // More idle sockets than unproven slots, all kept open.
+    let _idle: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let ds2 = tempfile::tempdir().unwrap();
+    let mut c = base(ds2.path());
+    c.peer = Some(addr);
+    let t0 = Instant::now();
+    let s2 = Node::start(c, Role::Slave, Nop).unwrap();
+    until("the new slave to follow", || {
+        s2.role() == Role::Slave && m.stats().slave_connected
+    });
+    // Well before the 5 s an idle socket may hold its slot: it evicted the oldest.
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::net::{
     challenge, kind_name, read_first, write_data, write_first, write_frame, FrameReader, Handshake,
-    NetError,
+    NetError, Pending,
 };
 use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
@@ -27,7 +27,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const LAG_SAMPLES_MAX: usize = 4096;
 /// Connections at the replication port not yet proven (no valid Hello yet, or no
 /// valid Auth with a secret). Each costs a task, a socket and a 256 KiB read
-/// buffer for up to `HELLO_TIMEOUT`; past the cap a connection is closed at once.
+/// buffer for up to `HELLO_TIMEOUT`; past the cap the oldest is closed.
 pub(crate) const HANDSHAKES_MAX: usize = 8;
 /// Largest first frame from an unproven peer: a Hello with 256 epochs is 3,135 bytes.
 pub(crate) const HANDSHAKE_FRAME_BYTES_MAX: usize = 4096;
@@ -63,7 +63,7 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
     }
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     let mut conn_id = 0u64;
-    let permits = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+    let mut pending = Pending::new(HANDSHAKES_MAX);
     let (proven_tx, mut proven_rx) = tokio::sync::mpsc::channel::<Proven>(HANDSHAKES_MAX);
     // Aborted with this loop: a handshake never outlives the master role.
     let mut handshakes = tokio::task::JoinSet::new();
@@ -79,15 +79,11 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        // A flood: refuse at once rather than hold a task per socket.
-                        tracing::debug!(%addr, "too many connections still saying Hello; closed");
-                        drop(stream);
-                        continue;
-                    };
+                    if pending.make_room() {
+                        tracing::debug!(%addr, "too many connections still saying Hello; closed the oldest");
+                    }
                     let (s2, tx) = (s.clone(), proven_tx.clone());
-                    handshakes.spawn(async move {
-                        let _permit = permit;
+                    let h = handshakes.spawn(async move {
                         match handshake(&s2, stream, addr).await {
                             Ok(Some(p)) => {
                                 let _ = tx.send(p).await;
@@ -101,6 +97,7 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
                             }
                         }
                     });
+                    pending.push(h);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

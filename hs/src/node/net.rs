@@ -113,6 +113,40 @@ pub async fn write_data(
     Ok(())
 }
 
+/// Connections not yet proven, at most `max`: admitting one more past the cap
+/// closes the oldest. A legitimate peer says Hello within a round trip, so it
+/// gets through unless more than `max` connections arrive within that time,
+/// whereas refusing newcomers would let `max` idle sockets lock the port.
+pub struct Pending {
+    tasks: std::collections::VecDeque<tokio::task::AbortHandle>,
+    max: usize,
+}
+
+impl Pending {
+    pub fn new(max: usize) -> Pending {
+        Pending {
+            tasks: std::collections::VecDeque::with_capacity(max),
+            max,
+        }
+    }
+
+    /// Makes room for one more (closing the oldest if full); returns whether one was closed.
+    pub fn make_room(&mut self) -> bool {
+        self.tasks.retain(|t| !t.is_finished());
+        if self.tasks.len() < self.max {
+            return false;
+        }
+        if let Some(old) = self.tasks.pop_front() {
+            old.abort();
+        }
+        true
+    }
+
+    pub fn push(&mut self, t: tokio::task::AbortHandle) {
+        self.tasks.push_back(t);
+    }
+}
+
 /// A fresh random nonce (the kernel's getrandom).
 pub fn random_nonce() -> io::Result<[u8; NONCE_BYTES]> {
     let mut n = [0u8; NONCE_BYTES];
@@ -230,10 +264,12 @@ pub async fn read_first(
                 "the peer refused us (code {code}): {message}"
             )))
         }
-        other => return Err(NetError::Unauthenticated(format!(
+        other => {
+            return Err(NetError::Unauthenticated(format!(
             "the peer sent {} without proving it holds the secret: is `secret` set on both sides?",
             kind_name(&other)
-        ))),
+        )))
+        }
     };
     if h.side == Side::Acceptor {
         h.nonce_c = nonce;

@@ -271,22 +271,21 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
 }
 
 /// While not master, answer a peer's Hello with this node's rank, so a starting
-/// peer can settle who serves. At most `HANDSHAKES_MAX` at once; with a secret,
-/// only a proven Hello is answered.
+/// peer can settle who serves. At most `HANDSHAKES_MAX` at once (the oldest is
+/// closed past that); with a secret, only a proven Hello is answered.
 async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(super::master::HANDSHAKES_MAX));
+    let mut pending = super::net::Pending::new(super::master::HANDSHAKES_MAX);
+    // Aborted with this task (when the node becomes master): no answer outlives it.
+    let mut answers = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        pending.make_room();
+        while answers.try_join_next().is_some() {}
         let s2 = s.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let h = answers.spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut reader = FrameReader::new(rd, super::master::HANDSHAKE_FRAME_BYTES_MAX);
             let _ = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -312,6 +311,7 @@ async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
             })
             .await;
         });
+        pending.push(h);
     }
 }
 

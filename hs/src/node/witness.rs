@@ -16,7 +16,7 @@ use crate::proto::witness::{Reply, Request, Witness};
 /// Largest frame a witness accepts (requests are a few dozen bytes).
 const WITNESS_FRAME_BYTES_MAX: usize = 256;
 /// Connections a witness serves at once. Each costs a task and a socket for up to
-/// `WITNESS_REQUEST_TIMEOUT`; past the cap a connection is closed at once. A node
+/// `WITNESS_REQUEST_TIMEOUT`; past the cap the oldest is closed. A node
 /// makes about one request per heartbeat tick, so this covers hundreds of pairs.
 pub const WITNESS_CONNS_MAX: usize = 256;
 /// How long a connection has to send its request.
@@ -99,24 +99,22 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
 
 /// `serve`, requiring every request to prove `secret` (and proving it in every
 /// reply) when there is one. At most `WITNESS_CONNS_MAX` connections at once.
+/// Each connection's task ends within `WITNESS_REQUEST_TIMEOUT` or when closed.
 pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Secret>) {
     let state = Arc::new(Mutex::new(Witness::new(hold)));
-    let permits = Arc::new(tokio::sync::Semaphore::new(WITNESS_CONNS_MAX));
+    let mut pending = super::net::Pending::new(WITNESS_CONNS_MAX);
     let secret = Arc::new(secret);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "witness at its connection cap; closed");
-            drop(stream);
-            continue;
-        };
+        if pending.make_room() {
+            tracing::debug!(%peer, "witness at its connection cap; closed the oldest");
+        }
         let state = state.clone();
         let secret = secret.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let h = tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (rd, mut wr) = stream.into_split();
             let mut reader = FrameReader::new(rd, WITNESS_FRAME_BYTES_MAX);
@@ -173,6 +171,7 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
             )
             .await;
         });
+        pending.push(h.abort_handle());
     }
 }
 
