@@ -3,12 +3,12 @@
 //! routes each request to the room-server pair of its room and the rooms'
 //! pushes back to the players in them.
 //!
-//! - [`config`]: what it is told, every limit with its unit;
+//! - [`config`][config]: what it is told, every limit with its unit;
 //! - `transport`: a connection as a stream of frames (TCP or WebSocket);
 //! - `session`: one connection: auth, heartbeat, sequence, rate, its queue;
 //! - `pair`: the link to one room-server pair: master finding, re-sending
 //!   after a failover, the rooms' fan-out;
-//! - [`stats`]: counters.
+//! - [`stats`][stats]: counters.
 //!
 //! Invariants:
 //! - one request of a session is in flight at a time, so after a failover

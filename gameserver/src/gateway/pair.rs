@@ -424,14 +424,14 @@ impl Link {
                     return self.down(&format!("unreadable message from the room server: {e}"))
                 }
             };
-            self.from_room(m);
+            self.on_message(m);
             if self.rd.is_none() {
                 return;
             }
         }
     }
 
-    fn from_room(&mut self, m: FromRoom) {
+    fn on_message(&mut self, m: FromRoom) {
         match m {
             FromRoom::Reply { player, seq, reply } => self.reply(player, seq, reply),
             FromRoom::Events {
