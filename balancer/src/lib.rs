@@ -25,6 +25,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fake;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;

@@ -370,6 +370,12 @@ impl Balancer {
         }
     }
 
+    /// A master balancer with no server around it (the fuzz targets).
+    pub(crate) fn for_fuzzing(config: Config, sink: Arc<dyn OpSink>) -> Balancer {
+        let addr = config.listen;
+        Balancer::new(config, sink, addr, None)
+    }
+
     /// Whether this balancer serves as master now.
     pub fn is_master(&self) -> bool {
         *self.master.borrow()
