@@ -73,6 +73,8 @@ mod gateway {
     struct FakeNode {
         addr: SocketAddr,
         master: Arc<AtomicBool>,
+        /// Reads and answers nothing (a stopped process: its sockets stay open).
+        frozen: Arc<AtomicBool>,
         tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
         links: Arc<Mutex<Vec<mpsc::UnboundedSender<Bytes>>>>,
     }
@@ -89,9 +91,10 @@ mod gateway {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
             let master = Arc::new(AtomicBool::new(master));
+            let frozen = Arc::new(AtomicBool::new(false));
             let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
             let links: Arc<Mutex<Vec<mpsc::UnboundedSender<Bytes>>>> = Arc::default();
-            let (m, t, ls) = (master.clone(), tasks.clone(), links.clone());
+            let (m, t, ls, fz) = (master.clone(), tasks.clone(), links.clone(), frozen.clone());
             let accept = tokio::spawn(async move {
                 loop {
                     let Ok((s, _)) = l.accept().await else { return };
@@ -99,6 +102,7 @@ mod gateway {
                         name,
                         s,
                         m.clone(),
+                        fz.clone(),
                         hint.clone(),
                         state.clone(),
                         log.clone(),
@@ -111,6 +115,7 @@ mod gateway {
             FakeNode {
                 addr,
                 master,
+                frozen,
                 tasks,
                 links,
             }
@@ -137,6 +142,7 @@ mod gateway {
         name: &'static str,
         s: TcpStream,
         master: Arc<AtomicBool>,
+        frozen: Arc<AtomicBool>,
         hint: Arc<Mutex<Option<String>>>,
         state: Arc<Mutex<RoomsState>>,
         log: mpsc::UnboundedSender<(&'static str, ToRoom)>,
@@ -170,6 +176,9 @@ mod gateway {
             assert_eq!(f.kind, Kind::ToRoom);
             let m: ToRoom = msg::decode(&f.payload).unwrap();
             let _ = log.send((name, m.clone()));
+            if frozen.load(Ordering::SeqCst) {
+                continue;
+            }
             match m {
                 ToRoom::Hello { version, .. } => {
                     assert_eq!(version, LINK_VERSION);
@@ -817,6 +826,61 @@ mod gateway {
         assert!(st.link_connects >= 2 && st.resent_requests >= 1, "{st:?}");
         assert_eq!(st.sessions, 2, "nobody was disconnected");
         g.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_master_is_given_up_and_the_request_goes_to_the_new_one() {
+        let mut p = Pair::start().await;
+        let mut cfg = p.config();
+        cfg.link_dead_ms = 300;
+        let g = Gateway::start(cfg).await.unwrap();
+        let mut c = Client::login(g.tcp_addr(), 1).await;
+        let snap = c.enter(1).await;
+        // The master stops (SIGSTOP): its link stays open and says nothing.
+        p.a.frozen.store(true, Ordering::SeqCst);
+        p.b.master.store(true, Ordering::SeqCst);
+        p.drain();
+        let seq = c.chat(1, "to the new master").await;
+        // The silent link is probed, then given up; b gets the request.
+        p.wait_for("a probe on a", |n, m| n == "a" && *m == ToRoom::Rooms)
+            .await;
+        p.wait_for("the chat on b", |n, m| {
+            n == "b" && matches!(m, ToRoom::Request { .. })
+        })
+        .await;
+        assert_eq!(
+            c.reply(seq).await,
+            Ok(Answer::Done {
+                room: 1,
+                seq: snap.seq + 1
+            })
+        );
+        let st = g.stats();
+        assert!(st.link_downs >= 1 && st.link_connects >= 2, "{st:?}");
+        g.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_share_a_port_with_reuse_port() {
+        let p = Pair::start().await;
+        let mut cfg = p.config();
+        cfg.reuse_port = true;
+        cfg.ws = None;
+        let g1 = Gateway::start(cfg.clone()).await.unwrap();
+        cfg.tcp = g1.tcp_addr().to_string();
+        let g2 = Gateway::start(cfg.clone()).await.unwrap();
+        assert_eq!(g1.tcp_addr(), g2.tcp_addr());
+        // Without the option the port is taken.
+        cfg.reuse_port = false;
+        assert!(Gateway::start(cfg).await.is_err());
+        // Connections land on one or the other; each is served.
+        let mut clients = Vec::new();
+        for i in 0..16 {
+            clients.push(Client::login(g1.tcp_addr(), 100 + i).await);
+        }
+        assert_eq!(g1.stats().sessions + g2.stats().sessions, 16);
+        g1.shutdown().await;
+        g2.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

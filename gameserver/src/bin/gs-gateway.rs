@@ -82,6 +82,8 @@ struct Args {
     unavailable_after_ms: Option<u64>,
     #[arg(long)]
     link_connect_timeout_ms: Option<u64>,
+    #[arg(long)]
+    link_dead_ms: Option<u64>,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -132,7 +134,8 @@ fn config(a: &Args) -> Result<GatewayConfig, String> {
         heartbeat_ms,
         dead_ticks,
         unavailable_after_ms,
-        link_connect_timeout_ms
+        link_connect_timeout_ms,
+        link_dead_ms
     );
     if let Some(ws) = &a.ws {
         c.ws = Some(ws.clone());

@@ -129,6 +129,11 @@ pub struct GatewayConfig {
     /// Time to connect to a room-server node and get its answer to Hello, ms.
     #[serde(default = "d_link_connect_timeout_ms")]
     pub link_connect_timeout_ms: u64,
+    /// A pair link silent this long is given up (a frozen or cut-off
+    /// master), ms; it is probed after a quarter of it. Keep it above the
+    /// room server's longest wait for its standby.
+    #[serde(default = "d_link_dead_ms")]
+    pub link_dead_ms: u64,
 }
 
 fn d_tcp() -> String {
@@ -176,6 +181,9 @@ pub(crate) fn d_unavailable_after_ms() -> u64 {
 pub(crate) fn d_link_connect_timeout_ms() -> u64 {
     1000
 }
+pub(crate) fn d_link_dead_ms() -> u64 {
+    3000
+}
 
 impl GatewayConfig {
     /// A configuration with every default, for `secret` and `pairs`.
@@ -199,6 +207,7 @@ impl GatewayConfig {
             dead_ticks: d_dead_ticks(),
             unavailable_after_ms: d_unavailable_after_ms(),
             link_connect_timeout_ms: d_link_connect_timeout_ms(),
+            link_dead_ms: d_link_dead_ms(),
         }
     }
 
@@ -224,6 +233,7 @@ impl GatewayConfig {
         pos(self.heartbeat_ms, "heartbeat_ms")?;
         pos(self.dead_ticks as u64, "dead_ticks")?;
         pos(self.link_connect_timeout_ms, "link_connect_timeout_ms")?;
+        pos(self.link_dead_ms, "link_dead_ms")?;
         if self.secret.is_empty() {
             return Err("the token secret is empty".into());
         }

@@ -36,6 +36,8 @@ pub const LINK_BACKOFF_FIRST_MS: u64 = 5;
 pub const LINK_BACKOFF_MAX_MS: u64 = 200;
 /// Commands queued to one link (requests of sessions, departures).
 pub const LINK_QUEUE_CMDS_MAX: usize = 65_536;
+/// A silent link is probed after `link_dead_ms` / this.
+const LINK_PROBES_PER_DEAD: u32 = 4;
 /// The rooms list is asked again at most this often.
 pub const ROOMS_REFRESH_MS: u64 = 1000;
 
@@ -119,6 +121,11 @@ pub(crate) struct Link {
     next_order: u64,
     rooms: HashMap<u32, Fan>,
     rooms_asked: Option<Instant>,
+    /// When the room server last sent something: a link silent for
+    /// `link_dead_ms` is dead (a frozen master that never closes it).
+    last_rx: Instant,
+    /// A probe (ToRoom::Rooms) went out since `last_rx`.
+    probed: bool,
 }
 
 impl Link {
@@ -144,6 +151,8 @@ impl Link {
             next_order: 0,
             rooms: HashMap::new(),
             rooms_asked: None,
+            last_rx: now,
+            probed: false,
         }
     }
 
@@ -171,14 +180,20 @@ impl Link {
                 }
                 r = async { self.rd.as_mut().expect("guarded").read_buf(&mut self.rbuf).await }, if up => match r {
                     Ok(0) | Err(_) => self.down("the room server closed the link"),
-                    Ok(_) => self.frames(),
+                    Ok(_) => {
+                        (self.last_rx, self.probed) = (Instant::now(), false);
+                        self.frames()
+                    }
                 },
                 r = async { self.wr.as_mut().expect("guarded").write_buf(&mut self.wbuf).await }, if writing => {
                     if r.is_err() {
                         self.down("writing to the room server failed");
                     }
                 }
-                _ = tokio::time::sleep_until(timer) => self.expire(),
+                _ = tokio::time::sleep_until(timer) => {
+                    self.probe();
+                    self.expire();
+                }
             }
         }
     }
@@ -188,7 +203,11 @@ impl Link {
     fn next_timer(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let Some(since) = self.down_since else {
-            return far;
+            let dead = self.link_dead();
+            return match self.probed {
+                false => self.last_rx + dead / LINK_PROBES_PER_DEAD,
+                true => self.last_rx + dead,
+            };
         };
         let mut t = far;
         if self.connecting.is_none() {
@@ -198,6 +217,29 @@ impl Link {
             t = t.min(p.since.max(since) + self.unavailable_after());
         }
         t
+    }
+
+    fn link_dead(&self) -> Duration {
+        Duration::from_millis(self.shared.cfg.link_dead_ms)
+    }
+
+    /// Up and silent: probe, and after `link_dead_ms` give the link up.
+    fn probe(&mut self) {
+        if self.rd.is_none() {
+            return;
+        }
+        let silent = self.last_rx.elapsed();
+        if silent >= self.link_dead() {
+            let why = format!(
+                "no frame from the room server for {} ms",
+                silent.as_millis()
+            );
+            self.down(&why);
+        } else if !self.probed && silent >= self.link_dead() / LINK_PROBES_PER_DEAD {
+            self.probed = true;
+            self.rooms_asked = Some(Instant::now());
+            self.write(&ToRoom::Rooms);
+        }
     }
 
     fn unavailable_after(&self) -> Duration {
@@ -275,6 +317,7 @@ impl Link {
         let (rd, wr) = stream.into_split();
         (self.rd, self.wr, self.rbuf) = (Some(rd), Some(wr), rbuf);
         self.wbuf.clear();
+        (self.last_rx, self.probed) = (Instant::now(), false);
         let down_ms = self
             .down_since
             .take()
