@@ -14,3 +14,4 @@ pub mod proto;
 pub mod room;
 pub mod token;
 pub mod roomserver;
+pub mod login;

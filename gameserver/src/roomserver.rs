@@ -163,13 +163,23 @@ pub struct RoomServer {
 }
 
 fn link_frame(msg: &FromRoom) -> Bytes {
-    Frame::new(Kind::FromRoom, 0, crate::token::now_ms(), Bytes::from(encode(msg))).to_bytes()
+    Frame::new(
+        Kind::FromRoom,
+        0,
+        crate::token::now_ms(),
+        Bytes::from(encode(msg)),
+    )
+    .to_bytes()
 }
 
 impl RoomServer {
     pub fn start(cfg: RoomServerConfig) -> Result<RoomServer, RoomServerError> {
         let rooms = Arc::new(Mutex::new(Rooms::default()));
-        let role = if cfg.prefer_master { Role::Master } else { Role::Slave };
+        let role = if cfg.prefer_master {
+            Role::Master
+        } else {
+            Role::Slave
+        };
         let node = Arc::new(Node::start(cfg.hs.clone(), role, Replica(rooms.clone()))?);
         let std_link = StdListener::bind(cfg.link_listen).map_err(|err| RoomServerError::Bind {
             what: "link port",
@@ -206,15 +216,29 @@ impl RoomServer {
                 .spawn(move || release_loop(&s, rel_rx))?,
         );
         let s = shared.clone();
-        threads.push(std::thread::Builder::new().name("gs-game".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(Game::new(s, rel_tx).run(inbox_rx));
-        })?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("gs-game".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    rt.block_on(Game::new(s, rel_tx).run(inbox_rx));
+                })?,
+        );
         let s = shared.clone();
-        threads.push(std::thread::Builder::new().name("gs-links".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(accept_links(s, std_link, inbox_tx));
-        })?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("gs-links".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    rt.block_on(accept_links(s, std_link, inbox_tx));
+                })?,
+        );
         if let Some(l) = admin {
             let s = shared.clone();
             std::thread::Builder::new()
@@ -308,17 +332,19 @@ async fn serve_link(s: Arc<Shared>, id: LinkId, sock: TcpStream, inbox: mpsc::Se
         loop {
             match frame::decode(&mut buf, s.cfg.link_frame_bytes_max) {
                 Ok(None) => break,
-                Ok(Some(f)) if f.kind == Kind::ToRoom => match crate::proto::msg::decode::<ToRoom>(&f.payload) {
-                    Ok(m) => {
-                        if inbox.send(Inbox::Msg(id, m)).await.is_err() {
+                Ok(Some(f)) if f.kind == Kind::ToRoom => {
+                    match crate::proto::msg::decode::<ToRoom>(&f.payload) {
+                        Ok(m) => {
+                            if inbox.send(Inbox::Msg(id, m)).await.is_err() {
+                                break 'read;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(link = id, error = %e, "undecodable link message; closing the link");
                             break 'read;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(link = id, error = %e, "undecodable link message; closing the link");
-                        break 'read;
-                    }
-                },
+                }
                 Ok(Some(f)) => {
                     tracing::warn!(link = id, kind = ?f.kind, "unexpected frame kind on a link; closing it");
                     break 'read;
@@ -383,7 +409,10 @@ impl Game {
             return;
         }
         if writable {
-            tracing::info!(epoch = self.s.node.stats().epoch, "master: taking gateway links");
+            tracing::info!(
+                epoch = self.s.node.stats().epoch,
+                "master: taking gateway links"
+            );
             self.master = true;
             let cfgs = self.s.cfg.rooms.clone();
             let created = self.s.rooms.lock().create_missing(&cfgs);
@@ -442,11 +471,17 @@ impl Game {
                 }
             }
             Inbox::Msg(id, ToRoom::Hello { gateway, version }) => {
-                let Some(tx) = self.pending.remove(&id) else { return };
+                let Some(tx) = self.pending.remove(&id) else {
+                    return;
+                };
                 if !self.master || version != LINK_VERSION {
                     let master = self.s.cfg.peer_link.map(|a| a.to_string());
                     if version != LINK_VERSION {
-                        tracing::warn!(gateway, version, "gateway speaks another link version; refused");
+                        tracing::warn!(
+                            gateway,
+                            version,
+                            "gateway speaks another link version; refused"
+                        );
                     }
                     let _ = tx.try_send(link_frame(&FromRoom::NotMaster { master }));
                     return; // dropping tx closes the link after the frame
@@ -474,19 +509,32 @@ impl Game {
                             s.remove(&id);
                         }
                     }
-                    ToRoom::Request { player, seq, name, req } => self.request(id, player, seq, &name, req),
+                    ToRoom::Request {
+                        player,
+                        seq,
+                        name,
+                        req,
+                    } => self.request(id, player, seq, &name, req),
                 }
             }
         }
     }
 
     fn room_infos(&self) -> Vec<RoomInfo> {
-        self.s.rooms.lock().get().values().map(|r| r.info()).collect()
+        self.s
+            .rooms
+            .lock()
+            .get()
+            .values()
+            .map(|r| r.info())
+            .collect()
     }
 
     fn subscribe(&mut self, link: LinkId, room: u32, after: u64) {
         let mut rooms = self.s.rooms.lock();
-        let Some(st) = rooms.get().get(&room) else { return };
+        let Some(st) = rooms.get().get(&room) else {
+            return;
+        };
         self.subs.entry(room).or_default().insert(link);
         let msg = match st.events_after(after) {
             Some(ev) if ev.is_empty() => return,
@@ -504,7 +552,15 @@ impl Game {
         self.send_now(link, link_frame(&msg));
     }
 
-    fn reply(&self, link: LinkId, player: u64, seq: u32, reply: Reply, pos: Option<u64>, mut out: Vec<(LinkId, Bytes)>) {
+    fn reply(
+        &self,
+        link: LinkId,
+        player: u64,
+        seq: u32,
+        reply: Reply,
+        pos: Option<u64>,
+        mut out: Vec<(LinkId, Bytes)>,
+    ) {
         out.push((link, link_frame(&FromRoom::Reply { player, seq, reply })));
         self.queue(Release { pos, out });
     }
@@ -521,13 +577,19 @@ impl Game {
     fn request(&mut self, link: LinkId, player: u64, seq: u32, name: &str, req: Request) {
         self.s.stats.requests.fetch_add(1, Ordering::Relaxed);
         let Some(room) = req.room() else {
-            let reply = Err(Fail::new(ErrorCode::BadRequest, "Rooms is answered by the gateway"));
+            let reply = Err(Fail::new(
+                ErrorCode::BadRequest,
+                "Rooms is answered by the gateway",
+            ));
             return self.reply(link, player, seq, reply, None, Vec::new());
         };
         let mut rooms = self.s.rooms.lock();
         let Some(st) = rooms.get().get(&room) else {
             drop(rooms);
-            let reply = Err(Fail::new(ErrorCode::UnknownRoom, format!("room {room} is not served here")));
+            let reply = Err(Fail::new(
+                ErrorCode::UnknownRoom,
+                format!("room {room} is not served here"),
+            ));
             return self.reply(link, player, seq, reply, None, Vec::new());
         };
         // Events of a room a link sent a request for go to that link from now on.
@@ -573,7 +635,12 @@ impl Game {
         self.reply(link, player, seq, Ok(answer), Some(pos), out);
     }
 
-    fn fanout(&self, room: u32, first_seq: u64, events: Vec<crate::proto::msg::RoomEvent>) -> Vec<(LinkId, Bytes)> {
+    fn fanout(
+        &self,
+        room: u32,
+        first_seq: u64,
+        events: Vec<crate::proto::msg::RoomEvent>,
+    ) -> Vec<(LinkId, Bytes)> {
         let Some(subs) = self.subs.get(&room).filter(|s| !s.is_empty()) else {
             return Vec::new();
         };
@@ -605,7 +672,10 @@ impl Game {
                     rooms.commit(&w, now);
                     self.s.stats.timer_moves.fetch_add(1, Ordering::Relaxed);
                     let out = self.fanout(room, first_seq, events);
-                    self.queue(Release { pos: Some(pos), out });
+                    self.queue(Release {
+                        pos: Some(pos),
+                        out,
+                    });
                 }
                 Err(e) => {
                     drop(rooms);
@@ -632,7 +702,10 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
         if let Some(pos) = r.pos {
             let t0 = Instant::now();
             loop {
-                match s.node.wait(pos, Durability::Received, Duration::from_millis(20)) {
+                match s
+                    .node
+                    .wait(pos, Durability::Received, Duration::from_millis(20))
+                {
                     Ok(()) => break,
                     Err(NodeError::Shutdown) => return,
                     Err(_) => {}
@@ -643,10 +716,14 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
                 let st = s.node.stats();
                 let live_standby = st.slave_connected && !st.catching_up;
                 if !live_standby && t0.elapsed() >= wait_max {
-                    s.stats.released_unreplicated.fetch_add(1, Ordering::Relaxed);
+                    s.stats
+                        .released_unreplicated
+                        .fetch_add(1, Ordering::Relaxed);
                     if !warned {
                         warned = true;
-                        tracing::warn!("no live standby: replies leave without replication; start the standby");
+                        tracing::warn!(
+                            "no live standby: replies leave without replication; start the standby"
+                        );
                     }
                     break;
                 }
@@ -657,7 +734,9 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
             if warned && s.node.stats().slave_connected {
                 warned = false;
             }
-            s.stats.replicate_wait_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            s.stats
+                .replicate_wait_us
+                .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
             s.stats.replicate_waits.fetch_add(1, Ordering::Relaxed);
         }
         let links = s.links.lock();
@@ -665,7 +744,10 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
             if let Some(tx) = links.get(&l) {
                 if tx.try_send(f).is_err() {
                     s.stats.links_dropped_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(link = l, "gateway link queue full; the gateway will reconnect and resume");
+                    tracing::warn!(
+                        link = l,
+                        "gateway link queue full; the gateway will reconnect and resume"
+                    );
                 }
             }
         }
@@ -682,7 +764,11 @@ fn admin_loop(s: &Arc<Shared>, l: StdListener) {
             for line in BufReader::new(c).lines() {
                 let Ok(line) = line else { return };
                 let reply = admin_command(&s, line.trim());
-                if out.write_all(reply.as_bytes()).and_then(|_| out.write_all(b"\n")).is_err() {
+                if out
+                    .write_all(reply.as_bytes())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -727,7 +813,8 @@ fn admin_command(s: &Shared, cmd: &str) -> String {
         "ROOMS" => {
             let mut rooms = s.rooms.lock();
             let snaps: Vec<_> = rooms.get().values().map(|r| r.snapshot()).collect();
-            serde_json::to_string(&snaps.iter().map(snapshot_json).collect::<Vec<_>>()).unwrap_or_default()
+            serde_json::to_string(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())
+                .unwrap_or_default()
         }
         _ => "ERR commands: ROLE, STATS, SWITCHOVER, ROOMS".into(),
     }

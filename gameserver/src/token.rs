@@ -52,23 +52,37 @@ pub fn mint(secret: &[u8], claims: &Claims) -> String {
 
 /// The claims of a token signed with `secret`, valid at `now_ms` for `zone`.
 pub fn verify(secret: &[u8], token: &str, zone: u32, now_ms: u64) -> Result<Claims, Fail> {
-    let bad = |why: &str| Fail::new(ErrorCode::BadToken, format!("token refused: {why}; log in again"));
+    let bad = |why: &str| {
+        Fail::new(
+            ErrorCode::BadToken,
+            format!("token refused: {why}; log in again"),
+        )
+    };
     if token.len() > TOKEN_BYTES_MAX {
         return Err(bad("too long"));
     }
     let (body, sig) = token.split_once('.').ok_or_else(|| bad("malformed"))?;
-    let (body, sig) = (unhex(body).ok_or_else(|| bad("malformed"))?, unhex(sig).ok_or_else(|| bad("malformed"))?);
+    let (body, sig) = (
+        unhex(body).ok_or_else(|| bad("malformed"))?,
+        unhex(sig).ok_or_else(|| bad("malformed"))?,
+    );
     let mut m = mac(secret);
     m.update(&body);
     m.verify_slice(&sig).map_err(|_| bad("bad signature"))?;
     let c: Claims = crate::proto::msg::decode(&body).map_err(|_| bad("malformed claims"))?;
     if c.expires_ms <= now_ms {
-        return Err(Fail::new(ErrorCode::TokenExpired, "token expired; log in again"));
+        return Err(Fail::new(
+            ErrorCode::TokenExpired,
+            "token expired; log in again",
+        ));
     }
     if c.zone != zone {
         return Err(Fail::new(
             ErrorCode::WrongZone,
-            format!("token is for zone {}, this gateway serves zone {zone}", c.zone),
+            format!(
+                "token is for zone {}, this gateway serves zone {zone}",
+                c.zone
+            ),
         ));
     }
     if c.name.len() > NAME_BYTES_MAX {
@@ -108,16 +122,35 @@ mod tests {
     #[test]
     fn forged_expired_and_other_zone_tokens_are_refused() {
         let t = mint(b"s3cret", &claims());
-        assert_eq!(verify(b"other", &t, 1, 1_000).unwrap_err().code, ErrorCode::BadToken);
-        assert_eq!(verify(b"s3cret", &t, 1, 2_000).unwrap_err().code, ErrorCode::TokenExpired);
-        assert_eq!(verify(b"s3cret", &t, 2, 1_000).unwrap_err().code, ErrorCode::WrongZone);
+        assert_eq!(
+            verify(b"other", &t, 1, 1_000).unwrap_err().code,
+            ErrorCode::BadToken
+        );
+        assert_eq!(
+            verify(b"s3cret", &t, 1, 2_000).unwrap_err().code,
+            ErrorCode::TokenExpired
+        );
+        assert_eq!(
+            verify(b"s3cret", &t, 2, 1_000).unwrap_err().code,
+            ErrorCode::WrongZone
+        );
         // Claims changed under the old signature: a forged player id.
         let mut c = claims();
         c.player = 43;
-        let forged = format!("{}.{}", mint(b"x", &c).split_once('.').unwrap().0, t.split_once('.').unwrap().1);
-        assert_eq!(verify(b"s3cret", &forged, 1, 1_000).unwrap_err().code, ErrorCode::BadToken);
+        let forged = format!(
+            "{}.{}",
+            mint(b"x", &c).split_once('.').unwrap().0,
+            t.split_once('.').unwrap().1
+        );
+        assert_eq!(
+            verify(b"s3cret", &forged, 1, 1_000).unwrap_err().code,
+            ErrorCode::BadToken
+        );
         for junk in ["", ".", "zz.zz", "abc", &"a".repeat(5000)] {
-            assert_eq!(verify(b"s3cret", junk, 1, 1_000).unwrap_err().code, ErrorCode::BadToken);
+            assert_eq!(
+                verify(b"s3cret", junk, 1, 1_000).unwrap_err().code,
+                ErrorCode::BadToken
+            );
         }
     }
 }

@@ -6,6 +6,8 @@ pub mod app;
 pub mod cli;
 pub mod drill;
 pub mod gsbot;
+pub mod gscluster;
+pub mod gsdrill;
 pub mod pair;
 pub mod proc;
 pub mod witness;

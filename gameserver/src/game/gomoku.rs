@@ -39,7 +39,9 @@ impl Gomoku {
 /// the turn timer fills for an idle player.
 fn idle_order() -> impl Iterator<Item = (usize, usize)> {
     let c = (SIZE / 2) as isize;
-    let mut v: Vec<(usize, usize)> = (0..SIZE).flat_map(|y| (0..SIZE).map(move |x| (x, y))).collect();
+    let mut v: Vec<(usize, usize)> = (0..SIZE)
+        .flat_map(|y| (0..SIZE).map(move |x| (x, y)))
+        .collect();
     v.sort_by_key(|&(x, y)| ((x as isize - c).abs().max((y as isize - c).abs()), y, x));
     v.into_iter()
 }
@@ -77,7 +79,10 @@ impl Game for Gomoku {
     }
 
     fn play(&mut self, seat: u8, mv: &[u8]) -> Option<End> {
-        assert!(self.check(seat, mv).is_ok(), "play of an unchecked move {mv:?} by seat {seat}");
+        assert!(
+            self.check(seat, mv).is_ok(),
+            "play of an unchecked move {mv:?} by seat {seat}"
+        );
         let (x, y) = (mv[0] as usize, mv[1] as usize);
         let stone = seat + 1;
         self.cells[y * SIZE + x] = stone;

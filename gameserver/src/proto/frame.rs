@@ -116,7 +116,14 @@ impl Frame {
 
     /// Appends the encoded frame to `out`.
     pub fn encode_into(&self, out: &mut BytesMut) {
-        encode_parts(self.kind, self.flags, self.seq, self.time_ms, &self.payload, out);
+        encode_parts(
+            self.kind,
+            self.flags,
+            self.seq,
+            self.time_ms,
+            &self.payload,
+            out,
+        );
     }
 
     /// The encoded frame as its own buffer.
@@ -128,7 +135,14 @@ impl Frame {
 }
 
 /// Encodes a frame from its parts (no `Frame` needed for a borrowed payload).
-pub fn encode_parts(kind: Kind, flags: u8, seq: u32, time_ms: u64, payload: &[u8], out: &mut BytesMut) {
+pub fn encode_parts(
+    kind: Kind,
+    flags: u8,
+    seq: u32,
+    time_ms: u64,
+    payload: &[u8],
+    out: &mut BytesMut,
+) {
     let start = out.len();
     out.reserve(HEADER_BYTES + payload.len());
     out.put_u32_le(payload.len() as u32);
@@ -298,7 +312,13 @@ mod tests {
         assert_eq!(decode_message(&one, 10).unwrap(), f);
         let mut two = BytesMut::from(&one[..]);
         two.extend_from_slice(&one);
-        assert!(matches!(decode_message(&two, 10), Err(FrameError::NotOneFrame(_))));
-        assert!(matches!(decode_message(&one[..10], 10), Err(FrameError::NotOneFrame(_))));
+        assert!(matches!(
+            decode_message(&two, 10),
+            Err(FrameError::NotOneFrame(_))
+        ));
+        assert!(matches!(
+            decode_message(&one[..10], 10),
+            Err(FrameError::NotOneFrame(_))
+        ));
     }
 }

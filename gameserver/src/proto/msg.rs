@@ -44,21 +44,46 @@ pub enum Request {
     /// The rooms this gateway routes to, with online counts.
     Rooms,
     /// Enter a room (leaves the one the player is in first, on the same server).
-    Enter { room: u32 },
-    Leave { room: u32 },
+    Enter {
+        room: u32,
+    },
+    Leave {
+        room: u32,
+    },
     /// Sit at a table's seat (stands up from any other seat first).
-    Sit { room: u32, table: u16, seat: u8 },
-    Stand { room: u32 },
+    Sit {
+        room: u32,
+        table: u16,
+        seat: u8,
+    },
+    Stand {
+        room: u32,
+    },
     /// Ready for the next game at the player's table (sitting makes a player ready).
-    Ready { room: u32 },
+    Ready {
+        room: u32,
+    },
     /// A move in the table's game; the bytes are the game's ([`crate::game`]).
-    Move { room: u32, table: u16, mv: Vec<u8> },
+    Move {
+        room: u32,
+        table: u16,
+        mv: Vec<u8>,
+    },
     /// Chat to the room, or to one table (`table` set).
-    Chat { room: u32, table: Option<u16>, text: String },
+    Chat {
+        room: u32,
+        table: Option<u16>,
+        text: String,
+    },
     /// Watch a table (`None`: stop watching).
-    Spectate { room: u32, table: Option<u16> },
+    Spectate {
+        room: u32,
+        table: Option<u16>,
+    },
     /// The room's full current state.
-    Snapshot { room: u32 },
+    Snapshot {
+        room: u32,
+    },
 }
 
 impl Request {
@@ -88,7 +113,10 @@ pub enum Answer {
     /// Entered: the room as of `snapshot.seq`; pushes continue from `seq + 1`.
     Entered(RoomSnapshot),
     /// Done; the last room event it caused has this sequence number.
-    Done { room: u32, seq: u64 },
+    Done {
+        room: u32,
+        seq: u64,
+    },
     Snapshot(RoomSnapshot),
 }
 
@@ -189,7 +217,11 @@ pub struct RoomInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Push {
     /// One room event, numbered: `seq` is one more than the last one pushed for this room.
-    Event { room: u32, seq: u64, event: RoomEvent },
+    Event {
+        room: u32,
+        seq: u64,
+        event: RoomEvent,
+    },
     /// The room's state replaces what the client knew: a gap the gateway could
     /// not fill. Pushes continue from `seq + 1`.
     Snapshot(RoomSnapshot),
@@ -198,7 +230,11 @@ pub enum Push {
 /// How a game ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Win { seat: u8, player: u64, reason: WinReason },
+    Win {
+        seat: u8,
+        player: u64,
+        reason: WinReason,
+    },
     Draw,
 }
 
@@ -216,18 +252,56 @@ pub enum WinReason {
 /// what players are pushed and what hs replicates (inside a delta record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoomEvent {
-    Entered { player: u64, name: String },
-    Left { player: u64 },
-    Sat { table: u16, seat: u8, player: u64 },
-    Stood { table: u16, seat: u8, player: u64 },
-    Ready { table: u16, seat: u8 },
+    Entered {
+        player: u64,
+        name: String,
+    },
+    Left {
+        player: u64,
+    },
+    Sat {
+        table: u16,
+        seat: u8,
+        player: u64,
+    },
+    Stood {
+        table: u16,
+        seat: u8,
+        player: u64,
+    },
+    Ready {
+        table: u16,
+        seat: u8,
+    },
     /// A game began; `turn_ms` is each turn's time.
-    Started { table: u16, game_no: u32, players: Vec<u64>, turn_ms: u32 },
+    Started {
+        table: u16,
+        game_no: u32,
+        players: Vec<u64>,
+        turn_ms: u32,
+    },
     /// A move; `auto` when the turn timer played it for an idle player.
-    Moved { table: u16, seat: u8, mv: Vec<u8>, auto: bool },
-    Ended { table: u16, game_no: u32, outcome: Outcome, moves: u16 },
-    Chat { player: u64, table: Option<u16>, text: String },
-    Spectating { player: u64, table: Option<u16> },
+    Moved {
+        table: u16,
+        seat: u8,
+        mv: Vec<u8>,
+        auto: bool,
+    },
+    Ended {
+        table: u16,
+        game_no: u32,
+        outcome: Outcome,
+        moves: u16,
+    },
+    Chat {
+        player: u64,
+        table: Option<u16>,
+        text: String,
+    },
+    Spectating {
+        player: u64,
+        table: Option<u16>,
+    },
 }
 
 /// A room's full state as a client sees it.
@@ -313,9 +387,16 @@ mod tests {
         prop_oneof![
             Just(Request::Rooms),
             any::<u32>().prop_map(|room| Request::Enter { room }),
-            (any::<u32>(), any::<u16>(), any::<u8>()).prop_map(|(room, table, seat)| Request::Sit { room, table, seat }),
-            (any::<u32>(), any::<u16>(), prop::collection::vec(any::<u8>(), 0..4)).prop_map(|(room, table, mv)| Request::Move { room, table, mv }),
-            (any::<u32>(), proptest::option::of(any::<u16>()), ".{0,40}").prop_map(|(room, table, text)| Request::Chat { room, table, text }),
+            (any::<u32>(), any::<u16>(), any::<u8>())
+                .prop_map(|(room, table, seat)| Request::Sit { room, table, seat }),
+            (
+                any::<u32>(),
+                any::<u16>(),
+                prop::collection::vec(any::<u8>(), 0..4)
+            )
+                .prop_map(|(room, table, mv)| Request::Move { room, table, mv }),
+            (any::<u32>(), proptest::option::of(any::<u16>()), ".{0,40}")
+                .prop_map(|(room, table, text)| Request::Chat { room, table, text }),
         ]
     }
 

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::game::{Board, End, GameKind, MoveError};
 use crate::proto::msg::{
-    Answer, ErrorCode, Fail, GameView, MemberView, Outcome, Request, RoomEvent, RoomSnapshot, TableView,
-    WinReason, CHAT_TEXT_BYTES_MAX,
+    Answer, ErrorCode, Fail, GameView, MemberView, Outcome, Request, RoomEvent, RoomSnapshot,
+    TableView, WinReason, CHAT_TEXT_BYTES_MAX,
 };
 
 /// Events kept per room for gateways that resume after a failover (the gap
@@ -78,8 +78,16 @@ pub struct TableGame {
 
 impl PartialEq for TableGame {
     fn eq(&self, o: &Self) -> bool {
-        (self.game_no, &self.players, &self.moves, self.turn_ms, &self.idle, self.outcome)
-            == (o.game_no, &o.players, &o.moves, o.turn_ms, &o.idle, o.outcome)
+        (
+            self.game_no,
+            &self.players,
+            &self.moves,
+            self.turn_ms,
+            &self.idle,
+            self.outcome,
+        ) == (
+            o.game_no, &o.players, &o.moves, o.turn_ms, &o.idle, o.outcome,
+        )
     }
 }
 
@@ -177,7 +185,9 @@ impl RoomState {
                     b.play(*seat, mv);
                 }
                 g.board = Some(b);
-                g.deadline = g.running().then(|| now + Duration::from_millis(g.turn_ms as u64));
+                g.deadline = g
+                    .running()
+                    .then(|| now + Duration::from_millis(g.turn_ms as u64));
             }
         }
     }
@@ -212,10 +222,17 @@ impl RoomState {
     pub fn plan(&self, player: u64, name: &str, req: &Request) -> Result<Plan, Fail> {
         let id = self.cfg.id;
         let member = self.members.get(&player);
-        let need_member = || member.ok_or_else(|| fail(ErrorCode::NotInRoom, format!("you are not in room {id}")));
+        let need_member = || {
+            member.ok_or_else(|| fail(ErrorCode::NotInRoom, format!("you are not in room {id}")))
+        };
         let mut ev = Vec::new();
         match req {
-            Request::Rooms => return Err(fail(ErrorCode::BadRequest, "Rooms is answered by the gateway")),
+            Request::Rooms => {
+                return Err(fail(
+                    ErrorCode::BadRequest,
+                    "Rooms is answered by the gateway",
+                ))
+            }
             Request::Snapshot { .. } => return Ok(Plan::Answer(Answer::Snapshot(self.snapshot()))),
             Request::Enter { .. } => {
                 if member.is_some() {
@@ -224,7 +241,10 @@ impl RoomState {
                 if self.members.len() as u32 >= self.cfg.capacity {
                     return Err(fail(
                         ErrorCode::RoomFull,
-                        format!("room {id} holds its {} players; try another room", self.cfg.capacity),
+                        format!(
+                            "room {id} holds its {} players; try another room",
+                            self.cfg.capacity
+                        ),
                     ));
                 }
                 ev.push(RoomEvent::Entered {
@@ -240,22 +260,39 @@ impl RoomState {
             &Request::Sit { table, seat, .. } => {
                 let m = need_member()?;
                 let t = self.table(table)?;
-                let slot = t
-                    .seats
-                    .get(seat as usize)
-                    .ok_or_else(|| fail(ErrorCode::NoSuchTable, format!("table {table} has no seat {seat}")))?;
+                let slot = t.seats.get(seat as usize).ok_or_else(|| {
+                    fail(
+                        ErrorCode::NoSuchTable,
+                        format!("table {table} has no seat {seat}"),
+                    )
+                })?;
                 match slot {
                     Some(p) if *p == player => {
-                        return Ok(Plan::Answer(Answer::Done { room: id, seq: self.seq }));
+                        return Ok(Plan::Answer(Answer::Done {
+                            room: id,
+                            seq: self.seq,
+                        }));
                     }
-                    Some(_) => return Err(fail(ErrorCode::SeatTaken, format!("seat {seat} of table {table} is taken"))),
+                    Some(_) => {
+                        return Err(fail(
+                            ErrorCode::SeatTaken,
+                            format!("seat {seat} of table {table} is taken"),
+                        ))
+                    }
                     None => {}
                 }
                 if t.running().is_some() {
-                    return Err(fail(ErrorCode::SeatTaken, format!("a game is running at table {table}")));
+                    return Err(fail(
+                        ErrorCode::SeatTaken,
+                        format!("a game is running at table {table}"),
+                    ));
                 }
                 self.stand_events(player, m, &mut ev);
-                ev.push(RoomEvent::Sat { table, seat, player });
+                ev.push(RoomEvent::Sat {
+                    table,
+                    seat,
+                    player,
+                });
                 // Sitting makes the player ready; the last one ready starts the game.
                 let (mut seats, mut ready) = (t.seats.clone(), t.ready.clone());
                 if let Some((_, os)) = m.seat.filter(|s| s.0 == table) {
@@ -275,10 +312,15 @@ impl RoomState {
             }
             Request::Ready { .. } => {
                 let m = need_member()?;
-                let (table, seat) = m.seat.ok_or_else(|| fail(ErrorCode::NotSeated, "you are not seated"))?;
+                let (table, seat) = m
+                    .seat
+                    .ok_or_else(|| fail(ErrorCode::NotSeated, "you are not seated"))?;
                 let t = &self.tables[table as usize];
                 if t.running().is_some() || t.ready[seat as usize] {
-                    return Ok(Plan::Answer(Answer::Done { room: id, seq: self.seq }));
+                    return Ok(Plan::Answer(Answer::Done {
+                        room: id,
+                        seq: self.seq,
+                    }));
                 }
                 ev.push(RoomEvent::Ready { table, seat });
                 let all = t
@@ -294,15 +336,21 @@ impl RoomState {
             Request::Move { table, mv, .. } => {
                 let m = need_member()?;
                 let t = self.table(*table)?;
-                let (st, seat) = m
-                    .seat
-                    .ok_or_else(|| fail(ErrorCode::NotSeated, "you are not seated: sit down to play"))?;
+                let (st, seat) = m.seat.ok_or_else(|| {
+                    fail(ErrorCode::NotSeated, "you are not seated: sit down to play")
+                })?;
                 if st != *table {
-                    return Err(fail(ErrorCode::NotSeated, format!("you sit at table {st}, not {table}")));
+                    return Err(fail(
+                        ErrorCode::NotSeated,
+                        format!("you sit at table {st}, not {table}"),
+                    ));
                 }
-                let g = t
-                    .running()
-                    .ok_or_else(|| fail(ErrorCode::NoGame, format!("no game is running at table {table}")))?;
+                let g = t.running().ok_or_else(|| {
+                    fail(
+                        ErrorCode::NoGame,
+                        format!("no game is running at table {table}"),
+                    )
+                })?;
                 g.board().check(seat, mv)?;
                 self.move_events(*table, g, seat, mv.clone(), false, &mut ev);
             }
@@ -311,7 +359,10 @@ impl RoomState {
                 if text.len() > CHAT_TEXT_BYTES_MAX {
                     return Err(fail(
                         ErrorCode::BadRequest,
-                        format!("chat text of {} bytes is over {CHAT_TEXT_BYTES_MAX}", text.len()),
+                        format!(
+                            "chat text of {} bytes is over {CHAT_TEXT_BYTES_MAX}",
+                            text.len()
+                        ),
                     ));
                 }
                 if let Some(t) = table {
@@ -329,9 +380,15 @@ impl RoomState {
                     self.table(*t)?;
                 }
                 if m.watching == *table {
-                    return Ok(Plan::Answer(Answer::Done { room: id, seq: self.seq }));
+                    return Ok(Plan::Answer(Answer::Done {
+                        room: id,
+                        seq: self.seq,
+                    }));
                 }
-                ev.push(RoomEvent::Spectating { player, table: *table });
+                ev.push(RoomEvent::Spectating {
+                    player,
+                    table: *table,
+                });
             }
         }
         Ok(Plan::Events(ev))
@@ -350,7 +407,10 @@ impl RoomState {
         RoomEvent::Started {
             table,
             game_no: t.games_played + 1,
-            players: seats.into_iter().map(|p| p.expect("all seats taken")).collect(),
+            players: seats
+                .into_iter()
+                .map(|p| p.expect("all seats taken"))
+                .collect(),
             turn_ms: self.cfg.turn_ms,
         }
     }
@@ -372,13 +432,30 @@ impl RoomState {
                 moves: g.moves.len() as u16,
             });
         }
-        ev.push(RoomEvent::Stood { table, seat, player });
+        ev.push(RoomEvent::Stood {
+            table,
+            seat,
+            player,
+        });
     }
 
-    fn move_events(&self, table: u16, g: &TableGame, seat: u8, mv: Vec<u8>, auto: bool, ev: &mut Vec<RoomEvent>) {
+    fn move_events(
+        &self,
+        table: u16,
+        g: &TableGame,
+        seat: u8,
+        mv: Vec<u8>,
+        auto: bool,
+        ev: &mut Vec<RoomEvent>,
+    ) {
         let mut b = g.board().clone();
         let end = b.play(seat, &mv);
-        ev.push(RoomEvent::Moved { table, seat, mv, auto });
+        ev.push(RoomEvent::Moved {
+            table,
+            seat,
+            mv,
+            auto,
+        });
         if let Some(end) = end {
             let outcome = match end {
                 End::Win { seat } => Outcome::Win {
@@ -456,7 +533,10 @@ impl RoomState {
                         draws: 0,
                     },
                 );
-                assert!(prev.is_none(), "Entered for player {player} already in room");
+                assert!(
+                    prev.is_none(),
+                    "Entered for player {player} already in room"
+                );
                 // A player who comes back keeps deduplication of what was done before.
                 if let Some(i) = self.departed.iter().rposition(|d| d.0 == *player) {
                     let (_, r, s) = self.departed.remove(i).expect("index from rposition");
@@ -466,14 +546,21 @@ impl RoomState {
                 }
             }
             RoomEvent::Left { player } => {
-                let m = self.members.remove(player).expect("Left for a player not in room");
+                let m = self
+                    .members
+                    .remove(player)
+                    .expect("Left for a player not in room");
                 assert!(m.seat.is_none(), "Left while seated");
                 self.departed.push_back((*player, m.last_req, m.last_seq));
                 if self.departed.len() > DEPARTED_MAX {
                     self.departed.pop_front();
                 }
             }
-            &RoomEvent::Sat { table, seat, player } => {
+            &RoomEvent::Sat {
+                table,
+                seat,
+                player,
+            } => {
                 let t = &mut self.tables[table as usize];
                 assert!(t.seats[seat as usize].is_none(), "Sat on a taken seat");
                 t.seats[seat as usize] = Some(player);
@@ -483,13 +570,27 @@ impl RoomState {
                 m.seat = Some((table, seat));
                 m.watching = None;
             }
-            &RoomEvent::Stood { table, seat, player } => {
+            &RoomEvent::Stood {
+                table,
+                seat,
+                player,
+            } => {
                 let t = &mut self.tables[table as usize];
-                assert_eq!(t.seats[seat as usize], Some(player), "Stood from a seat not held");
-                assert!(t.running().is_none(), "Stood from a running game (Ended comes first)");
+                assert_eq!(
+                    t.seats[seat as usize],
+                    Some(player),
+                    "Stood from a seat not held"
+                );
+                assert!(
+                    t.running().is_none(),
+                    "Stood from a running game (Ended comes first)"
+                );
                 t.seats[seat as usize] = None;
                 t.ready[seat as usize] = false;
-                self.members.get_mut(&player).expect("Stood by a non-member").seat = None;
+                self.members
+                    .get_mut(&player)
+                    .expect("Stood by a non-member")
+                    .seat = None;
             }
             &RoomEvent::Ready { table, seat } => {
                 let t = &mut self.tables[table as usize];
@@ -523,14 +624,22 @@ impl RoomState {
                     deadline: Some(now + Duration::from_millis(*turn_ms as u64)),
                 });
             }
-            RoomEvent::Moved { table, seat, mv, auto } => {
+            RoomEvent::Moved {
+                table,
+                seat,
+                mv,
+                auto,
+            } => {
                 let g = self.tables[*table as usize]
                     .game
                     .as_mut()
                     .filter(|g| g.running())
                     .expect("Moved without a running game");
                 let b = g.board.as_mut().expect("boards are rebuilt on decode");
-                assert!(b.check(*seat, mv).is_ok(), "Moved breaks the rules: {mv:?} by seat {seat}");
+                assert!(
+                    b.check(*seat, mv).is_ok(),
+                    "Moved breaks the rules: {mv:?} by seat {seat}"
+                );
                 b.play(*seat, mv);
                 g.moves.push((*seat, mv.clone(), *auto));
                 g.idle[*seat as usize] = if *auto { g.idle[*seat as usize] + 1 } else { 0 };
@@ -543,14 +652,24 @@ impl RoomState {
                 moves,
             } => {
                 let t = &mut self.tables[*table as usize];
-                let g = t.game.as_mut().filter(|g| g.running()).expect("Ended without a running game");
-                assert_eq!((g.game_no, g.moves.len()), (*game_no, *moves as usize), "Ended another game");
+                let g = t
+                    .game
+                    .as_mut()
+                    .filter(|g| g.running())
+                    .expect("Ended without a running game");
+                assert_eq!(
+                    (g.game_no, g.moves.len()),
+                    (*game_no, *moves as usize),
+                    "Ended another game"
+                );
                 g.outcome = Some(*outcome);
                 g.deadline = None;
                 t.ready.iter_mut().for_each(|r| *r = false);
                 let players = g.players.clone();
                 for (i, p) in players.iter().enumerate() {
-                    let Some(m) = self.members.get_mut(p) else { continue };
+                    let Some(m) = self.members.get_mut(p) else {
+                        continue;
+                    };
                     match outcome {
                         Outcome::Draw => m.draws += 1,
                         Outcome::Win { seat, .. } if *seat as usize == i => m.wins += 1,
@@ -560,7 +679,10 @@ impl RoomState {
             }
             RoomEvent::Chat { .. } => {}
             RoomEvent::Spectating { player, table } => {
-                self.members.get_mut(player).expect("Spectating by a non-member").watching = *table;
+                self.members
+                    .get_mut(player)
+                    .expect("Spectating by a non-member")
+                    .watching = *table;
             }
         }
         self.recent.push_back((self.seq, e.clone()));
@@ -578,7 +700,13 @@ impl RoomState {
         if first > from + 1 {
             return None;
         }
-        Some(self.recent.iter().filter(|(s, _)| *s > from).cloned().collect())
+        Some(
+            self.recent
+                .iter()
+                .filter(|(s, _)| *s > from)
+                .cloned()
+                .collect(),
+        )
     }
 
     pub fn info(&self) -> crate::proto::msg::RoomInfo {

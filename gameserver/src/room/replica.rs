@@ -185,9 +185,17 @@ impl Rooms {
 
     /// The records for `events` on `room` (a checkpoint first when one is due).
     /// Nothing changes until [`Self::commit`].
-    pub fn prepare(&mut self, room: u32, events: Vec<RoomEvent>, mark: Option<(u64, u32)>) -> Writes {
+    pub fn prepare(
+        &mut self,
+        room: u32,
+        events: Vec<RoomEvent>,
+        mark: Option<(u64, u32)>,
+    ) -> Writes {
         self.finish_restore(Instant::now());
-        let st = self.rooms.get(&room).expect("prepare for a room this server holds");
+        let st = self
+            .rooms
+            .get(&room)
+            .expect("prepare for a room this server holds");
         let mut w = Vec::with_capacity(2);
         let cp = self.checkpoint.get(&room).copied().unwrap_or(0);
         if st.index - cp >= CHECKPOINT_EVERY {
@@ -214,11 +222,17 @@ impl Rooms {
     }
 
     /// Applies one hs record (the standby's path, and the master's replay).
-    pub fn apply_record(&mut self, key: &[u8], value: &[u8], now: Instant) -> Result<(), ReplicaError> {
+    pub fn apply_record(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        now: Instant,
+    ) -> Result<(), ReplicaError> {
         self.finish_restore(now);
         match Key::parse(key).ok_or_else(|| ReplicaError::BadKey(key.to_vec()))? {
             Key::Checkpoint(room) => {
-                let mut st: RoomState = decode(value).map_err(|err| ReplicaError::Decode { room, err })?;
+                let mut st: RoomState =
+                    decode(value).map_err(|err| ReplicaError::Decode { room, err })?;
                 if let Some(mine) = self.rooms.get(&room) {
                     if mine.index == st.index && encode(mine) != value {
                         self.divergences += 1;
@@ -230,7 +244,10 @@ impl Rooms {
                 if let Some(mine) = self.rooms.get(&room) {
                     for (t, m) in st.tables.iter_mut().zip(&mine.tables) {
                         if let (Some(g), Some(mg)) = (&mut t.game, &m.game) {
-                            if g.game_no == mg.game_no && g.moves.len() == mg.moves.len() && g.running() {
+                            if g.game_no == mg.game_no
+                                && g.moves.len() == mg.moves.len()
+                                && g.running()
+                            {
                                 g.deadline = mg.deadline;
                             }
                         }
@@ -241,7 +258,10 @@ impl Rooms {
             }
             Key::Delta(room, _) => {
                 let d: Delta = decode(value).map_err(|err| ReplicaError::Decode { room, err })?;
-                let st = self.rooms.get_mut(&room).ok_or(ReplicaError::NoRoom(room))?;
+                let st = self
+                    .rooms
+                    .get_mut(&room)
+                    .ok_or(ReplicaError::NoRoom(room))?;
                 st.check_next(&d)?;
                 st.apply_delta(&d, now);
             }
@@ -259,7 +279,8 @@ impl Rooms {
         let r = self.restoring.get_or_insert_with(BTreeMap::new);
         match Key::parse(key).ok_or_else(|| ReplicaError::BadKey(key.to_vec()))? {
             Key::Checkpoint(room) => {
-                let st: RoomState = decode(value).map_err(|err| ReplicaError::Decode { room, err })?;
+                let st: RoomState =
+                    decode(value).map_err(|err| ReplicaError::Decode { room, err })?;
                 r.entry(room).or_default().0 = Some(st);
             }
             Key::Delta(room, _) => {
@@ -272,11 +293,16 @@ impl Rooms {
 
     /// Folds a snapshot's keys: each room's checkpoint, then its deltas after it.
     fn finish_restore(&mut self, now: Instant) {
-        let Some(pending) = self.restoring.take() else { return };
+        let Some(pending) = self.restoring.take() else {
+            return;
+        };
         for (room, (cp, mut deltas)) in pending {
             let Some(mut st) = cp else {
                 self.errors += 1;
-                tracing::error!(room, "snapshot holds deltas but no checkpoint for room; dropping it");
+                tracing::error!(
+                    room,
+                    "snapshot holds deltas but no checkpoint for room; dropping it"
+                );
                 continue;
             };
             st.rebuild(now);

@@ -18,7 +18,10 @@ fn cfg(id: u32) -> RoomConfig {
 
 /// Plans and applies a request; panics if refused.
 fn act(st: &mut RoomState, player: u64, req: Request, now: Instant) -> Vec<RoomEvent> {
-    match st.plan(player, &format!("p{player}"), &req).unwrap_or_else(|e| panic!("{req:?}: {e}")) {
+    match st
+        .plan(player, &format!("p{player}"), &req)
+        .unwrap_or_else(|e| panic!("{req:?}: {e}"))
+    {
         Plan::Events(ev) => {
             for e in &ev {
                 st.apply(e, now);
@@ -34,9 +37,30 @@ fn seated_pair(now: Instant) -> RoomState {
     for p in [1, 2] {
         act(&mut st, p, Request::Enter { room: 1 }, now);
     }
-    act(&mut st, 1, Request::Sit { room: 1, table: 0, seat: 0 }, now);
-    let ev = act(&mut st, 2, Request::Sit { room: 1, table: 0, seat: 1 }, now);
-    assert!(matches!(ev.last(), Some(RoomEvent::Started { game_no: 1, .. })), "{ev:?}");
+    act(
+        &mut st,
+        1,
+        Request::Sit {
+            room: 1,
+            table: 0,
+            seat: 0,
+        },
+        now,
+    );
+    let ev = act(
+        &mut st,
+        2,
+        Request::Sit {
+            room: 1,
+            table: 0,
+            seat: 1,
+        },
+        now,
+    );
+    assert!(
+        matches!(ev.last(), Some(RoomEvent::Started { game_no: 1, .. })),
+        "{ev:?}"
+    );
     st
 }
 
@@ -44,7 +68,11 @@ fn seated_pair(now: Instant) -> RoomState {
 fn a_game_is_played_to_a_win_and_recorded() {
     let now = Instant::now();
     let mut st = seated_pair(now);
-    let mv = |x: u8, y: u8| Request::Move { room: 1, table: 0, mv: vec![x, y] };
+    let mv = |x: u8, y: u8| Request::Move {
+        room: 1,
+        table: 0,
+        mv: vec![x, y],
+    };
     for i in 0..4 {
         act(&mut st, 1, mv(i, 0), now);
         act(&mut st, 2, mv(i, 5), now);
@@ -55,7 +83,11 @@ fn a_game_is_played_to_a_win_and_recorded() {
         Some(&RoomEvent::Ended {
             table: 0,
             game_no: 1,
-            outcome: Outcome::Win { seat: 0, player: 1, reason: WinReason::Rule },
+            outcome: Outcome::Win {
+                seat: 0,
+                player: 1,
+                reason: WinReason::Rule
+            },
             moves: 9
         })
     );
@@ -64,7 +96,10 @@ fn a_game_is_played_to_a_win_and_recorded() {
     assert!(st.plan(1, "", &mv(7, 7)).unwrap_err().code == ErrorCode::NoGame);
     act(&mut st, 1, Request::Ready { room: 1 }, now);
     let ev = act(&mut st, 2, Request::Ready { room: 1 }, now);
-    assert!(matches!(ev.last(), Some(RoomEvent::Started { game_no: 2, .. })));
+    assert!(matches!(
+        ev.last(),
+        Some(RoomEvent::Started { game_no: 2, .. })
+    ));
 }
 
 #[test]
@@ -73,17 +108,108 @@ fn bad_requests_are_refused_and_change_nothing() {
     let mut st = seated_pair(now);
     let before = st.clone();
     let code = |st: &RoomState, p, r: Request| st.plan(p, "", &r).unwrap_err().code;
-    assert_eq!(code(&st, 2, Request::Move { room: 1, table: 0, mv: vec![1, 1] }), ErrorCode::NotYourTurn);
-    assert_eq!(code(&st, 1, Request::Move { room: 1, table: 0, mv: vec![15, 1] }), ErrorCode::IllegalMove);
-    assert_eq!(code(&st, 1, Request::Move { room: 1, table: 0, mv: vec![] }), ErrorCode::IllegalMove);
-    assert_eq!(code(&st, 1, Request::Move { room: 1, table: 3, mv: vec![1, 1] }), ErrorCode::NotSeated);
-    assert_eq!(code(&st, 9, Request::Move { room: 1, table: 0, mv: vec![1, 1] }), ErrorCode::NotInRoom);
-    assert_eq!(code(&st, 1, Request::Sit { room: 1, table: 9, seat: 0 }), ErrorCode::NoSuchTable);
-    assert_eq!(code(&st, 1, Request::Sit { room: 1, table: 0, seat: 1 }), ErrorCode::SeatTaken);
+    assert_eq!(
+        code(
+            &st,
+            2,
+            Request::Move {
+                room: 1,
+                table: 0,
+                mv: vec![1, 1]
+            }
+        ),
+        ErrorCode::NotYourTurn
+    );
+    assert_eq!(
+        code(
+            &st,
+            1,
+            Request::Move {
+                room: 1,
+                table: 0,
+                mv: vec![15, 1]
+            }
+        ),
+        ErrorCode::IllegalMove
+    );
+    assert_eq!(
+        code(
+            &st,
+            1,
+            Request::Move {
+                room: 1,
+                table: 0,
+                mv: vec![]
+            }
+        ),
+        ErrorCode::IllegalMove
+    );
+    assert_eq!(
+        code(
+            &st,
+            1,
+            Request::Move {
+                room: 1,
+                table: 3,
+                mv: vec![1, 1]
+            }
+        ),
+        ErrorCode::NotSeated
+    );
+    assert_eq!(
+        code(
+            &st,
+            9,
+            Request::Move {
+                room: 1,
+                table: 0,
+                mv: vec![1, 1]
+            }
+        ),
+        ErrorCode::NotInRoom
+    );
+    assert_eq!(
+        code(
+            &st,
+            1,
+            Request::Sit {
+                room: 1,
+                table: 9,
+                seat: 0
+            }
+        ),
+        ErrorCode::NoSuchTable
+    );
+    assert_eq!(
+        code(
+            &st,
+            1,
+            Request::Sit {
+                room: 1,
+                table: 0,
+                seat: 1
+            }
+        ),
+        ErrorCode::SeatTaken
+    );
     let long = "x".repeat(crate::proto::msg::CHAT_TEXT_BYTES_MAX + 1);
-    assert_eq!(code(&st, 1, Request::Chat { room: 1, table: None, text: long }), ErrorCode::BadRequest);
+    assert_eq!(
+        code(
+            &st,
+            1,
+            Request::Chat {
+                room: 1,
+                table: None,
+                text: long
+            }
+        ),
+        ErrorCode::BadRequest
+    );
     act(&mut st, 3, Request::Enter { room: 1 }, now);
-    assert_eq!(code(&st, 4, Request::Enter { room: 1 }), ErrorCode::RoomFull);
+    assert_eq!(
+        code(&st, 4, Request::Enter { room: 1 }),
+        ErrorCode::RoomFull
+    );
     st.apply(&RoomEvent::Left { player: 3 }, now);
     // Only the two events above changed anything.
     assert_eq!(st.seq, before.seq + 2);
@@ -97,12 +223,42 @@ fn the_turn_timer_plays_for_an_idle_player_then_forfeits_them() {
     assert!(st.expired(t0).is_empty());
     let t1 = t0 + Duration::from_millis(1001);
     let ev = st.expired(t1);
-    assert_eq!(ev, vec![RoomEvent::Moved { table: 0, seat: 0, mv: vec![7, 7], auto: true }]);
+    assert_eq!(
+        ev,
+        vec![RoomEvent::Moved {
+            table: 0,
+            seat: 0,
+            mv: vec![7, 7],
+            auto: true
+        }]
+    );
     st.apply(&ev[0], t1);
-    act(&mut st, 2, Request::Move { room: 1, table: 0, mv: vec![0, 0] }, t1);
+    act(
+        &mut st,
+        2,
+        Request::Move {
+            room: 1,
+            table: 0,
+            mv: vec![0, 0],
+        },
+        t1,
+    );
     let t2 = t1 + Duration::from_millis(1001);
     let ev = st.expired(t2);
-    assert!(matches!(ev[0], RoomEvent::Ended { outcome: Outcome::Win { seat: 1, reason: WinReason::Timeout, .. }, .. }), "{ev:?}");
+    assert!(
+        matches!(
+            ev[0],
+            RoomEvent::Ended {
+                outcome: Outcome::Win {
+                    seat: 1,
+                    reason: WinReason::Timeout,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -110,8 +266,20 @@ fn standing_up_forfeits_a_running_game() {
     let now = Instant::now();
     let mut st = seated_pair(now);
     let ev = act(&mut st, 2, Request::Leave { room: 1 }, now);
-    assert!(matches!(ev[0], RoomEvent::Ended { outcome: Outcome::Win { seat: 0, reason: WinReason::Forfeit, .. }, .. }));
-    assert!(matches!(ev[1], RoomEvent::Stood { .. }) && matches!(ev[2], RoomEvent::Left { player: 2 }));
+    assert!(matches!(
+        ev[0],
+        RoomEvent::Ended {
+            outcome: Outcome::Win {
+                seat: 0,
+                reason: WinReason::Forfeit,
+                ..
+            },
+            ..
+        }
+    ));
+    assert!(
+        matches!(ev[1], RoomEvent::Stood { .. }) && matches!(ev[2], RoomEvent::Left { player: 2 })
+    );
 }
 
 #[test]
@@ -122,7 +290,14 @@ fn events_after_fills_gaps_or_says_it_cannot() {
     assert_eq!(all.len() as u64, st.seq);
     assert_eq!(st.events_after(st.seq).unwrap(), vec![]);
     for i in 0..RECENT_EVENTS_MAX as u64 {
-        st.apply(&RoomEvent::Chat { player: 1, table: None, text: i.to_string() }, now);
+        st.apply(
+            &RoomEvent::Chat {
+                player: 1,
+                table: None,
+                text: i.to_string(),
+            },
+            now,
+        );
     }
     assert_eq!(st.events_after(0), None);
     assert_eq!(st.events_after(st.seq - 3).unwrap().len(), 3);
@@ -136,7 +311,10 @@ struct Master {
 
 impl Master {
     fn new(cfgs: &[RoomConfig]) -> Master {
-        let mut m = Master { rooms: Rooms::default(), log: Vec::new() };
+        let mut m = Master {
+            rooms: Rooms::default(),
+            log: Vec::new(),
+        };
         for (_, w) in m.rooms.create_missing(cfgs) {
             m.rooms.commit(&w, Instant::now());
             m.log.extend(w);
@@ -148,7 +326,9 @@ impl Master {
         if st.done(player, seq).is_some() {
             return false;
         }
-        let Ok(Plan::Events(ev)) = st.plan(player, "p", &req) else { return false };
+        let Ok(Plan::Events(ev)) = st.plan(player, "p", &req) else {
+            return false;
+        };
         let w = self.rooms.prepare(room, ev, Some((player, seq)));
         self.rooms.commit(&w, Instant::now());
         self.log.extend(w);
@@ -157,7 +337,10 @@ impl Master {
 }
 
 fn encoded(r: &mut Rooms) -> BTreeMap<u32, Vec<u8>> {
-    r.get().iter().map(|(k, v)| (*k, crate::proto::msg::encode(v))).collect()
+    r.get()
+        .iter()
+        .map(|(k, v)| (*k, crate::proto::msg::encode(v)))
+        .collect()
 }
 
 /// The standby, fed the master's records, holds the same rooms; so does a
@@ -174,14 +357,44 @@ fn standby_and_compacted_snapshots_equal_the_master() {
     for room in [1, 2] {
         req(&mut m, room, 1, Request::Enter { room });
         req(&mut m, room, 2, Request::Enter { room });
-        req(&mut m, room, 1, Request::Sit { room, table: 0, seat: 0 });
-        req(&mut m, room, 2, Request::Sit { room, table: 0, seat: 1 });
+        req(
+            &mut m,
+            room,
+            1,
+            Request::Sit {
+                room,
+                table: 0,
+                seat: 0,
+            },
+        );
+        req(
+            &mut m,
+            room,
+            2,
+            Request::Sit {
+                room,
+                table: 0,
+                seat: 1,
+            },
+        );
     }
     // Enough moves and chat for several checkpoints and ring laps.
     let mut checks = 0;
     for i in 0..400u32 {
         let room = 1 + i % 2;
-        let p = if m.rooms.get()[&room].tables[0].game.as_ref().unwrap().moves.len() % 2 == 0 { 1 } else { 2 };
+        let p = if m.rooms.get()[&room].tables[0]
+            .game
+            .as_ref()
+            .unwrap()
+            .moves
+            .len()
+            % 2
+            == 0
+        {
+            1
+        } else {
+            2
+        };
         let st = &m.rooms.get()[&room];
         let g = st.tables[0].game.as_ref().unwrap();
         if g.running() {
@@ -191,7 +404,16 @@ fn standby_and_compacted_snapshots_equal_the_master() {
             req(&mut m, room, 1, Request::Ready { room });
             req(&mut m, room, 2, Request::Ready { room });
         }
-        req(&mut m, room, 1, Request::Chat { room, table: Some(0), text: format!("hi {i}") });
+        req(
+            &mut m,
+            room,
+            1,
+            Request::Chat {
+                room,
+                table: Some(0),
+                text: format!("hi {i}"),
+            },
+        );
         if i % 37 == 0 {
             // Compaction at this point: the latest value of each key, in key order.
             let mut latest = BTreeMap::new();
@@ -205,13 +427,23 @@ fn standby_and_compacted_snapshots_equal_the_master() {
                 hs::Apply::restore(&mut rep, k, v);
             }
             r = std::mem::take(&mut *rep.0.lock());
-            assert_eq!(encoded(&mut r), encoded(&mut m.rooms), "restore after {i} rounds");
+            assert_eq!(
+                encoded(&mut r),
+                encoded(&mut m.rooms),
+                "restore after {i} rounds"
+            );
             assert_eq!(r.errors, 0);
             checks += 1;
         }
     }
     assert!(checks > 5);
-    assert!(m.log.iter().filter(|(k, _)| matches!(Key::parse(k), Some(Key::Checkpoint(_)))).count() > 4);
+    assert!(
+        m.log
+            .iter()
+            .filter(|(k, _)| matches!(Key::parse(k), Some(Key::Checkpoint(_))))
+            .count()
+            > 4
+    );
     let mut slave = Rooms::default();
     for (k, v) in &m.log {
         slave.apply_record(k, v, Instant::now()).unwrap();
@@ -233,9 +465,21 @@ fn a_forked_checkpoint_is_counted_and_the_masters_state_adopted() {
     // The standby's copy drifts (a bug), then the master checkpoints.
     slave.get().get_mut(&1).unwrap().members.insert(
         99,
-        Member { name: "ghost".into(), seat: None, watching: None, last_req: 0, last_seq: 0, wins: 0, losses: 0, draws: 0 },
+        Member {
+            name: "ghost".into(),
+            seat: None,
+            watching: None,
+            last_req: 0,
+            last_seq: 0,
+            wins: 0,
+            losses: 0,
+            draws: 0,
+        },
     );
-    let cp = (Key::Checkpoint(1).encode(), crate::proto::msg::encode(&m.rooms.get()[&1]));
+    let cp = (
+        Key::Checkpoint(1).encode(),
+        crate::proto::msg::encode(&m.rooms.get()[&1]),
+    );
     slave.apply_record(&cp.0, &cp.1, Instant::now()).unwrap();
     assert_eq!(slave.divergences, 1);
     assert_eq!(encoded(&mut slave), encoded(&mut m.rooms));
@@ -245,11 +489,27 @@ fn a_forked_checkpoint_is_counted_and_the_masters_state_adopted() {
 fn out_of_order_and_garbage_records_are_refused() {
     let mut m = Master::new(&[cfg(1)]);
     m.request(1, 1, 1, Request::Enter { room: 1 });
-    m.request(1, 1, 2, Request::Chat { room: 1, table: None, text: "a".into() });
+    m.request(
+        1,
+        1,
+        2,
+        Request::Chat {
+            room: 1,
+            table: None,
+            text: "a".into(),
+        },
+    );
     let mut s = Rooms::default();
-    s.apply_record(&m.log[0].0, &m.log[0].1, Instant::now()).unwrap();
-    assert!(s.apply_record(&m.log[2].0, &m.log[2].1, Instant::now()).is_err(), "a skipped delta is refused");
+    s.apply_record(&m.log[0].0, &m.log[0].1, Instant::now())
+        .unwrap();
+    assert!(
+        s.apply_record(&m.log[2].0, &m.log[2].1, Instant::now())
+            .is_err(),
+        "a skipped delta is refused"
+    );
     assert!(s.apply_record(b"zz", b"", Instant::now()).is_err());
-    assert!(s.apply_record(&m.log[1].0, b"\xff\xff", Instant::now()).is_err());
+    assert!(s
+        .apply_record(&m.log[1].0, b"\xff\xff", Instant::now())
+        .is_err());
     assert_eq!(s.get()[&1].seq, 0, "nothing applied from refused records");
 }

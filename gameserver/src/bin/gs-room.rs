@@ -1,0 +1,138 @@
+//! `gs-room`: one node of a room-server pair (see `gameserver::roomserver`).
+//!
+//! Prints `ROOMSERVER hs=ADDR link=ADDR admin=ADDR` when it listens, then
+//! `EVENT <debug>` for role changes, rollbacks and resyncs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use gameserver::game::GameKind;
+use gameserver::room::RoomConfig;
+use gameserver::roomserver::{RoomServer, RoomServerConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "A room server: many rooms of a table game, replicated to a standby through hs")]
+struct Args {
+    /// Log directory of this node's hs log (one node per directory).
+    #[arg(long)]
+    dir: PathBuf,
+    /// hs replication address of this node.
+    #[arg(long)]
+    hs_listen: SocketAddr,
+    /// hs replication address of the other node of the pair.
+    #[arg(long)]
+    hs_peer: Option<SocketAddr>,
+    /// Where gateways connect.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    link: SocketAddr,
+    /// The other node's link address (told to gateways that reach this one while it is standby).
+    #[arg(long)]
+    peer_link: Option<SocketAddr>,
+    /// Admin port (lines: ROLE, STATS, SWITCHOVER, ROOMS).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Prefer to be master when both nodes start.
+    #[arg(long)]
+    prefer_master: bool,
+    /// An hs witness (hs-witness or the balancer) for promotions on silence.
+    #[arg(long)]
+    witness: Option<SocketAddr>,
+    #[arg(long, default_value_t = 1)]
+    pair_id: u64,
+    /// Rooms served: first id and count.
+    #[arg(long, default_value_t = 1)]
+    first_room: u32,
+    #[arg(long, default_value_t = 10)]
+    rooms: u32,
+    /// Game of every room (gomoku).
+    #[arg(long, default_value = "gomoku")]
+    game: String,
+    /// Tables per room.
+    #[arg(long, default_value_t = 100)]
+    tables: u16,
+    /// Players per room at most.
+    #[arg(long, default_value_t = 400)]
+    capacity: u32,
+    /// Time per turn before the timer plays for an idle player, ms.
+    #[arg(long, default_value_t = 15_000)]
+    turn_ms: u32,
+    /// hs heartbeat period, ms, and the silent ticks that make a peer dead.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = 6)]
+    dead_ticks: u32,
+    /// hs segment size, MiB.
+    #[arg(long, default_value_t = 64)]
+    segment_mb: u64,
+    /// How long a reply waits for a standby that is not connected, ms.
+    #[arg(long, default_value_t = 1000)]
+    standby_wait_ms: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let Some(game) = GameKind::parse(&a.game) else {
+        eprintln!("gs-room: unknown game {:?}; games: gomoku", a.game);
+        return ExitCode::from(2);
+    };
+    let mut hs = hs::Config::new(&a.dir);
+    hs.listen = Some(a.hs_listen);
+    hs.peer = a.hs_peer;
+    hs.witness = a.witness;
+    hs.pair_id = a.pair_id;
+    hs.heartbeat_interval_ms = a.heartbeat_ms;
+    hs.heartbeat_dead_ticks = a.dead_ticks;
+    hs.segment_bytes = a.segment_mb << 20;
+    hs.record_bytes_max = (4 << 20).min(hs.segment_bytes as usize / 2);
+    let rooms = (a.first_room..a.first_room + a.rooms)
+        .map(|id| RoomConfig {
+            id,
+            name: format!("Room {id}"),
+            game,
+            tables: a.tables,
+            capacity: a.capacity,
+            turn_ms: a.turn_ms,
+        })
+        .collect();
+    let mut cfg = RoomServerConfig::new(hs, a.link, rooms);
+    cfg.prefer_master = a.prefer_master;
+    cfg.peer_link = a.peer_link;
+    cfg.admin_listen = a.admin;
+    cfg.standby_wait_ms = a.standby_wait_ms;
+    let rs = match RoomServer::start(cfg) {
+        Ok(rs) => rs,
+        Err(e) => {
+            eprintln!("gs-room: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let node = rs.node().clone();
+    println!(
+        "ROOMSERVER hs={} link={} admin={}",
+        node.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        rs.link_addr,
+        rs.admin_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+    let _ = std::io::stdout().flush();
+    loop {
+        if let Some(e) = node.next_event(Duration::from_millis(200)) {
+            if matches!(
+                e,
+                hs::Event::RoleChanged { .. }
+                    | hs::Event::RolledBack { .. }
+                    | hs::Event::Resynced { .. }
+            ) {
+                println!("EVENT {e:?}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The game cluster as real processes on 127.0.0.1: room-server pairs (hs),
+//! a gateway, and players over TCP and WebSocket. A room-server master is
+//! SIGKILLed or switched over mid-game; the players must not notice.
+
+use std::time::{Duration, Instant};
+
+use gameserver::client::{Client, RoomView, Target};
+use gameserver::proto::msg::{Answer, ErrorCode, Outcome, Request};
+use tools::gscluster::{Cluster, ClusterOpts};
+
+const ROOM: u32 = 1;
+const TABLE: u16 = 0;
+/// Whole steps of a test (a move, a failover) must finish within this.
+const STEP: Duration = Duration::from_secs(20);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn cluster(dir: &tempfile::TempDir) -> Cluster {
+    let mut o = ClusterOpts::new(dir.path());
+    o.pairs = 1;
+    o.rooms_per_pair = 2;
+    o.tables = 4;
+    o.turn_ms = 60_000; // no timer moves in these games
+    o.balancer = false;
+    o.echo = true;
+    Cluster::start(o).expect("cluster starts")
+}
+
+struct Player {
+    c: Client,
+    view: RoomView,
+    /// Moves this player was acknowledged: (room seq of the reply, move).
+    acked: Vec<(u64, Vec<u8>)>,
+}
+
+impl Player {
+    async fn join(cl: &Cluster, id: u64, target: Target, seat: u8) -> Player {
+        let c = Client::connect(&target, &cl.token(id, &format!("p{id}")))
+            .await
+            .expect("connect");
+        let Answer::Entered(s) = c
+            .request(Request::Enter { room: ROOM })
+            .await
+            .expect("enter")
+        else {
+            panic!("Enter answered without a snapshot")
+        };
+        let p = Player {
+            c,
+            view: RoomView::new(s),
+            acked: Vec::new(),
+        };
+        p.c.request(Request::Sit {
+            room: ROOM,
+            table: TABLE,
+            seat,
+        })
+        .await
+        .expect("sit");
+        p
+    }
+
+    /// Applies every push that arrived.
+    fn drain(&mut self) {
+        while let Some(push) = self.c.try_next_push() {
+            self.view.apply_push(&push);
+        }
+    }
+
+    /// Waits until the view has seen event `seq`.
+    async fn see(&mut self, seq: u64) {
+        let deadline = Instant::now() + STEP;
+        while self.view.seq < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.c.next_push()).await {
+                Ok(Some(p)) => {
+                    self.view.apply_push(&p);
+                }
+                _ => panic!(
+                    "player {} never saw event {seq} (at {})",
+                    self.c.player(),
+                    self.view.seq
+                ),
+            }
+        }
+    }
+
+    async fn play(&mut self, x: u8, y: u8) -> u64 {
+        let mv = vec![x, y];
+        match self
+            .c
+            .request(Request::Move {
+                room: ROOM,
+                table: TABLE,
+                mv: mv.clone(),
+            })
+            .await
+        {
+            Ok(Answer::Done { seq, .. }) => {
+                self.acked.push((seq, mv));
+                seq
+            }
+            other => panic!("move {x},{y} by {}: {other:?}", self.c.player()),
+        }
+    }
+}
+
+/// Black plays (i, 0), white (i, 5): black wins on its fifth move. `fault`
+/// runs after move `at` (0-based, counting both players' moves).
+async fn play_game(a: &mut Player, b: &mut Player, at: usize, mut fault: impl FnMut()) {
+    let mut n = 0;
+    for i in 0..5u8 {
+        let s = a.play(i, 0).await;
+        b.see(s).await;
+        if n == at {
+            fault();
+        }
+        n += 1;
+        if i == 4 {
+            break;
+        }
+        let s = b.play(i, 5).await;
+        a.see(s).await;
+        if n == at {
+            fault();
+        }
+        n += 1;
+    }
+}
+
+/// What the pair's master holds for the table's last game: its moves.
+fn server_moves(cl: &Cluster) -> Vec<Vec<u8>> {
+    let rooms = cl.rooms(0).expect("ROOMS from the master");
+    let room = rooms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room"] == ROOM)
+        .expect("room 1");
+    let t = room["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == TABLE)
+        .expect("table 0");
+    t["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::from_value(m[1].clone()).unwrap())
+        .collect()
+}
+
+fn check_outcome(p: &Player, winner: u64) {
+    let g = p
+        .view
+        .finished
+        .back()
+        .expect("the game ended in the player's view");
+    assert_eq!(
+        g.game.outcome.map(|o| match o {
+            Outcome::Win { player, .. } => player,
+            Outcome::Draw => 0,
+        }),
+        Some(winner)
+    );
+}
+
+/// Everything a player was acknowledged is in the server's move list, once,
+/// in order; the player's pushes had no gap; the connection never dropped.
+fn check_players(cl: &Cluster, a: &Player, b: &Player) {
+    let server = server_moves(cl);
+    let mut acked: Vec<(u64, Vec<u8>)> = a.acked.iter().chain(&b.acked).cloned().collect();
+    acked.sort();
+    let acked: Vec<Vec<u8>> = acked.into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        server, acked,
+        "the server's moves are exactly the acknowledged ones"
+    );
+    for p in [a, b] {
+        assert!(
+            p.c.closed().is_none(),
+            "player {} was disconnected: {:?}",
+            p.c.player(),
+            p.c.closed()
+        );
+        assert_eq!(
+            (p.view.gaps, p.view.mismatches),
+            (0, 0),
+            "player {} saw a gap or a mismatch",
+            p.c.player()
+        );
+        let seen: Vec<Vec<u8>> = p
+            .view
+            .finished
+            .back()
+            .unwrap()
+            .game
+            .moves
+            .iter()
+            .map(|(_, m, _)| m.clone())
+            .collect();
+        assert_eq!(
+            seen,
+            server,
+            "player {} saw the server's moves",
+            p.c.player()
+        );
+    }
+}
+
+#[test]
+fn two_players_play_a_game_to_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir);
+    rt().block_on(async {
+        let gw = cl.gateways[0].tcp;
+        let mut a = Player::join(&cl, 1, Target::Tcp(gw), 0).await;
+        let mut b = Player::join(&cl, 2, Target::ws(cl.gateways[0].ws.unwrap()), 1).await;
+        play_game(&mut a, &mut b, usize::MAX, || {}).await;
+        b.see(a.acked.last().unwrap().0).await;
+        a.see(a.acked.last().unwrap().0).await;
+        check_outcome(&a, 1);
+        check_outcome(&b, 1);
+        check_players(&cl, &a, &b);
+        // The result is recorded in the room.
+        let Answer::Snapshot(s) = a.c.request(Request::Snapshot { room: ROOM }).await.unwrap()
+        else {
+            panic!()
+        };
+        let m = s.members.iter().find(|m| m.player == 1).unwrap();
+        assert_eq!((m.wins, m.losses), (1, 0));
+    });
+}
+
+#[test]
+fn a_killed_master_mid_game_is_not_noticed_by_the_players() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = cluster(&dir);
+    rt().block_on(async {
+        let gw = cl.gateways[0].tcp;
+        let mut a = Player::join(&cl, 1, Target::Tcp(gw), 0).await;
+        let mut b = Player::join(&cl, 2, Target::Tcp(gw), 1).await;
+        let mut killed = None;
+        let cl_ref = &mut cl;
+        play_game(&mut a, &mut b, 3, || {
+            killed = Some(cl_ref.kill_master(0).expect("kill the master"))
+        })
+        .await;
+        let killed = killed.expect("the master was killed mid-game");
+        a.see(a.acked.last().unwrap().0).await;
+        b.see(a.acked.last().unwrap().0).await;
+        check_outcome(&a, 1);
+        check_players(&cl, &a, &b);
+        assert_ne!(cl.master(0), Some(killed), "the standby took over");
+        // The killed node comes back as the standby; a second game survives a second kill.
+        cl.restart(0, killed).expect("restart");
+        cl.wait_pair(0, STEP).expect("pair whole again");
+        a.c.request(Request::Ready { room: ROOM }).await.unwrap();
+        b.c.request(Request::Ready { room: ROOM }).await.unwrap();
+        a.acked.clear();
+        b.acked.clear();
+        let cl_ref = &mut cl;
+        play_game(&mut a, &mut b, 5, || {
+            cl_ref.kill_master(0).expect("kill the new master");
+        })
+        .await;
+        a.see(a.acked.last().unwrap().0).await;
+        b.see(a.acked.last().unwrap().0).await;
+        check_players(&cl, &a, &b);
+        assert_eq!(a.view.finished.len(), 2);
+    });
+}
+
+#[test]
+fn a_switchover_and_a_restart_of_the_old_master_kick_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = cluster(&dir);
+    rt().block_on(async {
+        let gw = cl.gateways[0].tcp;
+        let mut a = Player::join(&cl, 1, Target::Tcp(gw), 0).await;
+        let mut b = Player::join(&cl, 2, Target::Tcp(gw), 1).await;
+        let mut old = None;
+        let cl_ref = &cl;
+        play_game(&mut a, &mut b, 2, || {
+            old = Some(cl_ref.switchover(0).expect("switchover"))
+        })
+        .await;
+        let old = old.unwrap();
+        a.see(a.acked.last().unwrap().0).await;
+        b.see(a.acked.last().unwrap().0).await;
+        check_players(&cl, &a, &b);
+        let new = cl.master(0).expect("a master after the switchover");
+        assert_ne!(new, old);
+        // The old master, now the standby, is restarted (an upgrade): nobody notices.
+        let mut p = cl.pairs[0].nodes[old].proc.take().unwrap();
+        p.kill9();
+        let _ = p.wait_exit(STEP);
+        cl.restart(0, old).unwrap();
+        cl.wait_pair(0, STEP).unwrap();
+        a.drain();
+        b.drain();
+        let Answer::Done { .. } =
+            a.c.request(Request::Chat {
+                room: ROOM,
+                table: None,
+                text: "still here".into(),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(a.c.closed().is_none() && b.c.closed().is_none());
+    });
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir);
+    rt().block_on(async {
+        let gw = Target::Tcp(cl.gateways[0].tcp);
+        let mut a = Player::join(&cl, 1, gw.clone(), 0).await;
+        let mut b = Player::join(&cl, 2, gw.clone(), 1).await;
+        let code = |r: Result<Answer, gameserver::client::ClientError>| match r {
+            Err(gameserver::client::ClientError::Fail(f)) => f.code,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let Answer::Snapshot(s0) = a.c.request(Request::Snapshot { room: ROOM }).await.unwrap()
+        else {
+            panic!("Snapshot answered without one")
+        };
+        let before = s0.seq;
+        assert_eq!(
+            code(
+                b.c.request(Request::Move {
+                    room: ROOM,
+                    table: TABLE,
+                    mv: vec![7, 7]
+                })
+                .await
+            ),
+            ErrorCode::NotYourTurn
+        );
+        assert_eq!(
+            code(
+                a.c.request(Request::Move {
+                    room: ROOM,
+                    table: TABLE,
+                    mv: vec![20, 7]
+                })
+                .await
+            ),
+            ErrorCode::IllegalMove
+        );
+        assert_eq!(
+            code(a.c.request(Request::Enter { room: 999 }).await),
+            ErrorCode::UnknownRoom
+        );
+        assert_eq!(
+            code(
+                a.c.request(Request::Sit {
+                    room: ROOM,
+                    table: 99,
+                    seat: 0
+                })
+                .await
+            ),
+            ErrorCode::NoSuchTable
+        );
+        a.play(7, 7).await;
+        assert_eq!(
+            code(
+                b.c.request(Request::Move {
+                    room: ROOM,
+                    table: TABLE,
+                    mv: vec![7, 7]
+                })
+                .await
+            ),
+            ErrorCode::IllegalMove
+        );
+        // Only the one good move happened.
+        b.see(before + 1).await;
+        b.drain();
+        assert_eq!(b.view.seq, before + 1);
+        assert!(matches!(b.view.game(TABLE).map(|g| g.moves.len()), Some(1)));
+        // A forged token is refused with a clear reason.
+        let forged = cl.token(3, "x").replace('a', "b");
+        match Client::connect(&gw, &forged).await {
+            Err(e) => assert!(e.to_string().contains("token"), "{e}"),
+            Ok(_) => panic!("a forged token was accepted"),
+        }
+    });
+}

@@ -1,0 +1,497 @@
+//! A whole local game cluster on 127.0.0.1: a balancer and the guest login
+//! (in this process), gateways and room-server pairs (child processes, so
+//! they can be SIGKILLed and restarted by their pid).
+//!
+//! Used by `gs-cluster` (README's main job), `gs-drill`, `gs-bench` and the
+//! whole-system tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::proc::Proc;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    /// Where the room servers keep their hs logs.
+    pub dir: PathBuf,
+    pub pairs: usize,
+    pub rooms_per_pair: u32,
+    pub tables: u16,
+    pub capacity: u32,
+    pub turn_ms: u32,
+    pub gateways: usize,
+    pub zone: u32,
+    /// Token secret shared by the login and the gateways.
+    pub secret: String,
+    pub hs_heartbeat_ms: u64,
+    pub hs_dead_ticks: u32,
+    pub segment_mb: u64,
+    /// Gateway heartbeat (client pings), ms.
+    pub gateway_heartbeat_ms: u64,
+    /// Start the balancer (gateways report to it; the login picks from it).
+    pub balancer: bool,
+    /// Copy the children's stdout to stderr.
+    pub echo: bool,
+    /// Extra flags for every gateway.
+    pub gateway_args: Vec<String>,
+}
+
+impl ClusterOpts {
+    pub fn new(dir: impl Into<PathBuf>) -> ClusterOpts {
+        ClusterOpts {
+            dir: dir.into(),
+            pairs: 2,
+            rooms_per_pair: 5,
+            tables: 50,
+            capacity: 400,
+            turn_ms: 15_000,
+            gateways: 1,
+            zone: 1,
+            secret: "local-cluster-secret".into(),
+            hs_heartbeat_ms: 50,
+            hs_dead_ticks: 6,
+            segment_mb: 16,
+            gateway_heartbeat_ms: 1000,
+            balancer: true,
+            echo: false,
+            gateway_args: Vec::new(),
+        }
+    }
+}
+
+/// One room-server process slot.
+pub struct RoomNode {
+    pub name: String,
+    pub proc: Option<Proc>,
+    pub hs: SocketAddr,
+    pub link: SocketAddr,
+    pub admin: SocketAddr,
+    args: Vec<String>,
+}
+
+pub struct Pair {
+    pub first_room: u32,
+    pub rooms: u32,
+    pub nodes: [RoomNode; 2],
+}
+
+impl Pair {
+    pub fn room_ids(&self) -> std::ops::Range<u32> {
+        self.first_room..self.first_room + self.rooms
+    }
+}
+
+pub struct GatewayProc {
+    pub proc: Proc,
+    pub tcp: SocketAddr,
+    pub ws: Option<SocketAddr>,
+}
+
+pub struct Cluster {
+    pub opts: ClusterOpts,
+    pub pairs: Vec<Pair>,
+    pub gateways: Vec<GatewayProc>,
+    pub balancer_addr: Option<SocketAddr>,
+    pub login_addr: SocketAddr,
+    bin_dir: PathBuf,
+    rt: tokio::runtime::Runtime,
+    balancer: Option<balancer::server::ServerHandle>,
+    login_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A free port on 127.0.0.1 (bound and released: the room servers of a pair
+/// must know each other's addresses before either starts).
+pub fn free_port() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+/// Where the workspace's binaries are: beside this executable, or one level up
+/// (test executables live in `target/<profile>/deps`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join("gs-room").exists() {
+        return dir;
+    }
+    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+}
+
+/// One admin command to a room server; its one-line answer.
+pub fn admin(addr: SocketAddr, cmd: &str) -> Result<String, String> {
+    let c = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("admin {addr}: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut w = c.try_clone().map_err(|e| e.to_string())?;
+    w.write_all(format!("{cmd}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(c)
+        .read_line(&mut line)
+        .map_err(|e| format!("admin {addr} {cmd}: {e}"))?;
+    Ok(line.trim().to_string())
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+impl Cluster {
+    pub fn start(opts: ClusterOpts) -> Result<Cluster, String> {
+        let bin = bin_dir();
+        for b in ["gs-room", "gs-gateway"] {
+            if !bin.join(b).exists() {
+                return Err(format!(
+                    "{} not found: build it first (cargo build --release -p gameserver)",
+                    bin.join(b).display()
+                ));
+            }
+        }
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| format!("create {}: {e}", opts.dir.display()))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let balancer = if opts.balancer {
+            let cfg = balancer::config::Config {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                zones: vec![balancer::config::ZoneConfig {
+                    id: opts.zone,
+                    name: "local".into(),
+                    version: "gs".into(),
+                    process_online_max: 20_000,
+                    spawn: None,
+                }],
+                ..balancer::config::Config::default()
+            };
+            Some(
+                rt.block_on(balancer::server::start(
+                    cfg,
+                    std::sync::Arc::new(balancer::server::NoSink),
+                ))
+                .map_err(|e| format!("balancer: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let balancer_addr = balancer.as_ref().map(|b| b.addr());
+        let mut c = Cluster {
+            opts: opts.clone(),
+            pairs: Vec::new(),
+            gateways: Vec::new(),
+            balancer_addr,
+            login_addr: "127.0.0.1:0".parse().expect("addr"),
+            bin_dir: bin,
+            rt,
+            balancer,
+            login_stop: None,
+        };
+        for p in 0..opts.pairs {
+            c.start_pair(p)?;
+        }
+        for p in 0..opts.pairs {
+            c.wait_pair(p, Duration::from_secs(30))?;
+        }
+        for g in 0..opts.gateways {
+            c.start_gateway(g)?;
+        }
+        c.start_login()?;
+        Ok(c)
+    }
+
+    fn start_pair(&mut self, p: usize) -> Result<(), String> {
+        let o = &self.opts;
+        let first_room = 1 + p as u32 * o.rooms_per_pair;
+        let hs = [free_port()?, free_port()?];
+        let link = [free_port()?, free_port()?];
+        let mk = |i: usize| -> RoomNode {
+            let dir = o.dir.join(format!("pair{p}-node{i}"));
+            let mut args: Vec<String> = vec![
+                "--dir".into(),
+                dir.display().to_string(),
+                "--hs-listen".into(),
+                hs[i].to_string(),
+                "--hs-peer".into(),
+                hs[1 - i].to_string(),
+                "--link".into(),
+                link[i].to_string(),
+                "--peer-link".into(),
+                link[1 - i].to_string(),
+                "--admin".into(),
+                "127.0.0.1:0".into(),
+                "--pair-id".into(),
+                (p + 1).to_string(),
+                "--first-room".into(),
+                first_room.to_string(),
+                "--rooms".into(),
+                o.rooms_per_pair.to_string(),
+                "--tables".into(),
+                o.tables.to_string(),
+                "--capacity".into(),
+                o.capacity.to_string(),
+                "--turn-ms".into(),
+                o.turn_ms.to_string(),
+                "--heartbeat-ms".into(),
+                o.hs_heartbeat_ms.to_string(),
+                "--dead-ticks".into(),
+                o.hs_dead_ticks.to_string(),
+                "--segment-mb".into(),
+                o.segment_mb.to_string(),
+            ];
+            if i == 0 {
+                args.push("--prefer-master".into());
+            }
+            RoomNode {
+                name: format!("room{p}.{i}"),
+                proc: None,
+                hs: hs[i],
+                link: link[i],
+                admin: "127.0.0.1:0".parse().expect("addr"),
+                args,
+            }
+        };
+        self.pairs.push(Pair {
+            first_room,
+            rooms: o.rooms_per_pair,
+            nodes: [mk(0), mk(1)],
+        });
+        for i in 0..2 {
+            self.spawn_node(p, i)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_node(&mut self, p: usize, i: usize) -> Result<(), String> {
+        let exe = self.bin_dir.join("gs-room");
+        let echo = self.opts.echo;
+        let n = &mut self.pairs[p].nodes[i];
+        let mut proc = Proc::spawn(&n.name, &exe, &n.args, Stdio::inherit(), echo)?;
+        let line = proc.wait_line("ROOMSERVER", Duration::from_secs(20))?;
+        n.admin = field(&line, "admin=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("{}: no admin address in {line:?}", n.name))?;
+        n.proc = Some(proc);
+        Ok(())
+    }
+
+    fn start_gateway(&mut self, g: usize) -> Result<(), String> {
+        let o = &self.opts;
+        let mut args: Vec<String> = vec![
+            "--tcp".into(),
+            "127.0.0.1:0".into(),
+            "--ws".into(),
+            "127.0.0.1:0".into(),
+            "--secret".into(),
+            o.secret.clone(),
+            "--zone".into(),
+            o.zone.to_string(),
+            "--heartbeat-ms".into(),
+            o.gateway_heartbeat_ms.to_string(),
+        ];
+        for p in &self.pairs {
+            args.push("--pair".into());
+            args.push(format!(
+                "{}-{}@{},{}",
+                p.first_room,
+                p.first_room + p.rooms - 1,
+                p.nodes[0].link,
+                p.nodes[1].link
+            ));
+        }
+        if let Some(b) = self.balancer_addr {
+            args.extend(["--balancer".into(), b.to_string()]);
+        }
+        args.extend(o.gateway_args.iter().cloned());
+        let exe = self.bin_dir.join("gs-gateway");
+        let mut proc = Proc::spawn(
+            &format!("gateway{g}"),
+            &exe,
+            &args,
+            Stdio::inherit(),
+            o.echo,
+        )?;
+        let line = proc.wait_line("gateway listening", Duration::from_secs(20))?;
+        let tcp = field(&line, "tcp=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("gateway: no tcp address in {line:?}"))?;
+        let ws = field(&line, "ws=").and_then(|a| a.parse().ok());
+        self.gateways.push(GatewayProc { proc, tcp, ws });
+        Ok(())
+    }
+
+    fn start_login(&mut self) -> Result<(), String> {
+        let cfg = gameserver::login::LoginConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            secret: self.opts.secret.as_bytes().to_vec(),
+            zone: self.opts.zone,
+            token_ttl_ms: 24 * 3600 * 1000,
+            gateways: self
+                .gateways
+                .iter()
+                .map(|g| gameserver::login::GatewayAddr {
+                    tcp: g.tcp,
+                    ws: g.ws,
+                })
+                .collect(),
+            balancer: self.balancer_addr.into_iter().collect(),
+            rate_per_s: 10_000,
+        };
+        let l = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind(cfg.listen))
+            .map_err(|e| format!("login: {e}"))?;
+        self.login_addr = l.local_addr().map_err(|e| e.to_string())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.rt.spawn(gameserver::login::serve(cfg, l, async {
+            let _ = rx.await;
+        }));
+        self.login_stop = Some(tx);
+        Ok(())
+    }
+
+    /// A token for a player, signed with the cluster's secret.
+    pub fn token(&self, player: u64, name: &str) -> String {
+        gameserver::token::mint(
+            self.opts.secret.as_bytes(),
+            &gameserver::token::Claims {
+                player,
+                zone: self.opts.zone,
+                expires_ms: gameserver::token::now_ms() + 24 * 3600 * 1000,
+                name: name.to_string(),
+                kind: 0,
+            },
+        )
+    }
+
+    /// `ROLE` of each live node of a pair: (node index, answer).
+    pub fn roles(&self, p: usize) -> Vec<(usize, String)> {
+        (0..2)
+            .filter(|&i| self.pairs[p].nodes[i].proc.is_some())
+            .filter_map(|i| {
+                admin(self.pairs[p].nodes[i].admin, "ROLE")
+                    .ok()
+                    .map(|r| (i, r))
+            })
+            .collect()
+    }
+
+    /// The node that is a writable master, if exactly one is.
+    pub fn master(&self, p: usize) -> Option<usize> {
+        let m: Vec<usize> = self
+            .roles(p)
+            .into_iter()
+            .filter(|(_, r)| r.starts_with("ROLE master") && r.ends_with(" 1"))
+            .map(|(i, _)| i)
+            .collect();
+        (m.len() == 1).then(|| m[0])
+    }
+
+    /// Waits until the pair has a master and a connected standby.
+    pub fn wait_pair(&self, p: usize, timeout: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.master(p) {
+                let st = admin(self.pairs[p].nodes[m].admin, "STATS").unwrap_or_default();
+                if st.contains("\"slave_connected\":true") {
+                    return Ok(m);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "pair {p}: no master with a connected standby after {timeout:?}: {:?}",
+                    self.roles(p)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the pair's master; returns its index.
+    pub fn kill_master(&mut self, p: usize) -> Result<usize, String> {
+        let m = self
+            .master(p)
+            .ok_or_else(|| format!("pair {p} has no single master: {:?}", self.roles(p)))?;
+        let mut proc = self.pairs[p].nodes[m]
+            .proc
+            .take()
+            .expect("a master is running");
+        proc.kill9();
+        let _ = proc.wait_exit(Duration::from_secs(10));
+        Ok(m)
+    }
+
+    /// Starts a stopped node again (same directory and addresses).
+    pub fn restart(&mut self, p: usize, i: usize) -> Result<(), String> {
+        if self.pairs[p].nodes[i].proc.is_some() {
+            return Err(format!("pair {p} node {i} is running"));
+        }
+        self.spawn_node(p, i)
+    }
+
+    /// Planned switchover of a pair: the master hands over to its standby.
+    pub fn switchover(&self, p: usize) -> Result<usize, String> {
+        let m = self
+            .master(p)
+            .ok_or_else(|| format!("pair {p} has no single master"))?;
+        let r = admin(self.pairs[p].nodes[m].admin, "SWITCHOVER")?;
+        if r != "OK" {
+            return Err(format!("pair {p} switchover: {r}"));
+        }
+        Ok(m)
+    }
+
+    /// The master's `STATS` JSON of a pair.
+    pub fn stats(&self, p: usize) -> Result<serde_json::Value, String> {
+        let m = self
+            .master(p)
+            .ok_or_else(|| format!("pair {p} has no single master"))?;
+        let s = admin(self.pairs[p].nodes[m].admin, "STATS")?;
+        serde_json::from_str(&s).map_err(|e| format!("STATS: {e}: {s}"))
+    }
+
+    /// Every room of a pair as its master holds it (JSON, see `roomserver::snapshot_json`).
+    pub fn rooms(&self, p: usize) -> Result<serde_json::Value, String> {
+        let m = self
+            .master(p)
+            .ok_or_else(|| format!("pair {p} has no single master"))?;
+        let s = admin(self.pairs[p].nodes[m].admin, "ROOMS")?;
+        serde_json::from_str(&s).map_err(|e| format!("ROOMS: {e}"))
+    }
+
+    /// Pids of every child process (gateways, room servers).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self
+            .pairs
+            .iter()
+            .flat_map(|p| p.nodes.iter())
+            .filter_map(|n| n.proc.as_ref().map(|pr| (n.name.clone(), pr.pid())))
+            .collect();
+        v.extend(
+            self.gateways
+                .iter()
+                .map(|g| (g.proc.name.clone(), g.proc.pid())),
+        );
+        v
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(tx) = self.login_stop.take() {
+            let _ = tx.send(());
+        }
+        // Children are killed by their Proc's Drop (by pid: only what we started).
+        self.gateways.clear();
+        self.pairs.clear();
+        if let Some(b) = self.balancer.take() {
+            self.rt.block_on(b.shutdown());
+        }
+    }
+}
