@@ -444,3 +444,38 @@ fn a_second_node_on_the_same_directory_is_refused() {
     let b = Node::start(c, Role::Master, Count::default()).unwrap();
     assert_eq!(b.recovery().records, 2);
 }
+
+/// A master's Welcome that claims a snapshot larger than this node accepts is
+/// refused at once, before a byte of it is buffered (a resync's buffer holds
+/// the whole snapshot until it decodes).
+#[test]
+fn a_resync_claiming_more_than_snapshot_bytes_max_is_refused_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.peer = Some(l.local_addr().unwrap());
+    cfg.segment_bytes = SEG;
+    cfg.record_bytes_max = 4096;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 20;
+    let node = Node::start(cfg, Role::Slave, Count::default()).unwrap();
+    let (mut s, _hello) = accept_hello(&l);
+    let t0 = Instant::now();
+    send(
+        &mut s,
+        &Frame::Welcome {
+            history: HISTORY,
+            epoch: 1,
+            segment_bytes: SEG,
+            action: Action::Resync,
+            start: 0,
+            snapshot_bytes: 1 << 50,
+            node: 77,
+        },
+    );
+    let why = wait_rejection(&node);
+    assert!(why.contains("snapshot_bytes_max"), "{why}");
+    // Refused on the claim, not after waiting for bytes that never come.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(closed_by_peer(&mut s));
+}

@@ -416,10 +416,18 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
             // The snapshot at our first position, then the log from there. Pin it so
             // retention keeps what follows while the snapshot travels.
             log.pin(log.first());
-            let snap = log
-                .load_snapshot()
-                .map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
-            let bytes = snap.encode();
+            // Reading and encoding a large state takes a while: off the hs-io thread,
+            // so heartbeats, acks and lease renewals of the runtime go on meanwhile.
+            let log2 = log.clone();
+            let (snap, bytes) = tokio::task::spawn_blocking(move || {
+                log2.load_snapshot().map(|snap| {
+                    let bytes = snap.encode();
+                    (snap, bytes)
+                })
+            })
+            .await
+            .map_err(|e| NetError::Protocol(format!("building the snapshot: {e}")))?
+            .map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
             write_first(
                 &mut wr,
                 &hs,

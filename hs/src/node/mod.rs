@@ -164,6 +164,10 @@ pub struct Config {
     /// before anything it says is used. None (the default): anyone who can reach
     /// the ports is trusted — keep them on a network you control.
     pub secret: Option<Secret>,
+    /// Largest snapshot this node accepts in a resync, in bytes: a slave holds the
+    /// whole snapshot in memory until it decodes, so this bounds that memory. A
+    /// Welcome claiming more is refused at once. Raise it if the state is larger.
+    pub snapshot_bytes_max: u64,
 }
 
 impl Config {
@@ -191,6 +195,7 @@ impl Config {
             reconnect_backoff_max_ms: 1000,
             publish_timeout_ms: 100,
             secret: None,
+            snapshot_bytes_max: 4 << 30,
         }
     }
 

@@ -543,6 +543,13 @@ async fn follow(
             });
         }
         Action::Resync => {
+            if snapshot_bytes > s.cfg.snapshot_bytes_max {
+                return Err(proto_err(format!(
+                    "the master's snapshot is {snapshot_bytes} bytes, over snapshot_bytes_max ({} bytes): raise it on this node if the state really is that large",
+                    s.cfg.snapshot_bytes_max
+                ))
+                .into());
+            }
             let mut buf: Vec<u8> = Vec::new();
             while (buf.len() as u64) < snapshot_bytes {
                 match tokio::time::timeout(
