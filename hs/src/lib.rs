@@ -13,6 +13,8 @@
 //! the driver (threads, sockets, timers, the public API).
 
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod log;
 pub mod node;
 pub mod proto;
