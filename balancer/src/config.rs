@@ -266,6 +266,10 @@ pub struct Config {
     /// (slowloris) clients, and also closes keep-alive connections idle
     /// this long (clients reconnect by themselves).
     pub request_head_timeout_ms: u64,
+    /// Time a client has to send a request's whole body once its head
+    /// arrived (a push is about 200 bytes); then the request fails and the
+    /// connection is closed. Bounds slow-body clients.
+    pub request_body_timeout_ms: u64,
     /// Time between probe rounds. Dead detection takes at most this plus
     /// `probe_timeout_ms`; each round connects to every live process.
     pub probe_interval_ms: u64,
@@ -342,6 +346,7 @@ impl Default for Config {
             pick_sources_max: 65_536,
             connections_max: 16_384,
             request_head_timeout_ms: 10_000,
+            request_body_timeout_ms: 10_000,
             probe_interval_ms: 500,
             probe_timeout_ms: 400,
             probe_concurrency_max: 256,
@@ -421,6 +426,7 @@ impl Config {
             ("pick_sources_max", self.pick_sources_max as u64),
             ("connections_max", self.connections_max as u64),
             ("request_head_timeout_ms", self.request_head_timeout_ms),
+            ("request_body_timeout_ms", self.request_body_timeout_ms),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be above 0"));

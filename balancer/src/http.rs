@@ -221,20 +221,79 @@ impl tokio::io::AsyncWrite for Counted {
 
 type AxumService = hyper_util::service::TowerToHyperService<Router>;
 type Incoming = hyper::Request<hyper::body::Incoming>;
+type Timed = hyper::Request<DeadlineBody>;
+
+/// A request body that must arrive whole by a deadline
+/// (`request_body_timeout_ms` after its head): a client trickling its body
+/// gets an error instead of holding the connection. The timer is set only
+/// if the body is not all there at the first read (the usual case is).
+pub(crate) struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: tokio::time::Instant,
+    timeout_ms: u64,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(format!(
+                "request body not received within {} ms (request_body_timeout_ms)",
+                this.timeout_ms
+            )
+            .into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The router, with the connection's peer address put into every request
-/// (as axum's `ConnectInfo`): picks are rate-limited per source address.
+/// (as axum's `ConnectInfo`: picks are rate-limited per source address)
+/// and its body under a deadline.
 struct WithPeer {
     inner: AxumService,
     peer: SocketAddr,
+    body_timeout_ms: u64,
 }
 
 impl hyper::service::Service<Incoming> for WithPeer {
-    type Response = <AxumService as hyper::service::Service<Incoming>>::Response;
-    type Error = <AxumService as hyper::service::Service<Incoming>>::Error;
-    type Future = <AxumService as hyper::service::Service<Incoming>>::Future;
+    type Response = <AxumService as hyper::service::Service<Timed>>::Response;
+    type Error = <AxumService as hyper::service::Service<Timed>>::Error;
+    type Future = <AxumService as hyper::service::Service<Timed>>::Future;
 
-    fn call(&self, mut req: Incoming) -> Self::Future {
+    fn call(&self, req: Incoming) -> Self::Future {
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(self.body_timeout_ms);
+        let mut req = req.map(|inner| DeadlineBody {
+            inner,
+            deadline,
+            timeout_ms: self.body_timeout_ms,
+            sleep: None,
+        });
         req.extensions_mut().insert(ConnectInfo(self.peer));
         self.inner.call(req)
     }
@@ -334,6 +393,7 @@ pub async fn serve(
         let service = WithPeer {
             inner: hyper_util::service::TowerToHyperService::new(app.clone()),
             peer,
+            body_timeout_ms: balancer.config().request_body_timeout_ms,
         };
         let io = Counted {
             socket,

@@ -79,6 +79,45 @@ async fn a_slow_request_head_is_cut_off_at_the_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_body_is_cut_off_at_the_timeout() {
+    let mut cfg = config(zone(10, None));
+    cfg.request_body_timeout_ms = 300;
+    let b = balancer(cfg).await;
+    let mut s = TcpStream::connect(b.addr()).await.unwrap();
+    s.write_all(b"POST /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..100 {
+        // One body byte every 50 ms: at most 5 s, far past the 300 ms timeout.
+        if s.write_all(b" ").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    let took = started.elapsed();
+    assert!(closed, "a slow body held its connection for {took:?}");
+    assert!(
+        took < Duration::from_millis(2_000),
+        "closed only after {took:?} (timeout 300 ms)"
+    );
+    let mut c = client(&b);
+    assert_eq!(
+        c.request("GET", "/healthz", None).await.unwrap().status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_get_503_and_are_closed() {
     let mut cfg = config(zone(10, None));
     cfg.connections_max = 2;
