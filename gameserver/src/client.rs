@@ -937,6 +937,7 @@ impl RoomView {
         self.events += 1;
         if !self.apply_event(e) {
             self.mismatches += 1;
+            tracing::debug!(room = self.room, seq, event = ?e, "an event that does not fit the room's view");
         }
         if missed > 0 {
             self.gaps += 1;

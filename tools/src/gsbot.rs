@@ -41,6 +41,8 @@ const IDLE_WAKE: Duration = Duration::from_millis(100);
 /// With `--games` and no `--seconds`, the run stops after this long anyway
 /// (a table whose partner never came would wait for ever).
 pub const GAMES_SECONDS_MAX: f64 = 600.0;
+/// Pushes a bot keeps while its Enter is unanswered (the rest would be a gap).
+const EARLY_PUSHES_MAX: usize = 4096;
 /// Times a bot tries to enter its room before it gives up and only holds its session.
 const ENTER_ATTEMPTS_MAX: u32 = 5;
 /// Wait before re-sending a request the room did not answer.
@@ -76,6 +78,8 @@ pub struct BotConfig {
     /// `first_room + p % rooms`, at table `p / rooms`.
     pub first_room: u32,
     pub rooms: u32,
+    /// Tables from this one (a room of an earlier run may still seat its players).
+    pub first_table: u16,
     /// Think time before each move.
     pub move_ms: u64,
     /// A chat to the room every this many ms (0: never).
@@ -108,6 +112,7 @@ impl BotConfig {
             bots: 2,
             first_room: 1,
             rooms: 1,
+            first_table: 0,
             move_ms: 200,
             chat_ms: 0,
             seconds: None,
@@ -232,7 +237,7 @@ pub fn placement(cfg: &BotConfig, i: usize) -> (u32, u16, u8) {
     let rooms = cfg.rooms.max(1) as usize;
     (
         cfg.first_room + (pair % rooms) as u32,
-        (pair / rooms) as u16,
+        cfg.first_table + (pair / rooms) as u16,
         (i % 2) as u8,
     )
 }
@@ -283,6 +288,32 @@ pub fn pick_move(moves: &[(u8, Vec<u8>, bool)], rng: &mut impl Rng) -> Option<Ve
         near[rng.gen_range(0..near.len())]
     };
     Some(vec![pick.0 as u8, pick.1 as u8])
+}
+
+/// Whether the last move made five in a row: its game is over and the
+/// `Ended` event is on its way (a move sent now would be refused with NoGame).
+pub fn last_move_won(moves: &[(u8, Vec<u8>, bool)]) -> bool {
+    let Some((seat, last, _)) = moves.last() else {
+        return false;
+    };
+    let &[x, y] = &last[..] else { return false };
+    let mine: HashSet<(i32, i32)> = moves
+        .iter()
+        .filter(|(s, _, _)| s == seat)
+        .filter_map(|(_, m, _)| match m[..] {
+            [x, y] => Some((x as i32, y as i32)),
+            _ => None,
+        })
+        .collect();
+    let (x, y) = (x as i32, y as i32);
+    [(1, 0), (0, 1), (1, 1), (1, -1)].iter().any(|&(dx, dy)| {
+        let run = |sx: i32, sy: i32| {
+            (1..5)
+                .take_while(|k| mine.contains(&(x + sx * k, y + sy * k)))
+                .count()
+        };
+        1 + run(dx, dy) + run(-dx, -dy) >= 5
+    })
 }
 
 /// A guest token from the login endpoint: (player, token, tcp gateway, ws url).
@@ -373,7 +404,8 @@ fn retryable(e: &ClientError) -> bool {
 fn error_key(e: &ClientError) -> String {
     match e {
         ClientError::Fail(f) => format!("{:?}", f.code),
-        ClientError::Closed { .. } => "Closed".into(),
+        ClientError::Closed { code: Some(c), .. } => format!("{c:?}"),
+        ClientError::Closed { code: None, .. } => "Closed".into(),
         ClientError::Timeout(_) => "Timeout".into(),
         ClientError::Connect { .. } => "Connect".into(),
     }
@@ -436,7 +468,7 @@ pub async fn run_bots_until(cfg: BotConfig, mut stop: watch::Receiver<bool>) -> 
     if run.cfg.bots > 0 {
         tokio::select! {
             _ = until_deadline => {}
-            _ = run.all_done.notified() => {}
+            _ = run.all_done.notified(), if run.cfg.games.is_some() => {}
             _ = stopped => {}
         }
     }
@@ -478,7 +510,7 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
         let _permit = run.connect.acquire().await.ok()?;
         tokio::select! {
             c = connect(cfg, i) => c,
-            _ = halt.wait_for(|h| *h) => Err("stopped before connecting".into()),
+            _ = halt.wait_for(|h| *h) => Err(ClientError::Connect { target: "-".into(), message: "stopped before connecting".into() }),
         }
     };
     let client = match connected {
@@ -487,7 +519,7 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
             tracing::debug!(bot = i, error = %e, "bot could not connect");
             let mut t = run.totals.lock().expect("totals");
             t.report.connect_failed += 1;
-            *t.report.errors.entry("Connect".into()).or_default() += 1;
+            *t.report.errors.entry(error_key(&e)).or_default() += 1;
             drop(t);
             run.finish();
             return None;
@@ -512,6 +544,7 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
         move_at: None,
         want_snapshot: false,
         sat: false,
+        early: Vec::new(),
         enter_at: None,
         enter_attempts: 1,
         stuck: false,
@@ -535,7 +568,14 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
             .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
         tokio::select! {
             p = client.next_push() => match p {
-                Some(p) => b.on_push(&run, &p),
+                Some(p) => {
+                    b.on_push(&run, &p);
+                    // Decide on everything already here (a Moved is often
+                    // followed by the Ended of the same move).
+                    while let Some(p) = client.try_next_push() {
+                        b.on_push(&run, &p);
+                    }
+                }
                 None => continue, // closed: seen at the top
             },
             r = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
@@ -591,7 +631,11 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
     })
 }
 
-async fn connect(cfg: &BotConfig, i: usize) -> Result<Client, String> {
+async fn connect(cfg: &BotConfig, i: usize) -> Result<Client, ClientError> {
+    let failed = |message: String| ClientError::Connect {
+        target: "login".into(),
+        message,
+    };
     let (token, login_gw) = match &cfg.tokens {
         TokenSource::Secret {
             secret,
@@ -609,13 +653,13 @@ async fn connect(cfg: &BotConfig, i: usize) -> Result<Client, String> {
             (gameserver::token::mint(secret, &claims), None)
         }
         TokenSource::Login { url } => {
-            let (_, token, tcp, ws) = guest_login(url, &format!("bot{i}")).await?;
+            let (_, token, tcp, ws) = guest_login(url, &format!("bot{i}")).await.map_err(failed)?;
             (token, if cfg.ws { ws } else { tcp })
         }
     };
     let bind = cfg.spread_sources.then(|| source_addr(i));
     let target = if cfg.gateways.is_empty() {
-        let gw = login_gw.ok_or("no --gateway and the login named none")?;
+        let gw = login_gw.ok_or_else(|| failed("no --gateway and the login named none".into()))?;
         if cfg.ws {
             let url = if gw.starts_with("ws://") {
                 gw
@@ -627,7 +671,9 @@ async fn connect(cfg: &BotConfig, i: usize) -> Result<Client, String> {
                 None => Target::Ws(url),
             }
         } else {
-            let addr: SocketAddr = gw.parse().map_err(|e| format!("gateway {gw}: {e}"))?;
+            let addr: SocketAddr = gw
+                .parse()
+                .map_err(|e| failed(format!("gateway {gw}: {e}")))?;
             match bind {
                 Some(bind) => Target::TcpFrom { addr, bind },
                 None => Target::Tcp(addr),
@@ -649,9 +695,7 @@ async fn connect(cfg: &BotConfig, i: usize) -> Result<Client, String> {
         request_timeout: cfg.request_timeout,
         ..Options::default()
     };
-    Client::connect_with(&target, &token, opts)
-        .await
-        .map_err(|e| e.to_string())
+    Client::connect_with(&target, &token, opts).await
 }
 
 fn send<'a>(c: &'a Client, action: Action, req: Request) -> InFlight<'a> {
@@ -686,6 +730,8 @@ struct BotState {
     move_at: Option<Instant>,
     want_snapshot: bool,
     sat: bool,
+    /// Pushes that came before the view (the reply to Enter).
+    early: Vec<Push>,
     /// When to send Enter again after a failed one.
     enter_at: Option<Instant>,
     enter_attempts: u32,
@@ -723,6 +769,7 @@ impl BotState {
         let game = view.game(self.table);
         let my_turn = game.is_some_and(|g| {
             g.outcome.is_none()
+                && !last_move_won(&g.moves)
                 && g.turn == self.seat
                 && g.players.get(self.seat as usize) == Some(&self.me)
         }) && view.seq >= self.acked_seq;
@@ -776,10 +823,23 @@ impl BotState {
 
     fn on_push(&mut self, run: &Run, p: &Push) {
         let Some(view) = self.view.as_mut() else {
+            // Pushes may come before the reply to Enter: kept for the view.
+            if self.early.len() < EARLY_PUSHES_MAX {
+                self.early.push(p.clone());
+            }
             return;
         };
+        let before = view.seq;
         let applied = view.apply_push(p);
-        if let Applied::AfterGap { .. } = applied {
+        if let Applied::AfterGap { missed } = applied {
+            tracing::warn!(
+                player = self.me,
+                room = self.room,
+                before,
+                missed,
+                push = ?p,
+                "gap in the room's pushes; asking for a snapshot"
+            );
             self.want_snapshot = true;
         }
         if !matches!(applied, Applied::Event | Applied::AfterGap { .. }) {
@@ -816,7 +876,20 @@ impl BotState {
             }
         }
         match (action, r) {
-            (Action::Enter, Ok(Answer::Entered(s))) => self.view = Some(RoomView::new(s)),
+            (Action::Enter, Ok(Answer::Entered(s))) => {
+                tracing::debug!(player = self.me, room = s.room, seq = s.seq, "entered");
+                let at = s.seq;
+                self.view = Some(RoomView::new(s));
+                for p in std::mem::take(&mut self.early) {
+                    let after = match &p {
+                        Push::Event { seq, .. } => *seq > at,
+                        Push::Snapshot(s) => s.seq > at,
+                    };
+                    if after {
+                        self.on_push(run, &p);
+                    }
+                }
+            }
             (Action::Snapshot, Ok(Answer::Snapshot(s))) => {
                 if let Some(v) = self.view.as_mut() {
                     v.rebase(s);
@@ -877,6 +950,9 @@ pub struct BotArgs {
     pub rooms: u32,
     #[arg(long, default_value_t = 1)]
     pub first_room: u32,
+    /// Tables from this one (table pair p sits at first-table + p / rooms).
+    #[arg(long, default_value_t = 0)]
+    pub first_table: u16,
     /// Think time before each move, ms.
     #[arg(long, default_value_t = 200)]
     pub move_ms: u64,
@@ -929,6 +1005,7 @@ impl BotArgs {
             tokens,
             bots: self.bots,
             first_room: self.first_room,
+            first_table: self.first_table,
             rooms: self.rooms.max(1),
             move_ms: self.move_ms,
             chat_ms: self.chat_ms,

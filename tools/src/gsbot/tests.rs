@@ -40,6 +40,26 @@ fn moves_are_legal_and_near_the_last_stones() {
 }
 
 #[test]
+fn five_in_a_row_is_seen_before_the_ended_event() {
+    let mv = |seat: u8, x: u8, y: u8| (seat, vec![x, y], false);
+    let mut moves = vec![
+        mv(0, 3, 3),
+        mv(1, 0, 0),
+        mv(0, 4, 4),
+        mv(1, 0, 1),
+        mv(0, 6, 6),
+        mv(1, 0, 2),
+        mv(0, 7, 7),
+    ];
+    assert!(!last_move_won(&moves));
+    moves.push(mv(1, 9, 9));
+    assert!(!last_move_won(&moves), "the other seat's move");
+    moves.push(mv(0, 5, 5)); // fills the diagonal's gap: 3..=7
+    assert!(last_move_won(&moves));
+    assert!(!last_move_won(&[]));
+}
+
+#[test]
 fn bots_pair_at_tables_and_spread_over_rooms() {
     let mut cfg = BotConfig::new("127.0.0.1:1".parse().unwrap(), b"s", 1);
     cfg.rooms = 3;
@@ -180,6 +200,7 @@ async fn fake_gateway(rooms: u32) -> (SocketAddr, Arc<Mutex<Fake>>) {
 }
 
 async fn fake_session(s: tokio::net::TcpStream, fake: Arc<Mutex<Fake>>) {
+    s.set_nodelay(true).unwrap();
     let (mut r, mut w) = s.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     tokio::spawn(async move {
@@ -204,8 +225,22 @@ async fn fake_session(s: tokio::net::TcpStream, fake: Arc<Mutex<Fake>>) {
         match (f.kind, &who) {
             (Kind::Auth, None) => {
                 let a: Auth = msg::decode(&f.payload).unwrap();
-                let c = gameserver::token::verify(SECRET, &a.token, 1, gameserver::token::now_ms())
-                    .unwrap();
+                let c = match gameserver::token::verify(
+                    SECRET,
+                    &a.token,
+                    1,
+                    gameserver::token::now_ms(),
+                ) {
+                    Ok(c) => c,
+                    Err(f) => {
+                        let bye = msg::Bye {
+                            code: f.code,
+                            message: f.message,
+                        };
+                        let _ = tx.send(frame(Kind::Bye, 0, &bye));
+                        return;
+                    }
+                };
                 fake.lock().unwrap().sessions.insert(c.player, tx.clone());
                 let w = Welcome {
                     player: c.player,
@@ -254,6 +289,13 @@ async fn bots_play_games_to_the_end_and_saw_what_the_room_holds() {
     let mut cfg = config(addr, 8);
     cfg.rooms = 2;
     let r = run_bots(cfg).await;
+    eprintln!(
+        "DEBUG {:?}",
+        BotReport {
+            logs: vec![],
+            ..r.clone()
+        }
+    );
     assert_eq!(
         (
             r.connected,
@@ -329,6 +371,20 @@ async fn a_bot_whose_gateway_is_gone_is_counted_and_the_run_ends() {
         (0, 2, 0)
     );
     assert_eq!(r.errors.get("Connect"), Some(&2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_counted_by_its_code() {
+    let (addr, _fake) = fake_gateway(1).await;
+    let mut cfg = config(addr, 2);
+    cfg.tokens = TokenSource::Secret {
+        secret: b"another secret".to_vec(),
+        zone: 1,
+        first_player: 1,
+    };
+    let r = run_bots(cfg).await;
+    assert_eq!((r.connected, r.connect_failed), (0, 2));
+    assert_eq!(r.errors.get("BadToken"), Some(&2), "{:?}", r.errors);
     assert!(r.seconds < DEADLINE.as_secs_f64());
 }
 
