@@ -1066,5 +1066,146 @@ pub fn print_table(r: &BotReport, out: &mut impl std::io::Write) -> std::io::Res
     Ok(())
 }
 
+/// What [`hold_connections`] opens: idle sessions that only ping.
+#[derive(Clone, Debug)]
+pub struct HoldConfig {
+    /// Gateways (TCP, or WebSocket with `ws`); connection i uses `gateways[i % len]`.
+    pub gateways: Vec<SocketAddr>,
+    pub ws: bool,
+    /// Tokens minted with this secret (the gateways'), players `first_player..`.
+    pub secret: Vec<u8>,
+    pub zone: u32,
+    pub first_player: u64,
+    pub count: usize,
+    pub spread_sources: bool,
+    pub connect_concurrency: usize,
+    /// How long the sessions are held once all are open (heartbeats keep them up).
+    pub hold: Duration,
+    /// Gateway processes whose RSS is measured (`/proc/PID/status` VmRSS).
+    pub gateway_pids: Vec<u32>,
+}
+
+/// What holding idle connections cost.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HoldReport {
+    pub count: usize,
+    /// Sessions still up at the end of the hold.
+    pub connections_held: usize,
+    pub connect_failed: usize,
+    /// Connect failures by error code.
+    pub errors: BTreeMap<String, u64>,
+    /// From the first connect to the last session open.
+    pub connect_seconds: f64,
+    pub gateways: usize,
+    /// Gateway RSS before the connections and at the end (all pids together).
+    pub gateway_rss_before_bytes: u64,
+    pub gateway_rss_bytes: u64,
+    /// (RSS at the end − RSS before) / connections held.
+    pub rss_bytes_per_connection: f64,
+    /// This process's RSS at the end (the client side's cost).
+    pub client_rss_bytes: u64,
+}
+
+/// `VmRSS` of a process in bytes (`None`: no such process or no Linux /proc).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn rss_total(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| rss_bytes(*p)).sum()
+}
+
+/// Opens `count` authenticated sessions with heartbeats on, holds them for
+/// `hold`, and measures the gateways' memory per connection.
+pub async fn hold_connections(cfg: HoldConfig) -> HoldReport {
+    let before = rss_total(&cfg.gateway_pids);
+    let started = Instant::now();
+    let connect = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
+    let cfg = Arc::new(cfg);
+    let tasks: Vec<_> = (0..cfg.count)
+        .map(|i| {
+            let (cfg, connect) = (cfg.clone(), connect.clone());
+            tokio::spawn(async move {
+                let _permit = connect.acquire().await.ok()?;
+                Some(hold_one(&cfg, i).await)
+            })
+        })
+        .collect();
+    let mut report = HoldReport {
+        count: cfg.count,
+        gateways: cfg.gateways.len(),
+        ..HoldReport::default()
+    };
+    let mut clients = Vec::with_capacity(cfg.count);
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(Ok(c)) => clients.push(c),
+            Some(Err(e)) => {
+                report.connect_failed += 1;
+                *report.errors.entry(error_key(&e)).or_default() += 1;
+            }
+            None => report.connect_failed += 1,
+        }
+    }
+    report.connect_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(cfg.hold).await;
+    report.connections_held = clients.iter().filter(|c| c.closed().is_none()).count();
+    for c in clients.iter().filter_map(|c| c.closed()) {
+        let code = c
+            .code
+            .map_or("without Bye".to_string(), |c| format!("{c:?}"));
+        *report.errors.entry(format!("closed {code}")).or_default() += 1;
+    }
+    report.gateway_rss_before_bytes = before;
+    report.gateway_rss_bytes = rss_total(&cfg.gateway_pids);
+    if report.connections_held > 0 && !cfg.gateway_pids.is_empty() {
+        report.rss_bytes_per_connection =
+            report.gateway_rss_bytes.saturating_sub(before) as f64 / report.connections_held as f64;
+    }
+    report.client_rss_bytes = rss_bytes(std::process::id()).unwrap_or(0);
+    for c in &clients {
+        c.close();
+    }
+    report
+}
+
+async fn hold_one(cfg: &HoldConfig, i: usize) -> Result<Client, ClientError> {
+    let player = cfg.first_player + i as u64;
+    let claims = gameserver::token::Claims {
+        player,
+        zone: cfg.zone,
+        expires_ms: gameserver::token::now_ms() + 24 * 3600 * 1000,
+        name: format!("idle{i}"),
+        kind: 0,
+    };
+    let token = gameserver::token::mint(&cfg.secret, &claims);
+    let addr = *cfg
+        .gateways
+        .get(i % cfg.gateways.len().max(1))
+        .ok_or(ClientError::Connect {
+            target: "-".into(),
+            message: "no gateway".into(),
+        })?;
+    let bind = cfg.spread_sources.then(|| source_addr(i));
+    let target = match (cfg.ws, bind) {
+        (true, None) => Target::ws(addr),
+        (true, Some(bind)) => Target::WsFrom {
+            url: format!("ws://{addr}/"),
+            bind,
+        },
+        (false, None) => Target::Tcp(addr),
+        (false, Some(bind)) => Target::TcpFrom { addr, bind },
+    };
+    let opts = Options {
+        keep_pushes: false,
+        push_capacity: 1,
+        ..Options::default()
+    };
+    Client::connect_with(&target, &token, opts).await
+}
+
 #[cfg(test)]
 mod tests;

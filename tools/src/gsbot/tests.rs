@@ -405,3 +405,31 @@ async fn an_outside_stop_ends_the_run() {
     assert_eq!((r.connected, r.connections_held), (2, 2));
     assert!(r.moves_acked > 0, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_held_and_measured() {
+    let (addr, _fake) = fake_gateway(1).await;
+    let cfg = HoldConfig {
+        gateways: vec![addr],
+        ws: false,
+        secret: SECRET.to_vec(),
+        zone: 1,
+        first_player: 1,
+        count: 50,
+        spread_sources: true,
+        connect_concurrency: 8,
+        hold: Duration::from_millis(300),
+        // This process stands in for the gateway: its RSS is some number.
+        gateway_pids: vec![std::process::id()],
+    };
+    let r = tokio::time::timeout(DEADLINE, hold_connections(cfg))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.count, r.connections_held, r.connect_failed),
+        (50, 50, 0),
+        "{r:?}"
+    );
+    assert!(r.gateway_rss_bytes > 0 && r.client_rss_bytes > 0);
+    assert!(rss_bytes(u32::MAX).is_none());
+}

@@ -1,0 +1,148 @@
+//! `gs-bench`: game-server benchmarks against running gateways; prints a
+//! table, and with --json one JSON object last.
+//!
+//! - `connections --count N`: N idle authenticated sessions with heartbeats
+//!   on; `connections_held`, and with `--gateway-pid` the gateways' RSS and
+//!   `rss_bytes_per_connection`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tools::gsbot::{hold_connections, HoldConfig, HoldReport};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gs-bench",
+    about = "Game-server benchmarks against running gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Idle authenticated connections with heartbeats: how many are held, and their gateway memory.
+    Connections {
+        /// Connections to open (past ~19,000 a process runs out of file descriptors here: run several).
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Gateway address (repeatable; connections take them in turn). With --ws, the WebSocket port.
+        #[arg(long = "gateway", required = true)]
+        gateways: Vec<SocketAddr>,
+        #[arg(long)]
+        ws: bool,
+        /// The gateways' token secret (its bytes are the HMAC key).
+        #[arg(long)]
+        secret: String,
+        #[arg(long, default_value_t = 1)]
+        zone: u32,
+        #[arg(long, default_value_t = 5_000_000)]
+        first_player: u64,
+        /// Gateway process ids whose RSS to measure (repeatable).
+        #[arg(long = "gateway-pid")]
+        gateway_pids: Vec<u32>,
+        /// Bind source addresses across 127.0.0.0/8 (25,000 connections each).
+        #[arg(long)]
+        spread_sources: bool,
+        #[arg(long, default_value_t = 256)]
+        connect_concurrency: usize,
+        /// Seconds to hold the connections once all are open.
+        #[arg(long, default_value_t = 5.0)]
+        hold_secs: f64,
+        /// Print one JSON object last.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_hold(r: &HoldReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    writeln!(out, "connections            {}", r.count)?;
+    writeln!(out, "connections_held       {}", r.connections_held)?;
+    writeln!(out, "connect_failed         {}", r.connect_failed)?;
+    writeln!(out, "connect_seconds        {:.2}", r.connect_seconds)?;
+    writeln!(out, "gateways               {}", r.gateways)?;
+    writeln!(
+        out,
+        "gateway_rss            {:.1} MiB (before {:.1} MiB)",
+        mib(r.gateway_rss_bytes),
+        mib(r.gateway_rss_before_bytes)
+    )?;
+    writeln!(
+        out,
+        "rss_bytes_per_conn     {:.0}",
+        r.rss_bytes_per_connection
+    )?;
+    writeln!(
+        out,
+        "client_rss             {:.1} MiB",
+        mib(r.client_rss_bytes)
+    )?;
+    if !r.errors.is_empty() {
+        let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "errors                 {}", e.join(", "))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let Cmd::Connections {
+        count,
+        gateways,
+        ws,
+        secret,
+        zone,
+        first_player,
+        gateway_pids,
+        spread_sources,
+        connect_concurrency,
+        hold_secs,
+        json,
+    } = Cli::parse().cmd;
+    if count > 19_000 {
+        eprintln!("gs-bench: warning: {count} connections need more file descriptors than the 20,000 a process may hold here; run several processes");
+    }
+    let cfg = HoldConfig {
+        gateways: gateways.clone(),
+        ws,
+        secret: secret.into_bytes(),
+        zone,
+        first_player,
+        count,
+        spread_sources,
+        connect_concurrency,
+        hold: Duration::from_secs_f64(hold_secs.max(0.0)),
+        gateway_pids,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gs-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(hold_connections(cfg));
+    if json {
+        let _ = print_hold(&r, &mut std::io::stderr());
+        println!(
+            "{}",
+            serde_json::to_string(&r).expect("the report serializes")
+        );
+    } else {
+        let _ = print_hold(&r, &mut std::io::stdout());
+    }
+    if r.connections_held == 0 && count > 0 {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
