@@ -21,8 +21,9 @@ const READ_CHUNK_BYTES: usize = 512;
 /// A read buffer this large that is empty is dropped (an idle connection
 /// does not keep the memory of its largest frame).
 const READ_KEEP_BYTES: usize = 4096;
-/// WebSocket: the read chunk of tungstenite (its default, 128 KiB, is per connection).
-const WS_READ_BUFFER_BYTES: usize = 4096;
+/// WebSocket: tungstenite's read buffer (its default, 128 KiB, is per connection; it
+/// grows for a larger frame).
+const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// Why no frame could be read.
 #[derive(Debug)]
