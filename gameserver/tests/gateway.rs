@@ -884,6 +884,111 @@ mod gateway {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_says_bye_and_the_admin_port_answers_stats() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let p = Pair::start().await;
+        let mut cfg = p.config();
+        cfg.admin = Some("127.0.0.1:0".into());
+        let g = Gateway::start(cfg).await.unwrap();
+        let mut c = Client::login(g.tcp_addr(), 1).await;
+        let admin = TcpStream::connect(g.admin_addr().unwrap()).await.unwrap();
+        let (rd, mut wr) = admin.into_split();
+        let mut rd = BufReader::new(rd);
+        wr.write_all(b"STATS\nNOPE\n").await.unwrap();
+        let mut line = String::new();
+        timeout(WAIT, rd.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["sessions"], 1);
+        assert!(v["rss_bytes"].as_u64().unwrap() > 0);
+        line.clear();
+        timeout(WAIT, rd.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(line.starts_with("ERR"), "{line}");
+        g.shutdown().await;
+        assert_eq!(c.bye().await.code, ErrorCode::ShuttingDown);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_is_pushed_to_the_balancer() {
+        let p = Pair::start().await;
+        // A fake balancer: answers each POST /v1/status and hands over its body.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let baddr = l.local_addr().unwrap();
+        let (tx, mut bodies) = mpsc::unbounded_channel::<serde_json::Value>();
+        let fake = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            loop {
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                assert!(head.starts_with("post /v1/status "), "{head}");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap();
+                while buf.len() < head_end + len {
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0);
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body: serde_json::Value =
+                    serde_json::from_slice(&buf[head_end..head_end + len]).unwrap();
+                buf.drain(..head_end + len);
+                let _ = tx.send(body);
+                let reply = r#"{"status":200,"status_name":"up","draining":false}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+                    reply.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        let mut cfg = p.config();
+        cfg.balancer = Some(gameserver::gateway::BalancerReport {
+            addrs: vec![baddr.to_string()],
+            process_id: "gw-test-1".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            secret: None,
+            report_interval_ms: 20,
+        });
+        let g = Gateway::start(cfg).await.unwrap();
+        let _c = Client::login(g.tcp_addr(), 1).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let b = tokio::time::timeout_at(deadline, bodies.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(b["id"], "gw-test-1");
+            assert_eq!(b["port"], g.tcp_addr().port());
+            assert_eq!(b["pid"], std::process::id());
+            if b["online"] == 1 {
+                break;
+            }
+        }
+        g.shutdown().await;
+        fake.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_wait_for_a_master_then_fail_unavailable() {
         let p = Pair::start().await;
         let mut cfg = p.config();

@@ -1,7 +1,7 @@
 //! `gs-gateway`: the process players connect to (see `gameserver::gateway`).
 //!
-//! Prints `gateway listening tcp=ADDR ws=ADDR` (`ws=-` without WebSocket) on
-//! stdout once it accepts connections; stops on SIGTERM or Ctrl-C, saying
+//! Prints `gateway listening tcp=ADDR ws=ADDR` (`ws=-` without WebSocket;
+//! ` admin=ADDR` appended with `--admin`) on stdout once it accepts connections; stops on SIGTERM or Ctrl-C, saying
 //! Bye ShuttingDown to its sessions.
 
 use std::io::Write;
@@ -25,6 +25,9 @@ struct Args {
     /// WebSocket listener (one binary message per frame). Default 0.0.0.0:7601.
     #[arg(long)]
     ws: Option<String>,
+    /// Admin listener (a line `STATS` answers the counters as JSON).
+    #[arg(long)]
+    admin: Option<String>,
     /// No WebSocket listener.
     #[arg(long)]
     no_ws: bool,
@@ -140,6 +143,9 @@ fn config(a: &Args) -> Result<GatewayConfig, String> {
     if let Some(ws) = &a.ws {
         c.ws = Some(ws.clone());
     }
+    if let Some(admin) = &a.admin {
+        c.admin = Some(admin.clone());
+    }
     if a.no_ws {
         c.ws = None;
     }
@@ -200,7 +206,13 @@ fn main() -> ExitCode {
             .ws_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
-        println!("gateway listening tcp={} ws={ws}", g.tcp_addr());
+        match g.admin_addr() {
+            Some(admin) => println!(
+                "gateway listening tcp={} ws={ws} admin={admin}",
+                g.tcp_addr()
+            ),
+            None => println!("gateway listening tcp={} ws={ws}", g.tcp_addr()),
+        }
         let _ = std::io::stdout().flush();
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

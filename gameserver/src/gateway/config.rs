@@ -82,6 +82,10 @@ pub struct GatewayConfig {
     /// WebSocket listener (one binary message per frame); `None`: no WebSocket.
     #[serde(default = "d_ws")]
     pub ws: Option<String>,
+    /// Admin listener (lines: `STATS` answers the counters as one JSON line);
+    /// `None`: none.
+    #[serde(default)]
+    pub admin: Option<String>,
     /// SO_REUSEPORT on both listeners: several gateway processes share a port.
     #[serde(default)]
     pub reuse_port: bool,
@@ -191,6 +195,7 @@ impl GatewayConfig {
         GatewayConfig {
             tcp: d_tcp(),
             ws: d_ws(),
+            admin: None,
             reuse_port: false,
             secret: secret.into(),
             zone: d_zone(),

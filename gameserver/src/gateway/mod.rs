@@ -111,6 +111,7 @@ impl Shared {
 pub struct Gateway {
     tcp_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -171,6 +172,8 @@ impl Gateway {
             source,
         })?;
         let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+        let admin = cfg.admin.as_deref().map(|a| listen(a, false)).transpose()?;
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let mut routes = HashMap::new();
         let mut pairs = Vec::new();
         let mut rxs = Vec::new();
@@ -207,6 +210,13 @@ impl Gateway {
         if let Some(ws) = ws {
             tasks.push(tokio::spawn(accept_ws(ws, shared.clone(), stopped.clone())));
         }
+        if let Some(admin) = admin {
+            tasks.push(tokio::spawn(serve_admin(
+                admin,
+                shared.clone(),
+                stopped.clone(),
+            )));
+        }
         if let Some(b) = shared.cfg.balancer.clone() {
             tasks.push(tokio::spawn(report(
                 b,
@@ -219,6 +229,7 @@ impl Gateway {
         Ok(Gateway {
             tcp_addr,
             ws_addr,
+            admin_addr,
             shared,
             stop,
             tasks,
@@ -235,6 +246,11 @@ impl Gateway {
         self.ws_addr
     }
 
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The counters now.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
@@ -246,7 +262,7 @@ impl Gateway {
     }
 
     /// Stops accepting, says Bye ShuttingDown to every session, stops the links.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         let sessions: Vec<Arc<SessionHandle>> =
             self.shared.players.lock().values().cloned().collect();
@@ -262,7 +278,18 @@ impl Gateway {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for t in self.tasks {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    /// A gateway dropped without [`Gateway::shutdown`] stops its listeners
+    /// and links (its sessions end as their clients go).
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
             t.abort();
         }
     }
@@ -380,15 +407,78 @@ async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rece
     }
 }
 
-/// MiB of resident memory of this process (Linux), 0 when unknown.
-fn rss_mb() -> u64 {
+/// Bytes of resident memory of this process (Linux), 0 when unknown.
+pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    pages * 4096 / (1 << 20)
+    pages * 4096
+}
+
+fn rss_mb() -> u64 {
+    rss_bytes() >> 20
+}
+
+/// Admin connections served at once at most.
+const ADMIN_CONNECTIONS_MAX: usize = 16;
+/// Longest admin command line, bytes.
+const ADMIN_LINE_BYTES_MAX: usize = 256;
+
+/// The admin port: one command per line. `STATS`: the counters and the RSS
+/// as one JSON line; anything else: `ERR ...`.
+async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
+    loop {
+        let s = tokio::select! {
+            r = l.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // dropped: too many admin connections
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (rd, mut wr) = s.into_split();
+            let mut rd = tokio::io::BufReader::new(rd.take(1 << 20));
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match rd.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line.len() > ADMIN_LINE_BYTES_MAX => return,
+                    Ok(_) => {}
+                }
+                let answer = match line.trim() {
+                    "STATS" => {
+                        let mut v =
+                            serde_json::to_value(shared.stats.snapshot()).unwrap_or_default();
+                        v["rss_bytes"] = rss_bytes().into();
+                        v["gateway"] = shared.gateway_id.into();
+                        v.to_string()
+                    }
+                    other => format!("ERR unknown command {other:?}; try STATS"),
+                };
+                if wr
+                    .write_all(format!("{answer}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// Pushes the gateway's status to the balancer every interval; failures are
