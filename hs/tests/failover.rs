@@ -432,3 +432,102 @@ fn a_panicking_apply_stops_the_node_with_a_fatal_event_and_a_clear_error() {
     }
     drop(b);
 }
+
+/// A TCP relay on 127.0.0.1 in front of `target`, which the test can cut: every
+/// relayed connection is reset and the port then refuses connections (as a
+/// REJECT rule or a middlebox would) while the process behind it lives on.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: SocketAddr) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !cut2.load(std::sync::atomic::Ordering::Acquire) {
+                let Ok((a, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                a.set_nonblocking(false).unwrap();
+                let Ok(b) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (a.try_clone().unwrap(), b.try_clone().unwrap()),
+                    (b.try_clone().unwrap(), a.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                conns2.lock().unwrap().extend([a, b]);
+            }
+            // Dropping the listener: the port now refuses connections.
+        });
+        Relay { addr, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        // The accept loop notices within a millisecond and drops its listener.
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(self.addr).is_ok() {
+            assert!(t0.elapsed() < DEADLINE, "the relay's port still accepts");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The slave reaches the master through a relay that then resets the link and
+/// refuses connections while the master lives: the slave takes it for a dead
+/// process and promotes. The old master, which can still reach it directly,
+/// must learn of the newer epoch and step down (and follow it), not stay a
+/// second master.
+#[test]
+fn a_master_that_can_reach_a_newer_master_steps_down_and_follows_it() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let relay = Relay::start(pa);
+    let ka = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
+    let b = Node::start(
+        cfg(db.path(), pb, relay.addr, 2),
+        Role::Slave,
+        Kv::default(),
+    )
+    .unwrap();
+    until("the pair, through the relay", || {
+        a.role() == Role::Master && b.role() == Role::Slave
+    });
+    write_acked(&a, &ka, "before", 20);
+    relay.cut();
+    until("B to promote on the refused relay", || {
+        b.role() == Role::Master
+    });
+    let t0 = Instant::now();
+    until("A to step down and follow B", || {
+        a.role() == Role::Slave && !a.is_writable()
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "two masters for {:?}",
+        t0.elapsed()
+    );
+    assert!(a.put(b"x", b"y").is_err());
+    until("A to apply B's log", || {
+        a.stats().applied == b.stats().written
+    });
+}

@@ -61,6 +61,13 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
     if s.lease_required {
         helpers.push(AbortOnDrop(tokio::spawn(watch_lease(s.clone()))));
     }
+    if let Some(peer) = s.cfg.peer {
+        helpers.push(AbortOnDrop(tokio::spawn(look_for_a_newer_master(
+            s.clone(),
+            peer,
+            epoch,
+        ))));
+    }
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     let mut conn_id = 0u64;
     let mut pending = Pending::new(HANDSHAKES_MAX);
@@ -182,6 +189,61 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             None => tracing::debug!("witness unreachable"),
         }
         tokio::time::sleep(hb).await;
+    }
+}
+
+/// While no slave is connected, asks the peer every silence period (N ticks)
+/// whether it serves as master at a newer epoch, as a slave would (Hello). A
+/// peer that promoted while this node was cut off from it (a link that reset
+/// and refused connections looks like a dead process to it) answers Welcome
+/// with its newer epoch: this master is stale and steps down (then follows it).
+/// A peer at an older epoch is fenced by the Hello itself.
+async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
+    let every =
+        Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        if s.slave_connected.load(Ordering::Acquire) {
+            continue;
+        }
+        let ask = async {
+            let stream = TcpStream::connect(peer).await.ok()?;
+            stream.set_nodelay(true).ok()?;
+            let (rd, mut wr) = stream.into_split();
+            let mut reader = FrameReader::new(rd, HANDSHAKE_FRAME_BYTES_MAX);
+            let mut hs = super::net::await_challenge(&mut reader, s.cfg.secret.as_ref())
+                .await
+                .ok()?;
+            let log = &s.log;
+            let hello = Frame::Hello {
+                node: s.node_id,
+                history: log.meta().history,
+                epoch,
+                last_epoch: log.last_epoch(),
+                tail: log.tail(),
+                role: 1,
+                epochs: log.epochs().as_slice().to_vec(),
+            };
+            write_first(&mut wr, &hs, &hello).await.ok()?;
+            read_first(&mut reader, &mut hs).await.ok()
+        };
+        let answer = tokio::time::timeout(every.max(Duration::from_millis(100)), ask)
+            .await
+            .ok()
+            .flatten();
+        if let Some(Frame::Welcome {
+            epoch: theirs,
+            node,
+            ..
+        }) = answer
+        {
+            if theirs > epoch {
+                s.request_step_down(format!(
+                    "the peer at {peer} (node {node}) serves as master at epoch {theirs}, newer than this master's {epoch}"
+                ));
+                return;
+            }
+        }
     }
 }
 

@@ -608,6 +608,10 @@ async fn follow(
         // another log (a master's tail above ours would hide CaughtUp forever).
         s.forget_standby();
         s.master_tail.store(start, Ordering::Release);
+    } else {
+        // Continuing at our own tail: the application holds everything before it
+        // (replayed, applied as a slave, or published by it as a master).
+        s.applied.fetch_max(start, Ordering::AcqRel);
     }
     *backoff = backoff_min;
     *s.master_addr.lock() = Some(addr);
