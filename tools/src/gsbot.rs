@@ -619,7 +619,7 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
         run.finish();
     }
     client.close();
-    cfg.keep_logs.then(|| BotLog {
+    cfg.keep_logs.then_some(BotLog {
         index: i,
         player: b.me,
         room,
@@ -1153,6 +1153,10 @@ pub async fn hold_connections(cfg: HoldConfig) -> HoldReport {
     report.connect_seconds = started.elapsed().as_secs_f64();
     tokio::time::sleep(cfg.hold).await;
     report.connections_held = clients.iter().filter(|c| c.closed().is_none()).count();
+    for c in clients.iter().filter(|c| c.closed().is_some()) {
+        let st = c.stats();
+        tracing::warn!(player = c.player(), pings = st.pings, pongs = st.pongs, closed = ?c.closed(), "a held session ended");
+    }
     for c in clients.iter().filter_map(|c| c.closed()) {
         let code = c
             .code

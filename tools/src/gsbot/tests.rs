@@ -433,3 +433,80 @@ async fn idle_connections_are_held_and_measured() {
     assert!(r.gateway_rss_bytes > 0 && r.client_rss_bytes > 0);
     assert!(rss_bytes(u32::MAX).is_none());
 }
+
+/// A fake login endpoint: `POST /v1/guest` answers a guest token for the
+/// next player and the fake gateway's address.
+async fn fake_login(gateway: SocketAddr) -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let h = heads.clone();
+    tokio::spawn(async move {
+        for player in 500u64.. {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            // The request is small: read until its JSON body has arrived.
+            while !req.ends_with(b"}") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            h.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&req).into_owned());
+            let claims = gameserver::token::Claims {
+                player,
+                zone: 1,
+                expires_ms: gameserver::token::now_ms() + 60_000,
+                name: format!("guest{player}"),
+                kind: 0,
+            };
+            let body = serde_json::json!({
+                "player": player,
+                "name": claims.name,
+                "token": gameserver::token::mint(SECRET, &claims),
+                "expires_ms": claims.expires_ms,
+                "gateway": gateway.to_string(),
+                "ws": null,
+            })
+            .to_string();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_take_guest_tokens_from_the_login() {
+    let (addr, _fake) = fake_gateway(1).await;
+    let (url, heads) = fake_login(addr).await;
+    let mut cfg = config(addr, 2);
+    cfg.gateways.clear(); // the login names the gateway
+    cfg.tokens = TokenSource::Login { url: url.clone() };
+    cfg.games = Some(1);
+    let r = run_bots(cfg).await;
+    assert_eq!(
+        (r.connected, r.connections_held, r.games),
+        (2, 2, 1),
+        "{r:?}"
+    );
+    let mut players: Vec<u64> = r.logs.iter().map(|l| l.player).collect();
+    players.sort();
+    assert_eq!(players, vec![500, 501]);
+    let heads = heads.lock().unwrap();
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.starts_with("POST /v1/guest HTTP/1.1\r\n")),
+        "{heads:?}"
+    );
+    assert!(guest_login("ftp://x", "n").await.is_err());
+}
