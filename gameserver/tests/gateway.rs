@@ -989,6 +989,63 @@ mod gateway {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entering_a_room_of_another_pair_leaves_the_current_one_first() {
+        let mut p1 = Pair::start().await;
+        let mut p2 = Pair::start().await;
+        let mut cfg = p1.config();
+        cfg.pairs.push(PairConfig {
+            rooms: vec![4, 5, 6],
+            nodes: vec![p2.a.addr.to_string(), p2.b.addr.to_string()],
+        });
+        let g = Gateway::start(cfg).await.unwrap();
+        let mut c = Client::login(g.tcp_addr(), 1).await;
+        c.enter(1).await;
+        p1.drain();
+        let seq = c.request(&Request::Enter { room: 4 }).await;
+        let (_, leave) = p1
+            .wait_for("the Leave", |_, m| matches!(m, ToRoom::Request { .. }))
+            .await;
+        assert!(
+            matches!(leave, ToRoom::Request { seq: s, req: Request::Leave { room: 1 }, .. } if s == seq)
+        );
+        p1.wait_for("the Unsubscribe", |_, m| {
+            *m == ToRoom::Unsubscribe { room: 1 }
+        })
+        .await;
+        let (_, enter) = p2
+            .wait_for("the Enter", |_, m| matches!(m, ToRoom::Request { .. }))
+            .await;
+        assert!(
+            matches!(enter, ToRoom::Request { seq: s, req: Request::Enter { room: 4 }, .. } if s == seq)
+        );
+        // One reply, for the Enter; the gateway's Leave was answered to it alone.
+        assert!(matches!(c.reply(seq).await, Ok(Answer::Entered(s)) if s.room == 4));
+        let seq = c.chat(4, "in four").await;
+        assert!(matches!(
+            c.reply(seq).await,
+            Ok(Answer::Done { room: 4, .. })
+        ));
+        // It saw itself leave room 1 (sent before the Leave's reply), then room 4 only.
+        assert!(matches!(
+            c.push().await,
+            Push::Event {
+                room: 1,
+                event: RoomEvent::Left { player: 1 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            c.push().await,
+            Push::Event {
+                room: 4,
+                event: RoomEvent::Chat { .. },
+                ..
+            }
+        ));
+        g.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_wait_for_a_master_then_fail_unavailable() {
         let p = Pair::start().await;
         let mut cfg = p.config();
