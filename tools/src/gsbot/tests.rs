@@ -501,7 +501,7 @@ async fn bots_take_guest_tokens_from_the_login() {
     let mut players: Vec<u64> = r.logs.iter().map(|l| l.player).collect();
     players.sort();
     assert_eq!(players, vec![500, 501]);
-    let heads = heads.lock().unwrap();
+    let heads = heads.lock().unwrap().clone();
     assert!(
         heads
             .iter()
