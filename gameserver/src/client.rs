@@ -27,6 +27,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -560,6 +561,17 @@ async fn tcp(addr: SocketAddr, bind: Option<IpAddr>) -> std::io::Result<TcpStrea
     Ok(s)
 }
 
+/// WebSocket buffers sized for many idle sessions: tungstenite's defaults
+/// (128 KiB to read and 128 KiB to write, per connection) would make a bot
+/// process's memory ~30 times what its TCP sessions cost.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(frame::HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX))
+        .max_frame_size(Some(frame::HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX))
+}
+
 /// `ws://host:port/path` → `host:port`.
 fn ws_authority(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("ws://")?;
@@ -612,9 +624,10 @@ async fn handshake(
                 .next()
                 .ok_or_else(|| connect_err(target, "the host has no address"))?;
             let s = tcp(addr, bind).await.map_err(|e| connect_err(target, e))?;
-            let (ws, _) = tokio_tungstenite::client_async(url.as_str(), s)
-                .await
-                .map_err(|e| connect_err(target, e))?;
+            let (ws, _) =
+                tokio_tungstenite::client_async_with_config(url.as_str(), s, Some(ws_config()))
+                    .await
+                    .map_err(|e| connect_err(target, e))?;
             let (w, r) = ws.split();
             (FrameRead::Ws(r), FrameWrite::Ws(w))
         }
