@@ -1172,6 +1172,47 @@ mod gateway {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_ahead_of_the_link_does_not_hide_events_from_the_others() {
+        let mut p = Pair::start().await;
+        let g = Gateway::start(p.config()).await.unwrap();
+        let mut a = Client::login(g.tcp_addr(), 1).await;
+        let mut b = Client::login(g.tcp_addr(), 2).await;
+        let n = a.enter(1).await.seq;
+        p.drain();
+        p.mode(Mode::Hold);
+        let seq = b.request(&Request::Enter { room: 1 }).await;
+        p.wait_for("b's Enter", |_, m| {
+            matches!(m, ToRoom::Request { player: 2, .. })
+        })
+        .await;
+        // b's snapshot includes n+1 and n+2, which the link carries after it.
+        p.a.inject(&FromRoom::Reply {
+            player: 2,
+            seq,
+            reply: Ok(Answer::Entered(snapshot(1, n + 2))),
+        });
+        let chat = |t: &str| RoomEvent::Chat {
+            player: 9,
+            table: None,
+            text: t.into(),
+        };
+        p.a.inject(&FromRoom::Events {
+            room: 1,
+            first_seq: n + 1,
+            events: vec![chat("x"), chat("y"), chat("z")],
+        });
+        assert!(matches!(b.reply(seq).await, Ok(Answer::Entered(s)) if s.seq == n + 2));
+        for (i, t) in ["x", "y", "z"].iter().enumerate() {
+            assert_eq!(
+                chat_text(&a.push().await),
+                (n + 1 + i as u64, t.to_string())
+            );
+        }
+        assert_eq!(chat_text(&b.push().await), (n + 3, "z".into()));
+        g.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_login_closes_the_first() {
         let p = Pair::start().await;
         let g = Gateway::start(p.config()).await.unwrap();

@@ -553,7 +553,10 @@ impl Link {
             members: HashMap::new(),
             gap_asked: false,
         });
-        f.last_seq = f.last_seq.max(seq);
+        // Not `last_seq = max(last_seq, seq)` for a room with sessions: the
+        // snapshot may hold events the link has yet to carry, and the
+        // sessions already in the room need them. The new one skips them
+        // (`after`).
         f.members.insert(
             session.id,
             Member {
