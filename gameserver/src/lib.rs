@@ -15,3 +15,4 @@ pub mod room;
 pub mod token;
 pub mod roomserver;
 pub mod login;
+pub mod report;

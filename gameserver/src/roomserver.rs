@@ -61,6 +61,10 @@ pub struct RoomServerConfig {
     pub peer_link: Option<SocketAddr>,
     /// Line-based admin port (ROLE, STATS, SWITCHOVER).
     pub admin_listen: Option<SocketAddr>,
+    /// Status reports to the balancer (online = players in this server's
+    /// rooms, port = the link port), under `report_zone`.
+    pub balancer: Option<crate::gateway::BalancerReport>,
+    pub report_zone: u32,
     pub rooms: Vec<RoomConfig>,
     /// How long a reply waits for the standby when none is connected and live.
     pub standby_wait_ms: u64,
@@ -84,6 +88,8 @@ impl RoomServerConfig {
             link_listen,
             peer_link: None,
             admin_listen: None,
+            balancer: None,
+            report_zone: ROOMS_ZONE_DEFAULT,
             rooms,
             standby_wait_ms: 1000,
             link_frame_bytes_max: 64 << 10,
@@ -124,9 +130,17 @@ pub enum RoomServerError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("room server configuration: {0}")]
+    Config(String),
 }
 
 type LinkId = u64;
+
+/// Rooms one server holds at most (each costs its state and a timer scan).
+pub const ROOMS_PER_SERVER_MAX: usize = 10_000;
+/// The balancer zone room servers report under by default (gateways report
+/// under the players' zone, so a login never picks a room server).
+pub const ROOMS_ZONE_DEFAULT: u32 = 1001;
 
 /// The game task's tick: role checks and turn timers, milliseconds.
 const TICK_MS: u64 = 10;
@@ -174,6 +188,17 @@ fn link_frame(msg: &FromRoom) -> Bytes {
 
 impl RoomServer {
     pub fn start(cfg: RoomServerConfig) -> Result<RoomServer, RoomServerError> {
+        if cfg.rooms.len() > ROOMS_PER_SERVER_MAX {
+            return Err(RoomServerError::Config(format!(
+                "{} rooms configured; a server holds at most {ROOMS_PER_SERVER_MAX}: split them over more pairs",
+                cfg.rooms.len()
+            )));
+        }
+        let mut ids: Vec<u32> = cfg.rooms.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(RoomServerError::Config("two rooms share an id".into()));
+        }
         let rooms = Arc::new(Mutex::new(Rooms::default()));
         let role = if cfg.prefer_master {
             Role::Master
@@ -236,6 +261,27 @@ impl RoomServer {
                         .enable_all()
                         .build()
                         .expect("tokio runtime");
+                    if let Some(b) = s.cfg.balancer.clone() {
+                        let r = s.clone();
+                        let port = link_addr.port();
+                        rt.spawn(async move {
+                            let online = || {
+                                r.rooms
+                                    .lock()
+                                    .get()
+                                    .values()
+                                    .map(|x| x.members.len() as u64)
+                                    .sum()
+                            };
+                            let stop = async {
+                                while !r.stop.load(Ordering::Acquire) {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            };
+                            crate::report::report_loop(b, r.cfg.report_zone, port, online, stop)
+                                .await;
+                        });
+                    }
                     rt.block_on(accept_links(s, std_link, inbox_tx));
                 })?,
         );

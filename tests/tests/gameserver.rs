@@ -400,3 +400,74 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         }
     });
 }
+
+/// One guest login over HTTP: the gateway it hands out.
+fn guest_gateway(cl: &Cluster) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(cl.login_addr).expect("login listens");
+    c.set_read_timeout(Some(STEP)).unwrap();
+    let body = r#"{"name":"g"}"#;
+    write!(
+        c,
+        "POST /v1/guest HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let json = out.split("\r\n\r\n").nth(1).expect("a body");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["gateway"].as_str().expect("a gateway").to_string()
+}
+
+#[test]
+fn a_drained_gateway_gets_no_new_players_and_keeps_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = ClusterOpts::new(dir.path());
+    o.pairs = 1;
+    o.rooms_per_pair = 1;
+    o.tables = 2;
+    o.gateways = 2;
+    let cl = Cluster::start(o).expect("cluster starts");
+    let (a, b) = (cl.gateways[0].tcp, cl.gateways[1].tcp);
+    rt().block_on(async {
+        let mut bal = balancer::client::Client::new(vec![cl.balancer_addr.unwrap()]);
+        // Both gateways report; wait until the balancer runs both.
+        let deadline = Instant::now() + STEP;
+        let id_a = loop {
+            let z = bal.zone(cl.opts.zone).await.expect("zone view");
+            let running: Vec<_> = z.processes.iter().filter(|p| p.status == 101).collect();
+            if running.len() == 2 {
+                break running
+                    .iter()
+                    .find(|p| p.port == a.port())
+                    .expect("gateway A registered")
+                    .id
+                    .clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateways never both running: {z:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let p = Player::join(&cl, 7, Target::Tcp(a), 0).await;
+        bal.drain(&id_a).await.expect("drain gateway A");
+        for _ in 0..10 {
+            assert_eq!(
+                guest_gateway(&cl),
+                b.to_string(),
+                "a drained gateway was handed out"
+            );
+        }
+        // The session on A goes on.
+        p.c.request(Request::Chat {
+            room: ROOM,
+            table: None,
+            text: "on a drained gateway".into(),
+        })
+        .await
+        .unwrap();
+        assert!(p.c.closed().is_none());
+    });
+}

@@ -103,11 +103,34 @@ pub struct Cluster {
     login_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// A free port on 127.0.0.1 (bound and released: the room servers of a pair
-/// must know each other's addresses before either starts).
+/// Ports the launcher picks from: below Linux's ephemeral range (32768–60999),
+/// so no outgoing connection takes one between the pick and the bind.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free port on 127.0.0.1, checked by binding it. The two room servers of a
+/// pair must know each other's addresses before either starts, so these
+/// cannot be port 0; a start that still finds its port taken is retried on
+/// new ones ([`Cluster::start`]).
 pub fn free_port() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map_err(|e| e.to_string())
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = (std::process::id() as u64 ^ gameserver::token::now_ms()) % (PORTS.len() as u64);
+        let _ = NEXT.compare_exchange(
+            0,
+            PORTS.start + seed as u16,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    for _ in 0..PORTS.len() {
+        let p = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = PORTS.start + (p - PORTS.start) % PORTS.len() as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
+            return l.local_addr().map_err(|e| e.to_string());
+        }
+    }
+    Err(format!("no free port in {PORTS:?} on 127.0.0.1"))
 }
 
 /// Where the workspace's binaries are: beside this executable, or one level up
@@ -162,13 +185,25 @@ impl Cluster {
         let balancer = if opts.balancer {
             let cfg = balancer::config::Config {
                 listen: "127.0.0.1:0".parse().expect("addr"),
-                zones: vec![balancer::config::ZoneConfig {
-                    id: opts.zone,
-                    name: "local".into(),
-                    version: "gs".into(),
-                    process_online_max: 20_000,
-                    spawn: None,
-                }],
+                zones: vec![
+                    balancer::config::ZoneConfig {
+                        id: opts.zone,
+                        name: "local".into(),
+                        version: "gs".into(),
+                        process_online_max: 20_000,
+                        spawn: None,
+                    },
+                    balancer::config::ZoneConfig {
+                        id: gameserver::roomserver::ROOMS_ZONE_DEFAULT,
+                        name: "room servers".into(),
+                        version: "gs".into(),
+                        process_online_max: 20_000,
+                        spawn: None,
+                    },
+                ],
+                // One machine's players all come from 127.0.0.1.
+                pick_rate_per_s: 100_000,
+                pick_burst: 100_000,
                 ..balancer::config::Config::default()
             };
             Some(
@@ -194,7 +229,7 @@ impl Cluster {
             login_stop: None,
         };
         for p in 0..opts.pairs {
-            c.start_pair(p)?;
+            c.start_pair_retrying(p)?;
         }
         for p in 0..opts.pairs {
             c.wait_pair(p, Duration::from_secs(30))?;
@@ -206,8 +241,24 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Starts pair `p`, on new ports when one was taken meanwhile.
+    fn start_pair_retrying(&mut self, p: usize) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.start_pair(p) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = e;
+                    self.pairs.truncate(p);
+                }
+            }
+        }
+        Err(format!("pair {p} did not start: {last}"))
+    }
+
     fn start_pair(&mut self, p: usize) -> Result<(), String> {
         let o = &self.opts;
+        let balancer_addr = self.balancer_addr;
         let first_room = 1 + p as u32 * o.rooms_per_pair;
         let hs = [free_port()?, free_port()?];
         let link = [free_port()?, free_port()?];
@@ -247,6 +298,9 @@ impl Cluster {
             ];
             if i == 0 {
                 args.push("--prefer-master".into());
+            }
+            if let Some(b) = balancer_addr {
+                args.extend(["--balancer".into(), b.to_string()]);
             }
             RoomNode {
                 name: format!("room{p}.{i}"),

@@ -13,8 +13,9 @@
 //! - `server_mismatch`: tables whose current game on the master differs from
 //!   the players' view;
 //! - per round, the time from the fault until the room answered again: the
-//!   longest a request that was in flight at the fault (or the first one sent
-//!   after it) waited past the fault.
+//!   first reply after the old master was gone (killed and reaped, or its
+//!   handover done); and the longest a request still open then waited past
+//!   the fault (`stall_ms_max`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -111,6 +112,13 @@ pub struct GsDrillReport {
     pub failover_ms_p50: f64,
     pub failover_ms_max: f64,
     pub failover_ms: Vec<f64>,
+    /// Mean time a reply waited for the standby (hs `Received`), on the last
+    /// master: what "acknowledged means replicated" costs an action.
+    pub replicate_wait_us_mean: f64,
+    /// Replies released without a live standby (on the last master).
+    pub released_unreplicated: u64,
+    /// The longest a request open when the master went was held past the fault.
+    pub stall_ms_max: f64,
     pub games_finished: u64,
     pub seed: u64,
 }
@@ -381,12 +389,12 @@ pub fn run(a: &GsDrillArgs, mut progress: impl FnMut(&str)) -> Result<GsDrillRep
         let t = Instant::now();
         let who = if kill {
             let m = cl.kill_master(0)?;
-            fault_times.push(t);
+            fault_times.push((t, Instant::now()));
             cl.restart(0, m)?;
             m
         } else {
             let m = cl.switchover(0)?;
-            fault_times.push(t);
+            fault_times.push((t, Instant::now()));
             // The old master, now the standby, restarts (an upgrade).
             let mut p = cl.pairs[0].nodes[m]
                 .proc
@@ -415,6 +423,7 @@ pub fn run(a: &GsDrillArgs, mut progress: impl FnMut(&str)) -> Result<GsDrillRep
     }
     // The master's view of every table, to hold the players' views against.
     let server: Vec<serde_json::Value> = cl.rooms(0)?.as_array().cloned().unwrap_or_default();
+    let stats = cl.stats(0)?;
     let mut r = GsDrillReport {
         rounds: faults.len() as u32,
         kills: a.kills,
@@ -423,6 +432,10 @@ pub fn run(a: &GsDrillArgs, mut progress: impl FnMut(&str)) -> Result<GsDrillRep
         seed,
         ..Default::default()
     };
+    let waits = stats["replicate_waits"].as_u64().unwrap_or(0).max(1);
+    r.replicate_wait_us_mean =
+        stats["replicate_wait_us"].as_u64().unwrap_or(0) as f64 / waits as f64;
+    r.released_unreplicated = stats["released_unreplicated"].as_u64().unwrap_or(0);
     let mut lat = Vec::new();
     let mut all_requests = Vec::new();
     let mut seen_tables = std::collections::HashSet::new();
@@ -505,22 +518,24 @@ pub fn run(a: &GsDrillArgs, mut progress: impl FnMut(&str)) -> Result<GsDrillRep
     r.action_ms_p50 = percentile(&lat, 0.50);
     r.action_ms_p99 = percentile(&lat, 0.99);
     r.action_ms_max = lat.last().copied().unwrap_or(0.0);
-    for t in &fault_times {
-        // The longest wait past the fault of a request in flight at it, or
-        // else the first request sent after it.
-        let in_flight = all_requests
+    for (t, dead) in &fault_times {
+        // The room answers again with the first reply after the old master
+        // was gone (killed and reaped, or the handover done); a player waited
+        // at worst as long as the oldest request still open then.
+        if let Some(first) = all_requests
             .iter()
-            .filter(|(s, e, ok)| *ok && s <= t && e > t)
-            .map(|(_, e, _)| *e - *t)
-            .max();
-        let after = all_requests
-            .iter()
-            .filter(|(s, _, ok)| *ok && s > t)
-            .map(|(_, e, _)| *e - *t)
-            .min();
-        if let Some(d) = in_flight.or(after) {
-            r.failover_ms.push(d.as_secs_f64() * 1000.0);
+            .filter(|(_, e, ok)| *ok && e > dead)
+            .map(|(_, e, _)| *e)
+            .min()
+        {
+            r.failover_ms.push((first - *t).as_secs_f64() * 1000.0);
         }
+        let stall = all_requests
+            .iter()
+            .filter(|(s, e, ok)| *ok && s <= dead && e > dead)
+            .map(|(s, e, _)| (*e - (*s).max(*t)).as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max);
+        r.stall_ms_max = r.stall_ms_max.max(stall);
     }
     let mut f = r.failover_ms.clone();
     f.sort_by(f64::total_cmp);

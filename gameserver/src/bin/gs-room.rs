@@ -68,6 +68,12 @@ struct Args {
     /// hs segment size, MiB.
     #[arg(long, default_value_t = 64)]
     segment_mb: u64,
+    /// Balancer to report status to (repeat for a balancer pair).
+    #[arg(long = "balancer")]
+    balancers: Vec<String>,
+    /// Zone the room server reports under.
+    #[arg(long, default_value_t = gameserver::roomserver::ROOMS_ZONE_DEFAULT)]
+    report_zone: u32,
     /// How long a reply waits for a standby that is not connected, ms.
     #[arg(long, default_value_t = 1000)]
     standby_wait_ms: u64,
@@ -107,6 +113,17 @@ fn main() -> ExitCode {
     cfg.peer_link = a.peer_link;
     cfg.admin_listen = a.admin;
     cfg.standby_wait_ms = a.standby_wait_ms;
+    cfg.report_zone = a.report_zone;
+    if !a.balancers.is_empty() {
+        cfg.balancer = Some(gameserver::gateway::BalancerReport {
+            addrs: a.balancers.clone(),
+            process_id: format!("{}-room", balancer::client::local_process_id()),
+            host: a.link.ip().to_string(),
+            port: 0,
+            secret: None,
+            report_interval_ms: 500,
+        });
+    }
     let rs = match RoomServer::start(cfg) {
         Ok(rs) => rs,
         Err(e) => {
