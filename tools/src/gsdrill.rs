@@ -582,6 +582,11 @@ pub fn table(r: &GsDrillReport) -> String {
         format!("{:.1} / {:.1} ms", r.failover_ms_p50, r.failover_ms_max),
     );
     row(
+        "wait for standby",
+        format!("{:.0} µs mean per change (last master)", r.replicate_wait_us_mean),
+    );
+    row("longest stall", format!("{:.1} ms", r.stall_ms_max));
+    row(
         "per round",
         r.failover_ms
             .iter()
