@@ -94,20 +94,20 @@ mod gateway {
             let frozen = Arc::new(AtomicBool::new(false));
             let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
             let links: Arc<Mutex<Vec<mpsc::UnboundedSender<Bytes>>>> = Arc::default();
-            let (m, t, ls, fz) = (master.clone(), tasks.clone(), links.clone(), frozen.clone());
+            let ctx = NodeCtx {
+                name,
+                master: master.clone(),
+                frozen: frozen.clone(),
+                hint,
+                state,
+                log,
+                links: links.clone(),
+            };
+            let t = tasks.clone();
             let accept = tokio::spawn(async move {
                 loop {
                     let Ok((s, _)) = l.accept().await else { return };
-                    let conn = tokio::spawn(serve_link(
-                        name,
-                        s,
-                        m.clone(),
-                        fz.clone(),
-                        hint.clone(),
-                        state.clone(),
-                        log.clone(),
-                        ls.clone(),
-                    ));
+                    let conn = tokio::spawn(serve_link(ctx.clone(), s));
                     t.lock().push(conn);
                 }
             });
@@ -138,16 +138,29 @@ mod gateway {
         }
     }
 
-    async fn serve_link(
+    /// What every link of one fake node shares.
+    #[derive(Clone)]
+    struct NodeCtx {
         name: &'static str,
-        s: TcpStream,
         master: Arc<AtomicBool>,
         frozen: Arc<AtomicBool>,
+        /// The master's address this node tells when it is not master.
         hint: Arc<Mutex<Option<String>>>,
         state: Arc<Mutex<RoomsState>>,
         log: mpsc::UnboundedSender<(&'static str, ToRoom)>,
         links: Arc<Mutex<Vec<mpsc::UnboundedSender<Bytes>>>>,
-    ) {
+    }
+
+    async fn serve_link(ctx: NodeCtx, s: TcpStream) {
+        let NodeCtx {
+            name,
+            master,
+            frozen,
+            hint,
+            state,
+            log,
+            links,
+        } = ctx;
         let (mut rd, mut wr) = s.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let writer = tokio::spawn(async move {
