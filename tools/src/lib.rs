@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod drill;
 pub mod gsbot;
+pub mod gsbench;
 pub mod gscluster;
 pub mod gsdrill;
 pub mod pair;

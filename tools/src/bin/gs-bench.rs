@@ -4,6 +4,8 @@
 //! - `connections --count N`: N idle authenticated sessions with heartbeats
 //!   on; `connections_held`, and with `--gateway-pid` the gateways' RSS and
 //!   `rss_bytes_per_connection`.
+//! - `rooms --bots N --rooms R --interval-ms I` and `chat --players P --rate M`
+//!   start a local cluster themselves (`tools::gsbench`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,6 +58,54 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bots acting every --interval-ms, every action broadcast to its room (starts a cluster).
+    Rooms {
+        #[arg(long, default_value_t = 2000)]
+        bots: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: u32,
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long)]
+        ws: bool,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One room, every player chatting --rate times a second (starts a cluster).
+    Chat {
+        #[arg(long, default_value_t = 400)]
+        players: usize,
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long)]
+        ws: bool,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn cluster_bench(r: Result<serde_json::Value, String>, json: bool) -> ExitCode {
+    match r {
+        Ok(v) => {
+            eprint!("{}", tools::gsbench::table(&v));
+            if json {
+                println!("{v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gs-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_hold(r: &HoldReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
@@ -93,6 +143,32 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    let cmd = Cli::parse().cmd;
+    let cmd = match cmd {
+        Cmd::Rooms {
+            bots,
+            rooms,
+            interval_ms,
+            seconds,
+            ws,
+            dir,
+            json,
+        } => {
+            return cluster_bench(
+                tools::gsbench::rooms(bots, rooms, interval_ms, seconds, ws, &dir),
+                json,
+            )
+        }
+        Cmd::Chat {
+            players,
+            rate,
+            seconds,
+            ws,
+            dir,
+            json,
+        } => return cluster_bench(tools::gsbench::chat(players, rate, seconds, ws, &dir), json),
+        c => c,
+    };
     let Cmd::Connections {
         count,
         gateways,
@@ -105,7 +181,10 @@ fn main() -> ExitCode {
         connect_concurrency,
         hold_secs,
         json,
-    } = Cli::parse().cmd;
+    } = cmd
+    else {
+        unreachable!("the other commands returned above")
+    };
     if count > 19_000 {
         eprintln!("gs-bench: warning: {count} connections need more file descriptors than the 20,000 a process may hold here; run several processes");
     }
