@@ -39,6 +39,10 @@ pub enum ToRoom {
     /// needed when the request enters a room.
     Request {
         player: u64,
+        /// The player's session, unique across gateways: with `seq` it
+        /// names the request (a reconnected player starts a new session,
+        /// whose `seq` starts again).
+        session: u64,
         seq: u32,
         name: String,
         req: Request,

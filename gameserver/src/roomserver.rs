@@ -557,10 +557,11 @@ impl Game {
                     }
                     ToRoom::Request {
                         player,
+                        session,
                         seq,
                         name,
                         req,
-                    } => self.request(id, player, seq, &name, req),
+                    } => self.request(id, player, session, seq, &name, req),
                 }
             }
         }
@@ -620,7 +621,15 @@ impl Game {
         Ok(pos)
     }
 
-    fn request(&mut self, link: LinkId, player: u64, seq: u32, name: &str, req: Request) {
+    fn request(
+        &mut self,
+        link: LinkId,
+        player: u64,
+        session: u64,
+        seq: u32,
+        name: &str,
+        req: Request,
+    ) {
         self.s.stats.requests.fetch_add(1, Ordering::Relaxed);
         let Some(room) = req.room() else {
             let reply = Err(Fail::new(
@@ -640,7 +649,7 @@ impl Game {
         };
         // Events of a room a link sent a request for go to that link from now on.
         self.subs.entry(room).or_default().insert(link);
-        if let Some(done_seq) = st.done(player, seq) {
+        if let Some(done_seq) = st.done(player, session, seq) {
             self.s.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
             let a = st.answer_done(&req, done_seq);
             drop(rooms);
@@ -659,7 +668,12 @@ impl Game {
             Ok(Plan::Events(ev)) => ev,
         };
         let first_seq = st.seq + 1;
-        let w = rooms.prepare(room, events.clone(), Some((player, seq)));
+        let mark = crate::room::replica::Mark {
+            player,
+            session,
+            seq,
+        };
+        let w = rooms.prepare(room, events.clone(), Some(mark));
         let pos = match self.publish(&w) {
             Ok(p) => p,
             Err(e) => {

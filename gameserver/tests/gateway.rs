@@ -231,6 +231,7 @@ mod gateway {
                     seq,
                     name,
                     req,
+                    ..
                 } => {
                     let mut st = state.lock();
                     let mode = st.mode;

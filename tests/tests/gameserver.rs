@@ -471,3 +471,54 @@ fn a_drained_gateway_gets_no_new_players_and_keeps_its_sessions() {
         assert!(p.c.closed().is_none());
     });
 }
+
+/// A player who reconnects starts a new session whose sequence numbers start
+/// again: its requests are new, not re-sends of the old session's.
+#[test]
+fn a_reconnected_player_is_not_taken_for_a_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir);
+    let gw = Target::Tcp(cl.gateways[0].tcp);
+    rt().block_on(async {
+        let a = Player::join(&cl, 1, gw.clone(), 0).await; // seq 1 Enter, 2 Sit
+        for i in 0..3 {
+            a.c.request(Request::Chat {
+                room: ROOM,
+                table: None,
+                text: format!("before {i}"),
+            })
+            .await
+            .unwrap(); // seq 3..5
+        }
+        a.c.close();
+        drop(a);
+        let c = Client::connect(&gw, &cl.token(1, "p1"))
+            .await
+            .expect("reconnect");
+        let Answer::Entered(s) = c.request(Request::Enter { room: ROOM }).await.unwrap() else {
+            panic!("Enter answered without a snapshot")
+        };
+        let seat = |s: &gameserver::proto::msg::RoomSnapshot| {
+            s.members
+                .iter()
+                .find(|m| m.player == 1)
+                .and_then(|m| m.seat)
+        };
+        assert_eq!(
+            seat(&s),
+            Some((TABLE, 0)),
+            "the seat is kept across the reconnect"
+        );
+        c.request(Request::Stand { room: ROOM })
+            .await
+            .expect("stand (seq 2 of the new session)");
+        let Answer::Snapshot(s) = c.request(Request::Snapshot { room: ROOM }).await.unwrap() else {
+            panic!("Snapshot answered without one")
+        };
+        assert_eq!(
+            seat(&s),
+            None,
+            "the new session's Stand was done, not answered as a re-send"
+        );
+    });
+}

@@ -388,6 +388,9 @@ impl Link {
             } => {
                 let wire = encode(&ToRoom::Request {
                     player: session.player,
+                    // Unique across gateways (their ids are random), stable
+                    // across the re-sends of this session's requests.
+                    session: self.shared.gateway_id ^ session.id,
                     seq,
                     name: session.name.clone(),
                     req: req.clone(),

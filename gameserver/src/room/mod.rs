@@ -49,8 +49,10 @@ pub struct Member {
     pub name: String,
     pub seat: Option<(u16, u8)>,
     pub watching: Option<u16>,
-    /// The last request of this player that changed the room, and the room's
-    /// sequence after it: a re-sent request at or below it is answered from here.
+    /// The last request of this player that changed the room (its session
+    /// and sequence), and the room's sequence after it: a re-sent request of
+    /// that session at or below it is answered from here.
+    pub last_session: u64,
     pub last_req: u32,
     pub last_seq: u64,
     pub wins: u32,
@@ -126,8 +128,8 @@ pub struct RoomState {
     pub members: BTreeMap<u64, Member>,
     pub tables: Vec<Table>,
     pub recent: VecDeque<(u64, RoomEvent)>,
-    /// (player, last_req, last_seq) of players who left.
-    pub departed: VecDeque<(u64, u32, u64)>,
+    /// (player, last_session, last_req, last_seq) of players who left.
+    pub departed: VecDeque<(u64, u64, u32, u64)>,
 }
 
 fn fail(code: ErrorCode, m: impl Into<String>) -> Fail {
@@ -192,18 +194,17 @@ impl RoomState {
         }
     }
 
-    /// If `(player, req)` was already done, the room sequence after it.
-    pub fn done(&self, player: u64, req: u32) -> Option<u64> {
+    /// If request `req` of `session` was already done, the room sequence after it.
+    pub fn done(&self, player: u64, session: u64, req: u32) -> Option<u64> {
         if let Some(m) = self.members.get(&player) {
-            if req <= m.last_req {
-                return Some(m.last_seq);
-            }
+            return (m.last_session == session && req <= m.last_req).then_some(m.last_seq);
         }
         self.departed
             .iter()
             .rev()
-            .find(|(p, r, _)| *p == player && req <= *r)
-            .map(|&(_, _, s)| s)
+            .find(|d| d.0 == player)
+            .filter(|d| d.1 == session && req <= d.2)
+            .map(|d| d.3)
     }
 
     /// The answer to a request done before (a re-send after a failover).
@@ -526,6 +527,7 @@ impl RoomState {
                         name: name.clone(),
                         seat: None,
                         watching: None,
+                        last_session: 0,
                         last_req: 0,
                         last_seq: 0,
                         wins: 0,
@@ -539,10 +541,9 @@ impl RoomState {
                 );
                 // A player who comes back keeps deduplication of what was done before.
                 if let Some(i) = self.departed.iter().rposition(|d| d.0 == *player) {
-                    let (_, r, s) = self.departed.remove(i).expect("index from rposition");
+                    let (_, session, r, s) = self.departed.remove(i).expect("index from rposition");
                     let m = self.members.get_mut(player).expect("just inserted");
-                    m.last_req = r;
-                    m.last_seq = s;
+                    (m.last_session, m.last_req, m.last_seq) = (session, r, s);
                 }
             }
             RoomEvent::Left { player } => {
@@ -551,7 +552,8 @@ impl RoomState {
                     .remove(player)
                     .expect("Left for a player not in room");
                 assert!(m.seat.is_none(), "Left while seated");
-                self.departed.push_back((*player, m.last_req, m.last_seq));
+                self.departed
+                    .push_back((*player, m.last_session, m.last_req, m.last_seq));
                 if self.departed.len() > DEPARTED_MAX {
                     self.departed.pop_front();
                 }

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Every request that changes a room is one [`Delta`] record (its events and
-//! the request's `(player, seq)` mark, so effect and deduplication are one
+//! the request's `(player, session, seq)` mark, so effect and deduplication are one
 //! atomic write). Before a delta whose index would be `CHECKPOINT_EVERY` past
 //! the last checkpoint, the master publishes a checkpoint of the room. The
 //! deltas after the newest checkpoint always fit in the ring (`DELTA_SLOTS` >
@@ -45,8 +45,16 @@ pub struct Delta {
     /// The sequence number of `events[0]`.
     pub first_seq: u64,
     pub events: Vec<RoomEvent>,
-    /// The request it answers: (player, request seq). None for timer events.
-    pub mark: Option<(u64, u32)>,
+    /// The request it answers. None for timer events.
+    pub mark: Option<Mark>,
+}
+
+/// Names a request: a player's session and its sequence number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub player: u64,
+    pub session: u64,
+    pub seq: u32,
 }
 
 /// What an hs key names.
@@ -116,16 +124,19 @@ impl RoomState {
             self.apply(e, now);
         }
         self.index = d.index;
-        if let Some((player, req)) = d.mark {
+        if let Some(Mark {
+            player,
+            session,
+            seq: req,
+        }) = d.mark
+        {
             let seq = self.seq;
             if let Some(m) = self.members.get_mut(&player) {
-                m.last_req = req;
-                m.last_seq = seq;
+                (m.last_session, m.last_req, m.last_seq) = (session, req, seq);
             } else if let Some(e) = self.departed.iter_mut().rev().find(|e| e.0 == player) {
-                e.1 = req;
-                e.2 = seq;
+                (e.1, e.2, e.3) = (session, req, seq);
             } else {
-                self.departed.push_back((player, req, seq));
+                self.departed.push_back((player, session, req, seq));
                 if self.departed.len() > super::DEPARTED_MAX {
                     self.departed.pop_front();
                 }
@@ -185,12 +196,7 @@ impl Rooms {
 
     /// The records for `events` on `room` (a checkpoint first when one is due).
     /// Nothing changes until [`Self::commit`].
-    pub fn prepare(
-        &mut self,
-        room: u32,
-        events: Vec<RoomEvent>,
-        mark: Option<(u64, u32)>,
-    ) -> Writes {
+    pub fn prepare(&mut self, room: u32, events: Vec<RoomEvent>, mark: Option<Mark>) -> Writes {
         self.finish_restore(Instant::now());
         let st = self
             .rooms

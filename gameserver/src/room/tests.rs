@@ -323,13 +323,21 @@ impl Master {
     }
     fn request(&mut self, room: u32, player: u64, seq: u32, req: Request) -> bool {
         let st = &self.rooms.get()[&room];
-        if st.done(player, seq).is_some() {
+        if st.done(player, 1, seq).is_some() {
             return false;
         }
         let Ok(Plan::Events(ev)) = st.plan(player, "p", &req) else {
             return false;
         };
-        let w = self.rooms.prepare(room, ev, Some((player, seq)));
+        let w = self.rooms.prepare(
+            room,
+            ev,
+            Some(super::replica::Mark {
+                player,
+                session: 1,
+                seq,
+            }),
+        );
         self.rooms.commit(&w, Instant::now());
         self.log.extend(w);
         true
@@ -452,7 +460,13 @@ fn standby_and_compacted_snapshots_equal_the_master() {
     assert_eq!((slave.divergences, slave.errors), (0, 0));
     // A re-sent request is recognised as done, on the standby too.
     let last = seq;
-    assert!(slave.get()[&1].done(1, last).is_some() || slave.get()[&2].done(1, last).is_some());
+    assert!(
+        slave.get()[&1].done(1, 1, last).is_some() || slave.get()[&2].done(1, 1, last).is_some()
+    );
+    // The same sequence number from another session (a reconnect) is new.
+    assert!(
+        slave.get()[&1].done(1, 2, last).is_none() && slave.get()[&2].done(1, 2, last).is_none()
+    );
 }
 
 #[test]
@@ -469,6 +483,7 @@ fn a_forked_checkpoint_is_counted_and_the_masters_state_adopted() {
             name: "ghost".into(),
             seat: None,
             watching: None,
+            last_session: 0,
             last_req: 0,
             last_seq: 0,
             wins: 0,
