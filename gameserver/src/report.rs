@@ -11,15 +11,15 @@ use tracing::{info, warn};
 
 use crate::gateway::BalancerReport;
 
-/// Resident memory of this process, MiB (from /proc/self/statm).
-pub fn rss_mb() -> u64 {
+/// Resident memory of this process, bytes (from /proc/self/statm).
+pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    pages * 4096 / (1 << 20)
+    pages * 4096
 }
 
 /// Pushes `online()` for this process under `zone` every
@@ -58,7 +58,7 @@ pub async fn report_loop(
             host: b.host.clone(),
             port: port as i64,
             online: online() as i64,
-            used_memory_mb: rss_mb() as i64,
+            used_memory_mb: (rss_bytes() >> 20) as i64,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: Some(std::process::id()),
             claimed: Vec::new(),

@@ -268,3 +268,108 @@ pub fn table(v: &Value) -> String {
     }
     s
 }
+
+/// `connections --count N` on a cluster it starts: N idle authenticated
+/// sessions with heartbeats, over `ceil(N / SESSIONS_PER_GATEWAY_MAX)`
+/// gateways on their own ports, held by `gs-bench connections` child
+/// processes of at most [`BOTS_PER_PROCESS_MAX`] each. The gateways' RSS is
+/// read once every child holds all of its sessions.
+pub fn connections(
+    count: usize,
+    hold_secs: f64,
+    ws: bool,
+    dir: &Option<PathBuf>,
+) -> Result<Value, String> {
+    let tmp = std::env::temp_dir().join(format!(
+        "gs-bench-{}-{}",
+        std::process::id(),
+        gameserver::token::now_ms()
+    ));
+    let path = dir.clone().unwrap_or_else(|| tmp.clone());
+    let mut o = ClusterOpts::new(&path);
+    o.pairs = 1;
+    o.rooms_per_pair = 1;
+    o.tables = 1;
+    o.gateways = count.div_ceil(SESSIONS_PER_GATEWAY_MAX).max(1);
+    o.balancer = false;
+    o.gateway_args = vec!["--sessions-max".into(), "20000".into()];
+    let cl = Cluster::start(o)?;
+    let pids: Vec<u32> = cl.gateways.iter().map(|g| g.proc.pid()).collect();
+    let rss = |pids: &[u32]| -> u64 {
+        pids.iter()
+            .filter_map(|p| crate::gsbot::rss_bytes(*p))
+            .sum()
+    };
+    let before = rss(&pids);
+    let exe = crate::gscluster::bin_dir().join("gs-bench");
+    let procs_n = count.div_ceil(BOTS_PER_PROCESS_MAX).max(1);
+    let mut procs = Vec::new();
+    let t0 = Instant::now();
+    for k in 0..procs_n {
+        let n = count / procs_n + usize::from(k < count % procs_n);
+        let mut args: Vec<String> = vec!["connections".into(), "--count".into(), n.to_string()];
+        // Each child spreads over every gateway; child k starts at gateway k.
+        for i in 0..cl.gateways.len() {
+            let g = &cl.gateways[(k + i) % cl.gateways.len()];
+            args.extend([
+                "--gateway".into(),
+                (if ws { g.ws.unwrap_or(g.tcp) } else { g.tcp }).to_string(),
+            ]);
+        }
+        args.extend([
+            "--secret".into(),
+            cl.opts.secret.clone(),
+            "--first-player".into(),
+            (10_000_000 + (k * BOTS_PER_PROCESS_MAX) as u64).to_string(),
+            "--hold-secs".into(),
+            (hold_secs + 60.0).to_string(),
+            "--announce-held".into(),
+            "--json".into(),
+        ]);
+        if ws {
+            args.push("--ws".into());
+        }
+        procs.push(Proc::spawn(
+            &format!("hold{k}"),
+            &exe,
+            &args,
+            Stdio::null(),
+            false,
+        )?);
+    }
+    let mut opened = 0.0;
+    for p in &mut procs {
+        opened += p
+            .wait_line("HELD", Duration::from_secs(600))?
+            .parse::<f64>()
+            .unwrap_or(0.0);
+    }
+    let connect_seconds = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(hold_secs));
+    let after = rss(&pids);
+    let mut reports = Vec::new();
+    for p in &mut procs {
+        let line = format!(
+            "{{{}",
+            p.wait_line("{", Duration::from_secs_f64(hold_secs + 180.0))?
+        );
+        reports.push(
+            serde_json::from_str::<Value>(&line)
+                .map_err(|e| format!("gs-bench child JSON: {e}"))?,
+        );
+    }
+    let held = sum(&reports, "connections_held");
+    let v = json!({
+        "scenario": "connections", "count": count, "opened": opened, "connections_held": held,
+        "connect_failed": sum(&reports, "connect_failed"), "connect_seconds": connect_seconds,
+        "gateways": cl.gateways.len(), "client_processes": procs_n,
+        "gateway_rss_before_bytes": before, "gateway_rss_bytes": after,
+        "rss_bytes_per_connection": if opened > 0.0 { after.saturating_sub(before) as f64 / opened } else { 0.0 },
+        "errors": reports.iter().map(|r| r["errors"].clone()).collect::<Vec<_>>(),
+    });
+    drop(cl);
+    if dir.is_none() {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    Ok(v)
+}

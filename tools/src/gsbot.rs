@@ -1083,6 +1083,9 @@ pub struct HoldConfig {
     pub hold: Duration,
     /// Gateway processes whose RSS is measured (`/proc/PID/status` VmRSS).
     pub gateway_pids: Vec<u32>,
+    /// Print `HELD <n>` on stdout once every connection is open (a parent
+    /// running several of these measures the gateways while all hold).
+    pub announce_held: bool,
 }
 
 /// What holding idle connections cost.
@@ -1151,6 +1154,11 @@ pub async fn hold_connections(cfg: HoldConfig) -> HoldReport {
         }
     }
     report.connect_seconds = started.elapsed().as_secs_f64();
+    if cfg.announce_held {
+        use std::io::Write as _;
+        println!("HELD {}", clients.len());
+        let _ = std::io::stdout().flush();
+    }
     tokio::time::sleep(cfg.hold).await;
     report.connections_held = clients.iter().filter(|c| c.closed().is_none()).count();
     for c in clients.iter().filter(|c| c.closed().is_some()) {

@@ -218,12 +218,15 @@ impl Gateway {
             )));
         }
         if let Some(b) = shared.cfg.balancer.clone() {
-            tasks.push(tokio::spawn(report(
-                b,
-                tcp_addr,
-                shared.clone(),
-                stopped.clone(),
-            )));
+            let (sh, mut stop) = (shared.clone(), stopped.clone());
+            let zone = shared.cfg.zone;
+            tasks.push(tokio::spawn(async move {
+                let online = || sh.stats.sessions.load(Relaxed);
+                let stop = async move {
+                    let _ = stop.changed().await;
+                };
+                crate::report::report_loop(b, zone, tcp_addr.port(), online, stop).await;
+            }));
         }
         info!(tcp = %tcp_addr, ws = ?ws_addr, pairs = shared.pairs.len(), gateway = shared.gateway_id, "gateway listening");
         Ok(Gateway {
@@ -407,20 +410,7 @@ async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rece
     }
 }
 
-/// Bytes of resident memory of this process (Linux), 0 when unknown.
-pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
-fn rss_mb() -> u64 {
-    rss_bytes() >> 20
-}
+pub use crate::report::rss_bytes;
 
 /// Admin connections served at once at most.
 const ADMIN_CONNECTIONS_MAX: usize = 16;
@@ -478,58 +468,5 @@ async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Re
                 }
             }
         });
-    }
-}
-
-/// Pushes the gateway's status to the balancer every interval; failures are
-/// logged (at warn when the state changes) and never stop the gateway.
-async fn report(
-    b: BalancerReport,
-    tcp: SocketAddr,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let addrs: Vec<SocketAddr> = b.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-    if addrs.len() != b.addrs.len() {
-        warn!(addrs = ?b.addrs, "some balancer addresses are not ip:port; they are skipped");
-    }
-    let mut client = balancer::client::Client::new(addrs).with_secret(b.secret.clone());
-    let id = if b.process_id.is_empty() {
-        balancer::client::local_process_id()
-    } else {
-        b.process_id.clone()
-    };
-    let port = if b.port == 0 { tcp.port() } else { b.port };
-    let mut tick = tokio::time::interval(Duration::from_millis(b.report_interval_ms.max(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        let push = balancer::registry::StatusPush {
-            id: id.clone(),
-            zone: shared.cfg.zone as i64,
-            host: b.host.clone(),
-            port: port as i64,
-            online: shared.stats.sessions.load(Relaxed) as i64,
-            used_memory_mb: rss_mb() as i64,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: Some(std::process::id()),
-            claimed: Vec::new(),
-        };
-        match client.push_status(&push).await {
-            Ok(_) if failing => {
-                failing = false;
-                info!("status reports to the balancer work again");
-            }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                failing = true;
-                warn!(error = %e, "status report to the balancer failed; retrying every interval");
-            }
-            Err(e) => tracing::debug!(error = %e, "status report failed"),
-        }
     }
 }

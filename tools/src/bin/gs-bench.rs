@@ -32,15 +32,22 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         count: usize,
         /// Gateway address (repeatable; connections take them in turn). With --ws, the WebSocket port.
-        #[arg(long = "gateway", required = true)]
+        /// Without one, the bench starts a local cluster with enough gateways.
+        #[arg(long = "gateway")]
         gateways: Vec<SocketAddr>,
         #[arg(long)]
         ws: bool,
         /// The gateways' token secret (its bytes are the HMAC key).
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         secret: String,
         #[arg(long, default_value_t = 1)]
         zone: u32,
+        /// Print `HELD n` once all are open (for a parent bench process).
+        #[arg(long, hide = true)]
+        announce_held: bool,
+        /// With a started cluster: where its room servers keep their logs.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 5_000_000)]
         first_player: u64,
         /// Gateway process ids whose RSS to measure (repeatable).
@@ -181,10 +188,18 @@ fn main() -> ExitCode {
         connect_concurrency,
         hold_secs,
         json,
+        announce_held,
+        dir,
     } = cmd
     else {
         unreachable!("the other commands returned above")
     };
+    if gateways.is_empty() {
+        return cluster_bench(
+            tools::gsbench::connections(count, hold_secs, ws, &dir),
+            json,
+        );
+    }
     if count > 19_000 {
         eprintln!("gs-bench: warning: {count} connections need more file descriptors than the 20,000 a process may hold here; run several processes");
     }
@@ -199,6 +214,7 @@ fn main() -> ExitCode {
         connect_concurrency,
         hold: Duration::from_secs_f64(hold_secs.max(0.0)),
         gateway_pids,
+        announce_held,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -421,6 +421,7 @@ async fn idle_connections_are_held_and_measured() {
         hold: Duration::from_millis(300),
         // This process stands in for the gateway: its RSS is some number.
         gateway_pids: vec![std::process::id()],
+        announce_held: false,
     };
     let r = tokio::time::timeout(DEADLINE, hold_connections(cfg))
         .await
