@@ -695,7 +695,7 @@ impl Balancer {
                     let vouched = p.status != Status::Starting
                         && now_ms.saturating_sub(p.last_push_ms) < fresh_ms
                         && streams.contains_key(&p.id);
-                    !vouched || round.wrapping_add(id_hash(&p.id)) % every == 0
+                    !vouched || round.wrapping_add(id_hash(&p.id)).is_multiple_of(every)
                 })
             })
         };

@@ -66,5 +66,5 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
 /// Strings from anything displayable, for argument lists.
 #[macro_export]
 macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
+    ($($a:expr),* $(,)?) => { Vec::<String>::from([$($a.to_string()),*]) };
 }

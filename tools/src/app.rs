@@ -73,7 +73,9 @@ impl Apply for KvApp {
             let seg = s.segment_bytes.max(1);
             if rec.pos < next {
                 s.duplicates += 1;
-            } else if rec.pos != next && !(rec.pos % seg == 0 && next / seg + 1 == rec.pos / seg) {
+            } else if rec.pos != next
+                && !(rec.pos.is_multiple_of(seg) && next / seg + 1 == rec.pos / seg)
+            {
                 s.gaps += 1;
             }
         }

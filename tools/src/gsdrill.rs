@@ -321,7 +321,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs the drill; `progress` gets one line per round.
 pub fn run(a: &GsDrillArgs, mut progress: impl FnMut(&str)) -> Result<GsDrillReport, String> {
-    let seed = a.seed.unwrap_or_else(|| gameserver::token::now_ms());
+    let seed = a.seed.unwrap_or_else(gameserver::token::now_ms);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = std::env::temp_dir().join(format!("gs-drill-{}-{seed}", std::process::id()));
     let dir = a.dir.clone().unwrap_or_else(|| tmp.clone());
@@ -583,7 +583,10 @@ pub fn table(r: &GsDrillReport) -> String {
     );
     row(
         "wait for standby",
-        format!("{:.0} µs mean per change (last master)", r.replicate_wait_us_mean),
+        format!(
+            "{:.0} µs mean per change (last master)",
+            r.replicate_wait_us_mean
+        ),
     );
     row("longest stall", format!("{:.1} ms", r.stall_ms_max));
     row(

@@ -5,8 +5,8 @@
 pub mod app;
 pub mod cli;
 pub mod drill;
-pub mod gsbot;
 pub mod gsbench;
+pub mod gsbot;
 pub mod gscluster;
 pub mod gsdrill;
 pub mod pair;

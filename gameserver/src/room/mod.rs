@@ -489,8 +489,9 @@ impl RoomState {
         let mut ev = Vec::new();
         for (i, t) in self.tables.iter().enumerate() {
             let Some(g) = t.running() else { continue };
-            if !g.deadline.is_some_and(|d| d <= now) {
-                continue;
+            match g.deadline {
+                Some(d) if d <= now => {}
+                _ => continue,
             }
             let table = i as u16;
             let seat = g.board().turn();

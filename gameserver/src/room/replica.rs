@@ -158,6 +158,9 @@ impl RoomState {
     }
 }
 
+/// One room's keys from an hs snapshot: its checkpoint and its deltas.
+type Restoring = (Option<RoomState>, Vec<Delta>);
+
 /// Every room of a server, shared by the room server and hs's `Apply`.
 #[derive(Default)]
 pub struct Rooms {
@@ -165,7 +168,7 @@ pub struct Rooms {
     /// Index of each room's newest checkpoint.
     checkpoint: BTreeMap<u32, u64>,
     /// Keys from an hs snapshot, folded into rooms on the next access.
-    restoring: Option<BTreeMap<u32, (Option<RoomState>, Vec<Delta>)>>,
+    restoring: Option<BTreeMap<u32, Restoring>>,
     /// Checkpoints that differed from this node's own state.
     pub divergences: u64,
     /// Records that could not be applied.

@@ -396,8 +396,7 @@ fn standby_and_compacted_snapshots_equal_the_master() {
             .unwrap()
             .moves
             .len()
-            % 2
-            == 0
+            .is_multiple_of(2)
         {
             1
         } else {
