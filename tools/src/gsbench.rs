@@ -15,7 +15,7 @@ use crate::proc::Proc;
 /// Bots one `gs-bot` process runs (its descriptors, with margin).
 pub const BOTS_PER_PROCESS_MAX: usize = 15_000;
 /// Sessions one gateway takes in these benches (its descriptors, with margin).
-pub const SESSIONS_PER_GATEWAY_MAX: usize = 18_000;
+pub const SESSIONS_PER_GATEWAY_MAX: usize = 19_000;
 
 /// CPU time (user + system) of a process, ms, from /proc/PID/stat.
 pub fn cpu_ms(pid: u32) -> Option<f64> {
