@@ -162,6 +162,8 @@ mod gateway {
             links,
         } = ctx;
         let (mut rd, mut wr) = s.into_split();
+        // Unbounded on purpose and cannot grow past the test: it holds what this fake
+        // sends in one test's bounded steps, written out as fast as the socket takes it.
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let writer = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -307,6 +309,8 @@ mod gateway {
                 mode: Mode::Answer,
                 applied: 0,
             }));
+            // Unbounded on purpose and cannot grow past the test: it carries one test's
+            // bounded steps to its assertions (a fake's log of what it received).
             let (tx, log) = mpsc::unbounded_channel();
             let hint_b = Arc::new(Mutex::new(None));
             let a = FakeNode::start(
@@ -933,6 +937,8 @@ mod gateway {
         // A fake balancer: answers each POST /v1/status and hands over its body.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let baddr = l.local_addr().unwrap();
+        // Unbounded on purpose and cannot grow past the test: it carries one test's
+        // bounded steps to its assertions (a fake's log of what it received).
         let (tx, mut bodies) = mpsc::unbounded_channel::<serde_json::Value>();
         let fake = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();

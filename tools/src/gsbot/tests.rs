@@ -202,6 +202,8 @@ async fn fake_gateway(rooms: u32) -> (SocketAddr, Arc<Mutex<Fake>>) {
 async fn fake_session(s: tokio::net::TcpStream, fake: Arc<Mutex<Fake>>) {
     s.set_nodelay(true).unwrap();
     let (mut r, mut w) = s.into_split();
+    // Unbounded on purpose and cannot grow past the test: it holds what this fake
+    // sends in one test's bounded steps, written out as fast as the socket takes it.
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
