@@ -336,21 +336,31 @@ fn too_many_frame(shared: &Shared) -> bytes::Bytes {
     .to_bytes()
 }
 
-async fn accept_tcp(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+/// The next accepted connection (no-delay set), or `None` once stopped.
+/// Accept errors (EMFILE and the like) wait a moment instead of spinning.
+async fn accept_next(
+    l: &TcpListener,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
     loop {
-        let (s, _) = tokio::select! {
+        tokio::select! {
             r = l.accept() => match r {
-                Ok(x) => x,
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    return Some(s);
+                }
                 Err(e) => {
-                    // EMFILE and the like: wait instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
                 }
             },
-            _ = stopped.changed() => return,
-        };
-        let _ = s.set_nodelay(true);
+            _ = stopped.changed() => return None,
+        }
+    }
+}
+
+async fn accept_tcp(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    while let Some(s) = accept_next(&l, &mut stopped).await {
         if over_limit(&shared) {
             let bye = too_many_frame(&shared);
             tokio::spawn(async move {
@@ -366,19 +376,7 @@ async fn accept_tcp(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rec
 }
 
 async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    loop {
-        let (s, _) = tokio::select! {
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => return,
-        };
-        let _ = s.set_nodelay(true);
+    while let Some(s) = accept_next(&l, &mut stopped).await {
         let full = over_limit(&shared);
         let shared = shared.clone();
         tokio::spawn(async move {
