@@ -6,6 +6,7 @@
 //! - [`room`]: a room's rules as a state machine, and how rooms live in hs;
 //! - [`token`]: signed expiring tokens.
 
+pub mod accounts;
 pub mod client;
 pub mod game;
 pub mod gateway;

@@ -46,6 +46,10 @@ pub enum ToRoom {
         seq: u32,
         name: String,
         req: Request,
+        /// The center's login number of this session (0 without a center):
+        /// it only grows for a player, so a room refuses a request carrying
+        /// a lower one than it has seen (the old session of a takeover).
+        login: u64,
     },
     /// Send this link the room's events after `after` (exclusive), then every
     /// new one; a snapshot when the room no longer holds them all.

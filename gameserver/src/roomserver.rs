@@ -561,6 +561,7 @@ impl Game {
                         seq,
                         name,
                         req,
+                        login: _,
                     } => self.request(id, player, session, seq, &name, req),
                 }
             }

@@ -394,6 +394,7 @@ impl Link {
                     seq,
                     name: session.name.clone(),
                     req: req.clone(),
+                    login: session.login,
                 });
                 if self.rd.is_some() {
                     self.wbuf.extend_from_slice(&wire);

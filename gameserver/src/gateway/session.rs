@@ -55,6 +55,8 @@ pub(crate) struct SessionHandle {
     pub(crate) id: u64,
     pub(crate) player: u64,
     pub(crate) name: String,
+    /// The center's login number (0 without a center); see `link::ToRoom::Request`.
+    pub(crate) login: u64,
     tx: mpsc::Sender<Out>,
     kill: Notify,
     reason: Mutex<Option<Fail>>,
@@ -160,6 +162,7 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>) {
         id: shared.next_session_id(),
         player: claims.player,
         name: claims.name,
+        login: 0,
         tx,
         kill: Notify::new(),
         reason: Mutex::new(None),

@@ -1,0 +1,129 @@
+//! Accounts and player data in a database, behind one trait ([`Store`]).
+//!
+//! - `sqlite`: the default, embedded (one file, WAL): nothing to install;
+//! - `postgres`: for a fleet, by a connection URL; the same schema and
+//!   versioned migrations.
+//!
+//! Player data comes in two groups, saved differently (seed 001 "数据落地"):
+//! - [`PlayerRecord`] (games, wins, rating, coins) changes when a game ends
+//!   and is saved at once, before the game's end is shown to anyone
+//!   (immediate level: nothing acknowledged is lost);
+//! - [`Activity`] (time online, moves, chat lines) changes all the time and
+//!   is saved in batches, a configurable share of the dirty players each
+//!   second (a SIGKILL loses at most one batch period of it).
+//!
+//! Saves write absolute values, never increments: a save repeated after a
+//! failover (the new master saves what the old one may already have) is
+//! harmless.
+
+use serde::{Deserialize, Serialize};
+
+/// Rating a new player starts at (Elo).
+pub const RATING_START: i32 = 1200;
+/// Coins a new player starts with.
+pub const COINS_START: i64 = 1000;
+
+/// What the game's end changes; saved at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayerRecord {
+    pub games: u32,
+    pub wins: u32,
+    pub losses: u32,
+    pub draws: u32,
+    /// Elo rating.
+    pub rating: i32,
+    pub coins: i64,
+}
+
+impl Default for PlayerRecord {
+    fn default() -> Self {
+        PlayerRecord {
+            games: 0,
+            wins: 0,
+            losses: 0,
+            draws: 0,
+            rating: RATING_START,
+            coins: COINS_START,
+        }
+    }
+}
+
+/// What play changes all the time; saved in batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// Time seated at a table, ms.
+    pub seated_ms: u64,
+    pub moves: u64,
+    pub chat_lines: u64,
+    /// Unix ms of the last change.
+    pub last_seen_ms: u64,
+}
+
+/// A player's persistent data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayerData {
+    pub record: PlayerRecord,
+    pub activity: Activity,
+}
+
+/// How an account logs in. Stable: stored as this number, and carried in tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum AccountKind {
+    /// A device id, no password.
+    Guest = 0,
+    /// A name and an argon2id password hash.
+    Password = 1,
+    /// A third-party platform's account (verified by a [`crate::login`] verifier).
+    Platform = 2,
+}
+
+impl AccountKind {
+    pub fn from_u8(v: u8) -> Option<AccountKind> {
+        Some(match v {
+            0 => AccountKind::Guest,
+            1 => AccountKind::Password,
+            2 => AccountKind::Platform,
+            _ => return None,
+        })
+    }
+}
+
+/// An account as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub player: u64,
+    pub name: String,
+    pub kind: AccountKind,
+    pub created_ms: u64,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The account name is taken.
+    #[error("account name {0:?} is taken; choose another")]
+    Duplicate(String),
+    /// The database could not be reached or refused the statement.
+    #[error("account database: {0}; check that it is running and reachable")]
+    Db(String),
+}
+
+/// Accounts and player data. Calls block (run them off the async threads,
+/// with `tokio::task::spawn_blocking`).
+pub trait Store: Send + Sync + 'static {
+    /// A new password account; `Duplicate` when the name is taken.
+    fn register(&self, name: &str, password_hash: &str) -> Result<Account, StoreError>;
+    /// The password account of this name and its hash.
+    fn password_account(&self, name: &str) -> Result<Option<(Account, String)>, StoreError>;
+    /// The guest account of a device, created on first use.
+    fn guest(&self, device: &str, name: &str) -> Result<Account, StoreError>;
+    /// The account of a platform's user, created on first use.
+    fn platform(&self, platform: &str, user: &str, name: &str) -> Result<Account, StoreError>;
+    /// A player's data (defaults for a player with none saved).
+    fn load(&self, player: u64) -> Result<PlayerData, StoreError>;
+    /// Saves records, all or none, durably before it returns.
+    fn save_records(&self, records: &[(u64, PlayerRecord)]) -> Result<(), StoreError>;
+    /// Saves activity, all or none.
+    fn save_activity(&self, activity: &[(u64, Activity)]) -> Result<(), StoreError>;
+}
