@@ -6,6 +6,9 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 # hs/tests/c_example.rs runs the C example under valgrind (no leak, no invalid read).
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+# gameserver/tests/accounts_postgres.rs starts a throwaway PostgreSQL cluster
+# (initdb, pg_ctl from /usr/lib/postgresql/*/bin).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -2,11 +2,14 @@
 //!
 //! - [`proto`]: frames and payloads (client ↔ gateway), sans-IO;
 //! - [`link`]: the gateway ↔ room-server messages;
+//! - [`center`]: the center server (global user table, login queue,
+//!   blacklist, broadcasts) and its link;
 //! - [`game`]: table games' rules (Gomoku), pure;
 //! - [`room`]: a room's rules as a state machine, and how rooms live in hs;
 //! - [`token`]: signed expiring tokens.
 
 pub mod accounts;
+pub mod center;
 pub mod client;
 pub mod game;
 pub mod gateway;

@@ -16,7 +16,15 @@
 //! failover (the new master saves what the old one may already have) is
 //! harmless.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// Player ids stay below 2^53 so JavaScript's numbers hold them exactly.
+pub const PLAYER_ID_MAX: u64 = (1 << 53) - 1;
 
 /// Rating a new player starts at (Elo).
 pub const RATING_START: i32 = 1200;
@@ -48,14 +56,18 @@ impl Default for PlayerRecord {
     }
 }
 
-/// What play changes all the time; saved in batches.
+/// What play changes all the time; saved in batches. Counted from room
+/// events only (never from a clock), so master and standby count the same.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activity {
-    /// Time seated at a table, ms.
-    pub seated_ms: u64,
+    /// Moves played by the player.
     pub moves: u64,
+    /// Moves the turn timer played for the player.
+    pub auto_moves: u64,
     pub chat_lines: u64,
-    /// Unix ms of the last change.
+    /// Times the player entered a room.
+    pub rooms_entered: u64,
+    /// Unix ms of the save (set by the saver, not by the room).
     pub last_seen_ms: u64,
 }
 
@@ -118,6 +130,13 @@ pub trait Store: Send + Sync + 'static {
     fn password_account(&self, name: &str) -> Result<Option<(Account, String)>, StoreError>;
     /// The guest account of a device, created on first use.
     fn guest(&self, device: &str, name: &str) -> Result<Account, StoreError>;
+    /// A new guest account with no device (each call a new player). The
+    /// default makes one up (a random device id); the databases need none.
+    fn new_guest(&self, name: &str) -> Result<Account, StoreError> {
+        let device: [u8; 16] = rand::random();
+        let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
+        self.guest(&format!("anon-{hex}"), name)
+    }
     /// The account of a platform's user, created on first use.
     fn platform(&self, platform: &str, user: &str, name: &str) -> Result<Account, StoreError>;
     /// A player's data (defaults for a player with none saved).
@@ -126,4 +145,53 @@ pub trait Store: Send + Sync + 'static {
     fn save_records(&self, records: &[(u64, PlayerRecord)]) -> Result<(), StoreError>;
     /// Saves activity, all or none.
     fn save_activity(&self, activity: &[(u64, Activity)]) -> Result<(), StoreError>;
+    /// The schema's version (the last migration applied at open); 0 for a
+    /// store without one (an in-memory store of a test).
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(0)
+    }
+}
+
+/// Opens (and migrates) the store at `url`: `postgres://...` or
+/// `postgresql://...` is PostgreSQL; `sqlite:<path>`, `sqlite::memory:` or a
+/// plain path is SQLite.
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PgStore::open(url)?));
+    }
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    let path = path.strip_prefix("//").unwrap_or(path);
+    if path.is_empty() {
+        return Err(StoreError::Db(format!(
+            "{url:?} names no database; give sqlite:<path> or postgres://..."
+        )));
+    }
+    if path == ":memory:" {
+        return Ok(Arc::new(sqlite::SqliteStore::open_in_memory()?));
+    }
+    Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
+        path,
+    ))?))
+}
+
+/// The lookup key of a password account's name: names are unique without
+/// regard to ASCII case, so "Ann" cannot pose as "ann".
+pub fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// A database id as a player id, refused past [`PLAYER_ID_MAX`].
+fn player_id(id: i64) -> Result<u64, StoreError> {
+    u64::try_from(id)
+        .ok()
+        .filter(|&p| p > 0 && p <= PLAYER_ID_MAX)
+        .ok_or_else(|| StoreError::Db(format!("player id {id} is out of range (1..2^53)")))
+}
+
+/// A player id as the database's integer.
+fn db_id(player: u64) -> Result<i64, StoreError> {
+    if player > PLAYER_ID_MAX {
+        return Err(StoreError::Db(format!("player id {player} is over 2^53")));
+    }
+    Ok(player as i64)
 }
