@@ -33,8 +33,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::proto::frame::{self, Frame, Kind};
 use crate::proto::msg::{
-    self, Answer, Auth, Bye, ErrorCode, Fail, GameView, MemberView, Outcome, Pong, Push, Reply,
-    Request, RoomEvent, RoomSnapshot, TableView, Welcome, PROTOCOL_VERSION,
+    self, Answer, Auth, Bye, CenterRequest, ErrorCode, Fail, GameView, MemberView, Pong, Push,
+    Reply, Request, RoomEvent, RoomSnapshot, TableView, Welcome, PROTOCOL_VERSION,
 };
 use crate::token::now_ms;
 
@@ -105,6 +105,10 @@ pub struct Options {
     pub keep_pushes: bool,
     /// Ping every `heartbeat_ms` (off only to test the gateway's heartbeat timeout).
     pub heartbeat: bool,
+    /// Where the login queue's positions go while [`Client::connect`]
+    /// waits in it (position, of); a full channel drops an update. The
+    /// wait counts in `connect_timeout`.
+    pub queue: Option<mpsc::Sender<(u32, u32)>>,
 }
 
 impl Default for Options {
@@ -115,6 +119,7 @@ impl Default for Options {
             push_capacity: PUSH_QUEUE_MAX,
             keep_pushes: true,
             heartbeat: true,
+            queue: None,
         }
     }
 }
@@ -264,9 +269,10 @@ impl Client {
         opts: Options,
     ) -> Result<Client, ClientError> {
         let t = opts.connect_timeout;
-        let (rd, wr, welcome) = tokio::time::timeout(t, handshake(target, token))
-            .await
-            .map_err(|_| ClientError::Timeout(t))??;
+        let (rd, wr, welcome) =
+            tokio::time::timeout(t, handshake(target, token, opts.queue.clone()))
+                .await
+                .map_err(|_| ClientError::Timeout(t))??;
         let (closed, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             pending: parking_lot::Mutex::new(HashMap::new()),
@@ -331,12 +337,32 @@ impl Client {
         }
     }
 
+    /// Sends a request the center answers (channels, messages) and waits
+    /// for its answer, at most [`Options::request_timeout`].
+    pub async fn center(&self, req: CenterRequest) -> Result<Answer, ClientError> {
+        let t = self.opts.request_timeout;
+        let (rx, _guard) = self.send_frame(Kind::Center, msg::encode(&req)).await?;
+        match tokio::time::timeout(t, rx).await {
+            Err(_) => Err(ClientError::Timeout(t)),
+            Ok(Err(_)) => Err(self.shared.closed_error()),
+            Ok(Ok(Ok(a))) => Ok(a),
+            Ok(Ok(Err(f))) => Err(ClientError::Fail(f)),
+        }
+    }
+
     /// Takes the next sequence number and queues the request under one lock.
     async fn send_request(
         &self,
         req: &Request,
     ) -> Result<(oneshot::Receiver<Reply>, PendingGuard<'_>), ClientError> {
-        let payload = msg::encode(req);
+        self.send_frame(Kind::Request, msg::encode(req)).await
+    }
+
+    async fn send_frame(
+        &self,
+        kind: Kind,
+        payload: Vec<u8>,
+    ) -> Result<(oneshot::Receiver<Reply>, PendingGuard<'_>), ClientError> {
         let mut s = self.sender.lock().await;
         if self.shared.closed.borrow().is_some() {
             return Err(self.shared.closed_error());
@@ -354,7 +380,7 @@ impl Client {
         if self.shared.closed.borrow().is_some() {
             return Err(self.shared.closed_error());
         }
-        let f = Frame::new(Kind::Request, seq, now_ms(), Bytes::from(payload)).to_bytes();
+        let f = Frame::new(kind, seq, now_ms(), Bytes::from(payload)).to_bytes();
         s.tx.send(f).await.map_err(|_| self.shared.closed_error())?;
         Ok((rx, guard))
     }
@@ -579,10 +605,12 @@ fn ws_authority(url: &str) -> Option<&str> {
     (!auth.is_empty()).then_some(auth)
 }
 
-/// Opens the transport, sends Auth and reads up to Welcome or Bye.
+/// Opens the transport, sends Auth and reads up to Welcome or Bye (pinging
+/// while the gateway says the session waits in the login queue).
 async fn handshake(
     target: &Target,
     token: &str,
+    queue: Option<mpsc::Sender<(u32, u32)>>,
 ) -> Result<(FrameRead, FrameWrite, Welcome), ClientError> {
     let (mut rd, mut wr) = match target {
         Target::Tcp(a) => {
@@ -639,8 +667,17 @@ async fn handshake(
     let f = Frame::new(Kind::Auth, 0, now_ms(), Bytes::from(msg::encode(&auth))).to_bytes();
     wr.send(&[f]).await.map_err(|e| connect_err(target, e))?;
     let mut fail: Option<Fail> = None;
+    let mut ping: Option<tokio::time::Interval> = None;
     loop {
-        let f = match rd.next().await {
+        let next = tokio::select! {
+            r = rd.next() => r,
+            _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
+                let p = Frame::new(Kind::Ping, 0, now_ms(), Bytes::new()).to_bytes();
+                wr.send(&[p]).await.map_err(|e| connect_err(target, e))?;
+                continue;
+            }
+        };
+        let f = match next {
             Ok(Some(f)) => f,
             Ok(None) | Err(_) if fail.is_some() => {
                 let f = fail.expect("checked");
@@ -672,6 +709,25 @@ async fn handshake(
                 });
             }
             Kind::Error => fail = msg::decode(&f.payload).ok(),
+            Kind::Push => {
+                if let Ok(Push::Queued {
+                    position,
+                    of,
+                    heartbeat_ms,
+                }) = msg::decode::<Push>(&f.payload)
+                {
+                    if ping.is_none() && heartbeat_ms > 0 {
+                        let every = Duration::from_millis(heartbeat_ms as u64);
+                        let mut i =
+                            tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        ping = Some(i);
+                    }
+                    if let Some(q) = &queue {
+                        let _ = q.try_send((position, of));
+                    }
+                }
+            }
             _ => {} // nothing else is expected before Welcome; the gateway decides
         }
     }
@@ -965,7 +1021,7 @@ impl RoomView {
     /// (applied as far as it goes).
     fn apply_event(&mut self, e: &RoomEvent) -> bool {
         match e {
-            RoomEvent::Entered { player, name } => self
+            RoomEvent::Entered { player, name, data } => self
                 .members
                 .insert(
                     *player,
@@ -974,9 +1030,12 @@ impl RoomView {
                         name: name.clone(),
                         seat: None,
                         watching: None,
-                        wins: 0,
-                        losses: 0,
-                        draws: 0,
+                        wins: data.record.wins,
+                        losses: data.record.losses,
+                        draws: data.record.draws,
+                        games: data.record.games,
+                        rating: data.record.rating,
+                        coins: data.record.coins,
                     },
                 )
                 .is_none(),
@@ -1065,6 +1124,7 @@ impl RoomView {
                 game_no,
                 outcome,
                 moves,
+                records,
             } => {
                 let Some(t) = self.tables.get_mut(*table as usize) else {
                     return false;
@@ -1081,15 +1141,12 @@ impl RoomView {
                     table: *table,
                     game: g.clone(),
                 };
-                for (i, p) in done.game.players.iter().enumerate() {
+                for (p, r) in records {
                     let Some(m) = self.members.get_mut(p) else {
                         continue;
                     };
-                    match outcome {
-                        Outcome::Draw => m.draws += 1,
-                        Outcome::Win { seat, .. } if *seat as usize == i => m.wins += 1,
-                        Outcome::Win { .. } => m.losses += 1,
-                    }
+                    (m.wins, m.losses, m.draws) = (r.wins, r.losses, r.draws);
+                    (m.games, m.rating, m.coins) = (r.games, r.rating, r.coins);
                 }
                 if self.finished.len() == FINISHED_GAMES_MAX {
                     self.finished.pop_front();

@@ -21,6 +21,17 @@
 //!   When the node loses the master role, every link is closed: the gateways
 //!   go to the new master, re-subscribe and re-send what was not answered.
 //!
+//! Player data ([`crate::accounts`]), with a store configured: a player's
+//! saved data is loaded when they enter a room (off the game task; the
+//! `Entered` event carries it, so it is in hs with the room). A game's end
+//! carries every player's new record; the release thread saves those to the
+//! database after hs `Received` and before the end leaves for the players
+//! (immediate level). Activity counters are saved by the `gs-saver` thread
+//! in batches: each `activity_save_period_ms`, `activity_save_share_percent`
+//! of the dirty players, oldest first, and a leaving player's at once. A new
+//! master saves every member's record and activity again (absolute values:
+//! repeating a save is harmless).
+//!
 //! With no standby connected (or one still catching up), a reply waits at
 //! most `standby_wait_ms`, then leaves anyway: counted in
 //! `released_unreplicated` and logged, because a room that stops answering
@@ -42,11 +53,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::accounts::{Activity, PlayerData, PlayerRecord, Store};
 use crate::link::{FromRoom, ToRoom, LINK_VERSION};
 use crate::proto::frame::{self, Frame, Kind};
-use crate::proto::msg::{encode, Answer, ErrorCode, Fail, Reply, Request, RoomInfo};
+use crate::proto::msg::{encode, Answer, ErrorCode, Fail, Reply, Request, RoomEvent, RoomInfo};
 use crate::room::replica::{Replica, Rooms, Writes};
-use crate::room::{Plan, RoomConfig};
+use crate::room::{Plan, RoomConfig, RoomState};
+
+/// The player-data store of a room server (a handle that prints as its kind).
+#[derive(Clone)]
+pub struct PlayerStore(pub Arc<dyn Store>);
+
+impl std::fmt::Debug for PlayerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlayerStore")
+    }
+}
 
 /// Limits and settings of a room server.
 #[derive(Clone, Debug)]
@@ -78,6 +100,15 @@ pub struct RoomServerConfig {
     pub inbox_max: usize,
     /// Entries waiting for the standby before the game task waits too.
     pub release_queue_max: usize,
+    /// Where player data is loaded from and saved to; none: players enter
+    /// with default data and nothing is saved.
+    pub store: Option<PlayerStore>,
+    /// How often the saver writes a batch of activity, ms.
+    pub activity_save_period_ms: u64,
+    /// Share of the dirty players saved per batch, percent (1..=100): with
+    /// 100 a SIGKILL of every process loses at most one period of activity;
+    /// with 20, five periods.
+    pub activity_save_share_percent: u32,
 }
 
 impl RoomServerConfig {
@@ -97,6 +128,9 @@ impl RoomServerConfig {
             links_max: 256,
             inbox_max: 1 << 16,
             release_queue_max: 1 << 16,
+            store: None,
+            activity_save_period_ms: 1000,
+            activity_save_share_percent: 100,
         }
     }
 }
@@ -116,6 +150,13 @@ pub struct RoomStats {
     /// Microseconds spent waiting for `Received`, summed, and the count.
     pub replicate_wait_us: AtomicU64,
     pub replicate_waits: AtomicU64,
+    /// Player data: loads, records saved at a game's end, activity saved in
+    /// batches, saves that failed (retried by the saver).
+    pub data_loads: AtomicU64,
+    pub data_load_errors: AtomicU64,
+    pub records_saved: AtomicU64,
+    pub activity_saved: AtomicU64,
+    pub save_errors: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,12 +190,51 @@ enum Inbox {
     Opened(LinkId, mpsc::Sender<Bytes>),
     Closed(LinkId),
     Msg(LinkId, ToRoom),
+    /// A player's data, loaded for an Enter (`Err`: the store's message).
+    Loaded(Box<Req>, Result<PlayerData, String>),
 }
 
-/// One entry of the release queue: frames that may leave once `pos` is on the standby.
+/// A gateway's request as the game task handles it.
+struct Req {
+    link: LinkId,
+    player: u64,
+    session: u64,
+    seq: u32,
+    name: String,
+    req: Request,
+    login: u64,
+    /// Loaded for an Enter (None: not yet, or no store).
+    data: Option<PlayerData>,
+}
+
+/// One entry of the release queue: frames that may leave once `pos` is on
+/// the standby and `records` are saved.
+#[derive(Default)]
 struct Release {
     pos: Option<u64>,
     out: Vec<(LinkId, Bytes)>,
+    /// Records a game's end changed: saved before `out` leaves.
+    records: Vec<(u64, PlayerRecord)>,
+    /// Activity of players who left: saved before `out` leaves.
+    activity: Vec<(u64, Activity)>,
+}
+
+/// What the saver thread has to write.
+#[derive(Default)]
+struct Unsaved {
+    /// Players whose activity changed, oldest first, with their room.
+    dirty: std::collections::VecDeque<(u64, u32)>,
+    dirty_set: HashSet<u64>,
+    /// Records whose save failed or that a new master saves again.
+    records: HashMap<u64, PlayerRecord>,
+}
+
+impl Unsaved {
+    fn mark(&mut self, player: u64, room: u32) {
+        if self.dirty_set.insert(player) {
+            self.dirty.push_back((player, room));
+        }
+    }
 }
 
 struct Shared {
@@ -166,6 +246,7 @@ struct Shared {
     cfg: RoomServerConfig,
     /// Random id of this process, told to gateways.
     instance: u64,
+    unsaved: Mutex<Unsaved>,
 }
 
 /// A running room server.
@@ -230,6 +311,7 @@ impl RoomServer {
             stop: AtomicBool::new(false),
             cfg: cfg.clone(),
             instance: crate::token::now_ms() ^ ((std::process::id() as u64) << 40),
+            unsaved: Mutex::new(Unsaved::default()),
         });
         let (inbox_tx, inbox_rx) = mpsc::channel(cfg.inbox_max);
         let (rel_tx, rel_rx) = sync_channel(cfg.release_queue_max);
@@ -240,7 +322,16 @@ impl RoomServer {
                 .name("gs-release".into())
                 .spawn(move || release_loop(&s, rel_rx))?,
         );
+        if cfg.store.is_some() {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("gs-saver".into())
+                    .spawn(move || saver_loop(&s))?,
+            );
+        }
         let s = shared.clone();
+        let own_inbox = inbox_tx.downgrade();
         threads.push(
             std::thread::Builder::new()
                 .name("gs-game".into())
@@ -249,7 +340,7 @@ impl RoomServer {
                         .enable_all()
                         .build()
                         .expect("tokio runtime");
-                    rt.block_on(Game::new(s, rel_tx).run(inbox_rx));
+                    rt.block_on(Game::new(s, rel_tx, own_inbox).run(inbox_rx));
                 })?,
         );
         let s = shared.clone();
@@ -411,6 +502,8 @@ async fn serve_link(s: Arc<Shared>, id: LinkId, sock: TcpStream, inbox: mpsc::Se
 struct Game {
     s: Arc<Shared>,
     release: SyncSender<Release>,
+    /// Where loads of player data report back (weak: the links own the inbox).
+    inbox: mpsc::WeakSender<Inbox>,
     subs: BTreeMap<u32, HashSet<LinkId>>,
     /// Links that said Hello while this node was master.
     live: HashSet<LinkId>,
@@ -419,10 +512,11 @@ struct Game {
 }
 
 impl Game {
-    fn new(s: Arc<Shared>, release: SyncSender<Release>) -> Game {
+    fn new(s: Arc<Shared>, release: SyncSender<Release>, inbox: mpsc::WeakSender<Inbox>) -> Game {
         Game {
             s,
             release,
+            inbox,
             subs: BTreeMap::new(),
             live: HashSet::new(),
             pending: HashMap::new(),
@@ -472,6 +566,17 @@ impl Game {
                     }
                 }
             }
+            if self.s.cfg.store.is_some() {
+                // The old master may have died between hs and the database.
+                let mut rooms = self.s.rooms.lock();
+                let mut u = self.s.unsaved.lock();
+                for (id, r) in rooms.get() {
+                    for (p, m) in &r.members {
+                        u.records.insert(*p, m.record);
+                        u.mark(*p, *id);
+                    }
+                }
+            }
         } else {
             tracing::info!(role = ?self.s.node.role(), "not master: closing gateway links");
             self.step_down();
@@ -490,13 +595,13 @@ impl Game {
 
     fn send_now(&self, link: LinkId, f: Bytes) {
         self.queue(Release {
-            pos: None,
             out: vec![(link, f)],
+            ..Release::default()
         });
     }
 
     fn queue(&self, r: Release) {
-        if r.out.is_empty() && r.pos.is_none() {
+        if r.out.is_empty() && r.pos.is_none() && r.records.is_empty() && r.activity.is_empty() {
             return;
         }
         // Blocks when the standby is far behind: back-pressure on the game task.
@@ -561,8 +666,37 @@ impl Game {
                         seq,
                         name,
                         req,
-                        login: _,
-                    } => self.request(id, player, session, seq, &name, req),
+                        login,
+                    } => self.request(Req {
+                        link: id,
+                        player,
+                        session,
+                        seq,
+                        name,
+                        req,
+                        login,
+                        data: None,
+                    }),
+                }
+            }
+            Inbox::Loaded(r, loaded) => {
+                if !self.live.contains(&r.link) {
+                    return; // the link closed, or this node stepped down, meanwhile
+                }
+                match loaded {
+                    Ok(d) => self.request(Req {
+                        data: Some(d),
+                        ..*r
+                    }),
+                    Err(e) => {
+                        self.s.stats.data_load_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(player = r.player, error = %e, "player data could not be loaded");
+                        let reply = Err(Fail::new(
+                            ErrorCode::Unavailable,
+                            "your saved data could not be loaded; retry in a moment",
+                        ));
+                        self.reply(r.link, r.player, r.seq, reply, None, Vec::new());
+                    }
                 }
             }
         }
@@ -610,7 +744,57 @@ impl Game {
         mut out: Vec<(LinkId, Bytes)>,
     ) {
         out.push((link, link_frame(&FromRoom::Reply { player, seq, reply })));
-        self.queue(Release { pos, out });
+        self.queue(Release {
+            pos,
+            out,
+            ..Release::default()
+        });
+    }
+
+    /// Loads `r.player`'s data off the game task; the answer comes back as `Inbox::Loaded`.
+    fn load(&self, store: PlayerStore, r: Req) {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return;
+        };
+        self.s.stats.data_loads.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let player = r.player;
+            let loaded = tokio::task::spawn_blocking(move || store.0.load(player))
+                .await
+                .map_err(|e| format!("load task: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let _ = inbox.send(Inbox::Loaded(Box::new(r), loaded)).await;
+        });
+    }
+
+    /// After a commit: the players whose activity changed are dirty; records
+    /// a game's end changed and the activity of players who left are saved
+    /// before the release (`before`: the room as it was before the events).
+    fn saves(&self, room: u32, before: &RoomState, events: &[RoomEvent], rel: &mut Release) {
+        if self.s.cfg.store.is_none() {
+            return;
+        }
+        rel.records = RoomState::ended_records(events);
+        let mut u = self.s.unsaved.lock();
+        for e in events {
+            match e {
+                RoomEvent::Entered { player, .. } | RoomEvent::Chat { player, .. } => {
+                    u.mark(*player, room)
+                }
+                RoomEvent::Moved { table, seat, .. } => {
+                    let t = &before.tables[*table as usize];
+                    if let Some(p) = t.game.as_ref().map(|g| g.players[*seat as usize]) {
+                        u.mark(p, room);
+                    }
+                }
+                RoomEvent::Left { player } => {
+                    if let Some(m) = before.members.get(player) {
+                        rel.activity.push((*player, m.activity));
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn publish(&self, w: &Writes) -> Result<u64, NodeError> {
@@ -622,17 +806,12 @@ impl Game {
         Ok(pos)
     }
 
-    fn request(
-        &mut self,
-        link: LinkId,
-        player: u64,
-        session: u64,
-        seq: u32,
-        name: &str,
-        req: Request,
-    ) {
-        self.s.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let Some(room) = req.room() else {
+    fn request(&mut self, r: Req) {
+        let (link, player, session, seq, login) = (r.link, r.player, r.session, r.seq, r.login);
+        if r.data.is_none() {
+            self.s.stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(room) = r.req.room() else {
             let reply = Err(Fail::new(
                 ErrorCode::BadRequest,
                 "Rooms is answered by the gateway",
@@ -650,14 +829,39 @@ impl Game {
         };
         // Events of a room a link sent a request for go to that link from now on.
         self.subs.entry(room).or_default().insert(link);
+        if login != 0 && login < st.login_of(player) {
+            drop(rooms);
+            self.s.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let reply = Err(Fail::new(
+                ErrorCode::LoggedInElsewhere,
+                "this session was taken over by a newer login",
+            ));
+            return self.reply(link, player, seq, reply, None, Vec::new());
+        }
         if let Some(done_seq) = st.done(player, session, seq) {
             self.s.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-            let a = st.answer_done(&req, done_seq);
+            let a = st.answer_done(&r.req, done_seq);
             drop(rooms);
             return self.reply(link, player, seq, Ok(a), None, Vec::new());
         }
-        let events = match st.plan(player, name, &req) {
-            Err(f) => {
+        let entering = matches!(r.req, Request::Enter { .. }) && !st.members.contains_key(&player);
+        if let (true, None, Some(store)) = (entering, &r.data, &self.s.cfg.store) {
+            let store = store.clone();
+            drop(rooms);
+            return self.load(store, r);
+        }
+        let events = match st.plan(player, &r.name, &r.req) {
+            Err(mut f) => {
+                if f.code == ErrorCode::RoomFull {
+                    // Seed 002: a full room proposes another of the same game.
+                    let game = st.cfg.game;
+                    let other = rooms.get().values().find(|o| {
+                        o.cfg.game == game && (o.members.len() as u32) < o.cfg.capacity
+                    });
+                    if let Some(o) = other {
+                        f.message = format!("{}; room {} has space", f.message, o.cfg.id);
+                    }
+                }
                 drop(rooms);
                 self.s.stats.refused.fetch_add(1, Ordering::Relaxed);
                 return self.reply(link, player, seq, Err(f), None, Vec::new());
@@ -666,13 +870,20 @@ impl Game {
                 drop(rooms);
                 return self.reply(link, player, seq, Ok(a), None, Vec::new());
             }
-            Ok(Plan::Events(ev)) => ev,
+            Ok(Plan::Events(mut ev)) => {
+                if let Some(d) = r.data {
+                    RoomState::with_data(&mut ev, player, d);
+                }
+                ev
+            }
         };
         let first_seq = st.seq + 1;
+        let before = self.s.cfg.store.is_some().then(|| st.clone());
         let mark = crate::room::replica::Mark {
             player,
             session,
             seq,
+            login,
         };
         let w = rooms.prepare(room, events.clone(), Some(mark));
         let pos = match self.publish(&w) {
@@ -687,13 +898,28 @@ impl Game {
         };
         rooms.commit(&w, Instant::now());
         let st = &rooms.get()[&room];
-        let answer = match req {
+        let answer = match r.req {
             Request::Enter { .. } => Answer::Entered(st.snapshot()),
             _ => Answer::Done { room, seq: st.seq },
         };
         drop(rooms);
-        let out = self.fanout(room, first_seq, events);
-        self.reply(link, player, seq, Ok(answer), Some(pos), out);
+        let mut rel = Release {
+            pos: Some(pos),
+            ..Release::default()
+        };
+        if let Some(before) = &before {
+            self.saves(room, before, &events, &mut rel);
+        }
+        rel.out = self.fanout(room, first_seq, events);
+        rel.out.push((
+            link,
+            link_frame(&FromRoom::Reply {
+                player,
+                seq,
+                reply: Ok(answer),
+            }),
+        ));
+        self.queue(rel);
     }
 
     fn fanout(
@@ -727,16 +953,21 @@ impl Game {
             .collect();
         for (room, events) in due {
             let first_seq = rooms.get()[&room].seq + 1;
+            let before = self.s.cfg.store.is_some().then(|| rooms.get()[&room].clone());
             let w = rooms.prepare(room, events.clone(), None);
             match self.publish(&w) {
                 Ok(pos) => {
                     rooms.commit(&w, now);
                     self.s.stats.timer_moves.fetch_add(1, Ordering::Relaxed);
-                    let out = self.fanout(room, first_seq, events);
-                    self.queue(Release {
+                    let mut rel = Release {
                         pos: Some(pos),
-                        out,
-                    });
+                        ..Release::default()
+                    };
+                    if let Some(before) = &before {
+                        self.saves(room, before, &events, &mut rel);
+                    }
+                    rel.out = self.fanout(room, first_seq, events);
+                    self.queue(rel);
                 }
                 Err(e) => {
                     drop(rooms);
@@ -800,6 +1031,7 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
                 .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
             s.stats.replicate_waits.fetch_add(1, Ordering::Relaxed);
         }
+        save_now(s, &r);
         let links = s.links.lock();
         for (l, f) in r.out {
             if let Some(tx) = links.get(&l) {
@@ -811,6 +1043,138 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Attempts of a save at once before it is left to the saver thread.
+const SAVE_ATTEMPTS_MAX: u32 = 3;
+
+/// Saves what a release carries (records of a game's end, activity of
+/// players who left) before its frames leave. A save that keeps failing is
+/// logged and handed to the saver, which retries each period: the data is in
+/// hs meanwhile (on both nodes), so only losing both nodes and the database
+/// write together would lose it.
+fn save_now(s: &Shared, r: &Release) {
+    let Some(store) = &s.cfg.store else { return };
+    if r.records.is_empty() && r.activity.is_empty() {
+        return;
+    }
+    let now = crate::token::now_ms();
+    let activity: Vec<_> = r
+        .activity
+        .iter()
+        .map(|(p, a)| (*p, Activity { last_seen_ms: now, ..*a }))
+        .collect();
+    for attempt in 1..=SAVE_ATTEMPTS_MAX {
+        let res = store
+            .0
+            .save_records(&r.records)
+            .and_then(|()| store.0.save_activity(&activity));
+        match res {
+            Ok(()) => {
+                s.stats
+                    .records_saved
+                    .fetch_add(r.records.len() as u64, Ordering::Relaxed);
+                s.stats
+                    .activity_saved
+                    .fetch_add(activity.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                s.stats.save_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(attempt, error = %e, "saving player records failed");
+                if attempt < SAVE_ATTEMPTS_MAX {
+                    std::thread::sleep(Duration::from_millis(20 << attempt));
+                }
+            }
+        }
+    }
+    let mut u = s.unsaved.lock();
+    for (p, rec) in &r.records {
+        u.records.insert(*p, *rec);
+    }
+    // Activity of a player who left: saved by the saver only while they are
+    // in a room here, so it is written here once more, best effort.
+    drop(u);
+    let _ = store.0.save_activity(&activity);
+}
+
+/// The batch saver (see the module doc). On a clean stop it saves everything.
+fn saver_loop(s: &Shared) {
+    let Some(store) = &s.cfg.store else { return };
+    let period = Duration::from_millis(s.cfg.activity_save_period_ms.max(10));
+    let share = s.cfg.activity_save_share_percent.clamp(1, 100) as usize;
+    let mut next = Instant::now() + period;
+    loop {
+        let stopping = s.stop.load(Ordering::Acquire);
+        if !stopping {
+            let wait = next.saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
+            if Instant::now() < next {
+                continue;
+            }
+            next += period;
+        }
+        if s.node.role() != Role::Master {
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        let (records, batch) = {
+            let mut u = s.unsaved.lock();
+            let n = if stopping {
+                u.dirty.len()
+            } else {
+                u.dirty.len().saturating_mul(share).div_ceil(100)
+            };
+            let batch: Vec<(u64, u32)> = u.dirty.drain(..n).collect();
+            for (p, _) in &batch {
+                u.dirty_set.remove(p);
+            }
+            let records: Vec<_> = u.records.drain().collect();
+            (records, batch)
+        };
+        let now = crate::token::now_ms();
+        let activity: Vec<(u64, Activity)> = {
+            let mut rooms = s.rooms.lock();
+            let all = rooms.get();
+            batch
+                .iter()
+                .filter_map(|(p, room)| {
+                    let m = all.get(room)?.members.get(p)?;
+                    Some((*p, Activity { last_seen_ms: now, ..m.activity }))
+                })
+                .collect()
+        };
+        if !records.is_empty() {
+            if let Err(e) = store.0.save_records(&records) {
+                s.stats.save_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, count = records.len(), "saving player records failed; retrying next period");
+                s.unsaved.lock().records.extend(records);
+            } else {
+                s.stats
+                    .records_saved
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if !activity.is_empty() {
+            if let Err(e) = store.0.save_activity(&activity) {
+                s.stats.save_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, count = activity.len(), "saving player activity failed; retrying next period");
+                let mut u = s.unsaved.lock();
+                for (p, room) in batch {
+                    u.mark(p, room);
+                }
+            } else {
+                s.stats
+                    .activity_saved
+                    .fetch_add(activity.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }
@@ -868,6 +1232,9 @@ fn admin_command(s: &Shared, cmd: &str) -> String {
                 "links_dropped_slow": g(&r.links_dropped_slow), "snapshots_sent": g(&r.snapshots_sent),
                 "replicate_wait_us": g(&r.replicate_wait_us), "replicate_waits": g(&r.replicate_waits),
                 "divergences": divergences, "apply_errors": errors, "online": online,
+                "data_loads": g(&r.data_loads), "data_load_errors": g(&r.data_load_errors),
+                "records_saved": g(&r.records_saved), "activity_saved": g(&r.activity_saved),
+                "save_errors": g(&r.save_errors),
             })
             .to_string()
         }

@@ -255,7 +255,7 @@ mod gateway {
                         continue;
                     }
                     let ev = match &req {
-                        Request::Enter { .. } => Some(RoomEvent::Entered { player, name }),
+                        Request::Enter { .. } => Some(RoomEvent::Entered { player, name, data: Default::default() }),
                         Request::Leave { .. } => Some(RoomEvent::Left { player }),
                         Request::Chat { table, text, .. } => Some(RoomEvent::Chat {
                             player,

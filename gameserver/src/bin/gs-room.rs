@@ -77,6 +77,17 @@ struct Args {
     /// How long a reply waits for a standby that is not connected, ms.
     #[arg(long, default_value_t = 1000)]
     standby_wait_ms: u64,
+    /// Player-data database (`sqlite:PATH` or `postgres://...`, the login
+    /// server's): data loaded at Enter, records saved at each game's end.
+    /// Without it players play with default data and nothing is saved.
+    #[arg(long)]
+    db: Option<String>,
+    /// How often a batch of players' activity is saved, ms.
+    #[arg(long, default_value_t = 1000)]
+    activity_save_period_ms: u64,
+    /// Share of the dirty players saved per batch, percent.
+    #[arg(long, default_value_t = 100)]
+    activity_save_share_percent: u32,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +125,17 @@ fn main() -> ExitCode {
     cfg.admin_listen = a.admin;
     cfg.standby_wait_ms = a.standby_wait_ms;
     cfg.report_zone = a.report_zone;
+    cfg.activity_save_period_ms = a.activity_save_period_ms;
+    cfg.activity_save_share_percent = a.activity_save_share_percent;
+    if let Some(url) = &a.db {
+        match gameserver::accounts::open(url) {
+            Ok(s) => cfg.store = Some(gameserver::roomserver::PlayerStore(s)),
+            Err(e) => {
+                eprintln!("gs-room: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if !a.balancers.is_empty() {
         cfg.balancer = Some(gameserver::gateway::BalancerReport {
             addrs: a.balancers.clone(),

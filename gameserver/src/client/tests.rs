@@ -2,7 +2,8 @@
 //! 127.0.0.1, port 0) that answers in ways the tests choose.
 
 use super::*;
-use crate::proto::msg::{MemberView, TableView};
+use crate::accounts::PlayerRecord;
+use crate::proto::msg::{MemberView, Outcome, TableView};
 use tokio::net::TcpListener;
 
 /// Every test ends by itself within this.
@@ -42,6 +43,9 @@ fn snapshot(room: u32, seq: u64) -> RoomSnapshot {
             wins: 0,
             losses: 0,
             draws: 0,
+            games: 0,
+            rating: 1200,
+            coins: 1000,
         }],
         tables: vec![TableView {
             table: 0,
@@ -515,7 +519,8 @@ fn the_view_plays_a_game_and_counts_what_does_not_fit() {
             &mut v,
             RoomEvent::Entered {
                 player: 8,
-                name: "bob".into()
+                name: "bob".into(),
+                data: Default::default(),
             }
         ),
         Applied::Event
@@ -572,12 +577,33 @@ fn the_view_plays_a_game_and_counts_what_does_not_fit() {
             game_no: 1,
             outcome,
             moves: 9,
+            records: vec![
+                (
+                    7,
+                    PlayerRecord {
+                        games: 1,
+                        wins: 1,
+                        rating: 1216,
+                        ..PlayerRecord::default()
+                    },
+                ),
+                (
+                    8,
+                    PlayerRecord {
+                        games: 1,
+                        losses: 1,
+                        rating: 1184,
+                        ..PlayerRecord::default()
+                    },
+                ),
+            ],
         },
     );
     assert_eq!(v.mismatches, 0);
     assert_eq!(v.finished.len(), 1);
     assert_eq!(v.finished[0].game.moves.len(), 9);
     assert_eq!((v.members[&7].wins, v.members[&8].losses), (1, 1));
+    assert_eq!((v.members[&7].rating, v.members[&8].rating), (1216, 1184));
     assert_eq!(v.tables[0].ready, vec![false, false]);
     // A move after the end, a replayed event, a gap.
     ev(

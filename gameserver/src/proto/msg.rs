@@ -118,6 +118,54 @@ pub enum Answer {
         seq: u64,
     },
     Snapshot(RoomSnapshot),
+    /// Done, nothing to tell (a [`CenterRequest`]).
+    Ack,
+}
+
+/// A request the center server answers (frame kind `Center`), numbered in
+/// the session's one sequence with [`Request`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CenterRequest {
+    /// Receive the channel's messages (at most [`CHANNELS_PER_SESSION_MAX`]).
+    Subscribe { channel: u32 },
+    Unsubscribe { channel: u32 },
+    /// A message to a channel's subscribers or to one player.
+    Say { to: SayTo, text: String },
+}
+
+/// Channels one session may be subscribed to at once.
+pub const CHANNELS_PER_SESSION_MAX: usize = 16;
+
+/// Where a player's message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SayTo {
+    Channel(u32),
+    Player(u64),
+}
+
+/// How a [`Notice`] was addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoticeTo {
+    /// Every player of the zone.
+    All,
+    /// The channel's subscribers.
+    Channel(u32),
+    /// A list of players (a guild, a party).
+    Players,
+    /// This player only (a private message).
+    Private,
+}
+
+/// A message from the center: an operator's broadcast or a player's words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// The sender; 0 for the operator (the system).
+    pub from: u64,
+    pub name: String,
+    pub to: NoticeTo,
+    pub text: String,
+    /// The center's clock when it routed the message, unix ms.
+    pub at_ms: u64,
 }
 
 /// An error: a code a program can act on and a message a person can read.
@@ -201,6 +249,16 @@ pub enum ErrorCode {
     TooManyInFlight,
     /// 27: the server is shutting down.
     ShuttingDown,
+    /// 28: the account or the address is on the center's blacklist.
+    Blacklisted,
+    /// 29: an operator kicked the player off.
+    Kicked,
+    /// 30: the zone's login queue is full: try later.
+    QueueFull,
+    /// 31: the session waits in the login queue: no requests until admitted.
+    NotAdmitted,
+    /// 32: the player named is not online.
+    NotOnline,
 }
 
 /// A room in a list.
@@ -225,6 +283,15 @@ pub enum Push {
     /// The room's state replaces what the client knew: a gap the gateway could
     /// not fill. Pushes continue from `seq + 1`.
     Snapshot(RoomSnapshot),
+    /// A broadcast, channel, list or private message routed by the center.
+    Notice(Notice),
+    /// Before Welcome: the session waits in the zone's login queue at
+    /// `position` (1 = next) of `of`; ping every `heartbeat_ms` meanwhile.
+    Queued {
+        position: u32,
+        of: u32,
+        heartbeat_ms: u32,
+    },
 }
 
 /// How a game ended.
@@ -252,9 +319,11 @@ pub enum WinReason {
 /// what players are pushed and what hs replicates (inside a delta record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoomEvent {
+    /// `data` is the player's saved data, loaded by the room server.
     Entered {
         player: u64,
         name: String,
+        data: crate::accounts::PlayerData,
     },
     Left {
         player: u64,
@@ -287,11 +356,15 @@ pub enum RoomEvent {
         mv: Vec<u8>,
         auto: bool,
     },
+    /// `records`: each player's record after this game (rating, coins,
+    /// counts), computed by the master; saved to the database before this
+    /// event leaves the room server.
     Ended {
         table: u16,
         game_no: u32,
         outcome: Outcome,
         moves: u16,
+        records: Vec<(u64, crate::accounts::PlayerRecord)>,
     },
     Chat {
         player: u64,
@@ -324,9 +397,13 @@ pub struct MemberView {
     /// Seated at (table, seat).
     pub seat: Option<(u16, u8)>,
     pub watching: Option<u16>,
+    /// The player's record (all games, not only this room's).
     pub wins: u32,
     pub losses: u32,
     pub draws: u32,
+    pub games: u32,
+    pub rating: i32,
+    pub coins: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::{Activity, PlayerData, PlayerRecord};
 use crate::game::{Board, End, GameKind, MoveError};
 use crate::proto::msg::{
     Answer, ErrorCode, Fail, GameView, MemberView, Outcome, Request, RoomEvent, RoomSnapshot,
@@ -30,6 +31,8 @@ pub const RECENT_EVENTS_MAX: usize = 256;
 pub const DEPARTED_MAX: usize = 1024;
 /// Consecutive turns the timer may play for one player before they forfeit.
 pub const IDLE_TURNS_MAX: u8 = 2;
+/// Coins the loser of a game pays the winner (at most what they have).
+pub const STAKE_COINS: i64 = 10;
 
 /// A room as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +58,13 @@ pub struct Member {
     pub last_session: u64,
     pub last_req: u32,
     pub last_seq: u64,
-    pub wins: u32,
-    pub losses: u32,
-    pub draws: u32,
+    /// The highest center login number seen from this player: a request
+    /// with a lower one comes from a session that was taken over.
+    pub login: u64,
+    /// Saved at once when a game ends ([`crate::accounts`]).
+    pub record: PlayerRecord,
+    /// Saved in batches.
+    pub activity: Activity,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,8 +135,8 @@ pub struct RoomState {
     pub members: BTreeMap<u64, Member>,
     pub tables: Vec<Table>,
     pub recent: VecDeque<(u64, RoomEvent)>,
-    /// (player, last_session, last_req, last_seq) of players who left.
-    pub departed: VecDeque<(u64, u64, u32, u64)>,
+    /// (player, last_session, last_req, last_seq, login) of players who left.
+    pub departed: VecDeque<(u64, u64, u32, u64, u64)>,
 }
 
 fn fail(code: ErrorCode, m: impl Into<String>) -> Fail {
@@ -194,6 +201,42 @@ impl RoomState {
         }
     }
 
+    /// The highest center login number seen from `player` (0: none).
+    pub fn login_of(&self, player: u64) -> u64 {
+        match self.members.get(&player) {
+            Some(m) => m.login,
+            None => self
+                .departed
+                .iter()
+                .rev()
+                .find(|d| d.0 == player)
+                .map_or(0, |d| d.4),
+        }
+    }
+
+    /// Puts `player`'s loaded data into the `Entered` event of a plan.
+    pub fn with_data(events: &mut [RoomEvent], player: u64, loaded: PlayerData) {
+        for e in events {
+            if let RoomEvent::Entered { player: p, data, .. } = e {
+                if *p == player {
+                    *data = loaded;
+                }
+            }
+        }
+    }
+
+    /// The players whose record a game's end in `events` changed, with the record.
+    pub fn ended_records(events: &[RoomEvent]) -> Vec<(u64, PlayerRecord)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RoomEvent::Ended { records, .. } => Some(records.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// If request `req` of `session` was already done, the room sequence after it.
     pub fn done(&self, player: u64, session: u64, req: u32) -> Option<u64> {
         if let Some(m) = self.members.get(&player) {
@@ -251,6 +294,8 @@ impl RoomState {
                 ev.push(RoomEvent::Entered {
                     player,
                     name: name.to_string(),
+                    // The room server puts the loaded data in (`with_data`).
+                    data: PlayerData::default(),
                 });
             }
             Request::Leave { .. } => {
@@ -422,16 +467,12 @@ impl RoomState {
         let t = &self.tables[table as usize];
         if let Some(g) = t.running() {
             let other = 1 - seat; // two-seat games (asserted in apply)
-            ev.push(RoomEvent::Ended {
-                table,
-                game_no: g.game_no,
-                outcome: Outcome::Win {
-                    seat: other,
-                    player: g.players[other as usize],
-                    reason: WinReason::Forfeit,
-                },
-                moves: g.moves.len() as u16,
-            });
+            let outcome = Outcome::Win {
+                seat: other,
+                player: g.players[other as usize],
+                reason: WinReason::Forfeit,
+            };
+            ev.push(self.end_event(table, g, outcome, g.moves.len() as u16));
         }
         ev.push(RoomEvent::Stood {
             table,
@@ -466,12 +507,49 @@ impl RoomState {
                 },
                 End::Draw => Outcome::Draw,
             };
-            ev.push(RoomEvent::Ended {
-                table,
-                game_no: g.game_no,
-                outcome,
-                moves: g.moves.len() as u16 + 1,
-            });
+            ev.push(self.end_event(table, g, outcome, g.moves.len() as u16 + 1));
+        }
+    }
+
+    /// A game's end with each player's record after it: games and results
+    /// counted, the rating moved (a linear Elo, integers only so every
+    /// replica computes the same), [`STAKE_COINS`] paid by the loser.
+    fn end_event(&self, table: u16, g: &TableGame, outcome: Outcome, moves: u16) -> RoomEvent {
+        let mut records: Vec<(u64, PlayerRecord)> = g
+            .players
+            .iter()
+            .map(|p| (*p, self.members.get(p).map(|m| m.record).unwrap_or_default()))
+            .collect();
+        for (_, r) in &mut records {
+            r.games += 1;
+        }
+        match outcome {
+            Outcome::Win { seat, .. } => {
+                let w = seat as usize;
+                let l = 1 - w;
+                let (rw, rl) = (records[w].1.rating, records[l].1.rating);
+                let delta = (16 + (rl - rw) / 25).clamp(1, 31);
+                let coins = STAKE_COINS.min(records[l].1.coins.max(0));
+                let win = &mut records[w].1;
+                (win.wins, win.rating, win.coins) = (win.wins + 1, rw + delta, win.coins + coins);
+                let lose = &mut records[l].1;
+                (lose.losses, lose.rating, lose.coins) =
+                    (lose.losses + 1, rl - delta, lose.coins - coins);
+            }
+            Outcome::Draw => {
+                let (r0, r1) = (records[0].1.rating, records[1].1.rating);
+                let delta = ((r1 - r0) / 50).clamp(-15, 15);
+                records[0].1.rating += delta;
+                records[1].1.rating -= delta;
+                records.iter_mut().for_each(|(_, r)| r.draws += 1);
+            }
+        }
+        RoomEvent::Ended {
+            table,
+            game_no: g.game_no,
+            outcome,
+            moves,
+            records,
         }
     }
 
@@ -497,16 +575,12 @@ impl RoomState {
             let seat = g.board().turn();
             if g.idle[seat as usize] + 1 >= IDLE_TURNS_MAX {
                 let other = 1 - seat;
-                ev.push(RoomEvent::Ended {
-                    table,
-                    game_no: g.game_no,
-                    outcome: Outcome::Win {
-                        seat: other,
-                        player: g.players[other as usize],
-                        reason: WinReason::Timeout,
-                    },
-                    moves: g.moves.len() as u16,
-                });
+                let outcome = Outcome::Win {
+                    seat: other,
+                    player: g.players[other as usize],
+                    reason: WinReason::Timeout,
+                };
+                ev.push(self.end_event(table, g, outcome, g.moves.len() as u16));
             } else {
                 let mv = g.board().idle_move(seat);
                 self.move_events(table, g, seat, mv, true, &mut ev);
@@ -521,7 +595,9 @@ impl RoomState {
     pub fn apply(&mut self, e: &RoomEvent, now: Instant) {
         self.seq += 1;
         match e {
-            RoomEvent::Entered { player, name } => {
+            RoomEvent::Entered { player, name, data } => {
+                let mut activity = data.activity;
+                activity.rooms_entered += 1;
                 let prev = self.members.insert(
                     *player,
                     Member {
@@ -531,9 +607,9 @@ impl RoomState {
                         last_session: 0,
                         last_req: 0,
                         last_seq: 0,
-                        wins: 0,
-                        losses: 0,
-                        draws: 0,
+                        login: 0,
+                        record: data.record,
+                        activity,
                     },
                 );
                 assert!(
@@ -542,9 +618,9 @@ impl RoomState {
                 );
                 // A player who comes back keeps deduplication of what was done before.
                 if let Some(i) = self.departed.iter().rposition(|d| d.0 == *player) {
-                    let (_, session, r, s) = self.departed.remove(i).expect("index from rposition");
+                    let d = self.departed.remove(i).expect("index from rposition");
                     let m = self.members.get_mut(player).expect("just inserted");
-                    (m.last_session, m.last_req, m.last_seq) = (session, r, s);
+                    (m.last_session, m.last_req, m.last_seq, m.login) = (d.1, d.2, d.3, d.4);
                 }
             }
             RoomEvent::Left { player } => {
@@ -553,8 +629,13 @@ impl RoomState {
                     .remove(player)
                     .expect("Left for a player not in room");
                 assert!(m.seat.is_none(), "Left while seated");
-                self.departed
-                    .push_back((*player, m.last_session, m.last_req, m.last_seq));
+                self.departed.push_back((
+                    *player,
+                    m.last_session,
+                    m.last_req,
+                    m.last_seq,
+                    m.login,
+                ));
                 if self.departed.len() > DEPARTED_MAX {
                     self.departed.pop_front();
                 }
@@ -645,14 +726,23 @@ impl RoomState {
                 );
                 b.play(*seat, mv);
                 g.moves.push((*seat, mv.clone(), *auto));
+                let player = g.players[*seat as usize];
                 g.idle[*seat as usize] = if *auto { g.idle[*seat as usize] + 1 } else { 0 };
                 g.deadline = Some(now + Duration::from_millis(g.turn_ms as u64));
+                if let Some(m) = self.members.get_mut(&player) {
+                    if *auto {
+                        m.activity.auto_moves += 1;
+                    } else {
+                        m.activity.moves += 1;
+                    }
+                }
             }
             RoomEvent::Ended {
                 table,
                 game_no,
                 outcome,
                 moves,
+                records,
             } => {
                 let t = &mut self.tables[*table as usize];
                 let g = t
@@ -668,19 +758,21 @@ impl RoomState {
                 g.outcome = Some(*outcome);
                 g.deadline = None;
                 t.ready.iter_mut().for_each(|r| *r = false);
-                let players = g.players.clone();
-                for (i, p) in players.iter().enumerate() {
-                    let Some(m) = self.members.get_mut(p) else {
-                        continue;
-                    };
-                    match outcome {
-                        Outcome::Draw => m.draws += 1,
-                        Outcome::Win { seat, .. } if *seat as usize == i => m.wins += 1,
-                        Outcome::Win { .. } => m.losses += 1,
+                assert!(
+                    records.iter().map(|r| r.0).eq(g.players.iter().copied()),
+                    "Ended with records of other players"
+                );
+                for (p, r) in records {
+                    if let Some(m) = self.members.get_mut(p) {
+                        m.record = *r;
                     }
                 }
             }
-            RoomEvent::Chat { .. } => {}
+            RoomEvent::Chat { player, .. } => {
+                if let Some(m) = self.members.get_mut(player) {
+                    m.activity.chat_lines += 1;
+                }
+            }
             RoomEvent::Spectating { player, table } => {
                 self.members
                     .get_mut(player)
@@ -737,9 +829,12 @@ impl RoomState {
                     name: m.name.clone(),
                     seat: m.seat,
                     watching: m.watching,
-                    wins: m.wins,
-                    losses: m.losses,
-                    draws: m.draws,
+                    wins: m.record.wins,
+                    losses: m.record.losses,
+                    draws: m.record.draws,
+                    games: m.record.games,
+                    rating: m.record.rating,
+                    coins: m.record.coins,
                 })
                 .collect(),
             tables: self

@@ -55,6 +55,8 @@ pub struct Mark {
     pub player: u64,
     pub session: u64,
     pub seq: u32,
+    /// The session's center login number (0 without a center).
+    pub login: u64,
 }
 
 /// What an hs key names.
@@ -128,15 +130,17 @@ impl RoomState {
             player,
             session,
             seq: req,
+            login,
         }) = d.mark
         {
             let seq = self.seq;
             if let Some(m) = self.members.get_mut(&player) {
                 (m.last_session, m.last_req, m.last_seq) = (session, req, seq);
+                m.login = m.login.max(login);
             } else if let Some(e) = self.departed.iter_mut().rev().find(|e| e.0 == player) {
-                (e.1, e.2, e.3) = (session, req, seq);
+                (e.1, e.2, e.3, e.4) = (session, req, seq, e.4.max(login));
             } else {
-                self.departed.push_back((player, session, req, seq));
+                self.departed.push_back((player, session, req, seq, login));
                 if self.departed.len() > super::DEPARTED_MAX {
                     self.departed.pop_front();
                 }

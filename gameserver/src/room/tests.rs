@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 
 use super::replica::{Key, Rooms};
 use super::*;
+use crate::accounts::{COINS_START, RATING_START};
 use crate::proto::msg::{Outcome, Request, RoomEvent, WinReason};
 
 fn cfg(id: u32) -> RoomConfig {
@@ -78,6 +79,15 @@ fn a_game_is_played_to_a_win_and_recorded() {
         act(&mut st, 2, mv(i, 5), now);
     }
     let ev = act(&mut st, 1, mv(4, 0), now);
+    let rec = |wins, losses, rating, coins| PlayerRecord {
+        games: 1,
+        wins,
+        losses,
+        draws: 0,
+        rating,
+        coins,
+    };
+    // Equal ratings: the winner takes 16 points and the stake.
     assert_eq!(
         ev.last(),
         Some(&RoomEvent::Ended {
@@ -88,10 +98,22 @@ fn a_game_is_played_to_a_win_and_recorded() {
                 player: 1,
                 reason: WinReason::Rule
             },
-            moves: 9
+            moves: 9,
+            records: vec![
+                (1, rec(1, 0, RATING_START + 16, COINS_START + STAKE_COINS)),
+                (2, rec(0, 1, RATING_START - 16, COINS_START - STAKE_COINS)),
+            ],
         })
     );
-    assert_eq!((st.members[&1].wins, st.members[&2].losses), (1, 1));
+    assert_eq!(
+        (st.members[&1].record.wins, st.members[&2].record.losses),
+        (1, 1)
+    );
+    // Moves count as the players' activity.
+    assert_eq!(
+        (st.members[&1].activity.moves, st.members[&2].activity.moves),
+        (5, 4)
+    );
     // A new game needs both players ready again.
     assert!(st.plan(1, "", &mv(7, 7)).unwrap_err().code == ErrorCode::NoGame);
     act(&mut st, 1, Request::Ready { room: 1 }, now);
@@ -336,6 +358,7 @@ impl Master {
                 player,
                 session: 1,
                 seq,
+                login: 0,
             }),
         );
         self.rooms.commit(&w, Instant::now());
@@ -485,9 +508,9 @@ fn a_forked_checkpoint_is_counted_and_the_masters_state_adopted() {
             last_session: 0,
             last_req: 0,
             last_seq: 0,
-            wins: 0,
-            losses: 0,
-            draws: 0,
+            login: 0,
+            record: PlayerRecord::default(),
+            activity: Default::default(),
         },
     );
     let cp = (
@@ -526,4 +549,105 @@ fn out_of_order_and_garbage_records_are_refused() {
         .apply_record(&m.log[1].0, b"\xff\xff", Instant::now())
         .is_err());
     assert_eq!(s.get()[&1].seq, 0, "nothing applied from refused records");
+}
+
+/// The loaded data rides in `Entered`; a game's end moves ratings by the
+/// linear Elo (an upset pays more) and never takes coins below zero.
+#[test]
+fn loaded_data_enters_and_a_game_end_moves_rating_and_coins() {
+    let now = Instant::now();
+    let mut st = RoomState::new(cfg(1));
+    let data = |rating, coins| PlayerData {
+        record: PlayerRecord {
+            rating,
+            coins,
+            ..PlayerRecord::default()
+        },
+        activity: Activity::default(),
+    };
+    for (p, d) in [(1, data(1000, 50)), (2, data(1500, 3))] {
+        let Plan::Events(mut ev) = st.plan(p, "x", &Request::Enter { room: 1 }).unwrap() else {
+            panic!("Enter plans events");
+        };
+        RoomState::with_data(&mut ev, p, d);
+        ev.iter().for_each(|e| st.apply(e, now));
+    }
+    assert_eq!(st.members[&1].record.rating, 1000);
+    assert_eq!(st.members[&1].activity.rooms_entered, 1);
+    for (p, seat) in [(1, 0), (2, 1)] {
+        act(
+            &mut st,
+            p,
+            Request::Sit {
+                room: 1,
+                table: 0,
+                seat,
+            },
+            now,
+        );
+    }
+    // The weaker player (seat 0) wins on the rule: 16 + 500/25 = 36, capped at 31.
+    for i in 0..4 {
+        for (p, y) in [(1, 0), (2, 5)] {
+            act(
+                &mut st,
+                p,
+                Request::Move {
+                    room: 1,
+                    table: 0,
+                    mv: vec![i, y],
+                },
+                now,
+            );
+        }
+    }
+    let ev = act(
+        &mut st,
+        1,
+        Request::Move {
+            room: 1,
+            table: 0,
+            mv: vec![4, 0],
+        },
+        now,
+    );
+    let recs = RoomState::ended_records(&ev);
+    assert_eq!(recs.len(), 2);
+    assert_eq!((recs[0].1.rating, recs[1].1.rating), (1031, 1469));
+    assert_eq!((recs[0].1.coins, recs[1].1.coins), (53, 0));
+    assert_eq!(st.members[&2].record, recs[1].1);
+    assert_eq!(st.snapshot().members[0].rating, 1031);
+}
+
+/// A login number, once seen with a request, stays with the player through
+/// leaving and coming back: the room can refuse an older session.
+#[test]
+fn the_highest_login_is_kept_across_leave_and_enter() {
+    use super::replica::{Delta, Mark};
+    let now = Instant::now();
+    let mut st = RoomState::new(cfg(1));
+    let delta = |st: &RoomState, events, login| Delta {
+        index: st.index + 1,
+        first_seq: st.seq + 1,
+        events,
+        mark: Some(Mark {
+            player: 1,
+            session: login,
+            seq: 1,
+            login,
+        }),
+    };
+    let enter = |st: &RoomState| match st.plan(1, "a", &Request::Enter { room: 1 }).unwrap() {
+        Plan::Events(ev) => ev,
+        p => panic!("{p:?}"),
+    };
+    let d = delta(&st, enter(&st), 7);
+    st.apply_delta(&d, now);
+    assert_eq!(st.login_of(1), 7);
+    let d = delta(&st, vec![RoomEvent::Left { player: 1 }], 5);
+    st.apply_delta(&d, now);
+    assert_eq!(st.login_of(1), 7, "a lower login never lowers it");
+    let d = delta(&st, enter(&st), 9);
+    st.apply_delta(&d, now);
+    assert_eq!(st.login_of(1), 9);
 }

@@ -1,0 +1,105 @@
+//! Micro-benchmarks of the game server's per-message work: the gateway's
+//! token check at login (HMAC-SHA256 and decode), a request frame's decode,
+//! and a room's plan + apply of one move.
+//!
+//! `cargo bench -p benches --bench gameserver`
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gameserver::game::GameKind;
+use gameserver::proto::frame::{self, Frame, Kind};
+use gameserver::proto::msg::{self, Request};
+use gameserver::room::{Plan, RoomConfig, RoomState};
+use gameserver::token::{mint, verify, Claims};
+
+const SECRET: &[u8] = b"a 32-byte secret for the bench..";
+
+fn tokens(c: &mut Criterion) {
+    let claims = Claims {
+        player: 123_456_789,
+        zone: 1,
+        expires_ms: u64::MAX / 2,
+        name: "player-123456789".into(),
+        kind: 1,
+    };
+    let t = mint(SECRET, &claims);
+    let mut g = c.benchmark_group("token");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("verify", |b| {
+        b.iter(|| verify(SECRET, std::hint::black_box(&t), 1, 1_000).expect("valid"))
+    });
+    g.bench_function("mint", |b| b.iter(|| mint(SECRET, std::hint::black_box(&claims))));
+    g.finish();
+}
+
+fn frames(c: &mut Criterion) {
+    let req = Request::Move {
+        room: 7,
+        table: 3,
+        mv: vec![7, 7],
+    };
+    let wire = Frame::new(Kind::Request, 42, 1, Bytes::from(msg::encode(&req))).to_bytes();
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decode_request", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&wire[..]);
+            let f = frame::decode(&mut buf, 64 << 10).unwrap().unwrap();
+            msg::decode::<Request>(&f.payload).unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// Plan and apply one move on a table with a running game (the game is
+/// restored from a clone outside the timed part every 8 moves, before
+/// anyone has five in a row).
+fn room_move(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut st = RoomState::new(RoomConfig {
+        id: 1,
+        name: "r".into(),
+        game: GameKind::Gomoku,
+        tables: 1,
+        capacity: 10,
+        turn_ms: 60_000,
+    });
+    let act = |st: &mut RoomState, p: u64, r: Request| {
+        let Ok(Plan::Events(ev)) = st.plan(p, "p", &r) else {
+            panic!("{r:?} refused")
+        };
+        ev.iter().for_each(|e| st.apply(e, now));
+    };
+    for p in [1, 2] {
+        act(&mut st, p, Request::Enter { room: 1 });
+        let seat = (p - 1) as u8;
+        act(&mut st, p, Request::Sit { room: 1, table: 0, seat });
+    }
+    let start = st.clone();
+    let mut g = c.benchmark_group("room");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("plan_apply_move", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            let mut n = 0u64;
+            while n < iters {
+                let mut s = start.clone();
+                let t0 = Instant::now();
+                for i in 0..8u64.min(iters - n) {
+                    // Black on row 0, white on row 5: four each.
+                    let (p, x, y) = (1 + i % 2, (i / 2) as u8, (i % 2 * 5) as u8);
+                    act(&mut s, p, Request::Move { room: 1, table: 0, mv: vec![x, y] });
+                    n += 1;
+                }
+                total += t0.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tokens, frames, room_move);
+criterion_main!(benches);
