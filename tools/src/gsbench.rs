@@ -373,3 +373,11 @@ pub fn connections(
     }
     Ok(v)
 }
+
+/// `gs-bench logins`: logins/s against an in-process login server.
+#[path = "gsbench_login.rs"]
+pub mod login;
+
+/// `gs-bench center`: registrations/s and broadcast time on the center pair.
+#[path = "gsbench_center.rs"]
+pub mod center;

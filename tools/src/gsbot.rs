@@ -884,6 +884,7 @@ impl BotState {
                     let after = match &p {
                         Push::Event { seq, .. } => *seq > at,
                         Push::Snapshot(s) => s.seq > at,
+                        _ => false, // notices and queue positions: not room state
                     };
                     if after {
                         self.on_push(run, &p);

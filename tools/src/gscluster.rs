@@ -38,6 +38,17 @@ pub struct ClusterOpts {
     pub echo: bool,
     /// Extra flags for every gateway.
     pub gateway_args: Vec<String>,
+    /// Start a center pair (two `gs-center` processes) and give it to the gateways.
+    pub center: bool,
+    /// The center's online threshold per zone (above it logins queue).
+    pub center_online_max: u64,
+    /// Extra flags for both center nodes.
+    pub center_args: Vec<String>,
+    /// Room servers load and save player data in the login's database
+    /// (`<dir>/accounts.db`).
+    pub player_data: bool,
+    /// The room servers' activity batch period, ms.
+    pub activity_save_period_ms: u64,
 }
 
 impl ClusterOpts {
@@ -59,6 +70,11 @@ impl ClusterOpts {
             balancer: true,
             echo: false,
             gateway_args: Vec::new(),
+            center: true,
+            center_online_max: 100_000,
+            center_args: Vec::new(),
+            player_data: true,
+            activity_save_period_ms: 1000,
         }
     }
 }
@@ -85,6 +101,19 @@ impl Pair {
     }
 }
 
+/// One center node process slot.
+pub struct CenterNode {
+    pub name: String,
+    pub proc: Option<Proc>,
+    pub hs: SocketAddr,
+    pub link: SocketAddr,
+    pub admin: SocketAddr,
+    args: Vec<String>,
+}
+
+/// The admin secret of the local cluster's center.
+pub const CENTER_ADMIN_SECRET: &str = "local-center-secret";
+
 pub struct GatewayProc {
     pub proc: Proc,
     pub tcp: SocketAddr,
@@ -94,6 +123,8 @@ pub struct GatewayProc {
 pub struct Cluster {
     pub opts: ClusterOpts,
     pub pairs: Vec<Pair>,
+    /// The center pair's two nodes (empty without `opts.center`).
+    pub center: Vec<CenterNode>,
     pub gateways: Vec<GatewayProc>,
     pub balancer_addr: Option<SocketAddr>,
     pub login_addr: SocketAddr,
@@ -167,7 +198,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 impl Cluster {
     pub fn start(opts: ClusterOpts) -> Result<Cluster, String> {
         let bin = bin_dir();
-        for b in ["gs-room", "gs-gateway"] {
+        for b in ["gs-room", "gs-gateway", "gs-center"] {
             if !bin.join(b).exists() {
                 return Err(format!(
                     "{} not found: build it first (cargo build --release -p gameserver)",
@@ -220,6 +251,7 @@ impl Cluster {
         let mut c = Cluster {
             opts: opts.clone(),
             pairs: Vec::new(),
+            center: Vec::new(),
             gateways: Vec::new(),
             balancer_addr,
             login_addr: "127.0.0.1:0".parse().expect("addr"),
@@ -233,6 +265,10 @@ impl Cluster {
         }
         for p in 0..opts.pairs {
             c.wait_pair(p, Duration::from_secs(30))?;
+        }
+        if opts.center {
+            c.start_center_retrying()?;
+            c.wait_center(Duration::from_secs(30))?;
         }
         for g in 0..opts.gateways {
             c.start_gateway(g)?;
@@ -299,6 +335,14 @@ impl Cluster {
             if i == 0 {
                 args.push("--prefer-master".into());
             }
+            if o.player_data {
+                args.extend([
+                    "--db".into(),
+                    format!("sqlite:{}", o.dir.join("accounts.db").display()),
+                    "--activity-save-period-ms".into(),
+                    o.activity_save_period_ms.to_string(),
+                ]);
+            }
             if let Some(b) = balancer_addr {
                 args.extend(["--balancer".into(), b.to_string()]);
             }
@@ -335,6 +379,165 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the center pair, on new ports when one was taken meanwhile.
+    fn start_center_retrying(&mut self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.start_center() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = e;
+                    self.center.clear();
+                }
+            }
+        }
+        Err(format!("the center pair did not start: {last}"))
+    }
+
+    fn start_center(&mut self) -> Result<(), String> {
+        let o = &self.opts;
+        let hs = [free_port()?, free_port()?];
+        let link = [free_port()?, free_port()?];
+        let mk = |i: usize| -> CenterNode {
+            let dir = o.dir.join(format!("center-node{i}"));
+            let mut args: Vec<String> = vec![
+                "serve".into(),
+                "--dir".into(),
+                dir.display().to_string(),
+                "--hs-listen".into(),
+                hs[i].to_string(),
+                "--hs-peer".into(),
+                hs[1 - i].to_string(),
+                "--link".into(),
+                link[i].to_string(),
+                "--peer-link".into(),
+                link[1 - i].to_string(),
+                "--admin".into(),
+                "127.0.0.1:0".into(),
+                "--secret".into(),
+                CENTER_ADMIN_SECRET.into(),
+                "--online-max".into(),
+                o.center_online_max.to_string(),
+                "--heartbeat-ms".into(),
+                o.hs_heartbeat_ms.to_string(),
+                "--dead-ticks".into(),
+                o.hs_dead_ticks.to_string(),
+                "--segment-mb".into(),
+                o.segment_mb.to_string(),
+            ];
+            if i == 0 {
+                args.push("--prefer-master".into());
+            }
+            args.extend(o.center_args.iter().cloned());
+            CenterNode {
+                name: format!("center.{i}"),
+                proc: None,
+                hs: hs[i],
+                link: link[i],
+                admin: "127.0.0.1:0".parse().expect("addr"),
+                args,
+            }
+        };
+        self.center = vec![mk(0), mk(1)];
+        for i in 0..2 {
+            self.spawn_center(i)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_center(&mut self, i: usize) -> Result<(), String> {
+        let exe = self.bin_dir.join("gs-center");
+        let echo = self.opts.echo;
+        let n = &mut self.center[i];
+        let mut proc = Proc::spawn(&n.name, &exe, &n.args, Stdio::inherit(), echo)?;
+        let line = proc.wait_line("CENTER", Duration::from_secs(20))?;
+        n.admin = field(&line, "admin=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("{}: no admin address in {line:?}", n.name))?;
+        n.proc = Some(proc);
+        Ok(())
+    }
+
+    /// The admin addresses of the live center nodes.
+    pub fn center_admins(&self) -> Vec<String> {
+        self.center
+            .iter()
+            .filter(|n| n.proc.is_some())
+            .map(|n| n.admin.to_string())
+            .collect()
+    }
+
+    /// The center node that is a writable master, if exactly one is.
+    pub fn center_master(&self) -> Option<usize> {
+        let m: Vec<usize> = (0..self.center.len())
+            .filter(|&i| self.center[i].proc.is_some())
+            .filter(|&i| {
+                let a = self.center[i].admin.to_string();
+                matches!(gameserver::center::admin::call(&a, None, "GET", "/v1/role", None),
+                    Ok((200, v)) if v["writable"] == true)
+            })
+            .collect();
+        (m.len() == 1).then(|| m[0])
+    }
+
+    /// Waits until the center has a master with a connected standby.
+    pub fn wait_center(&self, timeout: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.center_master() {
+                let a = self.center[m].admin.to_string();
+                if let Ok((200, v)) =
+                    gameserver::center::admin::call(&a, None, "GET", "/v1/role", None)
+                {
+                    if v["slave_connected"] == true {
+                        return Ok(m);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the center has no master with a connected standby after {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// An admin call to the center's master (method, path, JSON body).
+    pub fn center_admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        gameserver::center::admin::call_master(
+            &self.center_admins(),
+            Some(CENTER_ADMIN_SECRET),
+            method,
+            path,
+            body,
+        )
+    }
+
+    /// SIGKILLs the center's master; returns its index.
+    pub fn kill_center_master(&mut self) -> Result<usize, String> {
+        let m = self
+            .center_master()
+            .ok_or_else(|| "the center has no single master".to_string())?;
+        let mut proc = self.center[m].proc.take().expect("a master is running");
+        proc.kill9();
+        let _ = proc.wait_exit(Duration::from_secs(10));
+        Ok(m)
+    }
+
+    /// Starts a stopped center node again (same directory and addresses).
+    pub fn restart_center(&mut self, i: usize) -> Result<(), String> {
+        if self.center[i].proc.is_some() {
+            return Err(format!("center node {i} is running"));
+        }
+        self.spawn_center(i)
+    }
+
     fn start_gateway(&mut self, g: usize) -> Result<(), String> {
         let o = &self.opts;
         let mut args: Vec<String> = vec![
@@ -362,6 +565,10 @@ impl Cluster {
         if let Some(b) = self.balancer_addr {
             args.extend(["--balancer".into(), b.to_string()]);
         }
+        if !self.center.is_empty() {
+            let links: Vec<String> = self.center.iter().map(|n| n.link.to_string()).collect();
+            args.extend(["--center".into(), links.join(",")]);
+        }
         args.extend(o.gateway_args.iter().cloned());
         let exe = self.bin_dir.join("gs-gateway");
         let mut proc = Proc::spawn(
@@ -381,22 +588,29 @@ impl Cluster {
     }
 
     fn start_login(&mut self) -> Result<(), String> {
-        let cfg = gameserver::login::LoginConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            secret: self.opts.secret.as_bytes().to_vec(),
-            zone: self.opts.zone,
-            token_ttl_ms: 24 * 3600 * 1000,
-            gateways: self
-                .gateways
-                .iter()
-                .map(|g| gameserver::login::GatewayAddr {
-                    tcp: g.tcp,
-                    ws: g.ws,
-                })
-                .collect(),
-            balancer: self.balancer_addr.into_iter().collect(),
-            rate_per_s: 10_000,
-        };
+        // Accounts in a SQLite file of the cluster's dir.
+        std::fs::create_dir_all(&self.opts.dir).map_err(|e| format!("login: {e}"))?;
+        let db = format!("sqlite:{}", self.opts.dir.join("accounts.db").display());
+        let store = gameserver::accounts::open(&db).map_err(|e| format!("login: {e}"))?;
+        let mut cfg = gameserver::login::LoginConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            self.opts.secret.as_bytes().to_vec(),
+            self.opts.zone,
+            store,
+        );
+        cfg.gateways = self
+            .gateways
+            .iter()
+            .map(|g| gameserver::login::GatewayAddr {
+                tcp: g.tcp,
+                ws: g.ws,
+            })
+            .collect();
+        cfg.balancer = self.balancer_addr.into_iter().collect();
+        cfg.rate_per_s = 10_000;
+        // One machine's bots all log in from 127.0.0.1.
+        cfg.limits.addr_burst = 10_000;
+        cfg.limits.addr_per_s = 10_000.0;
         let l = self
             .rt
             .block_on(tokio::net::TcpListener::bind(cfg.listen))
@@ -520,6 +734,28 @@ impl Cluster {
     }
 
     /// Pids of every child process (gateways, room servers).
+    /// SIGKILLs every process of the cluster at once (room pairs, center
+    /// pair, gateways; a power cut of the servers, not of the machine):
+    /// signals all first, then reaps them.
+    /// Returns their names.
+    pub fn kill_all(&mut self) -> Vec<String> {
+        let mut procs: Vec<&mut Proc> = self
+            .pairs
+            .iter_mut()
+            .flat_map(|p| p.nodes.iter_mut())
+            .filter_map(|n| n.proc.as_mut())
+            .chain(self.center.iter_mut().filter_map(|n| n.proc.as_mut()))
+            .chain(self.gateways.iter_mut().map(|g| &mut g.proc))
+            .collect();
+        for p in &procs {
+            p.signal(libc::SIGKILL);
+        }
+        for p in &mut procs {
+            let _ = p.wait_exit(Duration::from_secs(10));
+        }
+        procs.iter().map(|p| p.name.clone()).collect()
+    }
+
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut v: Vec<(String, u32)> = self
             .pairs
@@ -531,6 +767,11 @@ impl Cluster {
             self.gateways
                 .iter()
                 .map(|g| (g.proc.name.clone(), g.proc.pid())),
+        );
+        v.extend(
+            self.center
+                .iter()
+                .filter_map(|n| n.proc.as_ref().map(|pr| (n.name.clone(), pr.pid()))),
         );
         v
     }
@@ -544,6 +785,7 @@ impl Drop for Cluster {
         // Children are killed by their Proc's Drop (by pid: only what we started).
         self.gateways.clear();
         self.pairs.clear();
+        self.center.clear();
         if let Some(b) = self.balancer.take() {
             self.rt.block_on(b.shutdown());
         }

@@ -43,6 +43,12 @@ struct Args {
     /// A room-server pair: ROOMS@NODE,NODE, e.g. 1-10@127.0.0.1:7101,127.0.0.1:7102 (repeat per pair).
     #[arg(long = "pair")]
     pairs: Vec<String>,
+    /// The center pair's link addresses, comma-separated (none: no center).
+    #[arg(long, value_delimiter = ',')]
+    center: Vec<String>,
+    /// How long a login waits for the center's first answer, ms.
+    #[arg(long)]
+    center_login_timeout_ms: Option<u64>,
 
     /// Balancer address to push status to (repeat for the balancer pair).
     #[arg(long = "balancer")]
@@ -107,6 +113,12 @@ fn config(a: &Args) -> Result<GatewayConfig, String> {
             .iter()
             .map(|p| PairConfig::parse(p))
             .collect::<Result<_, _>>()?;
+    }
+    if !a.center.is_empty() {
+        c.center = a.center.clone();
+    }
+    if let Some(v) = a.center_login_timeout_ms {
+        c.center_login_timeout_ms = v;
     }
     if let Some(s) = a
         .secret

@@ -97,6 +97,15 @@ pub struct GatewayConfig {
     pub pairs: Vec<PairConfig>,
     #[serde(default)]
     pub balancer: Option<BalancerReport>,
+    /// The center pair's link addresses (`host:port` of each node); empty:
+    /// no center (single sign-on is local to this gateway, no queue, no
+    /// blacklist, no notices).
+    #[serde(default)]
+    pub center: Vec<String>,
+    /// How long a login waits for the center's first answer (Admitted,
+    /// Queued, Refused) before Bye Unavailable, ms.
+    #[serde(default = "d_center_login_timeout_ms")]
+    pub center_login_timeout_ms: u64,
 
     /// Largest frame payload accepted from a client or a room server, bytes.
     /// Costs: a client can make the gateway buffer this much per connection.
@@ -188,6 +197,9 @@ pub(crate) fn d_link_connect_timeout_ms() -> u64 {
 pub(crate) fn d_link_dead_ms() -> u64 {
     3000
 }
+pub(crate) fn d_center_login_timeout_ms() -> u64 {
+    10_000
+}
 
 impl GatewayConfig {
     /// A configuration with every default, for `secret` and `pairs`.
@@ -201,6 +213,8 @@ impl GatewayConfig {
             zone: d_zone(),
             pairs,
             balancer: None,
+            center: Vec::new(),
+            center_login_timeout_ms: d_center_login_timeout_ms(),
             frame_bytes_max: d_frame_bytes_max(),
             sessions_max: d_sessions_max(),
             requests_per_s_max: d_requests_per_s_max(),
@@ -239,6 +253,7 @@ impl GatewayConfig {
         pos(self.dead_ticks as u64, "dead_ticks")?;
         pos(self.link_connect_timeout_ms, "link_connect_timeout_ms")?;
         pos(self.link_dead_ms, "link_dead_ms")?;
+        pos(self.center_login_timeout_ms, "center_login_timeout_ms")?;
         if self.secret.is_empty() {
             return Err("the token secret is empty".into());
         }

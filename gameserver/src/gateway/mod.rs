@@ -8,6 +8,9 @@
 //! - `session`: one connection: auth, heartbeat, sequence, rate, its queue;
 //! - `pair`: the link to one room-server pair: master finding, re-sending
 //!   after a failover, the rooms' fan-out;
+//! - `center`: the link to the center pair (when `center` is configured):
+//!   every login waits for the center's Admitted (or waits in its queue)
+//!   before Welcome; kicks, single sign-on across gateways, notices;
 //! - [`stats`][stats]: counters.
 //!
 //! Invariants:
@@ -18,8 +21,12 @@
 //!   those after the snapshot it entered with (a gap asks the room again and
 //!   ends in events or a snapshot);
 //! - every queue is bounded: a client that does not read is closed
-//!   (SlowConsumer), a session that asks too much is refused.
+//!   (SlowConsumer), a session that asks too much is refused;
+//! - with a center, a session is Welcomed only once the center admitted it
+//!   (its login number is then on every room request); without one, a
+//!   second login of a player on this gateway closes the first.
 
+mod center;
 pub mod config;
 mod pair;
 mod session;
@@ -78,7 +85,16 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     /// This gateway process's id on the links (random per start).
     pub(crate) gateway_id: u64,
+    /// The center link's queue, when a center is configured.
+    pub(crate) center: Option<mpsc::Sender<center::CenterCmd>>,
+    /// Channel → the local sessions subscribed to it (by session id).
+    pub(crate) channels: Mutex<HashMap<u32, HashMap<u64, Arc<SessionHandle>>>>,
+    /// Where this gateway's clients connect (told to the center).
+    pub(crate) public_addr: String,
 }
+
+/// Channels with subscribers on one gateway at most.
+pub const CHANNELS_PER_GATEWAY_MAX: usize = 65_536;
 
 impl Shared {
     pub(crate) fn next_session_id(&self) -> u64 {
@@ -188,6 +204,21 @@ impl Gateway {
             });
             rxs.push(rx);
         }
+        let (center_tx, center_rx) = match cfg.center.is_empty() {
+            true => (None, None),
+            false => {
+                let (tx, rx) = mpsc::channel(center::CENTER_QUEUE_CMDS_MAX);
+                (Some(tx), Some(rx))
+            }
+        };
+        let public_addr = match &cfg.balancer {
+            Some(b) => format!(
+                "{}:{}",
+                b.host,
+                if b.port == 0 { tcp_addr.port() } else { b.port }
+            ),
+            None => tcp_addr.to_string(),
+        };
         let shared = Arc::new(Shared {
             cfg,
             stats: Arc::new(GatewayStats::default()),
@@ -196,11 +227,19 @@ impl Gateway {
             pairs,
             next_session: AtomicU64::new(1),
             gateway_id: random_u64(),
+            center: center_tx,
+            channels: Mutex::new(HashMap::new()),
+            public_addr,
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         for (i, rx) in rxs.into_iter().enumerate() {
             tasks.push(tokio::spawn(Link::new(i, shared.clone(), rx).run()));
+        }
+        if let Some(rx) = center_rx {
+            tasks.push(tokio::spawn(
+                center::CenterLink::new(shared.clone(), rx).run(),
+            ));
         }
         tasks.push(tokio::spawn(accept_tcp(
             tcp,
@@ -370,8 +409,9 @@ async fn accept_tcp(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rec
             });
             continue;
         }
+        let peer = peer_ip(&s);
         let io = TcpIo::new(s, shared.cfg.frame_bytes_max);
-        tokio::spawn(session::run(io, shared.clone()));
+        tokio::spawn(session::run(io, shared.clone(), peer));
     }
 }
 
@@ -379,6 +419,7 @@ async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rece
     while let Some(s) = accept_next(&l, &mut stopped).await {
         let full = over_limit(&shared);
         let shared = shared.clone();
+        let peer = peer_ip(&s);
         tokio::spawn(async move {
             let limit = Duration::from_millis(shared.cfg.auth_timeout_ms);
             let cfg = transport::ws_config(shared.cfg.frame_bytes_max);
@@ -403,9 +444,16 @@ async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rece
                 io.close().await;
                 return;
             }
-            session::run(io, shared).await;
+            session::run(io, shared, peer).await;
         });
     }
+}
+
+/// The connection's source address (unspecified if the kernel cannot say).
+fn peer_ip(s: &tokio::net::TcpStream) -> std::net::IpAddr {
+    s.peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 pub use crate::report::rss_bytes;

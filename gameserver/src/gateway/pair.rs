@@ -394,7 +394,7 @@ impl Link {
                     seq,
                     name: session.name.clone(),
                     req: req.clone(),
-                    login: session.login,
+                    login: session.login(),
                 });
                 if self.rd.is_some() {
                     self.wbuf.extend_from_slice(&wire);
@@ -662,7 +662,7 @@ fn push_frame(p: &Push) -> Bytes {
 }
 
 /// Two `host:port` spellings of one address.
-fn same_addr(a: &str, b: &str) -> bool {
+pub(crate) fn same_addr(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }

@@ -6,6 +6,8 @@
 //! in the order they came from the room server.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,12 +16,16 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
+use super::center::CenterCmd;
 use super::pair::LinkCmd;
 use super::stats::GatewayStats;
 use super::transport::{FrameIo, ReadError};
 use super::Shared;
 use crate::proto::frame::{Frame, FrameError, Kind};
-use crate::proto::msg::{self, Answer, ErrorCode, Fail, Reply, Request};
+use crate::proto::msg::{
+    self, Answer, CenterRequest, ErrorCode, Fail, Push, Reply, Request, SayTo,
+    CHANNELS_PER_SESSION_MAX, CHAT_TEXT_BYTES_MAX,
+};
 use crate::token;
 
 /// Frames written to the socket in one go at most (a batch drained from the queue).
@@ -39,6 +45,10 @@ pub(crate) enum Out {
         frame: Option<Bytes>,
         effect: Effect,
     },
+    /// The center admitted the session (its login number is set).
+    Admitted,
+    /// The session waits in the center's queue at `position` of `of`.
+    Queued { position: u32, of: u32 },
 }
 
 /// What an answered request changed about where the session is.
@@ -55,8 +65,11 @@ pub(crate) struct SessionHandle {
     pub(crate) id: u64,
     pub(crate) player: u64,
     pub(crate) name: String,
-    /// The center's login number (0 without a center); see `link::ToRoom::Request`.
-    pub(crate) login: u64,
+    /// The center's login number (0 without a center, and until admitted);
+    /// see `link::ToRoom::Request`.
+    pub(crate) login: AtomicU64,
+    /// Account kind from the token.
+    pub(crate) kind: u8,
     tx: mpsc::Sender<Out>,
     kill: Notify,
     reason: Mutex<Option<Fail>>,
@@ -93,6 +106,11 @@ impl SessionHandle {
     /// The session task has ended.
     pub(crate) fn is_gone(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// The center's login number of this session.
+    pub(crate) fn login(&self) -> u64 {
+        self.login.load(Relaxed)
     }
 }
 
@@ -137,7 +155,13 @@ async fn bye<T: FrameIo>(io: &mut T, code: ErrorCode, message: &str) {
 /// A request waiting for its turn, or in flight.
 struct Queued {
     seq: u32,
-    req: Request,
+    req: Job,
+}
+
+/// What a client asks: a room, or the center.
+enum Job {
+    Room(Request),
+    Center(CenterRequest),
 }
 
 /// Token bucket of one session's requests.
@@ -148,7 +172,7 @@ struct Bucket {
 
 /// Serves one connection until it ends. The caller counted it in
 /// `stats.connections` and this uncounts it.
-pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>) {
+pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>, peer: IpAddr) {
     let stats = &shared.stats;
     let claims = match authenticate(&mut io, &shared).await {
         Some(c) => c,
@@ -157,16 +181,28 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>) {
             return;
         }
     };
-    let (tx, rx) = mpsc::channel(shared.cfg.session_queue_frames_max);
+    let (tx, mut rx) = mpsc::channel(shared.cfg.session_queue_frames_max);
     let handle = Arc::new(SessionHandle {
         id: shared.next_session_id(),
         player: claims.player,
         name: claims.name,
-        login: 0,
+        login: AtomicU64::new(0),
+        kind: claims.kind,
         tx,
         kill: Notify::new(),
         reason: Mutex::new(None),
     });
+    if let Some(center) = &shared.center {
+        GatewayStats::inc(&stats.waiting);
+        let ok = admission(&mut io, &shared, center, &handle, &mut rx, peer).await;
+        GatewayStats::dec(&stats.waiting);
+        if !ok {
+            rx.close();
+            let _ = center.send(CenterCmd::Logout { session: handle }).await;
+            GatewayStats::dec(&stats.connections);
+            return;
+        }
+    }
     if let Some(old) = shared.players.lock().insert(handle.player, handle.clone()) {
         GatewayStats::inc(&stats.logged_in_elsewhere);
         old.close(
@@ -194,6 +230,7 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>) {
     let mut s = Session {
         shared: shared.clone(),
         handle: handle.clone(),
+        channels: Vec::new(),
         queue: VecDeque::new(),
         in_flight: None,
         then: None,
@@ -218,8 +255,129 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>) {
     for pair in &shared.pairs {
         let _ = pair.tx.send(LinkCmd::Gone { session: handle.id }).await;
     }
+    for c in std::mem::take(&mut s.channels) {
+        s.unsubscribe_now(c);
+    }
+    if let Some(center) = &shared.center {
+        let _ = center
+            .send(CenterCmd::Logout {
+                session: handle.clone(),
+            })
+            .await;
+    }
     GatewayStats::dec(&stats.sessions);
     GatewayStats::dec(&stats.connections);
+}
+
+/// Writes `frames` within the heartbeat window: a client that does not read
+/// does not hold its connection open.
+async fn write_within<T: FrameIo>(io: &mut T, shared: &Shared, frames: &[Bytes]) -> bool {
+    let limit = Duration::from_millis(shared.cfg.heartbeat_ms * shared.cfg.dead_ticks as u64);
+    matches!(
+        tokio::time::timeout(limit, io.write_frames(frames)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// With a center: registers the login and waits for Admitted, answering
+/// pings and refusing requests meanwhile, telling queue positions as they
+/// come. False: the session ends (refused, kicked, timed out, gone).
+async fn admission<T: FrameIo>(
+    io: &mut T,
+    shared: &Shared,
+    center: &mpsc::Sender<CenterCmd>,
+    handle: &Arc<SessionHandle>,
+    rx: &mut mpsc::Receiver<Out>,
+    peer: IpAddr,
+) -> bool {
+    let cmd = CenterCmd::Login {
+        session: handle.clone(),
+        addr: peer,
+    };
+    if center.try_send(cmd).is_err() {
+        let m = "the gateway's link to the center is overloaded; retry";
+        bye(io, ErrorCode::Unavailable, m).await;
+        return false;
+    }
+    let cfg = &shared.cfg;
+    let hb = Duration::from_millis(cfg.heartbeat_ms);
+    let answer_by = Instant::now() + Duration::from_millis(cfg.center_login_timeout_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut queued, mut seen, mut idle) = (false, false, 0u32);
+    loop {
+        let mut writes = Vec::new();
+        tokio::select! {
+            biased;
+            _ = handle.kill.notified() => {
+                let fail = handle.reason.lock().take().unwrap_or_else(|| Fail::new(ErrorCode::Internal, "closed"));
+                bye(io, fail.code, &fail.message).await;
+                return false;
+            }
+            out = rx.recv() => match out {
+                None => return false,
+                Some(Out::Admitted) => return true,
+                Some(Out::Queued { position, of }) => {
+                    queued = true;
+                    let p = Push::Queued { position, of, heartbeat_ms: cfg.heartbeat_ms as u32 };
+                    writes.push(Frame::new(Kind::Push, 0, token::now_ms(), Bytes::from(msg::encode(&p))).to_bytes());
+                }
+                Some(_) => {} // nothing else is for a session not admitted
+            },
+            r = io.read_frame() => match r {
+                Ok(f) => {
+                    seen = true;
+                    GatewayStats::inc(&shared.stats.frames_in);
+                    match f.kind {
+                        Kind::Ping => {
+                            let pong = msg::Pong { client_time_ms: f.time_ms };
+                            writes.push(Frame::new(Kind::Pong, 0, token::now_ms(), Bytes::from(msg::encode(&pong))).to_bytes());
+                        }
+                        Kind::Request | Kind::Center => {
+                            let fail = Fail::new(ErrorCode::NotAdmitted, "you are waiting in the login queue; requests come after Welcome");
+                            writes.push(reply_frame(f.seq, &Err(fail)));
+                        }
+                        k => {
+                            GatewayStats::inc(&shared.stats.errors_frame);
+                            bye(io, ErrorCode::BadFrame, &format!("a client does not send {k:?} frames while queued")).await;
+                            return false;
+                        }
+                    }
+                }
+                Err(ReadError::Closed) => return false,
+                Err(ReadError::Text) => {
+                    bye(io, ErrorCode::BadFrame, "text messages are refused: send binary frames").await;
+                    return false;
+                }
+                Err(ReadError::Frame(e)) => {
+                    GatewayStats::inc(&shared.stats.errors_frame);
+                    bye(io, frame_error_code(&e), &e.to_string()).await;
+                    return false;
+                }
+            },
+            _ = tick.tick() => {
+                if !queued {
+                    if Instant::now() >= answer_by {
+                        bye(io, ErrorCode::Unavailable, "the center server did not answer the login in time; retry").await;
+                        return false;
+                    }
+                } else if std::mem::take(&mut seen) {
+                    idle = 0;
+                } else {
+                    idle += 1;
+                    if idle >= cfg.dead_ticks {
+                        GatewayStats::inc(&shared.stats.heartbeat_timeouts);
+                        let m = format!("no frame for {} heartbeats of {} ms while queued", idle, hb.as_millis());
+                        bye(io, ErrorCode::HeartbeatTimeout, &m).await;
+                        return false;
+                    }
+                }
+            }
+        }
+        if !writes.is_empty() && !write_within(io, shared, &writes).await {
+            return false;
+        }
+    }
 }
 
 /// The first frame: a good Auth within the time limit, else Bye.
@@ -296,6 +454,8 @@ async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<token::
 struct Session {
     shared: Arc<Shared>,
     handle: Arc<SessionHandle>,
+    /// Channels this session is subscribed to.
+    channels: Vec<u32>,
     /// Requests waiting behind the one in flight.
     queue: VecDeque<Queued>,
     /// The request sent to a room server and not yet answered.
@@ -424,6 +584,7 @@ impl Session {
                 self.writes.push(b);
             }
             Kind::Request => self.request(f),
+            Kind::Center => self.request(f),
             Kind::Auth => {
                 let fail = Fail::new(
                     ErrorCode::BadRequest,
@@ -477,7 +638,11 @@ impl Session {
             return self.refuse(seq, ErrorCode::RateLimited, m);
         }
         self.bucket.tokens -= 1.0;
-        let req: Request = match msg::decode(&f.payload) {
+        let req = match f.kind {
+            Kind::Center => msg::decode(&f.payload).map(Job::Center),
+            _ => msg::decode(&f.payload).map(Job::Room),
+        };
+        let req = match req {
             Ok(r) => r,
             Err(e) => {
                 return self.refuse(
@@ -502,6 +667,7 @@ impl Session {
     fn take(&mut self, out: Out) {
         match out {
             Out::Frame(b) => self.writes.push(b),
+            Out::Admitted | Out::Queued { .. } => {} // only before Welcome
             Out::Answered { frame, effect } => {
                 if let Some(b) = frame {
                     GatewayStats::inc(&self.shared.stats.replies);
@@ -527,17 +693,24 @@ impl Session {
             let Some(q) = self.queue.pop_front() else {
                 return;
             };
-            let Some(room) = q.req.room() else {
+            let (seq, req) = match q.req {
+                Job::Center(c) => {
+                    self.center(q.seq, c);
+                    continue;
+                }
+                Job::Room(r) => (q.seq, r),
+            };
+            let Some(room) = req.room() else {
                 // Rooms: the gateway answers from what the pairs told it.
                 let rooms = self.shared.rooms();
                 GatewayStats::inc(&self.shared.stats.replies);
                 self.writes
-                    .push(reply_frame(q.seq, &Ok(Answer::Rooms(rooms))));
+                    .push(reply_frame(seq, &Ok(Answer::Rooms(rooms))));
                 continue;
             };
             let Some(pair) = self.shared.pair_of(room) else {
                 self.refuse(
-                    q.seq,
+                    seq,
                     ErrorCode::UnknownRoom,
                     format!("no room server of this gateway serves room {room}"),
                 );
@@ -545,27 +718,34 @@ impl Session {
             };
             // Entering a room of another pair: leave the current room first,
             // as the room server does itself for rooms of its own.
-            if let (Request::Enter { .. }, Some(cur)) = (&q.req, self.room) {
+            if let (Request::Enter { .. }, Some(cur)) = (&req, self.room) {
                 if let Some(cur_pair) = self
                     .shared
                     .pair_of(cur)
                     .filter(|p| *p != pair && cur != room)
                 {
                     let leave = Queued {
-                        seq: q.seq,
-                        req: Request::Leave { room: cur },
+                        seq,
+                        req: Job::Room(Request::Leave { room: cur }),
                     };
-                    self.then = Some(q);
+                    self.then = Some(Queued {
+                        seq,
+                        req: Job::Room(req),
+                    });
                     self.link(cur_pair, leave, true);
                     return;
                 }
             }
-            self.send(q);
+            self.send(Queued {
+                seq,
+                req: Job::Room(req),
+            });
         }
     }
 
     fn send(&mut self, q: Queued) {
-        let Some(room) = q.req.room() else { return };
+        let Job::Room(req) = &q.req else { return };
+        let Some(room) = req.room() else { return };
         match self.shared.pair_of(room) {
             Some(pair) => self.link(pair, q, false),
             None => self.refuse(
@@ -577,10 +757,11 @@ impl Session {
     }
 
     fn link(&mut self, pair: usize, q: Queued, internal: bool) {
+        let Job::Room(req) = q.req else { return };
         let cmd = LinkCmd::Request {
             session: self.handle.clone(),
             seq: q.seq,
-            req: q.req,
+            req,
             internal,
         };
         match self.shared.pairs[pair].tx.try_send(cmd) {
@@ -597,6 +778,98 @@ impl Session {
                     ErrorCode::Unavailable,
                     "the gateway's link to the room server is overloaded; retry",
                 );
+            }
+        }
+    }
+
+    fn ack(&mut self, seq: u32) {
+        GatewayStats::inc(&self.shared.stats.replies);
+        self.writes.push(reply_frame(seq, &Ok(Answer::Ack)));
+    }
+
+    /// A request for the center: channels are kept here (the center only
+    /// knows which gateways have subscribers), messages go to the center.
+    fn center(&mut self, seq: u32, req: CenterRequest) {
+        match req {
+            CenterRequest::Subscribe { channel } => {
+                if self.channels.contains(&channel) {
+                    return self.ack(seq);
+                }
+                if self.channels.len() >= CHANNELS_PER_SESSION_MAX {
+                    let m = format!("at most {CHANNELS_PER_SESSION_MAX} channels per session");
+                    return self.refuse(seq, ErrorCode::BadRequest, m);
+                }
+                let mut all = self.shared.channels.lock();
+                if !all.contains_key(&channel) && all.len() >= super::CHANNELS_PER_GATEWAY_MAX {
+                    drop(all);
+                    let m = "this gateway has subscribers in too many channels";
+                    return self.refuse(seq, ErrorCode::BadRequest, m);
+                }
+                let subs = all.entry(channel).or_default();
+                let first = subs.is_empty();
+                subs.insert(self.handle.id, self.handle.clone());
+                drop(all);
+                self.channels.push(channel);
+                if let (true, Some(c)) = (first, &self.shared.center) {
+                    let _ = c.try_send(CenterCmd::Channel { channel, on: true });
+                }
+                self.ack(seq);
+            }
+            CenterRequest::Unsubscribe { channel } => {
+                if let Some(i) = self.channels.iter().position(|c| *c == channel) {
+                    self.channels.swap_remove(i);
+                    self.unsubscribe_now(channel);
+                }
+                self.ack(seq);
+            }
+            CenterRequest::Say { to, text } => {
+                if text.len() > CHAT_TEXT_BYTES_MAX {
+                    let m = format!("a message holds at most {CHAT_TEXT_BYTES_MAX} bytes");
+                    return self.refuse(seq, ErrorCode::BadRequest, m);
+                }
+                if let SayTo::Channel(c) = to {
+                    if !self.channels.contains(&c) {
+                        let m = format!("subscribe to channel {c} before talking in it");
+                        return self.refuse(seq, ErrorCode::BadRequest, m);
+                    }
+                }
+                let Some(center) = &self.shared.center else {
+                    let m = "this gateway has no center server: no messages";
+                    return self.refuse(seq, ErrorCode::Unavailable, m);
+                };
+                let cmd = CenterCmd::Say {
+                    session: self.handle.clone(),
+                    seq,
+                    to,
+                    text,
+                };
+                match center.try_send(cmd) {
+                    Ok(()) => self.in_flight = Some(seq),
+                    Err(_) => self.refuse(
+                        seq,
+                        ErrorCode::Unavailable,
+                        "the gateway's link to the center is overloaded; retry",
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Leaves a channel's fan-out; the gateway's last subscriber tells the center.
+    fn unsubscribe_now(&self, channel: u32) {
+        let mut all = self.shared.channels.lock();
+        let last = match all.get_mut(&channel) {
+            Some(subs) => {
+                subs.remove(&self.handle.id);
+                subs.is_empty()
+            }
+            None => false,
+        };
+        if last {
+            all.remove(&channel);
+            drop(all);
+            if let Some(c) = &self.shared.center {
+                let _ = c.try_send(CenterCmd::Channel { channel, on: false });
             }
         }
     }

@@ -70,6 +70,18 @@ stats! {
     snapshots_forwarded,
     /// Sessions closed because their queue was full.
     slow_consumers,
+    /// Sessions waiting for the center's admission now (in its queue or not yet answered).
+    waiting,
+    /// Sessions refused by the center (blacklisted, queue full).
+    center_refused,
+    /// Sessions closed by the center (a login elsewhere, an operator's kick or blacklist).
+    center_kicked,
+    /// Center links that came up.
+    center_connects,
+    /// Center links that went down.
+    center_downs,
+    /// Notices (broadcasts, channel and private messages) pushed, once per session.
+    notices_pushed,
 }
 
 impl GatewayStats {

@@ -50,10 +50,18 @@ pub enum Kind {
     Error = 8,
     /// gateway → client: [`super::msg::Bye`], then the connection closes.
     Bye = 9,
+    /// client → gateway: [`super::msg::CenterRequest`] (`seq` set, in the
+    /// same sequence as `Request`), answered by a `Reply`: what the center
+    /// server answers (channels, messages), not a room.
+    Center = 10,
     /// gateway → room server: [`crate::link::ToRoom`].
     ToRoom = 64,
     /// room server → gateway: [`crate::link::FromRoom`].
     FromRoom = 65,
+    /// gateway → center server: [`crate::center::link::ToCenter`].
+    ToCenter = 66,
+    /// center server → gateway: [`crate::center::link::FromCenter`].
+    FromCenter = 67,
 }
 
 impl Kind {
@@ -68,8 +76,11 @@ impl Kind {
             7 => Kind::Pong,
             8 => Kind::Error,
             9 => Kind::Bye,
+            10 => Kind::Center,
             64 => Kind::ToRoom,
             65 => Kind::FromRoom,
+            66 => Kind::ToCenter,
+            67 => Kind::FromCenter,
             _ => return None,
         })
     }
@@ -231,8 +242,11 @@ mod tests {
             Kind::Pong,
             Kind::Error,
             Kind::Bye,
+            Kind::Center,
             Kind::ToRoom,
             Kind::FromRoom,
+            Kind::ToCenter,
+            Kind::FromCenter,
         ])
     }
 

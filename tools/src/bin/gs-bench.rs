@@ -6,6 +6,11 @@
 //!   `rss_bytes_per_connection`.
 //! - `rooms --bots N --rooms R --interval-ms I` and `chat --players P --rate M`
 //!   start a local cluster themselves (`tools::gsbench`).
+//! - `logins --clients N`: password logins/s (argon2id at production cost by
+//!   default) against an in-process login server (`tools::gsbench::login`).
+//! - `center --players N --registrations R --runs K`: the center pair's
+//!   registrations/s and the time until the last of N players has an
+//!   operator broadcast (`tools::gsbench::center`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -97,6 +102,49 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Password logins per second against an in-process login server (argon2id).
+    Logins {
+        /// Concurrent clients, each its own account and keep-alive connection.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Runs (the median and the slowest are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Argon2id memory (KiB), passes, lanes.
+        #[arg(long, default_value_t = gameserver::login::ARGON2_M_KIB)]
+        m_kib: u32,
+        #[arg(long, default_value_t = gameserver::login::ARGON2_T)]
+        t: u32,
+        #[arg(long, default_value_t = gameserver::login::ARGON2_P)]
+        p: u32,
+        /// Hashes at once (default: one per core).
+        #[arg(long)]
+        hash_concurrency: Option<usize>,
+        /// Also measure device guest logins (no argon2).
+        #[arg(long)]
+        guest: bool,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The center pair: registrations/s, and the time until the last of N players has a broadcast.
+    Center {
+        /// Connected players that get the broadcast (at most 15,000 in this process).
+        #[arg(long, default_value_t = 10_000)]
+        players: usize,
+        /// Logins registered per run.
+        #[arg(long, default_value_t = 20_000)]
+        registrations: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn cluster_bench(r: Result<serde_json::Value, String>, json: bool) -> ExitCode {
@@ -152,6 +200,26 @@ fn main() -> ExitCode {
         .init();
     let cmd = Cli::parse().cmd;
     let cmd = match cmd {
+        Cmd::Center {
+            players,
+            registrations,
+            runs,
+            dir,
+            json,
+        } => {
+            return match tools::gsbench::center::center(players, registrations, runs, &dir) {
+                Ok(v) => {
+                    if json {
+                        println!("{v}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gs-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Rooms {
             bots,
             rooms,
@@ -174,6 +242,29 @@ fn main() -> ExitCode {
             dir,
             json,
         } => return cluster_bench(tools::gsbench::chat(players, rate, seconds, ws, &dir), json),
+        Cmd::Logins {
+            clients,
+            seconds,
+            runs,
+            m_kib,
+            t,
+            p,
+            hash_concurrency,
+            guest,
+            dir,
+            json,
+        } => {
+            let b = tools::gsbench::login::LoginBench {
+                clients,
+                seconds,
+                runs,
+                hash: gameserver::login::HashParams { m_kib, t, p },
+                hash_concurrency,
+                guest,
+                dir,
+            };
+            return cluster_bench(tools::gsbench::login::logins(&b), json);
+        }
         c => c,
     };
     let Cmd::Connections {
