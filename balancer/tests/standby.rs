@@ -456,13 +456,18 @@ async fn the_balancer_answers_as_an_hs_witness() {
     );
     // A serving master of pair 7 registers by renewing; a renewal from a stale
     // epoch is refused, and a live master's pair is not handed to another node
-    // without the kernel's word that it died.
+    // without the kernel's word that it died — to the requester and to the
+    // witness itself, at the address the master gave (here nothing listens).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let master_addr = closed.local_addr().unwrap();
+    drop(closed);
     let r = hs::node::witness::ask(
         w,
         Request::Renew {
             pair: 7,
             node: 1,
             epoch: 1,
+            addr: Some(master_addr),
         },
         t,
     )
@@ -476,6 +481,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             pair: 7,
             node: 1,
             epoch: 1,
+            addr: Some(master_addr),
         },
         t,
     )
@@ -517,6 +523,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             pair: 7,
             node: 1,
             epoch: 1,
+            addr: Some(master_addr),
         },
         t,
     )

@@ -16,7 +16,7 @@ use super::net::{
 };
 use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
-use crate::proto::election::lease_ms;
+use crate::proto::election::{lease_ms, CALL_AFTER_QUIET_TICKS};
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 use crate::proto::ratelimit::TokenBucket;
@@ -171,6 +171,8 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             pair: s.cfg.pair_id,
             node: s.node_id,
             epoch,
+            // Where the witness tries this master itself when a slave reports it refused.
+            addr: *s.local_addr.lock(),
         };
         match super::witness::ask_with(w, req, hb, s.cfg.secret.as_ref()).await {
             Some(r) if r.granted => s.renew_lease(sent + lease),
@@ -192,18 +194,22 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
     }
 }
 
-/// While no slave is connected, asks the peer every silence period (N ticks)
-/// whether it serves as master at a newer epoch, as a slave would (Hello). A
-/// peer that promoted while this node was cut off from it (a link that reset
-/// and refused connections looks like a dead process to it) answers Welcome
-/// with its newer epoch: this master is stale and steps down (then follows it).
-/// A peer at an older epoch is fenced by the Hello itself.
+/// Calls the peer every tick while no slave acknowledges (no ack for
+/// `CALL_AFTER_QUIET_TICKS` ticks), with the Hello a slave would send.
+/// Two things come of it:
+/// - the peer learns this master lives: a slave whose link to it broke and whose
+///   connections are refused (a relay, a REJECT rule) does not take that for a
+///   dead process while the calls arrive (`election::Verdict::Confirm`);
+/// - a peer that promoted anyway (with a witness's grant, or the split risk
+///   accepted) answers Welcome with its newer epoch: this master is stale and
+///   steps down (then follows it). A peer at an older epoch is fenced by the Hello.
 async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
-    let every =
-        Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64);
+    let tick = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    let quiet_ns = (tick * CALL_AFTER_QUIET_TICKS as u32).as_nanos() as u64;
     loop {
-        tokio::time::sleep(every).await;
-        if s.slave_connected.load(Ordering::Acquire) {
+        tokio::time::sleep(tick).await;
+        let heard = s.last_slave_frame_ns.load(Ordering::Acquire);
+        if heard != 0 && s.now_ns().saturating_sub(heard) < quiet_ns {
             continue;
         }
         let ask = async {
@@ -227,7 +233,8 @@ async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
             write_first(&mut wr, &hs, &hello).await.ok()?;
             read_first(&mut reader, &mut hs).await.ok()
         };
-        let answer = tokio::time::timeout(every.max(Duration::from_millis(100)), ask)
+        // One call at a time; a call that hangs ends before the next is due.
+        let answer = tokio::time::timeout(tick.max(Duration::from_millis(100)), ask)
             .await
             .ok()
             .flatten();
@@ -552,6 +559,9 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                     epoch: e,
                 }) => {
                     seen2.fetch_add(1, Ordering::Relaxed);
+                    s_ack
+                        .last_slave_frame_ns
+                        .store(s_ack.now_ns(), Ordering::Release);
                     if e != epoch {
                         break NetError::Protocol(format!(
                             "ack of epoch {e} in a session of epoch {epoch}"

@@ -446,6 +446,11 @@ pub(crate) struct Shared {
     /// this node itself: its own acks, sent before a crash, may still be
     /// extending the old master's lease.
     pub last_master_frame_ns: AtomicU64,
+    /// When the pair's master last called this node's port (a Hello as master,
+    /// `clock` ns; 0 = never): it lives, whatever its port says to this node.
+    pub master_called_ns: AtomicU64,
+    /// Master: when the current slave's last ack arrived (`clock` ns; 0 = none yet).
+    pub last_slave_frame_ns: AtomicU64,
     /// Origin of the monotonic nanosecond timestamps in heartbeats and leases.
     pub clock: Instant,
     /// Preferred role given to `start`.
@@ -691,6 +696,8 @@ impl Node {
             clock: Instant::now(),
             node_id,
             last_master_frame_ns: AtomicU64::new(0),
+            master_called_ns: AtomicU64::new(0),
+            last_slave_frame_ns: AtomicU64::new(0),
             prefer_master: role == Role::Master,
             demoting: AtomicBool::new(false),
             handover: AtomicBool::new(false),

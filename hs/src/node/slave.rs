@@ -16,7 +16,9 @@ use super::net::{
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_checked;
 use crate::log::snapshot::Snapshot;
-use crate::proto::election::{lease_ms, next_epoch, settle, verdict, Cause, Rank, Verdict};
+use crate::proto::election::{
+    lease_ms, next_epoch, refusal_hold_ms, settle, verdict, Cause, Rank, Verdict,
+};
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 
@@ -104,18 +106,20 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                     }
                     End::Silent => Some(Cause::MasterSilent),
                     // The connection ended without a goodbye: knock once. Refused means
-                    // the master's process is gone; an answer means it lives (follow it
-                    // again); no answer means it may be cut off (treat as silence).
+                    // the master's process is gone, or something in between refuses
+                    // for it (confirmed before promoting: `try_promote`); an answer
+                    // means it lives (follow it again); no answer means it may be cut
+                    // off (treat as silence).
                     End::Closed if connected => {
                         match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer)).await {
                             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                                Some(Cause::MasterProcessDead)
+                                Some(Cause::MasterRefused)
                             }
                             Ok(_) => None,
                             Err(_) => Some(Cause::MasterSilent),
                         }
                     }
-                    End::ConnectRefused if connected_before(&s) => Some(Cause::MasterProcessDead),
+                    End::ConnectRefused if connected_before(&s) => Some(Cause::MasterRefused),
                     End::ConnectRefused | End::ConnectTimeout => Some(Cause::PeerUnreachable),
                     _ => None,
                 }
@@ -216,6 +220,29 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
             false
         }
         Verdict::Promote => true,
+        Verdict::Confirm => {
+            // Refused, but a filter or relay in front of a live master refuses too.
+            // A live master whose slave is gone calls this node every tick: only
+            // silence from it — no frame, no call — for the whole hold confirms.
+            let hold = Duration::from_millis(refusal_hold_ms(
+                s.cfg.heartbeat_interval_ms,
+                s.cfg.heartbeat_dead_ticks,
+            ))
+            .as_nanos() as u64;
+            let heard = s
+                .last_master_frame_ns
+                .load(Ordering::Acquire)
+                .max(s.master_called_ns.load(Ordering::Acquire));
+            let quiet = s.now_ns().saturating_sub(heard);
+            if quiet < hold {
+                tracing::debug!(
+                    quiet_ms = quiet / 1_000_000,
+                    "the master's port refuses; not promoting until it has been quiet for the whole hold"
+                );
+                return None;
+            }
+            true
+        }
         Verdict::AskWitness => {
             let w = s.cfg.witness.expect("verdict asks only when there is one");
             let sent = s.now_ns();
@@ -223,7 +250,8 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
                 pair: s.cfg.pair_id,
                 node: s.node_id,
                 epoch,
-                dead: cause == Cause::MasterProcessDead,
+                // The witness tries the master itself: a refusal it gets too is the proof.
+                dead: cause == Cause::MasterRefused,
             };
             match super::witness::ask_with(
                 w,
@@ -290,7 +318,18 @@ async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
             let mut reader = FrameReader::new(rd, super::master::HANDSHAKE_FRAME_BYTES_MAX);
             let _ = tokio::time::timeout(CONNECT_TIMEOUT, async {
                 let mut hs = challenge(&mut wr, s2.cfg.secret.as_ref()).await?;
-                if let Frame::Hello { .. } = read_first(&mut reader, &mut hs).await? {
+                if let Frame::Hello {
+                    node, epoch, role, ..
+                } = read_first(&mut reader, &mut hs).await?
+                {
+                    // A master calling: it lives, whatever its port says to us
+                    // (`Verdict::Confirm`). Only the pair's other node counts, at
+                    // an epoch this node has not left behind.
+                    let meta = s2.log.meta();
+                    let ours = hs.is_some() || meta.peer == 0 || meta.peer == node;
+                    if role == 1 && ours && node != s2.node_id && epoch >= meta.epoch {
+                        s2.master_called_ns.store(s2.now_ns(), Ordering::Release);
+                    }
                     let r = my_rank(&s2);
                     let role = s2.role.load(Ordering::Acquire);
                     write_first(
