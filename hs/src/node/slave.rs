@@ -15,7 +15,7 @@ use super::net::{
 };
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_checked;
-use crate::log::snapshot::Snapshot;
+use crate::log::snapshot::{for_each_entry, Incoming};
 use crate::proto::election::{
     lease_ms, next_epoch, refusal_hold_ms, settle, verdict, Cause, Rank, Verdict,
 };
@@ -538,6 +538,8 @@ async fn follow(
         .into());
     }
     let map_log = |e: crate::log::LogError| proto_err(format!("log: {e}"));
+    // A frame the master sent while a resync's snapshot was still loading.
+    let mut pending: Option<Frame> = None;
     match action {
         Action::Continue => {
             if meta.history == 0 {
@@ -582,61 +584,20 @@ async fn follow(
             });
         }
         Action::Resync => {
-            if snapshot_bytes > s.cfg.snapshot_bytes_max {
-                return Err(proto_err(format!(
-                    "the master's snapshot is {snapshot_bytes} bytes, over snapshot_bytes_max ({} bytes): raise it on this node if the state really is that large",
-                    s.cfg.snapshot_bytes_max
-                ))
-                .into());
-            }
-            let mut buf: Vec<u8> = Vec::new();
-            while (buf.len() as u64) < snapshot_bytes {
-                match tokio::time::timeout(
-                    Duration::from_millis(
-                        s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64,
-                    )
-                    .max(CONNECT_TIMEOUT),
-                    reader.next(),
-                )
-                .await
-                .map_err(|_| proto_err("snapshot transfer stalled"))??
-                {
-                    Frame::Snapshot { offset, bytes }
-                        if offset == buf.len() as u64
-                            && buf.len() as u64 + bytes.len() as u64 <= snapshot_bytes =>
-                    {
-                        buf.extend_from_slice(&bytes)
-                    }
-                    other => {
-                        return Err(proto_err(format!(
-                            "expected snapshot bytes at {}, got {other:?}",
-                            buf.len()
-                        ))
-                        .into())
-                    }
-                }
-            }
-            let snap = Snapshot::decode(&buf)
-                .map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
-            if snap.pos != start || snap.history != history {
-                return Err(proto_err("snapshot does not match the Welcome").into());
-            }
-            log.reset_to(&snap, &buf, segment_bytes).map_err(map_log)?;
-            {
-                let mut app = s.app.lock();
-                s.call_app(|| Shared::load_snapshot_into(&mut **app, &snap))
-                    .map_err(|e| proto_err(e.to_string()))?;
-            }
-            s.applied.store(start, Ordering::Release);
-            tracing::info!(
-                pos = start,
-                keys = snap.state.map.len(),
-                "resynced from the master's snapshot"
-            );
-            s.emit(Event::Resynced {
-                pos: start,
-                keys: snap.state.map.len() as u64,
-            });
+            let keys = resync(
+                s,
+                &mut reader,
+                &mut wr,
+                epoch,
+                history,
+                start,
+                snapshot_bytes,
+                segment_bytes,
+                &mut pending,
+            )
+            .await?;
+            tracing::info!(pos = start, keys, "resynced from the master's snapshot");
+            s.emit(Event::Resynced { pos: start, keys });
         }
     }
     if epoch > log.meta().epoch {
@@ -657,7 +618,7 @@ async fn follow(
     s.set_role(Role::Slave, "following the master");
     s.emit(Event::MasterConnected { addr, from: start });
     tracing::info!(from = start, epoch, "following the master");
-    stream_loop(s, &mut reader, &mut wr, epoch)
+    stream_loop(s, &mut reader, &mut wr, epoch, pending)
         .await
         .map_err(|err| {
             let end = match &err {
@@ -683,11 +644,148 @@ async fn follow(
         })
 }
 
+/// Receives the master's snapshot (`snapshot_bytes` at `start`) piece by piece
+/// into a temporary snapshot file — never more than one piece in memory — and
+/// acknowledges the master's heartbeats meanwhile (the master's lease runs on
+/// them); then replaces the log with it and loads it into the application in
+/// one streaming pass. Returns the number of keys.
+#[allow(clippy::too_many_arguments)]
+async fn resync(
+    s: &Arc<Shared>,
+    reader: &mut FrameReader,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    epoch: u32,
+    history: u128,
+    start: u64,
+    snapshot_bytes: u64,
+    segment_bytes: u64,
+    pending: &mut Option<Frame>,
+) -> Result<u64, Failure> {
+    let log = &s.log;
+    if snapshot_bytes > s.cfg.snapshot_bytes_max {
+        return Err(proto_err(format!(
+            "the master's snapshot is {snapshot_bytes} bytes, over snapshot_bytes_max ({} bytes): raise it on this node if the state really is that large",
+            s.cfg.snapshot_bytes_max
+        ))
+        .into());
+    }
+    let io = |e: std::io::Error| proto_err(format!("writing the snapshot: {e}"));
+    s.resync_received.store(0, Ordering::Relaxed);
+    let mut inc = Incoming::create(log.dir(), start).map_err(io)?;
+    let stall =
+        Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
+            .max(CONNECT_TIMEOUT);
+    while inc.len() < snapshot_bytes {
+        let f = tokio::time::timeout(stall, reader.next())
+            .await
+            .map_err(|_| proto_err("snapshot transfer stalled"))??;
+        s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+        match f {
+            Frame::Snapshot { offset, bytes }
+                if offset == inc.len() && inc.len() + bytes.len() as u64 <= snapshot_bytes =>
+            {
+                s.resync_buffer_max
+                    .fetch_max(bytes.len() as u64, Ordering::Relaxed);
+                inc.write(&bytes).map_err(io)?;
+                s.resync_received.store(inc.len(), Ordering::Relaxed);
+            }
+            Frame::Heartbeat {
+                epoch: e, sent_ns, ..
+            } if e == epoch => {
+                s.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
+                // Nothing of this session's log is here yet: positions 0.
+                write_frame(
+                    wr,
+                    &Frame::Ack {
+                        epoch,
+                        received: 0,
+                        flushed: 0,
+                        applied: 0,
+                        echo_ns: sent_ns,
+                    },
+                )
+                .await?;
+            }
+            other => {
+                return Err(proto_err(format!(
+                    "expected snapshot bytes at {}, got {}",
+                    inc.len(),
+                    super::net::kind_name(&other)
+                ))
+                .into())
+            }
+        }
+    }
+    // Checking, storing and loading a large snapshot takes a while: on a
+    // blocking thread, while this task goes on acknowledging heartbeats (the
+    // master streams nothing else until this node acknowledges `start`).
+    let s2 = s.clone();
+    let load = tokio::task::spawn_blocking(move || -> Result<u64, NetError> {
+        let (tmp, head) = inc
+            .finish()
+            .map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
+        if head.pos != start || head.history != history {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(proto_err("snapshot does not match the Welcome"));
+        }
+        s2.log
+            .reset_to_file(&head, &tmp, segment_bytes)
+            .map_err(|e| proto_err(format!("log: {e}")))?;
+        let path = s2.log.dir().join(crate::log::snapshot::file_name(start));
+        let mut app = s2.app.lock();
+        s2.call_app(|| {
+            app.reset();
+            for_each_entry(&path, |k, v| app.restore(k, v))
+        })
+        .map_err(|e| proto_err(e.to_string()))?
+        .map_err(|e| proto_err(format!("reading the stored snapshot: {e}")))?;
+        drop(app);
+        s2.applied.store(start, Ordering::Release);
+        Ok(head.count)
+    });
+    tokio::pin!(load);
+    let mut echo_ns = 0u64;
+    let keys = loop {
+        tokio::select! {
+            r = &mut load => {
+                break r.map_err(|e| proto_err(format!("loading the snapshot: {e}")))??;
+            }
+            f = reader.next(), if pending.is_none() => {
+                let f = f?;
+                s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+                match f {
+                    Frame::Heartbeat { epoch: e, sent_ns, .. } if e == epoch => {
+                        s.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
+                        echo_ns = sent_ns;
+                        write_frame(wr, &Frame::Ack { epoch, received: 0, flushed: 0, applied: 0, echo_ns }).await?;
+                    }
+                    // Anything else waits for the load (read no further meanwhile).
+                    other => *pending = Some(other),
+                }
+            }
+        }
+    };
+    // Loaded: the master may stream the log from `start` now.
+    write_frame(
+        wr,
+        &Frame::Ack {
+            epoch,
+            received: start,
+            flushed: start,
+            applied: start,
+            echo_ns,
+        },
+    )
+    .await?;
+    Ok(keys)
+}
+
 async fn stream_loop(
     s: &Arc<Shared>,
     reader: &mut FrameReader,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     epoch: u32,
+    mut pending: Option<Frame>,
 ) -> Result<End, NetError> {
     let log = &s.log;
     let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
@@ -701,10 +799,14 @@ async fn stream_loop(
         if s.is_shutdown() {
             return Ok(End::Shutdown);
         }
-        let first = tokio::select! {
+        let first = if let Some(f) = pending.take() {
+            Some(f)
+        } else {
+            tokio::select! {
             f = reader.next() => Some(f?),
             _ = tokio::time::sleep_until(next_tick.into()) => None,
             _ = shutdown => return Ok(End::Shutdown),
+            }
         };
         let mut got_data = false;
         let mut next = first;
