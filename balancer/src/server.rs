@@ -1013,11 +1013,12 @@ async fn start_with(
 
     if let Some(w) = witness {
         let hold = Duration::from_millis(balancer.config.witness_hold_ms);
+        let secret = balancer.config.witness_secret.as_ref().map(hs::Secret::new);
         let stop_witness = until_stopped(stopped.clone());
-        info!(addr = ?witness_addr, hold_ms = balancer.config.witness_hold_ms, "hs witness listening");
+        info!(addr = ?witness_addr, hold_ms = balancer.config.witness_hold_ms, authenticated = secret.is_some(), "hs witness listening");
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                _ = hs::node::witness::serve(w, hold) => {}
+                _ = hs::node::witness::serve_with(w, hold, secret) => {}
                 _ = stop_witness => {}
             }
         }));

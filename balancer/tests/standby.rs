@@ -533,6 +533,39 @@ async fn the_balancer_answers_as_an_hs_witness() {
     b.shutdown().await;
 }
 
+/// With `witness_secret`, the embedded witness answers only requests that
+/// prove it: one without the secret (or with another) gets no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_with_a_secret_refuses_an_unauthenticated_request() {
+    let mut cfg = config(zone(10, None));
+    cfg.witness_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.witness_secret = Some("the pairs' shared secret".into());
+    let b = balancer(cfg).await;
+    let w = b.witness_addr().expect("witness bound");
+    let req = hs::proto::witness::Request::Renew {
+        pair: 8,
+        node: 1,
+        epoch: 1,
+        addr: None,
+    };
+    let t = Duration::from_secs(2);
+    assert_eq!(
+        hs::node::witness::ask(w, req, t).await,
+        None,
+        "answered without the secret"
+    );
+    let wrong = hs::Secret::new("not the pairs' secret");
+    assert_eq!(
+        hs::node::witness::ask_with(w, req, t, Some(&wrong)).await,
+        None,
+        "answered with a wrong secret"
+    );
+    let right = hs::Secret::new("the pairs' shared secret");
+    let r = hs::node::witness::ask_with(w, req, t, Some(&right)).await;
+    assert!(r.is_some_and(|r| r.granted), "{r:?}");
+    b.shutdown().await;
+}
+
 /// In process: a balancer whose standby peer is down does not serve on its
 /// own (no witness, no accepted risk): every mutation answers 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
