@@ -401,6 +401,10 @@ impl Balancer {
         if let Some(e) = epoch {
             self.epoch.store(e as u64, Ordering::Relaxed);
         }
+        if let (true, Some(e)) = (master, epoch) {
+            // Before the first op of the reign (the watcher calls this first).
+            self.registry.lock().begin_reign(e);
+        }
         let was = self.master.send_replace(master);
         if was != master {
             if master {
