@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Overrides `witness_listen`: serve as hs witness for game-server pairs here.
     #[arg(long)]
     pub witness_listen: Option<SocketAddr>,
+    /// Overrides `witness_secret` (default: env BALANCER_WITNESS_SECRET; prefer
+    /// the config file or the env: flags show in `ps`).
+    #[arg(long)]
+    pub witness_secret: Option<String>,
     /// Overrides `[hs] dir` (with --hs-listen, enables the standby if the file has no [hs]).
     #[arg(long)]
     pub hs_dir: Option<PathBuf>,
@@ -104,6 +108,13 @@ impl ServeArgs {
         }
         if self.witness_listen.is_some() {
             c.witness_listen = self.witness_listen;
+        }
+        if let Some(v) = self
+            .witness_secret
+            .clone()
+            .or_else(|| std::env::var("BALANCER_WITNESS_SECRET").ok())
+        {
+            c.witness_secret = Some(v);
         }
         if c.hs.is_none() {
             if let (Some(dir), Some(listen)) = (&self.hs_dir, self.hs_listen) {

@@ -325,6 +325,10 @@ pub struct Config {
     /// How long a master's renewal holds at the witness: the pairs' lease plus
     /// a tick (`hs::node::witness::hold_for`; 400 for 100 ms x 5 ticks).
     pub witness_hold_ms: u64,
+    /// The secret the pairs using this witness share (their hs `secret`): every
+    /// witness request must prove it (HMAC challenge and response). None: anyone
+    /// who reaches `witness_listen` is trusted.
+    pub witness_secret: Option<String>,
     /// The balancer's own standby (hs). Absent: no replication.
     pub hs: Option<HsConfig>,
     /// Zones.
@@ -368,6 +372,7 @@ impl Default for Config {
             advertise: None,
             witness_listen: None,
             witness_hold_ms: hs::node::witness::hold_for(100, 5).as_millis() as u64,
+            witness_secret: None,
             hs: None,
             zones: Vec::new(),
         }
@@ -432,7 +437,11 @@ impl Config {
                 return bad(format!("{name} must be above 0"));
             }
         }
-        for (name, v) in [("secret", &self.secret), ("pick_token", &self.pick_token)] {
+        for (name, v) in [
+            ("secret", &self.secret),
+            ("pick_token", &self.pick_token),
+            ("witness_secret", &self.witness_secret),
+        ] {
             if v.as_ref().is_some_and(|t| t.trim().is_empty()) {
                 return bad(format!(
                     "{name} is empty: set a long random value, or remove it"

@@ -40,6 +40,11 @@ pub const VERSION_LEN_MAX: usize = 64;
 pub const ONLINE_MAX: i64 = 1_000_000;
 /// Highest accepted memory figure (16 TiB in MiB).
 pub const USED_MEMORY_MB_MAX: i64 = 16 * 1024 * 1024;
+/// Reservation tokens start each master's reign at `epoch << 32`: 4 billion
+/// picks per reign, and a token stays below 2^53 (exact in JSON everywhere)
+/// for epochs below 2^21.
+pub const TOKEN_EPOCH_SHIFT: u32 = 32;
+
 /// Reservation tokens a single push may claim; bounds the work per push.
 pub const CLAIMS_PER_PUSH_MAX: usize = 1024;
 /// Largest encoded op accepted by [`RegistryOp::decode`]; checked before parsing.
@@ -1232,6 +1237,15 @@ impl Registry {
         if let Some(z) = self.zones.get_mut(&zone) {
             z.last_spawn_ms = last_spawn_ms;
         }
+    }
+
+    /// A new reign (this registry's node became master at hs `epoch`): lifts the
+    /// token counter to at least `epoch << TOKEN_EPOCH_SHIFT`. A pick the old
+    /// master answered before any of its records reached this standby (async)
+    /// left no trace here; its token came from an older epoch's range, so this
+    /// master never hands it out again. Published with the next pick (`t`).
+    pub fn begin_reign(&mut self, epoch: u32) {
+        self.next_token = self.next_token.max((epoch as u64) << TOKEN_EPOCH_SHIFT);
     }
 
     /// Replica: raises the token counter to the master's. It never goes

@@ -401,6 +401,10 @@ impl Balancer {
         if let Some(e) = epoch {
             self.epoch.store(e as u64, Ordering::Relaxed);
         }
+        if let (true, Some(e)) = (master, epoch) {
+            // Before the first op of the reign (the watcher calls this first).
+            self.registry.lock().begin_reign(e);
+        }
         let was = self.master.send_replace(master);
         if was != master {
             if master {
@@ -1013,11 +1017,12 @@ async fn start_with(
 
     if let Some(w) = witness {
         let hold = Duration::from_millis(balancer.config.witness_hold_ms);
+        let secret = balancer.config.witness_secret.as_ref().map(hs::Secret::new);
         let stop_witness = until_stopped(stopped.clone());
-        info!(addr = ?witness_addr, hold_ms = balancer.config.witness_hold_ms, "hs witness listening");
+        info!(addr = ?witness_addr, hold_ms = balancer.config.witness_hold_ms, authenticated = secret.is_some(), "hs witness listening");
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                _ = hs::node::witness::serve(w, hold) => {}
+                _ = hs::node::witness::serve_with(w, hold, secret) => {}
                 _ = stop_witness => {}
             }
         }));

@@ -902,6 +902,42 @@ mod tests {
         );
     }
 
+    /// The master answers a pick (async: in its log only) and dies before any
+    /// of the pick's records reach the standby. The standby promotes at a newer
+    /// epoch and must not hand the same token out again: it starts its reign's
+    /// tokens above every token of an older epoch.
+    #[test]
+    fn a_pick_the_standby_never_received_is_not_reissued_after_failover() {
+        let mut master = registry();
+        let mut standby = registry();
+        master.begin_reign(1);
+        let push = RegistryOp::Push {
+            now_ms: 1,
+            report: report("a", 7000),
+        };
+        let out = master.apply(&push).unwrap();
+        for (key, hs_op, value) in records(&Changes::of(&push, &out), &master, 1) {
+            load(&mut standby, decode(&key, hs_op, &value).unwrap()).unwrap();
+        }
+        let out = master
+            .apply(&RegistryOp::Pick { now_ms: 2, zone: 1 })
+            .unwrap();
+        let handed_out = out.picked.unwrap().reservation;
+        // None of the pick's records reaches the standby; it promotes at epoch 2.
+        standby.begin_reign(2);
+        let again = standby
+            .apply(&RegistryOp::Pick { now_ms: 3, zone: 1 })
+            .unwrap()
+            .picked
+            .unwrap()
+            .reservation;
+        assert!(
+            again > handed_out,
+            "token {again} after failover, the lost pick had {handed_out}"
+        );
+        assert!(again < 1 << 53, "token {again} not exact in JSON");
+    }
+
     /// Master and standby clocks disagree (the standby's wall clock is an
     /// hour ahead, and each process's monotonic clock has its own origin):
     /// a reservation and a push the master made keep their remaining time

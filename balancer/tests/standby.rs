@@ -456,13 +456,18 @@ async fn the_balancer_answers_as_an_hs_witness() {
     );
     // A serving master of pair 7 registers by renewing; a renewal from a stale
     // epoch is refused, and a live master's pair is not handed to another node
-    // without the kernel's word that it died.
+    // without the kernel's word that it died — to the requester and to the
+    // witness itself, at the address the master gave (here nothing listens).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let master_addr = closed.local_addr().unwrap();
+    drop(closed);
     let r = hs::node::witness::ask(
         w,
         Request::Renew {
             pair: 7,
             node: 1,
             epoch: 1,
+            addr: Some(master_addr),
         },
         t,
     )
@@ -476,6 +481,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             pair: 7,
             node: 1,
             epoch: 1,
+            addr: Some(master_addr),
         },
         t,
     )
@@ -517,12 +523,46 @@ async fn the_balancer_answers_as_an_hs_witness() {
             pair: 7,
             node: 1,
             epoch: 1,
+            addr: Some(master_addr),
         },
         t,
     )
     .await
     .unwrap();
     assert!(!r.granted, "a stale master's renewal was granted: {r:?}");
+    b.shutdown().await;
+}
+
+/// With `witness_secret`, the embedded witness answers only requests that
+/// prove it: one without the secret (or with another) gets no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_with_a_secret_refuses_an_unauthenticated_request() {
+    let mut cfg = config(zone(10, None));
+    cfg.witness_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.witness_secret = Some("the pairs' shared secret".into());
+    let b = balancer(cfg).await;
+    let w = b.witness_addr().expect("witness bound");
+    let req = hs::proto::witness::Request::Renew {
+        pair: 8,
+        node: 1,
+        epoch: 1,
+        addr: None,
+    };
+    let t = Duration::from_secs(2);
+    assert_eq!(
+        hs::node::witness::ask(w, req, t).await,
+        None,
+        "answered without the secret"
+    );
+    let wrong = hs::Secret::new("not the pairs' secret");
+    assert_eq!(
+        hs::node::witness::ask_with(w, req, t, Some(&wrong)).await,
+        None,
+        "answered with a wrong secret"
+    );
+    let right = hs::Secret::new("the pairs' shared secret");
+    let r = hs::node::witness::ask_with(w, req, t, Some(&right)).await;
+    assert!(r.is_some_and(|r| r.granted), "{r:?}");
     b.shutdown().await;
 }
 

@@ -122,7 +122,8 @@ fn pair_settles_fails_over_rejoins_and_switches_over() {
     write_acked(&a, &ka, "first", 200);
     let epoch_a = a.stats().epoch;
 
-    // A's process goes away (its listener closes with it): B takes over at once.
+    // A's process goes away (its listener closes with it): B takes over once A
+    // has been quiet for the refusal hold (no witness: a refusal alone is not proof).
     drop(a);
     let e = wait_event(&b, "RoleChanged", |e| {
         matches!(
@@ -134,7 +135,7 @@ fn pair_settles_fails_over_rejoins_and_switches_over() {
         )
     });
     assert!(
-        matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("MasterProcessDead")),
+        matches!(e, Event::RoleChanged { ref reason, .. } if reason.contains("MasterRefused")),
         "{e:?}"
     );
     assert!(b.stats().epoch > epoch_a);
@@ -257,8 +258,8 @@ fn a_witness_fences_a_stale_master() {
         a.role() == Role::Master && a.is_writable() && b.role() == Role::Slave
     });
     write_acked(&a, &ka, "w", 20);
-    // B asks the witness for epoch+1 as if A had died: granted only with the
-    // kernel's word; A then learns from the witness that it is stale and steps down.
+    // B asks the witness for epoch+1 as if A had died: refused, on silence or
+    // on a refusal the witness does not get itself (A's port answers it).
     let reply = rt.block_on(hs::node::witness::ask(
         waddr,
         hs::proto::witness::Request::Promote {
@@ -281,6 +282,24 @@ fn a_witness_fences_a_stale_master() {
             node: 2,
             epoch: a.stats().epoch + 1,
             dead: true,
+        },
+        Duration::from_secs(1),
+    ));
+    assert_eq!(
+        reply.map(|r| r.granted),
+        Some(false),
+        "the witness granted on a refusal its own try at A's port does not confirm"
+    );
+    // Another node serving at a newer epoch (say, granted by this witness's
+    // previous life) renews: the witness records it, and A learns from the
+    // witness that it is stale and steps down.
+    let reply = rt.block_on(hs::node::witness::ask(
+        waddr,
+        hs::proto::witness::Request::Renew {
+            pair: 1,
+            node: 2,
+            epoch: a.stats().epoch + 1,
+            addr: None,
         },
         Duration::from_secs(1),
     ));
@@ -491,10 +510,10 @@ impl Relay {
 }
 
 /// The slave reaches the master through a relay that then resets the link and
-/// refuses connections while the master lives: the slave takes it for a dead
-/// process and promotes. The old master, which can still reach it directly,
-/// must learn of the newer epoch and step down (and follow it), not stay a
-/// second master.
+/// refuses connections while the master lives, and, with the split risk
+/// accepted, takes the refusal for a dead process and promotes. The old master,
+/// which can still reach it directly, must learn of the newer epoch and step
+/// down (and follow it), not stay a second master.
 #[test]
 fn a_master_that_can_reach_a_newer_master_steps_down_and_follows_it() {
     let da = tempfile::tempdir().unwrap();
@@ -503,12 +522,9 @@ fn a_master_that_can_reach_a_newer_master_steps_down_and_follows_it() {
     let relay = Relay::start(pa);
     let ka = Kv::default();
     let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
-    let b = Node::start(
-        cfg(db.path(), pb, relay.addr, 2),
-        Role::Slave,
-        Kv::default(),
-    )
-    .unwrap();
+    let mut cb = cfg(db.path(), pb, relay.addr, 2);
+    cb.accept_split_risk = true;
+    let b = Node::start(cb, Role::Slave, Kv::default()).unwrap();
     until("the pair, through the relay", || {
         a.role() == Role::Master && b.role() == Role::Slave
     });
@@ -530,4 +546,121 @@ fn a_master_that_can_reach_a_newer_master_steps_down_and_follows_it() {
     until("A to apply B's log", || {
         a.stats().applied == b.stats().written
     });
+}
+
+/// Item 5 without a witness: the slave reaches its master through a relay that
+/// resets the link and then refuses connections while the master lives (what a
+/// REJECT rule or a middlebox does). A refusal is not proof of a dead process:
+/// the master, which reaches the slave directly, keeps calling it, so the slave
+/// must not promote; once the master's process is really gone, it must.
+#[test]
+fn a_refusing_relay_in_front_of_a_live_master_does_not_make_a_second_master() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let relay = Relay::start(pa);
+    let ka = Kv::default();
+    let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
+    let b = Node::start(
+        cfg(db.path(), pb, relay.addr, 2),
+        Role::Slave,
+        Kv::default(),
+    )
+    .unwrap();
+    until("the pair, through the relay", || {
+        a.role() == Role::Master && b.role() == Role::Slave
+    });
+    write_acked(&a, &ka, "before", 20);
+    relay.cut();
+    // Watch for five times the longest a refusal is held (20 ms x (5 + 4) ticks):
+    // a second master in that time is the bug.
+    let watch = Duration::from_millis(5 * 20 * (5 + 4));
+    let t0 = Instant::now();
+    while t0.elapsed() < watch {
+        assert!(
+            b.role() != Role::Master,
+            "B promoted {:?} after the relay refused, while A lives and serves",
+            t0.elapsed()
+        );
+        assert!(a.role() == Role::Master, "A stopped serving");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    a.put(b"still", b"master").unwrap();
+    // Now A's process really goes: B promotes within the refusal hold (plus slack).
+    drop(a);
+    let t0 = Instant::now();
+    until("B to promote once A is gone", || b.role() == Role::Master);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "B took {:?} to promote after A died",
+        t0.elapsed()
+    );
+    b.put(b"after", b"b").unwrap();
+}
+
+/// Item 5 with a witness: the witness grants a promotion on "refused" at once
+/// only when its own connection to the master is refused too. Through a relay
+/// that refuses while the master lives, the witness still reaches the master
+/// (which also keeps renewing): no grant, no second master; once the master's
+/// process is gone, the witness is refused as well and the slave promotes.
+#[test]
+fn the_witness_confirms_a_refusal_before_granting_on_it() {
+    let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let waddr = wl.local_addr().unwrap();
+    wl.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hold = hs::node::witness::hold_for(20, 5);
+    rt.spawn(async move {
+        hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
+    });
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (pa, pb) = two_ports();
+    let relay = Relay::start(pa);
+    let mut ca = cfg(da.path(), pa, pb, 1);
+    ca.witness = Some(waddr);
+    let mut cb = cfg(db.path(), pb, relay.addr, 2);
+    cb.witness = Some(waddr);
+    let ka = Kv::default();
+    let a = Node::start(ca, Role::Master, ka.clone()).unwrap();
+    let b = Node::start(cb, Role::Slave, Kv::default()).unwrap();
+    until("the pair with a witness, through the relay", || {
+        a.role() == Role::Master && a.is_writable() && b.role() == Role::Slave
+    });
+    write_acked(&a, &ka, "before", 20);
+    relay.cut();
+    // Five times the witness's hold: a grant in that time is the bug.
+    let watch = 5 * hold;
+    let t0 = Instant::now();
+    while t0.elapsed() < watch {
+        if b.role() == Role::Master {
+            let mut why = Vec::new();
+            while let Some(e) = b.next_event(Duration::ZERO) {
+                why.push(e);
+            }
+            panic!(
+                "B promoted {:?} after the relay refused, while A lives and renews: {why:?}",
+                t0.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        a.is_writable(),
+        "A lost its lease while the witness hears it"
+    );
+    drop(a);
+    let t0 = Instant::now();
+    until("B to promote once A is gone", || {
+        b.role() == Role::Master && b.is_writable()
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "B took {:?} to promote after A died",
+        t0.elapsed()
+    );
 }

@@ -18,7 +18,9 @@
 use std::time::{Duration, Instant};
 
 use hs::proto::catchup::{decide, Decision, Epochs, MasterView, SlaveView};
-use hs::proto::election::{lease_ms, next_epoch, settle, verdict, Cause, Rank, Verdict};
+use hs::proto::election::{
+    lease_ms, next_epoch, refusal_hold_ms, settle, verdict, Cause, Rank, Verdict,
+};
 use hs::proto::witness::{Request, Witness};
 
 /// SplitMix64: tiny, deterministic, good enough to pick faults.
@@ -210,12 +212,19 @@ impl Sim {
         let yes = match verdict(cause, self.witness.is_some(), false, self.nodes[i].prefer) {
             Verdict::Refuse => false,
             Verdict::Promote => true,
+            // As `slave.rs`: a refusal counts once the master has been quiet (no
+            // frame, no call) for the hold. Here a refusal only comes from a
+            // master that is down, which calls nobody.
+            Verdict::Confirm => {
+                self.now - self.nodes[i].last_heard >= refusal_hold_ms(self.hb, self.dead_ticks)
+            }
             Verdict::AskWitness => {
+                // The simulated witness reaches a down master's port: refused too.
                 let req = Request::Promote {
                     pair: 1,
                     node: self.nodes[i].id,
                     epoch,
-                    dead: cause == Cause::MasterProcessDead,
+                    dead: cause == Cause::MasterRefused,
                 };
                 self.ask_witness(i, req).is_some_and(|r| r.granted)
             }
@@ -249,7 +258,7 @@ impl Sim {
         if !self.nodes[p].up {
             // The kernel refuses: the peer's process is not there.
             let cause = if self.nodes[i].followed {
-                Cause::MasterProcessDead
+                Cause::MasterRefused
             } else {
                 Cause::PeerUnreachable
             };
@@ -370,6 +379,7 @@ impl Sim {
                     pair: 1,
                     node: self.nodes[m].id,
                     epoch,
+                    addr: None,
                 },
             ) {
                 if r.granted {
@@ -424,7 +434,7 @@ impl Sim {
             if !self.nodes[m].up && self.link_up[0] {
                 self.log(format!("node {s} sees its master's port refuse"));
                 self.nodes[s].role = Role::Candidate;
-                self.try_promote(s, Cause::MasterProcessDead, 0);
+                self.try_promote(s, Cause::MasterRefused, 0);
             } else if (self.nodes[m].role != Role::Master
                 || self.nodes[m].epoch != self.nodes[s].session_epoch)
                 && self.nodes[m].up

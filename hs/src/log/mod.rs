@@ -1002,6 +1002,41 @@ impl Log {
         snap_bytes: &[u8],
         segment_bytes: u64,
     ) -> Result<(), LogError> {
+        let head = snapshot::Head {
+            history: snap.history,
+            pos: snap.pos,
+            epochs: snap.epochs.clone(),
+            count: snap.state.map.len() as u64,
+        };
+        self.reset_with(&head, segment_bytes, |dir| {
+            snapshot::write_file(dir, snap.pos, snap_bytes)
+                .map(|_| ())
+                .map_err(io_err("write snapshot", dir))
+        })
+    }
+
+    /// `reset_to` with a snapshot already on disk, checked and fsynced
+    /// (`snapshot::Incoming::finish`): `tmp` is renamed into place, so a
+    /// snapshot of any size is never held in memory.
+    pub fn reset_to_file(
+        &self,
+        head: &snapshot::Head,
+        tmp: &Path,
+        segment_bytes: u64,
+    ) -> Result<(), LogError> {
+        self.reset_with(head, segment_bytes, |dir| {
+            let path = dir.join(snapshot::file_name(head.pos));
+            std::fs::rename(tmp, &path).map_err(io_err("place snapshot", &path))?;
+            snapshot::sync_dir(dir).map_err(io_err("sync dir", dir))
+        })
+    }
+
+    fn reset_with(
+        &self,
+        head: &snapshot::Head,
+        segment_bytes: u64,
+        place: impl FnOnce(&Path) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
         let _c = self.compact_lock.lock();
         // As in `truncate`: no flush of the old log may raise `flushed` afterwards.
         let _f = self.flush_lock.lock();
@@ -1025,20 +1060,20 @@ impl Log {
                 let _ = std::fs::remove_file(&s.path);
             }
         }
-        snapshot::write_file(&dir, snap.pos, snap_bytes).map_err(io_err("write snapshot", &dir))?;
+        place(&dir)?;
         let meta = Meta {
-            history: snap.history,
+            history: head.history,
             segment_bytes,
             ..a.meta
         };
         meta.store(&dir).map_err(io_err("write meta", &dir))?;
         a.meta = meta;
         a.seg = None;
-        a.tail = snap.pos;
-        a.epochs = snap.epochs.clone();
-        self.first.store(snap.pos, Ordering::Release);
-        self.committed.store(snap.pos, Ordering::Release);
-        self.flushed.store(snap.pos, Ordering::Release);
+        a.tail = head.pos;
+        a.epochs = head.epochs.clone();
+        self.first.store(head.pos, Ordering::Release);
+        self.committed.store(head.pos, Ordering::Release);
+        self.flushed.store(head.pos, Ordering::Release);
         drop(segs);
         drop(a);
         self.kick_preparer();
@@ -1065,6 +1100,38 @@ impl Log {
     /// Keeps positions from `pos` on disk (a reader still needs them); `u64::MAX` = none.
     pub fn pin(&self, pos: u64) {
         self.pin.store(pos, Ordering::Release);
+    }
+
+    /// The snapshot at the log's first position, to be read in pieces (a
+    /// resync): the open file (kept readable by the open handle even if
+    /// retention deletes it meanwhile) and its length, or, with no snapshot
+    /// at position 0, the encoding of the empty state.
+    pub fn open_snapshot(&self) -> Result<SnapshotSource, LogError> {
+        let history = self.meta().history;
+        let first = self.first();
+        let path = self.cfg.dir.join(snapshot::file_name(first));
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata().map_err(io_err("stat snapshot", &path))?.len();
+                Ok(SnapshotSource::File { file: f, len, path })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && first == 0 => {
+                Ok(SnapshotSource::Bytes(
+                    Snapshot {
+                        history,
+                        pos: 0,
+                        epochs: Epochs::default(),
+                        state: State::default(),
+                    }
+                    .encode(),
+                ))
+            }
+            Err(e) => Err(LogError::Io {
+                op: "open snapshot",
+                path,
+                source: e,
+            }),
+        }
     }
 
     /// The state at the log's first position, from the newest snapshot (empty if none).
@@ -1189,6 +1256,45 @@ impl Drop for Log {
         self.shutdown();
         if let Some(h) = self.preparer.lock().take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// A snapshot being sent (`Log::open_snapshot`).
+pub enum SnapshotSource {
+    File {
+        file: std::fs::File,
+        len: u64,
+        path: PathBuf,
+    },
+    Bytes(Vec<u8>),
+}
+
+impl SnapshotSource {
+    pub fn len(&self) -> u64 {
+        match self {
+            SnapshotSource::File { len, .. } => *len,
+            SnapshotSource::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` from `offset` (the caller keeps within `len`).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), LogError> {
+        match self {
+            SnapshotSource::File { file, path, .. } => {
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(buf, offset)
+                    .map_err(io_err("read snapshot", path))
+            }
+            SnapshotSource::Bytes(b) => {
+                let at = offset as usize;
+                buf.copy_from_slice(&b[at..at + buf.len()]);
+                Ok(())
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 //! deleted on open).
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::proto::catchup::Epochs;
@@ -156,6 +156,164 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a snapshot file says before its entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub history: u128,
+    pub pos: u64,
+    pub epochs: Epochs,
+    pub count: u64,
+}
+
+/// Bytes of a snapshot before the epoch list: magic, history, pos, n.
+const HEAD_FIXED_BYTES: u64 = 8 + 16 + 8 + 4;
+/// Buffer of the streaming reader and writer: what a snapshot pass holds in
+/// memory besides one entry.
+const STREAM_BUFFER_BYTES: usize = 256 << 10;
+
+/// A snapshot arriving in pieces (a resync): written to `<dir>/<pos>.snap.tmp`
+/// as they come (deleted on open if a crash leaves it), its CRC computed on the
+/// way. Nothing is held but the piece being written and a write buffer.
+pub struct Incoming {
+    file: BufWriter<std::fs::File>,
+    path: PathBuf,
+    hasher: crc32fast::Hasher,
+    /// The last (up to) 4 bytes seen, not yet hashed: the CRC, once all is in.
+    held: Vec<u8>,
+    len: u64,
+}
+
+impl Incoming {
+    pub fn create(dir: &Path, pos: u64) -> io::Result<Incoming> {
+        let path = dir.join(format!("{}.tmp", file_name(pos)));
+        let file = std::fs::File::create(&path)?;
+        Ok(Incoming {
+            file: BufWriter::with_capacity(STREAM_BUFFER_BYTES, file),
+            path,
+            hasher: crc32fast::Hasher::new(),
+            held: Vec::with_capacity(8),
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next bytes, in order.
+    pub fn write(&mut self, piece: &[u8]) -> io::Result<()> {
+        self.file.write_all(piece)?;
+        self.len += piece.len() as u64;
+        if piece.len() >= 4 {
+            self.hasher.update(&self.held);
+            self.hasher.update(&piece[..piece.len() - 4]);
+            self.held.clear();
+            self.held.extend_from_slice(&piece[piece.len() - 4..]);
+        } else {
+            self.held.extend_from_slice(piece);
+            let extra = self.held.len().saturating_sub(4);
+            self.hasher.update(&self.held[..extra]);
+            self.held.drain(..extra);
+        }
+        Ok(())
+    }
+
+    /// All bytes are in: checks the CRC, then the whole layout in one streaming
+    /// pass (so a snapshot is refused before anything is reset), and makes the
+    /// file durable. Returns the temporary file (for `Log::reset_to_file`) and
+    /// the head. On error the temporary file is deleted.
+    pub fn finish(self) -> Result<(PathBuf, Head), String> {
+        let Incoming {
+            file,
+            path,
+            hasher,
+            held,
+            len: _,
+        } = self;
+        let r = (|| {
+            if held.len() != 4 || hasher.finalize().to_le_bytes()[..] != held[..] {
+                return Err("fails its CRC check".to_string());
+            }
+            let f = file.into_inner().map_err(|e| e.to_string())?;
+            f.sync_all().map_err(|e| e.to_string())?;
+            drop(f);
+            let head = for_each_entry(&path, |_, _| {})?;
+            Ok(head)
+        })();
+        match r {
+            Ok(head) => Ok((path, head)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reads the snapshot file at `path` in one pass, calling `f` on every entry
+/// (key, value); holds one entry and a read buffer, whatever the file's size.
+/// Checks the layout (lengths, epoch order, nothing trailing), not the CRC
+/// (`Incoming::finish` and `Snapshot::decode` do).
+pub fn for_each_entry(path: &Path, mut f: impl FnMut(&[u8], &[u8])) -> Result<Head, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len < HEAD_FIXED_BYTES + 8 + 4 {
+        return Err("shorter than a snapshot header".into());
+    }
+    // Every length is checked against what is left before anything is read.
+    let mut left = len - 4;
+    let mut r = BufReader::with_capacity(STREAM_BUFFER_BYTES, file);
+    let mut take = |buf: &mut Vec<u8>, n: u64| -> Result<(), String> {
+        if n > left {
+            return Err("truncated".into());
+        }
+        left -= n;
+        buf.resize(n as usize, 0);
+        r.read_exact(buf).map_err(|e| e.to_string())
+    };
+    let mut b = Vec::new();
+    take(&mut b, HEAD_FIXED_BYTES)?;
+    if &b[0..8] != MAGIC {
+        return Err("bad magic (not an hs snapshot)".into());
+    }
+    let history = u128::from_le_bytes(b[8..24].try_into().unwrap());
+    let pos = u64::from_le_bytes(b[24..32].try_into().unwrap());
+    let n = u32::from_le_bytes(b[32..36].try_into().unwrap()) as u64;
+    let mut epochs = Epochs::default();
+    for _ in 0..n {
+        take(&mut b, 12)?;
+        let e = u32::from_le_bytes(b[0..4].try_into().unwrap());
+        let s = u64::from_le_bytes(b[4..12].try_into().unwrap());
+        epochs
+            .observe(e, s)
+            .map_err(|_| "epochs out of order".to_string())?;
+    }
+    take(&mut b, 8)?;
+    let count = u64::from_le_bytes(b[0..8].try_into().unwrap());
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        take(&mut b, 6)?;
+        let kl = u16::from_le_bytes(b[0..2].try_into().unwrap()) as u64;
+        let vl = u32::from_le_bytes(b[2..6].try_into().unwrap()) as u64;
+        take(&mut k, kl)?;
+        take(&mut v, vl)?;
+        f(&k, &v);
+    }
+    if left != 0 {
+        return Err("trailing bytes after the entries".into());
+    }
+    Ok(Head {
+        history,
+        pos,
+        epochs,
+        count,
+    })
+}
+
 /// Writes `bytes` as the snapshot file for `pos`, atomically and durably.
 pub fn write_file(dir: &Path, pos: u64, bytes: &[u8]) -> io::Result<PathBuf> {
     let path = dir.join(file_name(pos));
@@ -203,6 +361,48 @@ mod tests {
                 b.extend_from_slice(&crc.to_le_bytes());
                 let _ = Snapshot::decode(&b);
             }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_arriving_in_pieces_is_checked_and_streamed_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Snapshot {
+            history: 9,
+            pos: 8192,
+            epochs: Epochs::default(),
+            state: State::default(),
+        };
+        s.epochs.observe(1, 0).unwrap();
+        for i in 0..100u32 {
+            s.state
+                .map
+                .insert(i.to_le_bytes().to_vec(), vec![i as u8; i as usize * 7]);
+        }
+        let b = s.encode();
+        for piece in [1usize, 3, 4, 5, 64, 4096, b.len()] {
+            let mut inc = Incoming::create(d.path(), s.pos).unwrap();
+            for c in b.chunks(piece) {
+                inc.write(c).unwrap();
+            }
+            let (path, head) = inc.finish().unwrap();
+            assert_eq!((head.history, head.pos, head.count), (9, 8192, 100));
+            assert_eq!(head.epochs, s.epochs);
+            let mut back = State::default();
+            for_each_entry(&path, |k, v| {
+                back.map.insert(k.to_vec(), v.to_vec());
+            })
+            .unwrap();
+            assert_eq!(back, s.state, "pieces of {piece}");
+        }
+        // A flipped byte anywhere: refused, and the temporary file is gone.
+        for at in [0, 20, b.len() / 2, b.len() - 1] {
+            let mut bad = b.clone();
+            bad[at] ^= 1;
+            let mut inc = Incoming::create(d.path(), 1).unwrap();
+            inc.write(&bad).unwrap();
+            assert!(inc.finish().is_err(), "flip at {at} accepted");
+            assert!(!d.path().join(format!("{}.tmp", file_name(1))).exists());
         }
     }
 

@@ -16,7 +16,7 @@ use super::net::{
 };
 use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
-use crate::proto::election::lease_ms;
+use crate::proto::election::{lease_ms, CALL_AFTER_QUIET_TICKS};
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 use crate::proto::ratelimit::TokenBucket;
@@ -171,6 +171,8 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             pair: s.cfg.pair_id,
             node: s.node_id,
             epoch,
+            // Where the witness tries this master itself when a slave reports it refused.
+            addr: *s.local_addr.lock(),
         };
         match super::witness::ask_with(w, req, hb, s.cfg.secret.as_ref()).await {
             Some(r) if r.granted => s.renew_lease(sent + lease),
@@ -192,18 +194,22 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
     }
 }
 
-/// While no slave is connected, asks the peer every silence period (N ticks)
-/// whether it serves as master at a newer epoch, as a slave would (Hello). A
-/// peer that promoted while this node was cut off from it (a link that reset
-/// and refused connections looks like a dead process to it) answers Welcome
-/// with its newer epoch: this master is stale and steps down (then follows it).
-/// A peer at an older epoch is fenced by the Hello itself.
+/// Calls the peer every tick while no slave acknowledges (no ack for
+/// `CALL_AFTER_QUIET_TICKS` ticks), with the Hello a slave would send.
+/// Two things come of it:
+/// - the peer learns this master lives: a slave whose link to it broke and whose
+///   connections are refused (a relay, a REJECT rule) does not take that for a
+///   dead process while the calls arrive (`election::Verdict::Confirm`);
+/// - a peer that promoted anyway (with a witness's grant, or the split risk
+///   accepted) answers Welcome with its newer epoch: this master is stale and
+///   steps down (then follows it). A peer at an older epoch is fenced by the Hello.
 async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
-    let every =
-        Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64);
+    let tick = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    let quiet_ns = (tick * CALL_AFTER_QUIET_TICKS as u32).as_nanos() as u64;
     loop {
-        tokio::time::sleep(every).await;
-        if s.slave_connected.load(Ordering::Acquire) {
+        tokio::time::sleep(tick).await;
+        let heard = s.last_slave_frame_ns.load(Ordering::Acquire);
+        if heard != 0 && s.now_ns().saturating_sub(heard) < quiet_ns {
             continue;
         }
         let ask = async {
@@ -227,7 +233,8 @@ async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
             write_first(&mut wr, &hs, &hello).await.ok()?;
             read_first(&mut reader, &mut hs).await.ok()
         };
-        let answer = tokio::time::timeout(every.max(Duration::from_millis(100)), ask)
+        // One call at a time; a call that hangs ends before the next is due.
+        let answer = tokio::time::timeout(tick.max(Duration::from_millis(100)), ask)
             .await
             .ok()
             .flatten();
@@ -448,6 +455,7 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
     // over a catch-up of a few seconds is within a percent or two of the setting.
     let burst = (rate / 20).max(s.cfg.frame_bytes_max() as u64);
     let mut bucket = (rate > 0).then(|| TokenBucket::new(start_t, rate, burst));
+    let mut snapshot = None;
     let start = match decision {
         Decision::Fenced { slave_epoch } => {
             let msg = format!(
@@ -476,60 +484,18 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
         }
         Decision::Resync => {
             // The snapshot at our first position, then the log from there. Pin it so
-            // retention keeps what follows while the snapshot travels.
-            log.pin(log.first());
-            // Reading and encoding a large state takes a while: off the hs-io thread,
-            // so heartbeats, acks and lease renewals of the runtime go on meanwhile.
-            let log2 = log.clone();
-            let (snap, bytes) = tokio::task::spawn_blocking(move || {
-                log2.load_snapshot().map(|snap| {
-                    let bytes = snap.encode();
-                    (snap, bytes)
-                })
-            })
-            .await
-            .map_err(|e| NetError::Protocol(format!("building the snapshot: {e}")))?
-            .map_err(|e| NetError::Protocol(format!("cannot load snapshot: {e}")))?;
-            write_first(
-                &mut wr,
-                &hs,
-                &welcome(Action::Resync, snap.pos, bytes.len() as u64),
-            )
-            .await?;
-            let mut off = 0usize;
-            let chunk_max = s.cfg.batch_bytes_max;
-            while off < bytes.len() {
-                let n = chunk_max.min(bytes.len() - off);
-                if let Some(b) = bucket.as_mut() {
-                    wait_tokens(s, b, n as u64).await?;
-                }
-                write_frame(
-                    &mut wr,
-                    &Frame::Snapshot {
-                        offset: off as u64,
-                        bytes: bytes::Bytes::copy_from_slice(&bytes[off..off + n]),
-                    },
-                )
-                .await?;
-                off += n;
-            }
-            tracing::info!(
-                pos = snap.pos,
-                bytes = bytes.len(),
-                keys = snap.state.map.len(),
-                "snapshot sent"
-            );
-            snap.pos
+            // retention keeps what follows while the snapshot travels; the open file
+            // stays readable even if retention deletes it meanwhile.
+            let first = log.first();
+            log.pin(first);
+            let src = log
+                .open_snapshot()
+                .map_err(|e| NetError::Protocol(format!("cannot open the snapshot: {e}")))?;
+            write_first(&mut wr, &hs, &welcome(Action::Resync, first, src.len())).await?;
+            snapshot = Some(src);
+            first
         }
     };
-    log.pin(start);
-    s.slave_connected.store(true, Ordering::Release);
-    s.emit(Event::SlaveConnected {
-        node,
-        addr,
-        from: start,
-    });
-
     let epoch = meta.epoch;
     let lease_ns = Duration::from_millis(lease_ms(
         s.cfg.heartbeat_interval_ms,
@@ -552,6 +518,9 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                     epoch: e,
                 }) => {
                     seen2.fetch_add(1, Ordering::Relaxed);
+                    s_ack
+                        .last_slave_frame_ns
+                        .store(s_ack.now_ns(), Ordering::Release);
                     if e != epoch {
                         break NetError::Protocol(format!(
                             "ack of epoch {e} in a session of epoch {epoch}"
@@ -590,6 +559,45 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
     let mut next_tick = Instant::now() + hb;
     let mut liveness = Liveness::new(s.cfg.heartbeat_dead_ticks);
     let mut seen_last = 0u64;
+    if let Some(src) = snapshot {
+        let mut ticker = Ticker {
+            next_tick: &mut next_tick,
+            liveness: &mut liveness,
+            seen: &seen,
+            seen_last: &mut seen_last,
+            hb,
+            epoch,
+        };
+        send_snapshot(
+            s,
+            &mut wr,
+            src,
+            &mut ticker,
+            bucket.as_mut(),
+            burst,
+            &mut closed_rx,
+        )
+        .await?;
+        // The slave checks, stores and loads it before it can take records: it
+        // acknowledges `start` when done (heartbeats go on meanwhile).
+        while s.acked_received.load(Ordering::Acquire) < start {
+            if s.is_shutdown() {
+                return Ok(());
+            }
+            if let Ok(e) = closed_rx.try_recv() {
+                return Err(e);
+            }
+            ticker.tick(s, &mut wr).await?;
+            tokio::time::sleep(Duration::from_millis(5).min(hb)).await;
+        }
+    }
+    log.pin(start);
+    s.slave_connected.store(true, Ordering::Release);
+    s.emit(Event::SlaveConnected {
+        node,
+        addr,
+        from: start,
+    });
     let mut sent = start;
     s.sent.store(sent, Ordering::Release);
     let catchup_total = log.tail().saturating_sub(start);
@@ -606,29 +614,17 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
         }
         let now = Instant::now();
         if now >= next_tick {
-            next_tick = now + hb;
-            let n = seen.load(Ordering::Relaxed);
-            if n != seen_last {
-                seen_last = n;
-                liveness.on_frame();
-            }
-            if liveness.on_tick() == Tick::Dead {
-                return Err(NetError::Protocol(format!(
-                    "slave silent for {} heartbeat ticks",
-                    s.cfg.heartbeat_dead_ticks
-                )));
-            }
             // Every tick, even while streaming: the slave echoes `sent_ns` in its
             // acks, which is what renews the lease.
-            write_frame(
-                &mut wr,
-                &Frame::Heartbeat {
-                    epoch,
-                    tail: log.tail(),
-                    flushed: log.flushed(),
-                    sent_ns: s.now_ns(),
-                },
-            )
+            Ticker {
+                next_tick: &mut next_tick,
+                liveness: &mut liveness,
+                seen: &seen,
+                seen_last: &mut seen_last,
+                hb,
+                epoch,
+            }
+            .tick(s, &mut wr)
             .await?;
             update_lag(s, &mut samples, now);
         }
@@ -729,6 +725,113 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
         }
         s.sender_parked.store(false, Ordering::SeqCst);
     }
+}
+
+/// The session's heartbeat clock, shared by the snapshot transfer and the stream.
+struct Ticker<'a> {
+    next_tick: &'a mut Instant,
+    liveness: &'a mut Liveness,
+    seen: &'a AtomicU64,
+    seen_last: &'a mut u64,
+    hb: Duration,
+    epoch: u32,
+}
+
+impl Ticker<'_> {
+    /// On a due tick: checks the slave's liveness and sends a heartbeat (its
+    /// echo in the slave's ack renews the lease).
+    async fn tick(
+        &mut self,
+        s: &Shared,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<(), NetError> {
+        let now = Instant::now();
+        if now < *self.next_tick {
+            return Ok(());
+        }
+        *self.next_tick = now + self.hb;
+        let n = self.seen.load(Ordering::Relaxed);
+        if n != *self.seen_last {
+            *self.seen_last = n;
+            self.liveness.on_frame();
+        }
+        if self.liveness.on_tick() == Tick::Dead {
+            return Err(NetError::Protocol(format!(
+                "slave silent for {} heartbeat ticks",
+                s.cfg.heartbeat_dead_ticks
+            )));
+        }
+        write_frame(
+            wr,
+            &Frame::Heartbeat {
+                epoch: self.epoch,
+                tail: s.log.tail(),
+                flushed: s.log.flushed(),
+                sent_ns: s.now_ns(),
+            },
+        )
+        .await
+    }
+}
+
+/// Sends the snapshot in pieces of at most `batch_bytes_max` (and the rate
+/// limit's burst), read from its file off the hs-io thread one piece at a time,
+/// with a heartbeat whenever a tick is due: memory stays at one piece whatever
+/// the state's size, and the slave's acks go on renewing the lease.
+async fn send_snapshot(
+    s: &Arc<Shared>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    src: crate::log::SnapshotSource,
+    ticker: &mut Ticker<'_>,
+    mut bucket: Option<&mut TokenBucket>,
+    burst: u64,
+    closed_rx: &mut tokio::sync::oneshot::Receiver<NetError>,
+) -> Result<(), NetError> {
+    let len = src.len();
+    let src = Arc::new(src);
+    let piece_max = if bucket.is_some() {
+        (s.cfg.batch_bytes_max as u64).min(burst)
+    } else {
+        s.cfg.batch_bytes_max as u64
+    };
+    let t0 = Instant::now();
+    let mut off = 0u64;
+    while off < len {
+        if s.is_shutdown() {
+            return Err(NetError::Closed);
+        }
+        if let Ok(e) = closed_rx.try_recv() {
+            return Err(e);
+        }
+        ticker.tick(s, wr).await?;
+        let n = piece_max.min(len - off);
+        if let Some(b) = bucket.as_deref_mut() {
+            wait_tokens(s, b, n).await?;
+        }
+        let src2 = src.clone();
+        let piece = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n as usize];
+            src2.read_at(off, &mut buf).map(|()| buf)
+        })
+        .await
+        .map_err(|e| NetError::Protocol(format!("reading the snapshot: {e}")))?
+        .map_err(|e| NetError::Protocol(format!("reading the snapshot: {e}")))?;
+        write_frame(
+            wr,
+            &Frame::Snapshot {
+                offset: off,
+                bytes: bytes::Bytes::from(piece),
+            },
+        )
+        .await?;
+        off += n;
+    }
+    tracing::info!(
+        bytes = len,
+        secs = t0.elapsed().as_secs_f64(),
+        "snapshot sent"
+    );
+    Ok(())
 }
 
 /// Waits (on the runtime's timer) until the bucket grants `n` bytes, and spends them.

@@ -30,7 +30,8 @@ use crate::proto::record::{Op, RecordRef};
 /// start-up or after a rollback.
 ///
 /// Runs on the `hs-io` thread (or the thread calling [`Node::start`] during the
-/// initial replay). The record borrows the log's memory for the call only.
+/// initial replay, or a blocking helper thread loading a resync's snapshot),
+/// one call at a time. The record borrows the log's memory for the call only.
 pub trait Apply: Send + 'static {
     /// One record, exactly once per position per process, in position order.
     fn apply(&mut self, rec: &RecordRef<'_>);
@@ -164,9 +165,11 @@ pub struct Config {
     /// before anything it says is used. None (the default): anyone who can reach
     /// the ports is trusted — keep them on a network you control.
     pub secret: Option<Secret>,
-    /// Largest snapshot this node accepts in a resync, in bytes: a slave holds the
-    /// whole snapshot in memory until it decodes, so this bounds that memory. A
-    /// Welcome claiming more is refused at once. Raise it if the state is larger.
+    /// Largest snapshot this node accepts in a resync, in bytes: the slave writes
+    /// it to a temporary file in its log directory as it arrives (holding one
+    /// piece in memory), so this bounds that file — the disk a resync takes
+    /// besides the log. A Welcome claiming more is refused at once. Raise it if
+    /// the state is larger.
     pub snapshot_bytes_max: u64,
 }
 
@@ -385,6 +388,14 @@ pub struct Stats {
     pub catchup_total_bytes: u64,
     /// Average catch-up rate of the current or last session.
     pub catchup_rate_bytes_per_s: u64,
+    /// Slave: snapshot bytes received in the current or last resync.
+    pub resync_received_bytes: u64,
+    /// Slave: the most snapshot bytes a resync held in memory at once (one
+    /// piece: the rest is written to a temporary snapshot file as it arrives).
+    pub resync_buffer_bytes_max: u64,
+    /// Slave: heartbeats from the master while snapshots travelled (each one
+    /// acknowledged at once: the master's lease goes on during a resync).
+    pub resync_heartbeats: u64,
     pub reconnects: u64,
     pub frames_rejected: u64,
     pub events_dropped: u64,
@@ -423,6 +434,9 @@ pub(crate) struct Shared {
     pub catchup_total: AtomicU64,
     pub catchup_rate: AtomicU64,
     pub lag_ms: AtomicU64,
+    pub resync_received: AtomicU64,
+    pub resync_buffer_max: AtomicU64,
+    pub resync_heartbeats: AtomicU64,
     pub reconnects: AtomicU64,
     pub frames_rejected: AtomicU64,
     pub events: Mutex<VecDeque<Event>>,
@@ -446,6 +460,11 @@ pub(crate) struct Shared {
     /// this node itself: its own acks, sent before a crash, may still be
     /// extending the old master's lease.
     pub last_master_frame_ns: AtomicU64,
+    /// When the pair's master last called this node's port (a Hello as master,
+    /// `clock` ns; 0 = never): it lives, whatever its port says to this node.
+    pub master_called_ns: AtomicU64,
+    /// Master: when the current slave's last ack arrived (`clock` ns; 0 = none yet).
+    pub last_slave_frame_ns: AtomicU64,
     /// Origin of the monotonic nanosecond timestamps in heartbeats and leases.
     pub clock: Instant,
     /// Preferred role given to `start`.
@@ -676,6 +695,9 @@ impl Node {
             catchup_total: AtomicU64::new(0),
             catchup_rate: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
+            resync_received: AtomicU64::new(0),
+            resync_buffer_max: AtomicU64::new(0),
+            resync_heartbeats: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             frames_rejected: AtomicU64::new(0),
             events: Mutex::new(VecDeque::new()),
@@ -691,6 +713,8 @@ impl Node {
             clock: Instant::now(),
             node_id,
             last_master_frame_ns: AtomicU64::new(0),
+            master_called_ns: AtomicU64::new(0),
+            last_slave_frame_ns: AtomicU64::new(0),
             prefer_master: role == Role::Master,
             demoting: AtomicBool::new(false),
             handover: AtomicBool::new(false),
@@ -1029,6 +1053,9 @@ impl Node {
             catchup_done_bytes: s.catchup_done.load(Ordering::Relaxed),
             catchup_total_bytes: s.catchup_total.load(Ordering::Relaxed),
             catchup_rate_bytes_per_s: s.catchup_rate.load(Ordering::Relaxed),
+            resync_received_bytes: s.resync_received.load(Ordering::Relaxed),
+            resync_buffer_bytes_max: s.resync_buffer_max.load(Ordering::Relaxed),
+            resync_heartbeats: s.resync_heartbeats.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
             frames_rejected: s.frames_rejected.load(Ordering::Relaxed),
             events_dropped: s.events_dropped.load(Ordering::Relaxed),

@@ -15,8 +15,10 @@ use super::net::{
 };
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_checked;
-use crate::log::snapshot::Snapshot;
-use crate::proto::election::{lease_ms, next_epoch, settle, verdict, Cause, Rank, Verdict};
+use crate::log::snapshot::{for_each_entry, Incoming};
+use crate::proto::election::{
+    lease_ms, next_epoch, refusal_hold_ms, settle, verdict, Cause, Rank, Verdict,
+};
 use crate::proto::frame::{code, Action, Frame};
 use crate::proto::heartbeat::{Liveness, Tick};
 
@@ -104,18 +106,20 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                     }
                     End::Silent => Some(Cause::MasterSilent),
                     // The connection ended without a goodbye: knock once. Refused means
-                    // the master's process is gone; an answer means it lives (follow it
-                    // again); no answer means it may be cut off (treat as silence).
+                    // the master's process is gone, or something in between refuses
+                    // for it (confirmed before promoting: `try_promote`); an answer
+                    // means it lives (follow it again); no answer means it may be cut
+                    // off (treat as silence).
                     End::Closed if connected => {
                         match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer)).await {
                             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                                Some(Cause::MasterProcessDead)
+                                Some(Cause::MasterRefused)
                             }
                             Ok(_) => None,
                             Err(_) => Some(Cause::MasterSilent),
                         }
                     }
-                    End::ConnectRefused if connected_before(&s) => Some(Cause::MasterProcessDead),
+                    End::ConnectRefused if connected_before(&s) => Some(Cause::MasterRefused),
                     End::ConnectRefused | End::ConnectTimeout => Some(Cause::PeerUnreachable),
                     _ => None,
                 }
@@ -216,6 +220,29 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
             false
         }
         Verdict::Promote => true,
+        Verdict::Confirm => {
+            // Refused, but a filter or relay in front of a live master refuses too.
+            // A live master whose slave is gone calls this node every tick: only
+            // silence from it — no frame, no call — for the whole hold confirms.
+            let hold = Duration::from_millis(refusal_hold_ms(
+                s.cfg.heartbeat_interval_ms,
+                s.cfg.heartbeat_dead_ticks,
+            ))
+            .as_nanos() as u64;
+            let heard = s
+                .last_master_frame_ns
+                .load(Ordering::Acquire)
+                .max(s.master_called_ns.load(Ordering::Acquire));
+            let quiet = s.now_ns().saturating_sub(heard);
+            if quiet < hold {
+                tracing::debug!(
+                    quiet_ms = quiet / 1_000_000,
+                    "the master's port refuses; not promoting until it has been quiet for the whole hold"
+                );
+                return None;
+            }
+            true
+        }
         Verdict::AskWitness => {
             let w = s.cfg.witness.expect("verdict asks only when there is one");
             let sent = s.now_ns();
@@ -223,7 +250,8 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
                 pair: s.cfg.pair_id,
                 node: s.node_id,
                 epoch,
-                dead: cause == Cause::MasterProcessDead,
+                // The witness tries the master itself: a refusal it gets too is the proof.
+                dead: cause == Cause::MasterRefused,
             };
             match super::witness::ask_with(
                 w,
@@ -290,7 +318,18 @@ async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
             let mut reader = FrameReader::new(rd, super::master::HANDSHAKE_FRAME_BYTES_MAX);
             let _ = tokio::time::timeout(CONNECT_TIMEOUT, async {
                 let mut hs = challenge(&mut wr, s2.cfg.secret.as_ref()).await?;
-                if let Frame::Hello { .. } = read_first(&mut reader, &mut hs).await? {
+                if let Frame::Hello {
+                    node, epoch, role, ..
+                } = read_first(&mut reader, &mut hs).await?
+                {
+                    // A master calling: it lives, whatever its port says to us
+                    // (`Verdict::Confirm`). Only the pair's other node counts, at
+                    // an epoch this node has not left behind.
+                    let meta = s2.log.meta();
+                    let ours = hs.is_some() || meta.peer == 0 || meta.peer == node;
+                    if role == 1 && ours && node != s2.node_id && epoch >= meta.epoch {
+                        s2.master_called_ns.store(s2.now_ns(), Ordering::Release);
+                    }
                     let r = my_rank(&s2);
                     let role = s2.role.load(Ordering::Acquire);
                     write_first(
@@ -499,6 +538,8 @@ async fn follow(
         .into());
     }
     let map_log = |e: crate::log::LogError| proto_err(format!("log: {e}"));
+    // A frame the master sent while a resync's snapshot was still loading.
+    let mut pending: Option<Frame> = None;
     match action {
         Action::Continue => {
             if meta.history == 0 {
@@ -543,61 +584,20 @@ async fn follow(
             });
         }
         Action::Resync => {
-            if snapshot_bytes > s.cfg.snapshot_bytes_max {
-                return Err(proto_err(format!(
-                    "the master's snapshot is {snapshot_bytes} bytes, over snapshot_bytes_max ({} bytes): raise it on this node if the state really is that large",
-                    s.cfg.snapshot_bytes_max
-                ))
-                .into());
-            }
-            let mut buf: Vec<u8> = Vec::new();
-            while (buf.len() as u64) < snapshot_bytes {
-                match tokio::time::timeout(
-                    Duration::from_millis(
-                        s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64,
-                    )
-                    .max(CONNECT_TIMEOUT),
-                    reader.next(),
-                )
-                .await
-                .map_err(|_| proto_err("snapshot transfer stalled"))??
-                {
-                    Frame::Snapshot { offset, bytes }
-                        if offset == buf.len() as u64
-                            && buf.len() as u64 + bytes.len() as u64 <= snapshot_bytes =>
-                    {
-                        buf.extend_from_slice(&bytes)
-                    }
-                    other => {
-                        return Err(proto_err(format!(
-                            "expected snapshot bytes at {}, got {other:?}",
-                            buf.len()
-                        ))
-                        .into())
-                    }
-                }
-            }
-            let snap = Snapshot::decode(&buf)
-                .map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
-            if snap.pos != start || snap.history != history {
-                return Err(proto_err("snapshot does not match the Welcome").into());
-            }
-            log.reset_to(&snap, &buf, segment_bytes).map_err(map_log)?;
-            {
-                let mut app = s.app.lock();
-                s.call_app(|| Shared::load_snapshot_into(&mut **app, &snap))
-                    .map_err(|e| proto_err(e.to_string()))?;
-            }
-            s.applied.store(start, Ordering::Release);
-            tracing::info!(
-                pos = start,
-                keys = snap.state.map.len(),
-                "resynced from the master's snapshot"
-            );
-            s.emit(Event::Resynced {
-                pos: start,
-                keys: snap.state.map.len() as u64,
-            });
+            let keys = resync(
+                s,
+                &mut reader,
+                &mut wr,
+                epoch,
+                history,
+                start,
+                snapshot_bytes,
+                segment_bytes,
+                &mut pending,
+            )
+            .await?;
+            tracing::info!(pos = start, keys, "resynced from the master's snapshot");
+            s.emit(Event::Resynced { pos: start, keys });
         }
     }
     if epoch > log.meta().epoch {
@@ -618,7 +618,7 @@ async fn follow(
     s.set_role(Role::Slave, "following the master");
     s.emit(Event::MasterConnected { addr, from: start });
     tracing::info!(from = start, epoch, "following the master");
-    stream_loop(s, &mut reader, &mut wr, epoch)
+    stream_loop(s, &mut reader, &mut wr, epoch, pending)
         .await
         .map_err(|err| {
             let end = match &err {
@@ -644,11 +644,148 @@ async fn follow(
         })
 }
 
+/// Receives the master's snapshot (`snapshot_bytes` at `start`) piece by piece
+/// into a temporary snapshot file — never more than one piece in memory — and
+/// acknowledges the master's heartbeats meanwhile (the master's lease runs on
+/// them); then replaces the log with it and loads it into the application in
+/// one streaming pass. Returns the number of keys.
+#[allow(clippy::too_many_arguments)]
+async fn resync(
+    s: &Arc<Shared>,
+    reader: &mut FrameReader,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    epoch: u32,
+    history: u128,
+    start: u64,
+    snapshot_bytes: u64,
+    segment_bytes: u64,
+    pending: &mut Option<Frame>,
+) -> Result<u64, Failure> {
+    let log = &s.log;
+    if snapshot_bytes > s.cfg.snapshot_bytes_max {
+        return Err(proto_err(format!(
+            "the master's snapshot is {snapshot_bytes} bytes, over snapshot_bytes_max ({} bytes): raise it on this node if the state really is that large",
+            s.cfg.snapshot_bytes_max
+        ))
+        .into());
+    }
+    let io = |e: std::io::Error| proto_err(format!("writing the snapshot: {e}"));
+    s.resync_received.store(0, Ordering::Relaxed);
+    let mut inc = Incoming::create(log.dir(), start).map_err(io)?;
+    let stall =
+        Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
+            .max(CONNECT_TIMEOUT);
+    while inc.len() < snapshot_bytes {
+        let f = tokio::time::timeout(stall, reader.next())
+            .await
+            .map_err(|_| proto_err("snapshot transfer stalled"))??;
+        s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+        match f {
+            Frame::Snapshot { offset, bytes }
+                if offset == inc.len() && inc.len() + bytes.len() as u64 <= snapshot_bytes =>
+            {
+                s.resync_buffer_max
+                    .fetch_max(bytes.len() as u64, Ordering::Relaxed);
+                inc.write(&bytes).map_err(io)?;
+                s.resync_received.store(inc.len(), Ordering::Relaxed);
+            }
+            Frame::Heartbeat {
+                epoch: e, sent_ns, ..
+            } if e == epoch => {
+                s.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
+                // Nothing of this session's log is here yet: positions 0.
+                write_frame(
+                    wr,
+                    &Frame::Ack {
+                        epoch,
+                        received: 0,
+                        flushed: 0,
+                        applied: 0,
+                        echo_ns: sent_ns,
+                    },
+                )
+                .await?;
+            }
+            other => {
+                return Err(proto_err(format!(
+                    "expected snapshot bytes at {}, got {}",
+                    inc.len(),
+                    super::net::kind_name(&other)
+                ))
+                .into())
+            }
+        }
+    }
+    // Checking, storing and loading a large snapshot takes a while: on a
+    // blocking thread, while this task goes on acknowledging heartbeats (the
+    // master streams nothing else until this node acknowledges `start`).
+    let s2 = s.clone();
+    let load = tokio::task::spawn_blocking(move || -> Result<u64, NetError> {
+        let (tmp, head) = inc
+            .finish()
+            .map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
+        if head.pos != start || head.history != history {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(proto_err("snapshot does not match the Welcome"));
+        }
+        s2.log
+            .reset_to_file(&head, &tmp, segment_bytes)
+            .map_err(|e| proto_err(format!("log: {e}")))?;
+        let path = s2.log.dir().join(crate::log::snapshot::file_name(start));
+        let mut app = s2.app.lock();
+        s2.call_app(|| {
+            app.reset();
+            for_each_entry(&path, |k, v| app.restore(k, v))
+        })
+        .map_err(|e| proto_err(e.to_string()))?
+        .map_err(|e| proto_err(format!("reading the stored snapshot: {e}")))?;
+        drop(app);
+        s2.applied.store(start, Ordering::Release);
+        Ok(head.count)
+    });
+    tokio::pin!(load);
+    let mut echo_ns = 0u64;
+    let keys = loop {
+        tokio::select! {
+            r = &mut load => {
+                break r.map_err(|e| proto_err(format!("loading the snapshot: {e}")))??;
+            }
+            f = reader.next(), if pending.is_none() => {
+                let f = f?;
+                s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+                match f {
+                    Frame::Heartbeat { epoch: e, sent_ns, .. } if e == epoch => {
+                        s.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
+                        echo_ns = sent_ns;
+                        write_frame(wr, &Frame::Ack { epoch, received: 0, flushed: 0, applied: 0, echo_ns }).await?;
+                    }
+                    // Anything else waits for the load (read no further meanwhile).
+                    other => *pending = Some(other),
+                }
+            }
+        }
+    };
+    // Loaded: the master may stream the log from `start` now.
+    write_frame(
+        wr,
+        &Frame::Ack {
+            epoch,
+            received: start,
+            flushed: start,
+            applied: start,
+            echo_ns,
+        },
+    )
+    .await?;
+    Ok(keys)
+}
+
 async fn stream_loop(
     s: &Arc<Shared>,
     reader: &mut FrameReader,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     epoch: u32,
+    mut pending: Option<Frame>,
 ) -> Result<End, NetError> {
     let log = &s.log;
     let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
@@ -662,10 +799,14 @@ async fn stream_loop(
         if s.is_shutdown() {
             return Ok(End::Shutdown);
         }
-        let first = tokio::select! {
+        let first = if let Some(f) = pending.take() {
+            Some(f)
+        } else {
+            tokio::select! {
             f = reader.next() => Some(f?),
             _ = tokio::time::sleep_until(next_tick.into()) => None,
             _ = shutdown => return Ok(End::Shutdown),
+            }
         };
         let mut got_data = false;
         let mut next = first;

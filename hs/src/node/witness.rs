@@ -47,12 +47,18 @@ pub async fn ask_with(
             }
         };
         let f = match req {
-            Request::Renew { pair, node, epoch } => Frame::WitnessRequest {
+            Request::Renew {
+                pair,
+                node,
+                epoch,
+                addr,
+            } => Frame::WitnessRequest {
                 pair,
                 node,
                 epoch,
                 promote: false,
                 dead: false,
+                addr,
             },
             Request::Promote {
                 pair,
@@ -65,6 +71,7 @@ pub async fn ask_with(
                 epoch,
                 promote: true,
                 dead,
+                addr: None,
             },
         };
         write_first(&mut wr, &hs, &f).await.ok()?;
@@ -139,16 +146,42 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                     epoch,
                     promote,
                     dead,
+                    addr,
                 } => {
                     if promote {
+                        // "Refused", as the requester saw it, is confirmed from here
+                        // at the address the holder gave, or the request counts as
+                        // one on silence (the hold applies).
+                        let holder = state.lock().holder_addr(pair);
+                        let confirmed = match (dead, holder) {
+                            (true, Some(m)) => refused_here(m).await,
+                            _ => false,
+                        };
+                        if dead && !confirmed {
+                            tracing::info!(%peer, ?holder, "a refusal reported by a node is not confirmed from the witness: treated as silence");
+                        }
                         Request::Promote {
                             pair,
                             node,
                             epoch,
-                            dead,
+                            dead: confirmed,
                         }
                     } else {
-                        Request::Renew { pair, node, epoch }
+                        // An unspecified IP: the master serves on the address it
+                        // connects from.
+                        let addr = addr.map(|a| {
+                            if a.ip().is_unspecified() {
+                                SocketAddr::new(peer.ip(), a.port())
+                            } else {
+                                a
+                            }
+                        });
+                        Request::Renew {
+                            pair,
+                            node,
+                            epoch,
+                            addr,
+                        }
                     }
                 }
                 other => {
@@ -173,6 +206,21 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
         });
         pending.push(h.abort_handle());
     }
+}
+
+/// How long the witness's own try at a master's port may take: a refusal comes
+/// back within a round trip; a node asks with at least 100 ms to spare.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Whether `master` refuses the witness's connection too (the kernel's word that
+/// nothing listens there). An answer, or none in `CONFIRM_TIMEOUT`, is not a refusal.
+/// One connect per request that claims a refusal, within the request's own
+/// connection cap and time limit.
+async fn refused_here(master: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(CONFIRM_TIMEOUT, TcpStream::connect(master)).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// The hold time a witness should use for pairs with these heartbeat settings:

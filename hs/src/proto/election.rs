@@ -48,8 +48,11 @@ pub fn settle(me: Rank, peer: Rank) -> bool {
 /// Why a slave is considering promotion; it decides what evidence is enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// The master's port refused a connection: its process is gone (the kernel said so).
-    MasterProcessDead,
+    /// The master's port refused a connection after this node had followed it:
+    /// its process is gone — or something between refuses for it (a REJECT rule,
+    /// a relay or middlebox that resets and refuses while the master lives). Not
+    /// proof on its own: see [`Verdict::Confirm`] and the witness's own probe.
+    MasterRefused,
     /// No frame for `heartbeat_dead_ticks` ticks: dead, or cut off — cannot tell.
     MasterSilent,
     /// The master handed over on purpose (planned switchover), after we applied everything.
@@ -69,6 +72,12 @@ pub enum Verdict {
     AskWitness,
     /// Do not promote: silence alone must not make two masters.
     Refuse,
+    /// Promote once the refusal is confirmed by the master's own silence towards
+    /// this node: nothing from it (no frame, no call at this node's port) for
+    /// [`refusal_hold_ms`]. A live master whose slave is gone calls its peer
+    /// every tick, so only a master that cannot reach its peer either (dead, or
+    /// cut off both ways) stays quiet that long.
+    Confirm,
 }
 
 /// What a node may do about `cause`, given its configuration.
@@ -84,8 +93,12 @@ pub fn verdict(
         // With a witness, every promotion goes through it: it grants each epoch
         // once and fences a lingering old master. (Promoting on the kernel's word
         // while the witness was unreachable let a later grant reuse the epoch.)
-        (Cause::MasterProcessDead | Cause::Settled, true) => Verdict::AskWitness,
-        (Cause::MasterProcessDead | Cause::Settled, false) => Verdict::Promote,
+        (Cause::MasterRefused | Cause::Settled, true) => Verdict::AskWitness,
+        (Cause::Settled, false) => Verdict::Promote,
+        // A refusal may come from a filter in front of a live master: the old
+        // instant promotion, only when the split risk is accepted.
+        (Cause::MasterRefused, false) if accept_split_risk => Verdict::Promote,
+        (Cause::MasterRefused, false) => Verdict::Confirm,
         (Cause::MasterSilent | Cause::PeerUnreachable, true) => Verdict::AskWitness,
         (Cause::MasterSilent, false) if accept_split_risk => Verdict::Promote,
         (Cause::PeerUnreachable, false) if accept_split_risk && prefer_master => Verdict::Promote,
@@ -111,6 +124,22 @@ pub fn next_epoch(seen: u32, me: u64, peer: u64) -> u32 {
         e + 1
     }
 }
+
+/// How long a slave refused by its master's port waits, hearing nothing from
+/// the master (no frame on the link, no call at its own port), before it takes
+/// the refusal for the master's death (no witness, split risk not accepted).
+///
+/// A live master calls its peer every tick once its slave has been quiet for
+/// two ticks (or at once when the session ends): with the link cut at `c`, the
+/// slave's last frame came after `c - 1 tick` and the master's first call
+/// leaves before `c + 3 ticks`. Waiting `N + 4` ticks from the last frame
+/// (`N = heartbeat_dead_ticks` ≥ 1) leaves at least one tick for the call to arrive.
+pub fn refusal_hold_ms(heartbeat_interval_ms: u64, heartbeat_dead_ticks: u32) -> u64 {
+    heartbeat_interval_ms * (heartbeat_dead_ticks as u64 + 4)
+}
+
+/// Ticks without an ack after which a master calls its peer (see [`refusal_hold_ms`]).
+pub const CALL_AFTER_QUIET_TICKS: u64 = 2;
 
 /// How long a lease lasts, from the heartbeat settings: the silence that makes a
 /// slave promote, minus two ticks of margin (at least one tick).
@@ -160,10 +189,25 @@ mod tests {
             verdict(Cause::PeerUnreachable, false, true, true),
             Verdict::Promote
         );
+        // A refusal alone is not proof: confirmed by the master's silence, or the witness.
         assert_eq!(
-            verdict(Cause::MasterProcessDead, false, false, false),
+            verdict(Cause::MasterRefused, false, false, false),
+            Verdict::Confirm
+        );
+        assert_eq!(
+            verdict(Cause::MasterRefused, false, true, false),
             Verdict::Promote
         );
+        assert_eq!(
+            verdict(Cause::MasterRefused, true, false, false),
+            Verdict::AskWitness
+        );
+        // The hold outlasts the master's first call (quiet ticks + a tick of its
+        // loop + a tick between the last frame and the cut) by at least a tick.
+        for n in 1..10 {
+            assert!(refusal_hold_ms(10, n) >= 10 * (CALL_AFTER_QUIET_TICKS + 3));
+            assert!(refusal_hold_ms(10, n) > 10 * n as u64);
+        }
         assert!(lease_ms(100, 5) < 100 * 5);
         // Each node owns a parity once both ids are known: never the same epoch.
         for seen in 0..10 {

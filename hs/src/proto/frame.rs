@@ -20,7 +20,8 @@
 //! Status     { node u64 | epoch u32 | last_epoch u32 | tail u64 | role u8 | prefer u8 }
 //!                                         a node that is not master, answering a Hello
 //! Handover   { epoch u32 | 0 u32 | tail u64 }                            master → slave (switchover)
-//! WitnessReq { pair u64 | node u64 | epoch u32 | promote u8 | dead u8 }  node → witness
+//! WitnessReq { pair u64 | node u64 | epoch u32 | promote u8 | dead u8 |  node → witness
+//!              [family u8 (4|6) | port u16 | ip [4|16]] }  a renewing master's own address
 //! WitnessRep { granted u8 | 0 u8 | 0 u16 | epoch u32 | holder u64 }      witness → node
 //! Challenge  { nonce [16] }                         acceptor → connector, first (with a secret)
 //! Auth       { nonce [16] | mac [32] }              before the first frame each way (with a secret)
@@ -31,6 +32,8 @@
 //! HMAC, and nothing in it is used before the MAC checks.
 //! Little-endian everywhere. The decoder rejects a length over the limit before
 //! allocating anything (as tokio-util's LengthDelimitedCodec does).
+
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -130,6 +133,11 @@ pub enum Frame {
         epoch: u32,
         promote: bool,
         dead: bool,
+        /// A renewal: the master's replication address (its `listen`; an
+        /// unspecified IP stands for the address it connects from), which the
+        /// witness tries itself when a slave reports it refused. Appended;
+        /// older nodes omit it.
+        addr: Option<SocketAddr>,
     },
     WitnessReply {
         granted: bool,
@@ -408,12 +416,27 @@ impl Frame {
                 epoch,
                 promote,
                 dead,
+                addr,
             } => {
                 p.put_u64_le(*pair);
                 p.put_u64_le(*node);
                 p.put_u32_le(*epoch);
                 p.put_u8(*promote as u8);
                 p.put_u8(*dead as u8);
+                // { family u8 (4 | 6) | port u16 | ip [4 | 16] }, only when known
+                match addr {
+                    None => {}
+                    Some(SocketAddr::V4(a)) => {
+                        p.put_u8(4);
+                        p.put_u16_le(a.port());
+                        p.extend_from_slice(&a.ip().octets());
+                    }
+                    Some(SocketAddr::V6(a)) => {
+                        p.put_u8(6);
+                        p.put_u16_le(a.port());
+                        p.extend_from_slice(&a.ip().octets());
+                    }
+                }
                 K_WITNESS_REQ
             }
             Frame::WitnessReply {
@@ -617,6 +640,29 @@ impl Frame {
                     epoch: r.u32()?,
                     promote: r.u8()? != 0,
                     dead: r.u8()? != 0,
+                    addr: match r.p.len() {
+                        0 => None,
+                        _ => match r.u8()? {
+                            4 => {
+                                r.need(6, "witness request: short IPv4 address")?;
+                                let port = r.u16()?;
+                                let ip: [u8; 4] = r.array()?;
+                                Some(SocketAddr::from((ip, port)))
+                            }
+                            6 => {
+                                r.need(18, "witness request: short IPv6 address")?;
+                                let port = r.u16()?;
+                                let ip: [u8; 16] = r.array()?;
+                                Some(SocketAddr::from((ip, port)))
+                            }
+                            _ => {
+                                return Err(FrameError::Malformed {
+                                    kind,
+                                    what: "witness request: unknown address family",
+                                })
+                            }
+                        },
+                    },
                 }
             }
             K_WITNESS_REP => {
@@ -760,14 +806,22 @@ mod tests {
                 any::<u64>(),
                 any::<u32>(),
                 any::<bool>(),
-                any::<bool>()
+                any::<bool>(),
+                // What the wire carries: IP and port (no IPv6 flow or scope).
+                proptest::option::of(prop_oneof![
+                    (any::<[u8; 4]>(), any::<u16>()).prop_map(SocketAddr::from),
+                    (any::<[u8; 16]>(), any::<u16>()).prop_map(SocketAddr::from),
+                ])
             )
-                .prop_map(|(pair, node, epoch, promote, dead)| Frame::WitnessRequest {
-                    pair,
-                    node,
-                    epoch,
-                    promote,
-                    dead
+                .prop_map(|(pair, node, epoch, promote, dead, addr)| {
+                    Frame::WitnessRequest {
+                        pair,
+                        node,
+                        epoch,
+                        promote,
+                        dead,
+                        addr,
+                    }
                 }),
             (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(granted, epoch, holder)| {
                 Frame::WitnessReply {
@@ -910,6 +964,15 @@ mod tests {
                 epoch: 3,
                 promote: true,
                 dead: false,
+                addr: None,
+            },
+            Frame::WitnessRequest {
+                pair: 1,
+                node: 2,
+                epoch: 3,
+                promote: false,
+                dead: false,
+                addr: Some("[::1]:7".parse().unwrap()),
             },
             Frame::WitnessReply {
                 granted: true,
@@ -960,6 +1023,8 @@ mod tests {
                 K_DATA => DATA_SUBHEADER_BYTES,
                 K_SNAPSHOT => 8,
                 K_ERROR => 2,
+                // The master's address is an optional tail.
+                K_WITNESS_REQ => 22,
                 _ => payload.len(),
             };
             for cut in 0..payload.len() {

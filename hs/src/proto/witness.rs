@@ -2,10 +2,11 @@
 //! It remembers, per pair, which node is master in which epoch and when that
 //! master last renewed. It grants a promotion only to a newer epoch, and only
 //! when the recorded master has been silent longer than a lease plus a margin,
-//! or when the requester has the kernel's word that the master process is dead.
+//! or when the master's port refused both the requester and the witness itself.
 //! Renewals from an older epoch are answered `Fenced`: that node must step down.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Most pairs one witness tracks; a request for a new pair past it is refused.
@@ -13,9 +14,20 @@ pub const PAIRS_MAX: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// "I am master of `pair` in `epoch`; keep my lease."
-    Renew { pair: u64, node: u64, epoch: u32 },
-    /// "May I become master of `pair` in `epoch`?" `dead`: the old master's port refused us.
+    /// "I am master of `pair` in `epoch`; keep my lease." `addr`: its replication
+    /// address, kept for [`Witness::holder_addr`].
+    Renew {
+        pair: u64,
+        node: u64,
+        epoch: u32,
+        addr: Option<SocketAddr>,
+    },
+    /// "May I become master of `pair` in `epoch`?" `dead`: the old master's port
+    /// refused the requester. The witness's server tries the holder's address
+    /// (as the holder gave it, never one the requester names) before it hands
+    /// the request to [`Witness::handle`], and keeps `dead` only if it is refused
+    /// too (a filter or relay on the requester's path is not on the witness's):
+    /// here `dead` means both were refused.
     Promote {
         pair: u64,
         node: u64,
@@ -38,6 +50,8 @@ struct PairState {
     epoch: u32,
     holder: u64,
     renewed: Instant,
+    /// The holder's replication address, from its renewals.
+    addr: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -59,8 +73,21 @@ impl Witness {
         }
     }
 
+    /// Where the master the witness holds for `pair` said it serves: what the
+    /// server tries itself to confirm a reported refusal.
+    pub fn holder_addr(&self, pair: u64) -> Option<SocketAddr> {
+        self.pairs.get(&pair).and_then(|p| p.addr)
+    }
+
     /// Records `node` as the master of `pair` in `epoch` (a grant), if there is room.
-    fn record(&mut self, now: Instant, pair: u64, node: u64, epoch: u32) -> Reply {
+    fn record(
+        &mut self,
+        now: Instant,
+        pair: u64,
+        node: u64,
+        epoch: u32,
+        addr: Option<SocketAddr>,
+    ) -> Reply {
         if !self.pairs.contains_key(&pair) && self.pairs.len() >= PAIRS_MAX {
             return Reply {
                 granted: false,
@@ -74,6 +101,7 @@ impl Witness {
                 epoch,
                 holder: node,
                 renewed: now,
+                addr,
             },
         );
         Reply {
@@ -91,9 +119,17 @@ impl Witness {
             holder: p.holder,
         };
         match req {
-            Request::Renew { pair, node, epoch } => match self.pairs.get_mut(&pair) {
+            Request::Renew {
+                pair,
+                node,
+                epoch,
+                addr,
+            } => match self.pairs.get_mut(&pair) {
                 Some(p) if p.holder == node && p.epoch == epoch => {
                     p.renewed = now;
+                    if addr.is_some() {
+                        p.addr = addr;
+                    }
                     Reply {
                         granted: true,
                         epoch,
@@ -103,7 +139,7 @@ impl Witness {
                 // A master the witness has not heard of (first contact, or the
                 // witness restarted): recorded if nothing newer is known.
                 Some(p) if epoch <= p.epoch => refuse(p),
-                _ => self.record(now, pair, node, epoch),
+                _ => self.record(now, pair, node, epoch, addr),
             },
             Request::Promote {
                 pair,
@@ -114,8 +150,8 @@ impl Witness {
                 let fresh = now.saturating_duration_since(started) <= self.hold;
                 match self.pairs.get(&pair) {
                     Some(p) if epoch <= p.epoch => refuse(p),
-                    // The kernel's word that the master's process is gone is enough.
-                    _ if dead => self.record(now, pair, node, epoch),
+                    // Refused both to the requester and to the witness: the process is gone.
+                    _ if dead => self.record(now, pair, node, epoch, None),
                     // Just started: a master may still run on a lease from our previous life.
                     Some(p) if fresh && p.holder != node => refuse(p),
                     None if fresh => Reply {
@@ -129,7 +165,7 @@ impl Witness {
                     {
                         refuse(p)
                     }
-                    _ => self.record(now, pair, node, epoch),
+                    _ => self.record(now, pair, node, epoch, None),
                 }
             }
         }
@@ -151,7 +187,8 @@ mod tests {
                 Request::Renew {
                     pair: 1,
                     node: 10,
-                    epoch: 1
+                    epoch: 1,
+                    addr: None
                 }
             )
             .granted
@@ -176,7 +213,8 @@ mod tests {
                 Request::Renew {
                     pair: 1,
                     node: 10,
-                    epoch: 1
+                    epoch: 1,
+                    addr: None
                 }
             )
             .granted
@@ -225,6 +263,7 @@ mod tests {
                 pair: 1,
                 node: 10,
                 epoch: 1,
+                addr: None,
             },
         );
         assert_eq!(
@@ -242,7 +281,8 @@ mod tests {
                 Request::Renew {
                     pair: 1,
                     node: 20,
-                    epoch: 2
+                    epoch: 2,
+                    addr: None
                 }
             )
             .granted
