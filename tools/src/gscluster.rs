@@ -49,6 +49,8 @@ pub struct ClusterOpts {
     pub player_data: bool,
     /// The room servers' activity batch period, ms.
     pub activity_save_period_ms: u64,
+    /// Run an hs witness for the pairs (fast, confirmed failover).
+    pub witness: bool,
 }
 
 impl ClusterOpts {
@@ -75,6 +77,7 @@ impl ClusterOpts {
             center_args: Vec::new(),
             player_data: true,
             activity_save_period_ms: 1000,
+            witness: true,
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct Cluster {
     pub center: Vec<CenterNode>,
     pub gateways: Vec<GatewayProc>,
     pub balancer_addr: Option<SocketAddr>,
+    /// The hs witness every pair (rooms, center) consults, in-process.
+    pub witness_addr: Option<SocketAddr>,
     pub login_addr: SocketAddr,
     bin_dir: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -248,12 +253,27 @@ impl Cluster {
             None
         };
         let balancer_addr = balancer.as_ref().map(|b| b.addr());
+        // A witness for the pairs: it confirms a refused master before a
+        // promotion (hs never promotes on a refused connection alone), so a
+        // SIGKILLed master is replaced within milliseconds, not a lease.
+        let witness_addr = if opts.witness {
+            let l = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .map_err(|e| format!("witness: {e}"))?;
+            let a = l.local_addr().map_err(|e| e.to_string())?;
+            let hold = hs::node::witness::hold_for(opts.hs_heartbeat_ms, opts.hs_dead_ticks);
+            rt.spawn(hs::node::witness::serve_with(l, hold, None));
+            Some(a)
+        } else {
+            None
+        };
         let mut c = Cluster {
             opts: opts.clone(),
             pairs: Vec::new(),
             center: Vec::new(),
             gateways: Vec::new(),
             balancer_addr,
+            witness_addr,
             login_addr: "127.0.0.1:0".parse().expect("addr"),
             bin_dir: bin,
             rt,
@@ -295,6 +315,7 @@ impl Cluster {
     fn start_pair(&mut self, p: usize) -> Result<(), String> {
         let o = &self.opts;
         let balancer_addr = self.balancer_addr;
+        let witness_addr = self.witness_addr;
         let first_room = 1 + p as u32 * o.rooms_per_pair;
         let hs = [free_port()?, free_port()?];
         let link = [free_port()?, free_port()?];
@@ -342,6 +363,9 @@ impl Cluster {
                     "--activity-save-period-ms".into(),
                     o.activity_save_period_ms.to_string(),
                 ]);
+            }
+            if let Some(w) = witness_addr {
+                args.extend(["--witness".into(), w.to_string()]);
             }
             if let Some(b) = balancer_addr {
                 args.extend(["--balancer".into(), b.to_string()]);
@@ -396,6 +420,7 @@ impl Cluster {
 
     fn start_center(&mut self) -> Result<(), String> {
         let o = &self.opts;
+        let witness = self.witness_addr;
         let hs = [free_port()?, free_port()?];
         let link = [free_port()?, free_port()?];
         let mk = |i: usize| -> CenterNode {
@@ -427,6 +452,9 @@ impl Cluster {
             ];
             if i == 0 {
                 args.push("--prefer-master".into());
+            }
+            if let Some(w) = witness {
+                args.extend(["--witness".into(), w.to_string()]);
             }
             args.extend(o.center_args.iter().cloned());
             CenterNode {
