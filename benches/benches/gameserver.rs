@@ -30,7 +30,9 @@ fn tokens(c: &mut Criterion) {
     g.bench_function("verify", |b| {
         b.iter(|| verify(SECRET, std::hint::black_box(&t), 1, 1_000).expect("valid"))
     });
-    g.bench_function("mint", |b| b.iter(|| mint(SECRET, std::hint::black_box(&claims))));
+    g.bench_function("mint", |b| {
+        b.iter(|| mint(SECRET, std::hint::black_box(&claims)))
+    });
     g.finish();
 }
 
@@ -75,7 +77,15 @@ fn room_move(c: &mut Criterion) {
     for p in [1, 2] {
         act(&mut st, p, Request::Enter { room: 1 });
         let seat = (p - 1) as u8;
-        act(&mut st, p, Request::Sit { room: 1, table: 0, seat });
+        act(
+            &mut st,
+            p,
+            Request::Sit {
+                room: 1,
+                table: 0,
+                seat,
+            },
+        );
     }
     let start = st.clone();
     let mut g = c.benchmark_group("room");
@@ -90,7 +100,15 @@ fn room_move(c: &mut Criterion) {
                 for i in 0..8u64.min(iters - n) {
                     // Black on row 0, white on row 5: four each.
                     let (p, x, y) = (1 + i % 2, (i / 2) as u8, (i % 2 * 5) as u8);
-                    act(&mut s, p, Request::Move { room: 1, table: 0, mv: vec![x, y] });
+                    act(
+                        &mut s,
+                        p,
+                        Request::Move {
+                            room: 1,
+                            table: 0,
+                            mv: vec![x, y],
+                        },
+                    );
                     n += 1;
                 }
                 total += t0.elapsed();

@@ -19,4 +19,5 @@ pub mod proto;
 pub mod report;
 pub mod room;
 pub mod roomserver;
+pub mod standby;
 pub mod token;

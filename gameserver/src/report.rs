@@ -32,6 +32,24 @@ pub async fn report_loop(
     online: impl Fn() -> u64,
     stop: impl Future<Output = ()>,
 ) {
+    report_loop_with(b, zone, port, online, stop, None).await
+}
+
+/// How often a process reads its zone's list for [`report_loop_with`]'s
+/// alternative, in report intervals.
+const ALTERNATIVE_EVERY_REPORTS: u32 = 4;
+
+/// [`report_loop`], and every few reports the zone's least-loaded other
+/// running process with room, as `host:port`, into `alternative` (seed 002:
+/// a full gateway answers with another one).
+pub async fn report_loop_with(
+    b: BalancerReport,
+    zone: u32,
+    port: u16,
+    online: impl Fn() -> u64,
+    stop: impl Future<Output = ()>,
+    alternative: Option<&parking_lot::Mutex<Option<String>>>,
+) {
     let addrs: Vec<SocketAddr> = b.addrs.iter().filter_map(|a| a.parse().ok()).collect();
     if addrs.len() != b.addrs.len() {
         warn!(addrs = ?b.addrs, "some balancer addresses are not ip:port; they are skipped");
@@ -47,6 +65,7 @@ pub async fn report_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     let mut failing = false;
+    let mut reports = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -74,6 +93,19 @@ pub async fn report_loop(
                 warn!(error = %e, "status report to the balancer failed; retrying every interval");
             }
             Err(e) => tracing::debug!(error = %e, "status report failed"),
+        }
+        reports = reports.wrapping_add(1);
+        if let Some(alt) = alternative.filter(|_| reports % ALTERNATIVE_EVERY_REPORTS == 1) {
+            if let Ok(z) = client.zone(zone).await {
+                // Sorted by the balancer: running first, then fewest online.
+                let best = z.processes.iter().find(|p| {
+                    p.id != id
+                        && p.status_name == "running"
+                        && !p.draining
+                        && p.online + p.reserved < z.process_online_max
+                });
+                *alt.lock() = best.map(|p| std::net::SocketAddr::new(p.host, p.port).to_string());
+            }
         }
     }
 }

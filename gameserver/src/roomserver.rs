@@ -47,7 +47,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hs::{Durability, Node, NodeError, Op, Role};
+use hs::{Node, NodeError, Op, Role};
+
+use crate::standby::Waited;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -689,7 +691,10 @@ impl Game {
                         ..*r
                     }),
                     Err(e) => {
-                        self.s.stats.data_load_errors.fetch_add(1, Ordering::Relaxed);
+                        self.s
+                            .stats
+                            .data_load_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(player = r.player, error = %e, "player data could not be loaded");
                         let reply = Err(Fail::new(
                             ErrorCode::Unavailable,
@@ -855,9 +860,10 @@ impl Game {
                 if f.code == ErrorCode::RoomFull {
                     // Seed 002: a full room proposes another of the same game.
                     let game = st.cfg.game;
-                    let other = rooms.get().values().find(|o| {
-                        o.cfg.game == game && (o.members.len() as u32) < o.cfg.capacity
-                    });
+                    let other = rooms
+                        .get()
+                        .values()
+                        .find(|o| o.cfg.game == game && (o.members.len() as u32) < o.cfg.capacity);
                     if let Some(o) = other {
                         f.message = format!("{}; room {} has space", f.message, o.cfg.id);
                     }
@@ -953,7 +959,12 @@ impl Game {
             .collect();
         for (room, events) in due {
             let first_seq = rooms.get()[&room].seq + 1;
-            let before = self.s.cfg.store.is_some().then(|| rooms.get()[&room].clone());
+            let before = self
+                .s
+                .cfg
+                .store
+                .is_some()
+                .then(|| rooms.get()[&room].clone());
             let w = rooms.prepare(room, events.clone(), None);
             match self.publish(&w) {
                 Ok(pos) => {
@@ -982,8 +993,7 @@ impl Game {
 
 /// Sends each entry once its records are on the standby (see the module doc).
 fn release_loop(s: &Shared, rx: Receiver<Release>) {
-    let wait_max = Duration::from_millis(s.cfg.standby_wait_ms);
-    let mut warned = false;
+    let mut standby = crate::standby::StandbyWait::new(s.cfg.standby_wait_ms, "room replies");
     loop {
         let r = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => r,
@@ -993,38 +1003,11 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
         };
         if let Some(pos) = r.pos {
             let t0 = Instant::now();
-            loop {
-                match s
-                    .node
-                    .wait(pos, Durability::Received, Duration::from_millis(20))
-                {
-                    Ok(()) => break,
-                    Err(NodeError::Shutdown) => return,
-                    Err(_) => {}
-                }
-                if s.node.role() != Role::Master || s.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let st = s.node.stats();
-                let live_standby = st.slave_connected && !st.catching_up;
-                if !live_standby && t0.elapsed() >= wait_max {
-                    s.stats
-                        .released_unreplicated
-                        .fetch_add(1, Ordering::Relaxed);
-                    if !warned {
-                        warned = true;
-                        tracing::warn!(
-                            "no live standby: replies leave without replication; start the standby"
-                        );
-                    }
-                    break;
-                }
-            }
-            if s.node.role() != Role::Master {
-                continue; // never acknowledged: the gateways re-send to the new master
-            }
-            if warned && s.node.stats().slave_connected {
-                warned = false;
+            match standby.wait(&s.node, pos, &s.stop, &s.stats.released_unreplicated) {
+                Waited::Replicated | Waited::Unreplicated => {}
+                // Never acknowledged: the gateways re-send to the new master.
+                Waited::NotMaster => continue,
+                Waited::Stopped => return,
             }
             s.stats
                 .replicate_wait_us
@@ -1064,7 +1047,15 @@ fn save_now(s: &Shared, r: &Release) {
     let activity: Vec<_> = r
         .activity
         .iter()
-        .map(|(p, a)| (*p, Activity { last_seen_ms: now, ..*a }))
+        .map(|(p, a)| {
+            (
+                *p,
+                Activity {
+                    last_seen_ms: now,
+                    ..*a
+                },
+            )
+        })
         .collect();
     for attempt in 1..=SAVE_ATTEMPTS_MAX {
         let res = store
@@ -1144,7 +1135,13 @@ fn saver_loop(s: &Shared) {
                 .iter()
                 .filter_map(|(p, room)| {
                     let m = all.get(room)?.members.get(p)?;
-                    Some((*p, Activity { last_seen_ms: now, ..m.activity }))
+                    Some((
+                        *p,
+                        Activity {
+                            last_seen_ms: now,
+                            ..m.activity
+                        },
+                    ))
                 })
                 .collect()
         };

@@ -255,7 +255,11 @@ mod gateway {
                         continue;
                     }
                     let ev = match &req {
-                        Request::Enter { .. } => Some(RoomEvent::Entered { player, name, data: Default::default() }),
+                        Request::Enter { .. } => Some(RoomEvent::Entered {
+                            player,
+                            name,
+                            data: Default::default(),
+                        }),
                         Request::Leave { .. } => Some(RoomEvent::Left { player }),
                         Request::Chat { table, text, .. } => Some(RoomEvent::Chat {
                             player,
@@ -1260,6 +1264,62 @@ mod gateway {
             ErrorCode::TooManySessions
         );
         g.shutdown().await;
+    }
+
+    /// Seed 002: a full gateway names another one of its zone with room,
+    /// learnt from the balancer both report to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_gateway_names_another_with_room() {
+        let bcfg = balancer::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            zones: vec![balancer::config::ZoneConfig {
+                id: 1,
+                name: "z".into(),
+                version: "gs".into(),
+                process_online_max: 10,
+                spawn: None,
+            }],
+            ..balancer::config::Config::default()
+        };
+        let bal = balancer::server::start(bcfg, Arc::new(balancer::server::NoSink))
+            .await
+            .unwrap();
+        let p = Pair::start().await;
+        let mut gws = Vec::new();
+        for i in 0..2 {
+            let mut cfg = p.config();
+            cfg.sessions_max = 1;
+            cfg.zone = 1;
+            cfg.balancer = Some(gameserver::gateway::BalancerReport {
+                addrs: vec![bal.addr().to_string()],
+                process_id: format!("gw{i}"),
+                host: "127.0.0.1".into(),
+                port: 0,
+                secret: None,
+                report_interval_ms: 20,
+            });
+            gws.push(Gateway::start(cfg).await.unwrap());
+        }
+        let _a = Client::login(gws[0].tcp_addr(), 1).await;
+        let want = format!("try {}", gws[1].tcp_addr());
+        let t0 = Instant::now();
+        loop {
+            let mut b = Client::connect(gws[0].tcp_addr()).await;
+            let f = b.recv().await;
+            assert_eq!(f.kind, Kind::Bye);
+            let bye = msg::decode::<Bye>(&f.payload).unwrap();
+            assert_eq!(bye.code, ErrorCode::TooManySessions);
+            if bye.message.ends_with(&want) {
+                break;
+            }
+            // Until the first zone read, the gateway knows no other.
+            assert!(bye.message.ends_with("try another"), "{}", bye.message);
+            assert!(t0.elapsed() < WAIT, "never named the other gateway");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for g in gws {
+            g.shutdown().await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

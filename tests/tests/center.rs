@@ -17,7 +17,9 @@ fn login_of(cl: &Cluster, player: u64) -> u64 {
         .center_admin("GET", &format!("/v1/players/{player}"), None)
         .expect("admin");
     assert_eq!(s, 200, "{v}");
-    v["login"].as_u64().unwrap_or(0)
+    v["login"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("player {player} not online: {v}"))
 }
 
 #[test]
@@ -74,7 +76,18 @@ fn a_killed_center_master_is_replaced_by_a_standby_that_knows_everyone() {
     // Both gateways come back and re-sync; every player is still online.
     let deadline = Instant::now() + STEP;
     loop {
-        let (_, st) = cl.center_admin("GET", "/v1/stats", None).unwrap();
+        // The node's hs role changes first; its admin port follows within a tick.
+        let st = match cl.center_admin("GET", "/v1/stats", None) {
+            Ok((_, st)) => st,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the new master never answered: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
         let connected = st["gateways"]
             .as_array()
             .map(|g| g.iter().filter(|g| g["connected"] == true).count())
@@ -91,7 +104,8 @@ fn a_killed_center_master_is_replaced_by_a_standby_that_knows_everyone() {
     }
     assert_eq!(login_of(&cl, 1), before, "the same row survived");
 
-    rt.block_on(async {
+    // `a2` lives until the checks below are done (dropping it logs it out).
+    let _a2 = rt.block_on(async {
         // A takeover on the other gateway still closes the old session.
         let a2 = Client::connect(&g1, &cl.token(1, "a")).await.unwrap();
         let closed = tokio::time::timeout(STEP, a.wait_closed()).await.unwrap();
@@ -114,10 +128,12 @@ fn a_killed_center_master_is_replaced_by_a_standby_that_knows_everyone() {
             ),
             "{r:?}"
         );
+        a2
     });
+    let after = login_of(&cl, 1);
     assert!(
-        login_of(&cl, 1) > before,
-        "login numbers grow across the failover"
+        after > before,
+        "login numbers grow across the failover: {before} then {after}"
     );
     // The killed node comes back as the standby.
     cl.restart_center(killed).expect("restart");

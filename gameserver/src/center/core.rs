@@ -588,6 +588,7 @@ impl Center {
                 if let Some(o) = st.users.get(&player) {
                     if (o.gateway, o.session) == (g, session) {
                         let zone = o.zone;
+                        tracing::debug!(player, gateway = g, session, "logout");
                         self.write(st, sink, Rec::UserGone(player))?;
                         self.admit(st, zone, now_ms, sink, out)?;
                     }
@@ -943,6 +944,11 @@ impl Center {
             .map(|(p, o)| (p, o.zone))
             .collect();
         for (p, zone) in gone {
+            tracing::debug!(
+                player = p,
+                gateway = g,
+                "not in the gateway's sync: logged out"
+            );
             self.write(st, sink, Rec::UserGone(p))?;
             zones.insert(zone);
         }
@@ -1039,6 +1045,7 @@ impl Center {
         out: &mut Output,
     ) -> Result<bool, Stopped> {
         if let Some(o) = st.users.get(&player).cloned() {
+            tracing::debug!(player, gateway = o.gateway, session = o.session, "kicked");
             self.write(st, sink, Rec::UserGone(player))?;
             self.counters.kicked += 1;
             let m = FromCenter::Kick {

@@ -19,14 +19,14 @@ use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
-use hs::{Durability, Node, NodeError, Op, Role};
+use hs::{Node, NodeError, Op, Role};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -657,8 +657,7 @@ impl Task {
 
 /// Sends each entry once its records are on the standby.
 fn release_loop(s: &Shared, rx: Receiver<Release>) {
-    let wait_max = Duration::from_millis(s.cfg.standby_wait_ms);
-    let mut warned = false;
+    let mut standby = crate::standby::StandbyWait::new(s.cfg.standby_wait_ms, "center answers");
     loop {
         let r = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => r,
@@ -667,46 +666,19 @@ fn release_loop(s: &Shared, rx: Receiver<Release>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         if let Some(pos) = r.pos {
-            let t0 = Instant::now();
-            loop {
-                match s
-                    .node
-                    .wait(pos, Durability::Received, Duration::from_millis(20))
-                {
-                    Ok(()) => break,
-                    Err(NodeError::Shutdown) => return,
-                    Err(_) => {}
-                }
-                if s.node.role() != Role::Master || s.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let st = s.node.stats();
-                let live_standby = st.slave_connected && !st.catching_up;
-                if !live_standby && t0.elapsed() >= wait_max {
-                    s.stats
-                        .released_unreplicated
-                        .fetch_add(1, Ordering::Relaxed);
-                    if !warned {
-                        warned = true;
-                        tracing::warn!(
-                            "no live standby: center answers leave without replication; start the standby"
-                        );
+            match standby.wait(&s.node, pos, &s.stop, &s.stats.released_unreplicated) {
+                crate::standby::Waited::Replicated | crate::standby::Waited::Unreplicated => {}
+                crate::standby::Waited::NotMaster => {
+                    // Never acknowledged: the gateways re-send to the new master.
+                    if let Some((tx, _)) = r.answer {
+                        let _ = tx.send((
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            serde_json::json!({ "error": "not_master", "message": "lost the master role before the standby had it; retry" }),
+                        ));
                     }
-                    break;
+                    continue;
                 }
-            }
-            if s.node.role() != Role::Master {
-                // Never acknowledged: the gateways re-send to the new master.
-                if let Some((tx, _)) = r.answer {
-                    let _ = tx.send((
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({ "error": "not_master", "message": "lost the master role before the standby had it; retry" }),
-                    ));
-                }
-                continue;
-            }
-            if warned && s.node.stats().slave_connected {
-                warned = false;
+                crate::standby::Waited::Stopped => return,
             }
         }
         let mut links = s.links.lock();

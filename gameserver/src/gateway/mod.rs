@@ -85,6 +85,9 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     /// This gateway process's id on the links (random per start).
     pub(crate) gateway_id: u64,
+    /// The zone's least-loaded other gateway with room (from the balancer),
+    /// named to a client this gateway is too full for.
+    pub(crate) alternative: Mutex<Option<String>>,
     /// The center link's queue, when a center is configured.
     pub(crate) center: Option<mpsc::Sender<center::CenterCmd>>,
     /// Channel → the local sessions subscribed to it (by session id).
@@ -227,6 +230,7 @@ impl Gateway {
             pairs,
             next_session: AtomicU64::new(1),
             gateway_id: random_u64(),
+            alternative: Mutex::new(None),
             center: center_tx,
             channels: Mutex::new(HashMap::new()),
             public_addr,
@@ -264,7 +268,8 @@ impl Gateway {
                 let stop = async move {
                     let _ = stop.changed().await;
                 };
-                crate::report::report_loop(b, zone, tcp_addr.port(), online, stop).await;
+                let alt = Some(&sh.alternative);
+                crate::report::report_loop_with(b, zone, tcp_addr.port(), online, stop, alt).await;
             }));
         }
         info!(tcp = %tcp_addr, ws = ?ws_addr, pairs = shared.pairs.len(), gateway = shared.gateway_id, "gateway listening");
@@ -361,10 +366,16 @@ fn over_limit(shared: &Shared) -> bool {
 fn too_many_frame(shared: &Shared) -> bytes::Bytes {
     let b = msg::Bye {
         code: ErrorCode::TooManySessions,
-        message: format!(
-            "this gateway holds its {} sessions; try another",
-            shared.cfg.sessions_max
-        ),
+        message: match shared.alternative.lock().clone() {
+            Some(a) => format!(
+                "this gateway holds its {} sessions; try {a}",
+                shared.cfg.sessions_max
+            ),
+            None => format!(
+                "this gateway holds its {} sessions; try another",
+                shared.cfg.sessions_max
+            ),
+        },
     };
     Frame::new(
         Kind::Bye,

@@ -127,10 +127,17 @@ pub enum Answer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CenterRequest {
     /// Receive the channel's messages (at most [`CHANNELS_PER_SESSION_MAX`]).
-    Subscribe { channel: u32 },
-    Unsubscribe { channel: u32 },
+    Subscribe {
+        channel: u32,
+    },
+    Unsubscribe {
+        channel: u32,
+    },
     /// A message to a channel's subscribers or to one player.
-    Say { to: SayTo, text: String },
+    Say {
+        to: SayTo,
+        text: String,
+    },
 }
 
 /// Channels one session may be subscribed to at once.

@@ -217,7 +217,10 @@ impl RoomState {
     /// Puts `player`'s loaded data into the `Entered` event of a plan.
     pub fn with_data(events: &mut [RoomEvent], player: u64, loaded: PlayerData) {
         for e in events {
-            if let RoomEvent::Entered { player: p, data, .. } = e {
+            if let RoomEvent::Entered {
+                player: p, data, ..
+            } = e
+            {
                 if *p == player {
                     *data = loaded;
                 }
@@ -518,7 +521,12 @@ impl RoomState {
         let mut records: Vec<(u64, PlayerRecord)> = g
             .players
             .iter()
-            .map(|p| (*p, self.members.get(p).map(|m| m.record).unwrap_or_default()))
+            .map(|p| {
+                (
+                    *p,
+                    self.members.get(p).map(|m| m.record).unwrap_or_default(),
+                )
+            })
             .collect();
         for (_, r) in &mut records {
             r.games += 1;
@@ -629,13 +637,8 @@ impl RoomState {
                     .remove(player)
                     .expect("Left for a player not in room");
                 assert!(m.seat.is_none(), "Left while seated");
-                self.departed.push_back((
-                    *player,
-                    m.last_session,
-                    m.last_req,
-                    m.last_seq,
-                    m.login,
-                ));
+                self.departed
+                    .push_back((*player, m.last_session, m.last_req, m.last_seq, m.login));
                 if self.departed.len() > DEPARTED_MAX {
                     self.departed.pop_front();
                 }

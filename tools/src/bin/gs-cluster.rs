@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         "  login     POST http://{}/v1/guest  -> a guest token and a gateway",
         cl.login_addr
     );
+    println!("  page      http://{}/  (play in a browser)", cl.login_addr);
     for g in &cl.gateways {
         println!(
             "  gateway   tcp={} ws={}",
@@ -68,6 +69,14 @@ fn main() -> ExitCode {
             m.map(|m| p.nodes[m].name.as_str()).unwrap_or("?"),
             p.nodes[0].admin,
             p.nodes[1].admin
+        );
+    }
+    if !cl.center.is_empty() {
+        println!(
+            "  center    admin {} (gs-center stats --admin {} --secret {})",
+            cl.center_admins().join(" / "),
+            cl.center_admins().join(","),
+            tools::gscluster::CENTER_ADMIN_SECRET
         );
     }
     if let Some(b) = cl.balancer_addr {
