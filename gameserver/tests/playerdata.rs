@@ -127,9 +127,7 @@ impl Link {
             match l.recv().await {
                 Some(FromRoom::Welcome { .. }) => return l,
                 // Not master yet: the node is still starting.
-                _ if t0.elapsed() < DEADLINE => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
+                _ if t0.elapsed() < DEADLINE => tokio::time::sleep(Duration::from_millis(20)).await,
                 other => panic!("no Welcome: {other:?}"),
             }
         }

@@ -57,7 +57,21 @@ function deviceId() {
   return d;
 }
 
+/// The login forms are off while a login (or its wait in the queue) runs.
+function setBusy(busy) {
+  for (const x of document.querySelectorAll('#login-view button, #login-view input')) x.disabled = busy;
+}
+
 async function postLogin(path, body) {
+  setBusy(true);
+  try {
+    await login(path, body);
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function login(path, body) {
   $('login-error').textContent = '';
   let r;
   try {

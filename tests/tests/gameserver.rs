@@ -22,7 +22,6 @@ fn cluster(dir: &tempfile::TempDir) -> Cluster {
     Cluster::start(o).expect("cluster starts")
 }
 
-
 #[test]
 fn two_players_play_a_game_to_a_result() {
     let dir = tempfile::tempdir().unwrap();

@@ -101,10 +101,17 @@ fn a_sigkill_of_every_server_loses_no_record_a_player_saw_and_at_most_a_batch_of
         (last_records(&a), saved_before, 10u64)
     });
     let killed = cl.kill_all();
-    assert!(killed.len() >= 5, "room nodes, center nodes and the gateway: {killed:?}");
+    assert!(
+        killed.len() >= 5,
+        "room nodes, center nodes and the gateway: {killed:?}"
+    );
     // Immediate level: the records both players saw are in the database.
     for (p, rec) in &seen {
-        assert_eq!(db(&dir, *p).record, *rec, "player {p}'s record after game 2");
+        assert_eq!(
+            db(&dir, *p).record,
+            *rec,
+            "player {p}'s record after game 2"
+        );
     }
     assert_eq!(seen[0].1.games, 2);
     // Batch level: nothing from before the last batch we saw is lost, and
