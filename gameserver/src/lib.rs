@@ -15,6 +15,7 @@ pub mod game;
 pub mod gateway;
 pub mod link;
 pub mod login;
+pub mod pairnode;
 pub mod proto;
 pub mod report;
 pub mod room;

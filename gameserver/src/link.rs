@@ -92,3 +92,33 @@ pub enum FromRoom {
     Snapshot(RoomSnapshot),
     Rooms(Vec<RoomInfo>),
 }
+
+/// Bytes one write of a server-side link gathers at most from its queue.
+pub const LINK_WRITE_COALESCE_BYTES_MAX: usize = 256 << 10;
+
+/// The writer task of a server-side link (room or center server): writes
+/// what the queue holds, coalescing queued frames into one write, until the
+/// queue's senders are gone (then shuts the socket down) or a write fails.
+pub fn spawn_link_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 << 10);
+        while let Some(b) = rx.recv().await {
+            buf.clear();
+            buf.extend_from_slice(&b);
+            while buf.len() < LINK_WRITE_COALESCE_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok(b) => buf.extend_from_slice(&b),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    })
+}

@@ -51,7 +51,7 @@ use hs::{Node, NodeError, Op, Role};
 
 use crate::standby::Waited;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -438,30 +438,13 @@ async fn accept_links(s: Arc<Shared>, l: StdListener, inbox: mpsc::Sender<Inbox>
 }
 
 async fn serve_link(s: Arc<Shared>, id: LinkId, sock: TcpStream, inbox: mpsc::Sender<Inbox>) {
-    let (mut rd, mut wr) = sock.into_split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(s.cfg.link_queue_frames_max);
+    let (mut rd, wr) = sock.into_split();
+    let (tx, rx) = mpsc::channel::<Bytes>(s.cfg.link_queue_frames_max);
     if inbox.send(Inbox::Opened(id, tx)).await.is_err() {
         return;
     }
     s.stats.links.fetch_add(1, Ordering::Relaxed);
-    let writer = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(64 << 10);
-        while let Some(b) = rx.recv().await {
-            buf.clear();
-            buf.extend_from_slice(&b);
-            // Coalesce what is queued into one write.
-            while buf.len() < (256 << 10) {
-                match rx.try_recv() {
-                    Ok(b) => buf.extend_from_slice(&b),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = crate::link::spawn_link_writer(wr, rx);
     let mut buf = BytesMut::with_capacity(16 << 10);
     'read: loop {
         match rd.read_buf(&mut buf).await {

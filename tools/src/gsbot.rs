@@ -540,7 +540,9 @@ async fn bot(run: Arc<Run>, i: usize, mut halt: watch::Receiver<bool>) -> Option
         done: false,
         chats: VecDeque::new(),
         chat_no: 0,
-        next_chat: (cfg.chat_ms > 0).then(|| Instant::now() + Duration::from_millis(cfg.chat_ms)),
+        // The first line at once, then every chat_ms: every chatting bot
+        // chats at least once, however short its games.
+        next_chat: (cfg.chat_ms > 0).then(Instant::now),
         move_at: None,
         want_snapshot: false,
         sat: false,

@@ -10,9 +10,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gameserver::center::{admin, CenterConfig, CenterServer};
@@ -104,13 +102,8 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct Serve {
-    /// Log directory of this node's hs log.
-    #[arg(long)]
-    dir: PathBuf,
-    #[arg(long)]
-    hs_listen: SocketAddr,
-    #[arg(long)]
-    hs_peer: Option<SocketAddr>,
+    #[command(flatten)]
+    hs: gameserver::pairnode::HsArgs,
     /// Where gateways connect.
     #[arg(long, default_value = "127.0.0.1:0")]
     link: SocketAddr,
@@ -125,8 +118,6 @@ struct Serve {
     secret: Option<String>,
     #[arg(long)]
     prefer_master: bool,
-    #[arg(long)]
-    witness: Option<SocketAddr>,
     #[arg(long, default_value_t = 100)]
     pair_id: u64,
     /// Players admitted per zone before logins wait in the queue.
@@ -141,12 +132,6 @@ struct Serve {
     /// A gateway's players stay this long after its link went, ms.
     #[arg(long, default_value_t = 10_000)]
     gateway_grace_ms: u64,
-    #[arg(long, default_value_t = 50)]
-    heartbeat_ms: u64,
-    #[arg(long, default_value_t = 6)]
-    dead_ticks: u32,
-    #[arg(long, default_value_t = 64)]
-    segment_mb: u64,
     #[arg(long, default_value_t = 1000)]
     standby_wait_ms: u64,
 }
@@ -156,15 +141,7 @@ fn secret(s: &Option<String>) -> Option<String> {
 }
 
 fn serve(a: Serve) -> ExitCode {
-    let mut hs = hs::Config::new(&a.dir);
-    hs.listen = Some(a.hs_listen);
-    hs.peer = a.hs_peer;
-    hs.witness = a.witness;
-    hs.pair_id = a.pair_id;
-    hs.heartbeat_interval_ms = a.heartbeat_ms;
-    hs.heartbeat_dead_ticks = a.dead_ticks;
-    hs.segment_bytes = a.segment_mb << 20;
-    hs.record_bytes_max = (1 << 20).min(hs.segment_bytes as usize / 2);
+    let hs = a.hs.config(a.pair_id, 1 << 20);
     let mut cfg = CenterConfig::new(hs, a.link);
     cfg.prefer_master = a.prefer_master;
     cfg.peer_link = a.peer_link;
@@ -200,19 +177,7 @@ fn serve(a: Serve) -> ExitCode {
         c.admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
-    loop {
-        if let Some(e) = node.next_event(Duration::from_millis(200)) {
-            if matches!(
-                e,
-                hs::Event::RoleChanged { .. }
-                    | hs::Event::RolledBack { .. }
-                    | hs::Event::Resynced { .. }
-            ) {
-                println!("EVENT {e:?}");
-                let _ = std::io::stdout().flush();
-            }
-        }
-    }
+    gameserver::pairnode::print_events(&node)
 }
 
 fn ask(a: &AdminArgs, method: &str, path: &str, body: Option<serde_json::Value>) -> ExitCode {

@@ -5,9 +5,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use gameserver::game::GameKind;
@@ -17,15 +15,8 @@ use gameserver::roomserver::{RoomServer, RoomServerConfig};
 #[derive(Parser, Debug)]
 #[command(about = "A room server: many rooms of a table game, replicated to a standby through hs")]
 struct Args {
-    /// Log directory of this node's hs log (one node per directory).
-    #[arg(long)]
-    dir: PathBuf,
-    /// hs replication address of this node.
-    #[arg(long)]
-    hs_listen: SocketAddr,
-    /// hs replication address of the other node of the pair.
-    #[arg(long)]
-    hs_peer: Option<SocketAddr>,
+    #[command(flatten)]
+    hs: gameserver::pairnode::HsArgs,
     /// Where gateways connect.
     #[arg(long, default_value = "127.0.0.1:0")]
     link: SocketAddr,
@@ -38,9 +29,6 @@ struct Args {
     /// Prefer to be master when both nodes start.
     #[arg(long)]
     prefer_master: bool,
-    /// An hs witness (hs-witness or the balancer) for promotions on silence.
-    #[arg(long)]
-    witness: Option<SocketAddr>,
     #[arg(long, default_value_t = 1)]
     pair_id: u64,
     /// Rooms served: first id and count.
@@ -60,14 +48,6 @@ struct Args {
     /// Time per turn before the timer plays for an idle player, ms.
     #[arg(long, default_value_t = 15_000)]
     turn_ms: u32,
-    /// hs heartbeat period, ms, and the silent ticks that make a peer dead.
-    #[arg(long, default_value_t = 50)]
-    heartbeat_ms: u64,
-    #[arg(long, default_value_t = 6)]
-    dead_ticks: u32,
-    /// hs segment size, MiB.
-    #[arg(long, default_value_t = 64)]
-    segment_mb: u64,
     /// Balancer to report status to (repeat for a balancer pair).
     #[arg(long = "balancer")]
     balancers: Vec<String>,
@@ -100,15 +80,7 @@ fn main() -> ExitCode {
         eprintln!("gs-room: unknown game {:?}; games: gomoku", a.game);
         return ExitCode::from(2);
     };
-    let mut hs = hs::Config::new(&a.dir);
-    hs.listen = Some(a.hs_listen);
-    hs.peer = a.hs_peer;
-    hs.witness = a.witness;
-    hs.pair_id = a.pair_id;
-    hs.heartbeat_interval_ms = a.heartbeat_ms;
-    hs.heartbeat_dead_ticks = a.dead_ticks;
-    hs.segment_bytes = a.segment_mb << 20;
-    hs.record_bytes_max = (4 << 20).min(hs.segment_bytes as usize / 2);
+    let hs = a.hs.config(a.pair_id, 4 << 20);
     let rooms = (a.first_room..a.first_room + a.rooms)
         .map(|id| RoomConfig {
             id,
@@ -161,17 +133,5 @@ fn main() -> ExitCode {
         rs.admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
-    loop {
-        if let Some(e) = node.next_event(Duration::from_millis(200)) {
-            if matches!(
-                e,
-                hs::Event::RoleChanged { .. }
-                    | hs::Event::RolledBack { .. }
-                    | hs::Event::Resynced { .. }
-            ) {
-                println!("EVENT {e:?}");
-                let _ = std::io::stdout().flush();
-            }
-        }
-    }
+    gameserver::pairnode::print_events(&node)
 }

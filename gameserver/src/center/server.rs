@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use hs::{Node, NodeError, Op, Role};
 use parking_lot::Mutex;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -379,29 +379,13 @@ async fn serve_link(
     peer: SocketAddr,
     inbox: mpsc::Sender<Inbox>,
 ) {
-    let (mut rd, mut wr) = sock.into_split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(s.cfg.link_queue_frames_max);
+    let (mut rd, wr) = sock.into_split();
+    let (tx, rx) = mpsc::channel::<Bytes>(s.cfg.link_queue_frames_max);
     if inbox.send(Inbox::Opened(id, tx)).await.is_err() {
         return;
     }
     s.stats.links.fetch_add(1, Ordering::Relaxed);
-    let writer = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(64 << 10);
-        while let Some(b) = rx.recv().await {
-            buf.clear();
-            buf.extend_from_slice(&b);
-            while buf.len() < (256 << 10) {
-                match rx.try_recv() {
-                    Ok(b) => buf.extend_from_slice(&b),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = crate::link::spawn_link_writer(wr, rx);
     let hello_by = tokio::time::Instant::now() + Duration::from_millis(s.cfg.hello_timeout_ms);
     let mut hello = false;
     let mut buf = BytesMut::with_capacity(16 << 10);
