@@ -755,29 +755,50 @@ impl Game {
         });
     }
 
-    /// After a commit: the players whose activity changed are dirty; records
-    /// a game's end changed and the activity of players who left are saved
-    /// before the release (`before`: the room as it was before the events).
-    fn saves(&self, room: u32, before: &RoomState, events: &[RoomEvent], rel: &mut Release) {
+    /// Before a commit: the activity of the players `events` take out of
+    /// the room (saved at once: after the commit the room no longer has it).
+    fn leaving(&self, st: &RoomState, events: &[RoomEvent]) -> Vec<(u64, Activity)> {
+        if self.s.cfg.store.is_none() {
+            return Vec::new();
+        }
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RoomEvent::Left { player } => st.members.get(player).map(|m| (*player, m.activity)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// After a commit (`after`: the room with the events applied): the
+    /// players whose activity changed are dirty; the records a game's end
+    /// changed and the activity of those who left are saved before `rel`
+    /// is released.
+    fn saves(
+        &self,
+        room: u32,
+        after: &RoomState,
+        events: &[RoomEvent],
+        leaving: Vec<(u64, Activity)>,
+        rel: &mut Release,
+    ) {
         if self.s.cfg.store.is_none() {
             return;
         }
         rel.records = RoomState::ended_records(events);
+        rel.activity = leaving;
         let mut u = self.s.unsaved.lock();
         for e in events {
             match e {
                 RoomEvent::Entered { player, .. } | RoomEvent::Chat { player, .. } => {
                     u.mark(*player, room)
                 }
+                // The game a move was made in is still the table's (a move
+                // never starts a game, and an end keeps it for the record).
                 RoomEvent::Moved { table, seat, .. } => {
-                    let t = &before.tables[*table as usize];
+                    let t = &after.tables[*table as usize];
                     if let Some(p) = t.game.as_ref().map(|g| g.players[*seat as usize]) {
                         u.mark(p, room);
-                    }
-                }
-                RoomEvent::Left { player } => {
-                    if let Some(m) = before.members.get(player) {
-                        rel.activity.push((*player, m.activity));
                     }
                 }
                 _ => {}
@@ -867,7 +888,7 @@ impl Game {
             }
         };
         let first_seq = st.seq + 1;
-        let before = self.s.cfg.store.is_some().then(|| st.clone());
+        let leaving = self.leaving(st, &events);
         let mark = crate::room::replica::Mark {
             player,
             session,
@@ -891,14 +912,12 @@ impl Game {
             Request::Enter { .. } => Answer::Entered(st.snapshot()),
             _ => Answer::Done { room, seq: st.seq },
         };
-        drop(rooms);
         let mut rel = Release {
             pos: Some(pos),
             ..Release::default()
         };
-        if let Some(before) = &before {
-            self.saves(room, before, &events, &mut rel);
-        }
+        self.saves(room, st, &events, leaving, &mut rel);
+        drop(rooms);
         rel.out = self.fanout(room, first_seq, events);
         rel.out.push((
             link,
@@ -942,12 +961,7 @@ impl Game {
             .collect();
         for (room, events) in due {
             let first_seq = rooms.get()[&room].seq + 1;
-            let before = self
-                .s
-                .cfg
-                .store
-                .is_some()
-                .then(|| rooms.get()[&room].clone());
+            let leaving = self.leaving(&rooms.get()[&room], &events);
             let w = rooms.prepare(room, events.clone(), None);
             match self.publish(&w) {
                 Ok(pos) => {
@@ -957,9 +971,7 @@ impl Game {
                         pos: Some(pos),
                         ..Release::default()
                     };
-                    if let Some(before) = &before {
-                        self.saves(room, before, &events, &mut rel);
-                    }
+                    self.saves(room, &rooms.get()[&room], &events, leaving, &mut rel);
                     rel.out = self.fanout(room, first_seq, events);
                     self.queue(rel);
                 }
