@@ -664,3 +664,206 @@ fn the_witness_confirms_a_refusal_before_granting_on_it() {
         t0.elapsed()
     );
 }
+
+/// Item 5 with a real REJECT rule, as an operator's firewall or a middlebox
+/// would add, inside a network namespace of the test's own (made with
+/// unshare(2) on a thread of its own: the nodes' threads and sockets, the
+/// witness and the `nft` it runs all live in it, and it goes away with them;
+/// no traffic leaves its loopback). Needs root and nft (`scripts/setup.sh`
+/// installs nftables); as another user it says so and checks nothing.
+mod reject {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Runs `f` on a new thread inside a new network namespace with its
+    /// loopback up. `None` when this user may not make one.
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: creating a network namespace needs root (CI runs as root)");
+            return None;
+        }
+        let t = std::thread::spawn(move || {
+            // SAFETY: unshare only changes this thread's namespaces; CLONE_NEWNET
+            // is allowed in a multithreaded process.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            run("ip", &["link", "set", "lo", "up"], None);
+            f()
+        });
+        Some(t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    }
+
+    /// Runs a command (in the calling thread's namespace), failing the test on error.
+    fn run(cmd: &str, args: &[&str], stdin: Option<&str>) {
+        // Root's PATH has /usr/sbin; a stripped environment may not.
+        let sbin = format!("/usr/sbin/{cmd}");
+        let path = if Path::new(&sbin).exists() {
+            sbin.as_str()
+        } else {
+            cmd
+        };
+        let mut c = Command::new(path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{cmd}: {e} (run scripts/setup.sh: it installs nftables and iproute2)")
+            });
+        if let Some(text) = stdin {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        drop(c.stdin.take());
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Rejects every TCP connection to `port` with a reset, and resets the
+    /// packets of the connections already open to it: the kernel's "refused",
+    /// while the process behind the port lives on.
+    fn reject(port: u16) {
+        run(
+            "nft",
+            &["-f", "-"],
+            Some(&format!(
+                "table inet hs_reject {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  tcp dport {port} reject with tcp reset\n }}\n}}\n"
+            )),
+        );
+    }
+
+    fn lift() {
+        run("nft", &["delete", "table", "inet", "hs_reject"], None);
+    }
+
+    /// Watches `b` for `watch`: a promotion in that time is the bug.
+    fn never_promotes(a: &Node, b: &Node, watch: Duration, why: &str) {
+        let t0 = Instant::now();
+        while t0.elapsed() < watch {
+            if b.role() == Role::Master {
+                let mut events = Vec::new();
+                while let Some(e) = b.next_event(Duration::ZERO) {
+                    events.push(e);
+                }
+                panic!(
+                    "B promoted {:?} after the REJECT rule, while A lives ({why}): {events:?}",
+                    t0.elapsed()
+                );
+            }
+            assert_eq!(a.role(), Role::Master, "A stopped serving");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Without a witness: B's connections to A are refused, but A's calls
+    /// reach B, so B holds; once the rule lifts, the pair replicates again;
+    /// once A's process is really gone (the rule still up), B promotes.
+    #[test]
+    fn a_reject_rule_in_front_of_a_live_master_does_not_make_a_second_master() {
+        in_new_netns(|| {
+            let da = tempfile::tempdir().unwrap();
+            let db = tempfile::tempdir().unwrap();
+            let (pa, pb) = two_ports();
+            let ka = Kv::default();
+            let kb = Kv::default();
+            let a = Node::start(cfg(da.path(), pa, pb, 1), Role::Master, ka.clone()).unwrap();
+            let b = Node::start(cfg(db.path(), pb, pa, 2), Role::Slave, kb.clone()).unwrap();
+            until("the pair", || {
+                a.role() == Role::Master && b.role() == Role::Slave
+            });
+            write_acked(&a, &ka, "before", 20);
+            reject(pa.port());
+            // Five times the longest a refusal is held (20 ms x (5 + 4) ticks).
+            never_promotes(
+                &a,
+                &b,
+                Duration::from_millis(5 * 20 * (5 + 4)),
+                "no witness",
+            );
+            a.put(b"still", b"master").unwrap();
+            ka.0.lock()
+                .unwrap()
+                .insert(b"still".to_vec(), b"master".to_vec());
+            lift();
+            write_acked(&a, &ka, "after-lift", 20);
+            until("B to apply A's log", || {
+                b.stats().applied == a.stats().written
+            });
+            assert_same(&ka, &kb);
+            reject(pa.port());
+            drop(a);
+            let t0 = Instant::now();
+            until("B to promote once A is gone", || b.role() == Role::Master);
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "B took {:?} to promote after A died",
+                t0.elapsed()
+            );
+            b.put(b"after", b"b").unwrap();
+        });
+    }
+
+    /// With a witness, which the REJECT rule refuses too (it sits on A's host):
+    /// "refused from two places" is not enough while A renews its lease, so no
+    /// grant; once A is gone its renewals stop and B promotes within a few ticks.
+    #[test]
+    fn a_reject_rule_that_refuses_the_witness_too_does_not_make_a_second_master() {
+        in_new_netns(|| {
+            let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let waddr = wl.local_addr().unwrap();
+            wl.set_nonblocking(true).unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let hold = hs::node::witness::hold_for(20, 5);
+            rt.spawn(async move {
+                hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
+            });
+            let da = tempfile::tempdir().unwrap();
+            let db = tempfile::tempdir().unwrap();
+            let (pa, pb) = two_ports();
+            let mut ca = cfg(da.path(), pa, pb, 1);
+            ca.witness = Some(waddr);
+            let mut cb = cfg(db.path(), pb, pa, 2);
+            cb.witness = Some(waddr);
+            let ka = Kv::default();
+            let a = Node::start(ca, Role::Master, ka.clone()).unwrap();
+            let b = Node::start(cb, Role::Slave, Kv::default()).unwrap();
+            until("the pair with a witness", || {
+                a.role() == Role::Master && a.is_writable() && b.role() == Role::Slave
+            });
+            write_acked(&a, &ka, "before", 20);
+            reject(pa.port());
+            never_promotes(&a, &b, 5 * hold, "it renews with the witness");
+            assert!(
+                a.is_writable(),
+                "A lost its lease while the witness hears it"
+            );
+            drop(a);
+            let t0 = Instant::now();
+            until("B to promote once A is gone", || {
+                b.role() == Role::Master && b.is_writable()
+            });
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "B took {:?} to promote after A died",
+                t0.elapsed()
+            );
+            drop(b);
+            drop(rt);
+        });
+    }
+}

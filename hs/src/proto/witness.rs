@@ -2,7 +2,10 @@
 //! It remembers, per pair, which node is master in which epoch and when that
 //! master last renewed. It grants a promotion only to a newer epoch, and only
 //! when the recorded master has been silent longer than a lease plus a margin,
-//! or when the master's port refused both the requester and the witness itself.
+//! or when the master's port refused both the requester and the witness itself
+//! *and* the master has missed its renewals (two of its own renewal intervals):
+//! a REJECT rule on the master's host refuses everyone while the master lives,
+//! and a living master renews.
 //! Renewals from an older epoch are answered `Fenced`: that node must step down.
 
 use std::collections::HashMap;
@@ -50,8 +53,22 @@ struct PairState {
     epoch: u32,
     holder: u64,
     renewed: Instant,
+    /// The longest recent interval between two renewals of the holder (it
+    /// decays by an eighth a renewal), learned from the renewals themselves:
+    /// the witness needs no copy of the pair's tick. `None` until the second.
+    gap: Option<Duration>,
     /// The holder's replication address, from its renewals.
     addr: Option<SocketAddr>,
+}
+
+impl PairState {
+    /// Whether the holder still renews: its last renewal is younger than two
+    /// of its renewal intervals (the hold while no interval is known yet).
+    /// A confirmed refusal grants a promotion only once this is false.
+    fn renewing(&self, now: Instant, hold: Duration) -> bool {
+        let window = self.gap.map_or(hold, |g| (2 * g).min(hold));
+        now.saturating_duration_since(self.renewed) <= window
+    }
 }
 
 #[derive(Debug)]
@@ -101,6 +118,7 @@ impl Witness {
                 epoch,
                 holder: node,
                 renewed: now,
+                gap: None,
                 addr,
             },
         );
@@ -126,6 +144,11 @@ impl Witness {
                 addr,
             } => match self.pairs.get_mut(&pair) {
                 Some(p) if p.holder == node && p.epoch == epoch => {
+                    let gap = now.saturating_duration_since(p.renewed);
+                    p.gap = Some(match p.gap {
+                        Some(g) => gap.max(g - g / 8),
+                        None => gap,
+                    });
                     p.renewed = now;
                     if addr.is_some() {
                         p.addr = addr;
@@ -148,9 +171,14 @@ impl Witness {
                 dead,
             } => {
                 let fresh = now.saturating_duration_since(started) <= self.hold;
+                let hold = self.hold;
                 match self.pairs.get(&pair) {
                     Some(p) if epoch <= p.epoch => refuse(p),
-                    // Refused both to the requester and to the witness: the process is gone.
+                    // Refused both to the requester and to the witness, but the
+                    // holder still renews: something on its host refuses for it
+                    // (a REJECT rule on its port) while it lives and serves.
+                    Some(p) if dead && p.holder != node && p.renewing(now, hold) => refuse(p),
+                    // Refused to both, and its renewals stopped: the process is gone.
                     _ if dead => self.record(now, pair, node, epoch, None),
                     // Just started: a master may still run on a lease from our previous life.
                     Some(p) if fresh && p.holder != node => refuse(p),
@@ -274,31 +302,51 @@ mod tests {
                 holder: 20
             }
         );
-        // The kernel's word that the master is dead is enough, even right after a renewal.
-        assert!(
+        // Refused to the requester and to the witness, but the holder renews
+        // (a REJECT rule on its host refuses everyone while it lives): no grant
+        // while it keeps renewing, within two of its renewal intervals.
+        let mut w = Witness::new(Duration::from_millis(300));
+        let renew = |w: &mut Witness, at| {
             w.handle(
-                ms(700),
+                ms(at),
                 Request::Renew {
                     pair: 1,
                     node: 20,
                     epoch: 2,
-                    addr: None
-                }
+                    addr: None,
+                },
             )
             .granted
-        );
-        assert!(
+        };
+        let dead = |w: &mut Witness, at, epoch| {
             w.handle(
-                ms(701),
+                ms(at),
                 Request::Promote {
                     pair: 1,
                     node: 10,
-                    epoch: 3,
-                    dead: true
-                }
+                    epoch,
+                    dead: true,
+                },
             )
             .granted
+        };
+        assert!(renew(&mut w, 400));
+        // One renewal: no interval known yet, so the hold is the window.
+        assert!(
+            !dead(&mut w, 650, 3),
+            "granted within the hold after one renewal"
         );
+        for at in [450, 500, 550, 600] {
+            assert!(renew(&mut w, at));
+        }
+        assert!(!dead(&mut w, 601, 3), "granted right after a renewal");
+        assert!(!dead(&mut w, 690, 3), "granted a tick after a renewal");
+        // Its renewals stopped for two intervals (2 x 50 ms): the process is gone.
+        assert!(
+            dead(&mut w, 701, 3),
+            "a confirmed refusal and no renewals: grant"
+        );
+        assert!(!renew(&mut w, 702), "the old holder is fenced");
         // Pairs are independent (and past the first hold period, a new pair is granted).
         assert!(
             w.handle(
