@@ -165,6 +165,10 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
         s.cfg.heartbeat_dead_ticks,
     ))
     .as_nanos() as u64;
+    // The connection of the latest granted renewal, held open until the next
+    // one is answered: the witness takes its close (this process's death) as
+    // proof beside a refusal it confirms itself.
+    let mut _held: Option<super::witness::HeldLink> = None;
     loop {
         let sent = s.now_ns();
         let req = crate::proto::witness::Request::Renew {
@@ -174,7 +178,14 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             // Where the witness tries this master itself when a slave reports it refused.
             addr: *s.local_addr.lock(),
         };
-        match super::witness::ask_with(w, req, hb, s.cfg.secret.as_ref()).await {
+        let answer = super::witness::renew_held(w, req, hb, s.cfg.secret.as_ref()).await;
+        let answer = answer.map(|(r, link)| {
+            if r.granted {
+                _held = Some(link);
+            }
+            r
+        });
+        match answer {
             Some(r) if r.granted => s.renew_lease(sent + lease),
             Some(r) if r.epoch > epoch => {
                 s.request_step_down(format!(

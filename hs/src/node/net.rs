@@ -48,6 +48,12 @@ impl FrameReader {
         self.frame_bytes_max = n;
     }
 
+    /// The socket's read half, the buffer dropped (a connection kept only to
+    /// see it close).
+    pub fn into_inner(self) -> OwnedReadHalf {
+        self.rd
+    }
+
     /// A frame already in the buffer, without reading.
     pub fn try_next(&mut self) -> Result<Option<Frame>, NetError> {
         Ok(Frame::decode(&mut self.buf, self.frame_bytes_max)?)

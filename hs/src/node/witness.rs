@@ -1,5 +1,7 @@
 //! The witness over TCP: a client (`ask`) for nodes, and a server (`serve`) that
-//! `hs-witness` and the balancer run. One request, one reply, per connection.
+//! `hs-witness` and the balancer run. One request, one reply, per connection;
+//! a master's renewal connection then stays open until its next renewal has
+//! been answered (`linger`), so the witness sees a dead master's socket close.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,19 @@ const WITNESS_FRAME_BYTES_MAX: usize = 256;
 pub const WITNESS_CONNS_MAX: usize = 256;
 /// How long a connection has to send its request.
 const WITNESS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest the witness watches a held renewal link for its close. A master
+/// replaces its link every tick; one that stops renewing is caught by the gap
+/// in its renewals instead. Each held link costs a task and a socket (no
+/// buffer) and counts against `WITNESS_CONNS_MAX`, oldest closed first
+/// (closing one on our side marks nothing).
+const WITNESS_LINGER_MAX: Duration = Duration::from_secs(10);
+
+/// A renewal connection a master holds open until its next renewal has been
+/// answered: dropping it (or the process dying) closes it.
+pub struct HeldLink {
+    _rd: tokio::net::tcp::OwnedReadHalf,
+    _wr: tokio::net::tcp::OwnedWriteHalf,
+}
 
 /// Asks the witness; `None` if it cannot be reached or answer within `timeout`.
 pub async fn ask(addr: SocketAddr, req: Request, timeout: Duration) -> Option<Reply> {
@@ -34,6 +49,31 @@ pub async fn ask_with(
     timeout: Duration,
     secret: Option<&Secret>,
 ) -> Option<Reply> {
+    exchange(addr, req, false, timeout, secret)
+        .await
+        .map(|(r, _)| r)
+}
+
+/// A renewal whose connection the caller holds open (until its next renewal
+/// has been answered): the witness takes the connection's close, with no newer
+/// renewal, for the master's death.
+pub async fn renew_held(
+    addr: SocketAddr,
+    req: Request,
+    timeout: Duration,
+    secret: Option<&Secret>,
+) -> Option<(Reply, HeldLink)> {
+    debug_assert!(matches!(req, Request::Renew { .. }));
+    exchange(addr, req, true, timeout, secret).await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    req: Request,
+    linger: bool,
+    timeout: Duration,
+    secret: Option<&Secret>,
+) -> Option<(Reply, HeldLink)> {
     let fut = async {
         let stream = TcpStream::connect(addr).await.ok()?;
         stream.set_nodelay(true).ok()?;
@@ -58,6 +98,7 @@ pub async fn ask_with(
                 epoch,
                 promote: false,
                 dead: false,
+                linger,
                 addr,
             },
             Request::Promote {
@@ -71,6 +112,7 @@ pub async fn ask_with(
                 epoch,
                 promote: true,
                 dead,
+                linger: false,
                 addr: None,
             },
         };
@@ -87,11 +129,17 @@ pub async fn ask_with(
                 granted,
                 epoch,
                 holder,
-            } => Some(Reply {
-                granted,
-                epoch,
-                holder,
-            }),
+            } => Some((
+                Reply {
+                    granted,
+                    epoch,
+                    holder,
+                },
+                HeldLink {
+                    _rd: reader.into_inner(),
+                    _wr: wr,
+                },
+            )),
             _ => None,
         }
     };
@@ -139,6 +187,7 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                 }
                 Err(_) => return,
             };
+            let held;
             let req = match first {
                 Frame::WitnessRequest {
                     pair,
@@ -146,8 +195,10 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                     epoch,
                     promote,
                     dead,
+                    linger,
                     addr,
                 } => {
+                    held = (!promote && linger).then_some((pair, node, epoch));
                     if promote {
                         // "Refused", as the requester saw it, is confirmed from here
                         // at the address the holder gave, or the request counts as
@@ -189,11 +240,12 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                     return;
                 }
             };
-            let reply = state.lock().handle(Instant::now(), req);
+            let at = Instant::now();
+            let reply = state.lock().handle(at, req);
             if matches!(req, Request::Promote { .. }) {
                 tracing::info!(%peer, ?req, ?reply, "promotion request");
             }
-            let _ = write_first(
+            let sent = write_first(
                 &mut wr,
                 &hs,
                 &Frame::WitnessReply {
@@ -203,6 +255,21 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                 },
             )
             .await;
+            // A held renewal link: watch it for its close by the master's end.
+            if let (Some((pair, node, epoch)), true, Ok(())) = (held, reply.granted, sent) {
+                let mut rd = reader.into_inner();
+                let mut byte = [0u8; 1];
+                use tokio::io::AsyncReadExt;
+                match tokio::time::timeout(WITNESS_LINGER_MAX, rd.read(&mut byte)).await {
+                    // End of stream or a reset: the master's end closed it.
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        state.lock().link_closed(pair, node, epoch, at);
+                        tracing::debug!(%peer, pair, node, "a held renewal link closed");
+                    }
+                    // Bytes on a held link, or the bound reached: nothing learned.
+                    _ => {}
+                }
+            }
         });
         pending.push(h.abort_handle());
     }

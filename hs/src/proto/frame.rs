@@ -133,6 +133,11 @@ pub enum Frame {
         epoch: u32,
         promote: bool,
         dead: bool,
+        /// A renewal: the master holds this connection open until its next
+        /// renewal has been answered, so its close with no newer renewal tells
+        /// the witness the process is gone (the kernel closes a dead process's
+        /// sockets). Bit 1 of the `dead` byte; older nodes send 0.
+        linger: bool,
         /// A renewal: the master's replication address (its `listen`; an
         /// unspecified IP stands for the address it connects from), which the
         /// witness tries itself when a slave reports it refused. Appended;
@@ -416,13 +421,15 @@ impl Frame {
                 epoch,
                 promote,
                 dead,
+                linger,
                 addr,
             } => {
                 p.put_u64_le(*pair);
                 p.put_u64_le(*node);
                 p.put_u32_le(*epoch);
                 p.put_u8(*promote as u8);
-                p.put_u8(*dead as u8);
+                // { dead bit 0 | linger bit 1 }
+                p.put_u8(*dead as u8 | (*linger as u8) << 1);
                 // { family u8 (4 | 6) | port u16 | ip [4 | 16] }, only when known
                 match addr {
                     None => {}
@@ -634,12 +641,15 @@ impl Frame {
             }
             K_WITNESS_REQ => {
                 r.need(22, "witness request shorter than 22 bytes")?;
+                let (pair, node, epoch, promote) = (r.u64()?, r.u64()?, r.u32()?, r.u8()? != 0);
+                let bits = r.u8()?;
                 Frame::WitnessRequest {
-                    pair: r.u64()?,
-                    node: r.u64()?,
-                    epoch: r.u32()?,
-                    promote: r.u8()? != 0,
-                    dead: r.u8()? != 0,
+                    pair,
+                    node,
+                    epoch,
+                    promote,
+                    dead: bits & 1 != 0,
+                    linger: bits & 2 != 0,
                     addr: match r.p.len() {
                         0 => None,
                         _ => match r.u8()? {
@@ -807,19 +817,21 @@ mod tests {
                 any::<u32>(),
                 any::<bool>(),
                 any::<bool>(),
+                any::<bool>(),
                 // What the wire carries: IP and port (no IPv6 flow or scope).
                 proptest::option::of(prop_oneof![
                     (any::<[u8; 4]>(), any::<u16>()).prop_map(SocketAddr::from),
                     (any::<[u8; 16]>(), any::<u16>()).prop_map(SocketAddr::from),
                 ])
             )
-                .prop_map(|(pair, node, epoch, promote, dead, addr)| {
+                .prop_map(|(pair, node, epoch, promote, dead, linger, addr)| {
                     Frame::WitnessRequest {
                         pair,
                         node,
                         epoch,
                         promote,
                         dead,
+                        linger,
                         addr,
                     }
                 }),
@@ -964,6 +976,7 @@ mod tests {
                 epoch: 3,
                 promote: true,
                 dead: false,
+                linger: false,
                 addr: None,
             },
             Frame::WitnessRequest {
@@ -972,6 +985,7 @@ mod tests {
                 epoch: 3,
                 promote: false,
                 dead: false,
+                linger: true,
                 addr: Some("[::1]:7".parse().unwrap()),
             },
             Frame::WitnessReply {

@@ -57,6 +57,9 @@ struct PairState {
     /// decays by an eighth a renewal), learned from the renewals themselves:
     /// the witness needs no copy of the pair's tick. `None` until the second.
     gap: Option<Duration>,
+    /// The connection that carried the holder's latest renewal was closed by
+    /// the holder's end, with no newer renewal: see [`Witness::link_closed`].
+    link_closed: bool,
     /// The holder's replication address, from its renewals.
     addr: Option<SocketAddr>,
 }
@@ -119,6 +122,7 @@ impl Witness {
                 holder: node,
                 renewed: now,
                 gap: None,
+                link_closed: false,
                 addr,
             },
         );
@@ -126,6 +130,21 @@ impl Witness {
             granted: true,
             epoch,
             holder: node,
+        }
+    }
+
+    /// The connection that carried `node`'s renewal of `pair` in `epoch`,
+    /// answered at `renewed`, was closed by the node's end (end of stream or
+    /// reset). A living master holds that connection open until its next
+    /// renewal has been answered, and the kernel closes a dead process's
+    /// sockets: if no newer renewal came in between, the process is gone (or
+    /// has stopped renewing on purpose), and a refusal confirmed from here
+    /// needs no wait for its renewals to stop.
+    pub fn link_closed(&mut self, pair: u64, node: u64, epoch: u32, renewed: Instant) {
+        if let Some(p) = self.pairs.get_mut(&pair) {
+            if p.holder == node && p.epoch == epoch && p.renewed == renewed {
+                p.link_closed = true;
+            }
         }
     }
 
@@ -150,6 +169,7 @@ impl Witness {
                         None => gap,
                     });
                     p.renewed = now;
+                    p.link_closed = false;
                     if addr.is_some() {
                         p.addr = addr;
                     }
@@ -175,10 +195,16 @@ impl Witness {
                 match self.pairs.get(&pair) {
                     Some(p) if epoch <= p.epoch => refuse(p),
                     // Refused both to the requester and to the witness, but the
-                    // holder still renews: something on its host refuses for it
-                    // (a REJECT rule on its port) while it lives and serves.
-                    Some(p) if dead && p.holder != node && p.renewing(now, hold) => refuse(p),
-                    // Refused to both, and its renewals stopped: the process is gone.
+                    // holder still renews and holds its renewal link open:
+                    // something on its host refuses for it (a REJECT rule on
+                    // its port) while it lives and serves.
+                    Some(p)
+                        if dead && p.holder != node && !p.link_closed && p.renewing(now, hold) =>
+                    {
+                        refuse(p)
+                    }
+                    // Refused to both, and its renewal link closed or its
+                    // renewals stopped: the process is gone.
                     _ if dead => self.record(now, pair, node, epoch, None),
                     // Just started: a master may still run on a lease from our previous life.
                     Some(p) if fresh && p.holder != node => refuse(p),
@@ -347,6 +373,39 @@ mod tests {
             "a confirmed refusal and no renewals: grant"
         );
         assert!(!renew(&mut w, 702), "the old holder is fenced");
+
+        // A held renewal link: its close after a newer renewal is the normal
+        // hand-over (no effect); its close with no newer renewal is a death,
+        // and a confirmed refusal is then granted at once.
+        let mut w = Witness::new(Duration::from_millis(300));
+        assert!(renew(&mut w, 400));
+        assert!(renew(&mut w, 450));
+        w.link_closed(1, 20, 2, ms(400));
+        assert!(
+            !dead(&mut w, 451, 3),
+            "an older link's close is the hand-over"
+        );
+        w.link_closed(1, 20, 2, ms(450));
+        assert!(
+            dead(&mut w, 452, 3),
+            "the latest link closed and refused: grant"
+        );
+        // A closed link alone (no refusal confirmed) is not a grant.
+        let mut w = Witness::new(Duration::from_millis(300));
+        assert!(renew(&mut w, 400));
+        w.link_closed(1, 20, 2, ms(400));
+        assert!(
+            !w.handle(
+                ms(401),
+                Request::Promote {
+                    pair: 1,
+                    node: 10,
+                    epoch: 3,
+                    dead: false
+                }
+            )
+            .granted
+        );
         // Pairs are independent (and past the first hold period, a new pair is granted).
         assert!(
             w.handle(
