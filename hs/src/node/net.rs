@@ -138,7 +138,11 @@ impl Pending {
 
     /// Makes room for one more (closing the oldest if full); returns whether one was closed.
     pub fn make_room(&mut self) -> bool {
-        self.tasks.retain(|t| !t.is_finished());
+        // Finished tasks are dropped only when the cap is reached: O(max) once
+        // per `max` admissions at worst, not once per admission.
+        if self.tasks.len() >= self.max {
+            self.tasks.retain(|t| !t.is_finished());
+        }
         if self.tasks.len() < self.max {
             return false;
         }

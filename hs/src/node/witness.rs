@@ -25,10 +25,14 @@ pub const WITNESS_CONNS_MAX: usize = 256;
 const WITNESS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest the witness watches a held renewal link for its close. A master
 /// replaces its link every tick; one that stops renewing is caught by the gap
-/// in its renewals instead. Each held link costs a task and a socket (no
-/// buffer) and counts against `WITNESS_CONNS_MAX`, oldest closed first
-/// (closing one on our side marks nothing).
+/// in its renewals instead.
 const WITNESS_LINGER_MAX: Duration = Duration::from_secs(10);
+/// Held renewal links watched at once: about one per pair whose master renews
+/// here (two for a tick while a master replaces its link). Each costs a task
+/// and a socket, no buffer. Past the cap the oldest watch is let go (closing
+/// it on this side marks nothing): that pair's master is then judged by the
+/// gap in its renewals alone, about two ticks slower on a SIGKILL.
+pub const WITNESS_HELD_LINKS_MAX: usize = 8192;
 
 /// A renewal connection a master holds open until its next renewal has been
 /// answered: dropping it (or the process dying) closes it.
@@ -158,6 +162,7 @@ pub async fn serve(listener: TcpListener, hold: Duration) {
 pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Secret>) {
     let state = Arc::new(Mutex::new(Witness::new(hold)));
     let mut pending = super::net::Pending::new(WITNESS_CONNS_MAX);
+    let held_links = Arc::new(Mutex::new(super::net::Pending::new(WITNESS_HELD_LINKS_MAX)));
     let secret = Arc::new(secret);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -169,6 +174,7 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
         }
         let state = state.clone();
         let secret = secret.clone();
+        let held_links = held_links.clone();
         let h = tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (rd, mut wr) = stream.into_split();
@@ -255,20 +261,30 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                 },
             )
             .await;
-            // A held renewal link: watch it for its close by the master's end.
+            // A held renewal link: watched for its close by the master's end,
+            // in a task of its own under its own cap (this connection's slot
+            // among the requests is freed).
             if let (Some((pair, node, epoch)), true, Ok(())) = (held, reply.granted, sent) {
-                let mut rd = reader.into_inner();
-                let mut byte = [0u8; 1];
-                use tokio::io::AsyncReadExt;
-                match tokio::time::timeout(WITNESS_LINGER_MAX, rd.read(&mut byte)).await {
-                    // End of stream or a reset: the master's end closed it.
-                    Ok(Ok(0)) | Ok(Err(_)) => {
-                        state.lock().link_closed(pair, node, epoch, at);
-                        tracing::debug!(%peer, pair, node, "a held renewal link closed");
+                let (mut rd, wr) = (reader.into_inner(), wr);
+                let watch = tokio::spawn(async move {
+                    let _wr = wr;
+                    let mut byte = [0u8; 1];
+                    use tokio::io::AsyncReadExt;
+                    match tokio::time::timeout(WITNESS_LINGER_MAX, rd.read(&mut byte)).await {
+                        // End of stream or a reset: the master's end closed it.
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            state.lock().link_closed(pair, node, epoch, at);
+                            tracing::debug!(%peer, pair, node, "a held renewal link closed");
+                        }
+                        // Bytes on a held link, or the bound reached: nothing learned.
+                        _ => {}
                     }
-                    // Bytes on a held link, or the bound reached: nothing learned.
-                    _ => {}
+                });
+                let mut links = held_links.lock();
+                if links.make_room() {
+                    tracing::debug!("witness at its held-link cap; let the oldest go");
                 }
+                links.push(watch.abort_handle());
             }
         });
         pending.push(h.abort_handle());
