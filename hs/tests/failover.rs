@@ -867,3 +867,69 @@ mod reject {
         });
     }
 }
+
+/// The witness's second sign of a dead master, on its own: a refusal it
+/// confirms itself is granted at once only after the master's held renewal
+/// link has closed; while the link is held (the master lives, its port
+/// refused by something on its host), the request is refused for as long as
+/// the hold lasts.
+#[test]
+fn the_witness_grants_on_a_confirmed_refusal_once_the_held_renewal_link_closes() {
+    use hs::proto::witness::Request;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let wl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let waddr = wl.local_addr().unwrap();
+        // A hold far longer than the test: only the closed link can explain a grant.
+        tokio::spawn(hs::node::witness::serve(wl, Duration::from_secs(60)));
+        // The master's "replication address": a port that refuses (nothing listens).
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let t = Duration::from_secs(2);
+        let renew = Request::Renew {
+            pair: 7,
+            node: 20,
+            epoch: 2,
+            addr: Some(refusing),
+        };
+        let (r, link) = hs::node::witness::renew_held(waddr, renew, t, None)
+            .await
+            .unwrap();
+        assert!(r.granted, "the first renewal records the master");
+        let promote = Request::Promote {
+            pair: 7,
+            node: 10,
+            epoch: 3,
+            dead: true,
+        };
+        for _ in 0..5 {
+            let r = hs::node::witness::ask(waddr, promote, t).await.unwrap();
+            assert!(
+                !r.granted,
+                "granted while the master holds its renewal link"
+            );
+            assert_eq!((r.epoch, r.holder), (2, 20));
+        }
+        drop(link);
+        let t0 = Instant::now();
+        loop {
+            let r = hs::node::witness::ask(waddr, promote, t).await.unwrap();
+            if r.granted {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "no grant after the link closed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The old master's next renewal is fenced.
+        let r = hs::node::witness::ask(waddr, renew, t).await.unwrap();
+        assert_eq!((r.granted, r.epoch, r.holder), (false, 3, 10));
+    });
+}
