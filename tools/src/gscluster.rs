@@ -142,8 +142,18 @@ fn gateway_keys(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
         dir.join("gateway-cert.pem"),
         dir.join("gateway-cert-key.pem"),
     );
-    let write =
-        |p: &Path, text: &str| std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()));
+    // Owner-only, as private keys should be even on a development machine.
+    let write = |p: &Path, text: &str| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
     if !nk.exists() {
         write(
             &nk,
