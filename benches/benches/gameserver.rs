@@ -119,5 +119,45 @@ fn room_move(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, frames, room_move);
+/// Noise (`proto::noise`): one frame sealed by the client and opened and
+/// decoded by the gateway (a Move frame, and a 4 KiB snapshot-sized one),
+/// and one whole NK handshake (both sides).
+fn noise(c: &mut Criterion) {
+    use gameserver::proto::noise::{next_frame, respond, take_message, Initiator, StaticKey};
+    let key = StaticKey::generate();
+    let session = || {
+        let mut wire = BytesMut::new();
+        let i = Initiator::start(&key.public(), &mut wire).unwrap();
+        let m1 = take_message(&mut wire).unwrap();
+        let g = respond(&key, &m1, &mut wire).unwrap();
+        let m2 = take_message(&mut wire).unwrap();
+        (i.finish(&m2).unwrap(), g)
+    };
+    let req = Request::Move {
+        room: 7,
+        table: 3,
+        mv: vec![7, 7],
+    };
+    let small = Frame::new(Kind::Request, 42, 1, Bytes::from(msg::encode(&req))).to_bytes();
+    let big = Frame::new(Kind::Push, 0, 1, Bytes::from(vec![5u8; 4096])).to_bytes();
+    let mut g = c.benchmark_group("noise");
+    for (name, f) in [("seal_open_move", &small), ("seal_open_4k", &big)] {
+        let ((mut cs, _), (_, mut go)) = session();
+        let (mut wire, mut plain) = (BytesMut::new(), BytesMut::new());
+        g.throughput(Throughput::Bytes(f.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                cs.seal(f, &mut wire).unwrap();
+                next_frame(&mut go, &mut wire, &mut plain, 64 << 10)
+                    .unwrap()
+                    .unwrap()
+            })
+        });
+    }
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("handshake", |b| b.iter(session));
+    g.finish();
+}
+
+criterion_group!(benches, tokens, frames, room_move, noise);
 criterion_main!(benches);

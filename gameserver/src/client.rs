@@ -36,6 +36,7 @@ use crate::proto::msg::{
     self, Answer, Auth, Bye, CenterRequest, ErrorCode, Fail, GameView, MemberView, Pong, Push,
     Reply, Request, RoomEvent, RoomSnapshot, TableView, Welcome, PROTOCOL_VERSION,
 };
+use crate::proto::noise;
 use crate::token::now_ms;
 
 /// Pushes queued for the application before the reader waits for it (and
@@ -70,6 +71,17 @@ pub enum Target {
     Ws(String),
     /// WebSocket from a chosen local address (as [`Target::TcpFrom`]).
     WsFrom { url: String, bind: IpAddr },
+    /// TCP encrypted with Noise NK (`proto::noise`): `gateway_key` is the
+    /// gateway's static public key; a gateway without its private half fails
+    /// the handshake.
+    Noise {
+        addr: SocketAddr,
+        gateway_key: [u8; noise::KEY_BYTES],
+    },
+    /// WebSocket over TLS, `wss://host:port/path`, trusting only the
+    /// certificates in `ca_pem` (PEM: a self-signed gateway's own certificate,
+    /// or the CA that signed it). The name in the URL must be in the certificate.
+    Wss { url: String, ca_pem: String },
 }
 
 impl Target {
@@ -86,6 +98,8 @@ impl std::fmt::Display for Target {
             Target::TcpFrom { addr, bind } => write!(f, "tcp://{addr} from {bind}"),
             Target::Ws(u) => f.write_str(u),
             Target::WsFrom { url, bind } => write!(f, "{url} from {bind}"),
+            Target::Noise { addr, .. } => write!(f, "noise://{addr}"),
+            Target::Wss { url, .. } => f.write_str(url),
         }
     }
 }
@@ -476,14 +490,33 @@ impl Drop for PendingGuard<'_> {
 
 /// The receiving half of a transport: whole frames.
 enum FrameRead {
-    Tcp { rd: OwnedReadHalf, buf: BytesMut },
+    Tcp {
+        rd: OwnedReadHalf,
+        buf: BytesMut,
+    },
     Ws(SplitStream<WebSocketStream<TcpStream>>),
+    Noise {
+        rd: OwnedReadHalf,
+        wire: BytesMut,
+        plain: BytesMut,
+        opener: noise::Opener,
+    },
+    Wss(SplitStream<WebSocketStream<WssStream>>),
 }
+
+/// A client's TLS connection under `wss://`.
+type WssStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The sending half of a transport.
 enum FrameWrite {
     Tcp(OwnedWriteHalf),
     Ws(SplitSink<WebSocketStream<TcpStream>, Message>),
+    Noise {
+        wr: OwnedWriteHalf,
+        sealer: noise::Sealer,
+        buf: BytesMut,
+    },
+    Wss(SplitSink<WebSocketStream<WssStream>, Message>),
 }
 
 impl FrameRead {
@@ -523,6 +556,44 @@ impl FrameRead {
                     Some(Ok(_)) => {} // ping/pong of the WebSocket layer: answered by tungstenite
                 }
             },
+            FrameRead::Noise {
+                rd,
+                wire,
+                plain,
+                opener,
+            } => loop {
+                if let Some(f) = noise::next_frame(opener, wire, plain, FRAME_PAYLOAD_BYTES_MAX)
+                    .map_err(|e| e.to_string())?
+                {
+                    return Ok(Some(f));
+                }
+                if wire.capacity() - wire.len() < 1024 {
+                    wire.reserve(READ_BUFFER_BYTES);
+                }
+                let n = rd.read_buf(wire).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return if wire.is_empty() && plain.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err("the connection ended inside a Noise message or frame".into())
+                    };
+                }
+            },
+            FrameRead::Wss(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(None),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(Message::Binary(b))) => {
+                        return frame::decode_message(&b, FRAME_PAYLOAD_BYTES_MAX)
+                            .map(Some)
+                            .map_err(|e| e.to_string())
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return Err("a text WebSocket message (frames are binary)".into())
+                    }
+                    Some(Ok(_)) => {}
+                }
+            },
         }
     }
 }
@@ -548,6 +619,22 @@ impl FrameWrite {
                 }
                 s.flush().await.map_err(|e| e.to_string())
             }
+            FrameWrite::Noise { wr, sealer, buf } => {
+                for f in frames {
+                    sealer.seal(f, buf).map_err(|e| e.to_string())?;
+                }
+                let r = wr.write_all(buf).await.map_err(|e| e.to_string());
+                buf.clear();
+                r
+            }
+            FrameWrite::Wss(s) => {
+                for f in frames {
+                    s.feed(Message::Binary(f.clone()))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                s.flush().await.map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -557,6 +644,12 @@ impl FrameWrite {
                 let _ = w.shutdown().await;
             }
             FrameWrite::Ws(s) => {
+                let _ = s.close().await;
+            }
+            FrameWrite::Noise { wr, .. } => {
+                let _ = wr.shutdown().await;
+            }
+            FrameWrite::Wss(s) => {
                 let _ = s.close().await;
             }
         }
@@ -603,6 +696,103 @@ fn ws_authority(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("ws://")?;
     let auth = rest.split('/').next()?;
     (!auth.is_empty()).then_some(auth)
+}
+
+/// The client's side of the Noise handshake on a fresh connection.
+async fn noise_handshake(
+    mut s: TcpStream,
+    gateway_key: &[u8; noise::KEY_BYTES],
+) -> Result<(FrameRead, FrameWrite), String> {
+    let mut out = BytesMut::new();
+    let init = noise::Initiator::start(gateway_key, &mut out).map_err(|e| e.to_string())?;
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    // The answer is one handshake message: read exactly its bytes.
+    let mut m = [0u8; noise::LEN_BYTES + noise::HANDSHAKE_BYTES];
+    s.read_exact(&mut m[..noise::LEN_BYTES])
+        .await
+        .map_err(|e| format!("the gateway ended the Noise handshake: {e}"))?;
+    let len = noise::peek_len(&m).expect("two bytes read");
+    if len != noise::HANDSHAKE_BYTES {
+        return Err(noise::NoiseError::HandshakeLength { len }.to_string()
+            + " (is this the gateway's Noise port?)");
+    }
+    s.read_exact(&mut m[noise::LEN_BYTES..])
+        .await
+        .map_err(|e| format!("the gateway ended the Noise handshake: {e}"))?;
+    let (sealer, opener) = init
+        .finish(&m[noise::LEN_BYTES..])
+        .map_err(|e| e.to_string())?;
+    let (rd, wr) = s.into_split();
+    Ok((
+        FrameRead::Noise {
+            rd,
+            wire: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            plain: BytesMut::new(),
+            opener,
+        },
+        FrameWrite::Noise {
+            wr,
+            sealer,
+            buf: BytesMut::new(),
+        },
+    ))
+}
+
+type WssHalves = (
+    SplitStream<WebSocketStream<WssStream>>,
+    SplitSink<WebSocketStream<WssStream>, Message>,
+);
+
+/// TLS to `wss://host:port/...` trusting only `ca_pem`, then the upgrade.
+async fn wss_connect(url: &str, ca_pem: &str) -> Result<WssHalves, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let rest = url
+        .strip_prefix("wss://")
+        .ok_or("the URL is not wss://host:port/...")?;
+    let auth = rest.split('/').next().unwrap_or_default();
+    let host = match auth.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => auth,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|e| format!("the trusted certificate: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("the trusted certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate to trust was given (ca_pem holds no CERTIFICATE)".into());
+    }
+    let provider = crate::gateway::secure::tls_provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host:?} is not a server name: {e}"))?;
+    let addr = tokio::net::lookup_host(if auth.contains(':') {
+        auth.to_string()
+    } else {
+        format!("{auth}:443")
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .next()
+    .ok_or("the host has no address")?;
+    let s = tcp(addr, None).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, s)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (w, r) = ws.split();
+    Ok((r, w))
 }
 
 /// Opens the transport, sends Auth and reads up to Welcome or Bye (pinging
@@ -658,6 +848,18 @@ async fn handshake(
                     .map_err(|e| connect_err(target, e))?;
             let (w, r) = ws.split();
             (FrameRead::Ws(r), FrameWrite::Ws(w))
+        }
+        Target::Noise { addr, gateway_key } => {
+            let s = tcp(*addr, None).await.map_err(|e| connect_err(target, e))?;
+            noise_handshake(s, gateway_key)
+                .await
+                .map_err(|e| connect_err(target, e))?
+        }
+        Target::Wss { url, ca_pem } => {
+            let (r, w) = wss_connect(url, ca_pem)
+                .await
+                .map_err(|e| connect_err(target, e))?;
+            (FrameRead::Wss(r), FrameWrite::Wss(w))
         }
     };
     let auth = Auth {

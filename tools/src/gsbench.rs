@@ -278,6 +278,8 @@ pub fn connections(
     count: usize,
     hold_secs: f64,
     ws: bool,
+    noise: bool,
+    wss: bool,
     dir: &Option<PathBuf>,
 ) -> Result<Value, String> {
     let tmp = std::env::temp_dir().join(format!(
@@ -311,10 +313,20 @@ pub fn connections(
         // Each child spreads over every gateway; child k starts at gateway k.
         for i in 0..cl.gateways.len() {
             let g = &cl.gateways[(k + i) % cl.gateways.len()];
-            args.extend([
-                "--gateway".into(),
-                (if ws { g.ws.unwrap_or(g.tcp) } else { g.tcp }).to_string(),
-            ]);
+            let addr = match (noise, g.noise, wss, g.wss) {
+                (true, Some(n), _, _) => n,
+                (_, _, true, Some(w)) => w,
+                _ if ws => g.ws.unwrap_or(g.tcp),
+                _ => g.tcp,
+            };
+            args.extend(["--gateway".into(), addr.to_string()]);
+        }
+        if let (true, Some(k)) = (noise, cl.gateways[0].noise_public) {
+            args.extend(["--noise-key".into(), gameserver::proto::noise::hex(&k)]);
+        }
+        if wss {
+            let ca = cl.gateways[0].tls_cert.display().to_string();
+            args.extend(["--wss-ca".into(), ca]);
         }
         args.extend([
             "--secret".into(),
@@ -360,7 +372,7 @@ pub fn connections(
     }
     let held = sum(&reports, "connections_held");
     let v = json!({
-        "scenario": "connections", "count": count, "opened": opened, "connections_held": held,
+        "scenario": "connections", "count": count, "noise": noise, "wss": wss, "opened": opened, "connections_held": held,
         "connect_failed": sum(&reports, "connect_failed"), "connect_seconds": connect_seconds,
         "gateways": cl.gateways.len(), "client_processes": procs_n,
         "gateway_rss_before_bytes": before, "gateway_rss_bytes": after,
@@ -373,6 +385,10 @@ pub fn connections(
     }
     Ok(v)
 }
+
+/// `gs-bench handshakes`: new sessions/s by transport (plain, Noise, wss).
+#[path = "gsbench_crypto.rs"]
+pub mod crypto;
 
 /// `gs-bench logins`: logins/s against an in-process login server.
 #[path = "gsbench_login.rs"]

@@ -1075,6 +1075,12 @@ pub struct HoldConfig {
     /// Gateways (TCP, or WebSocket with `ws`); connection i uses `gateways[i % len]`.
     pub gateways: Vec<SocketAddr>,
     pub ws: bool,
+    /// Noise sessions (`Target::Noise`) with this gateway public key: the
+    /// addresses are the gateways' Noise ports (overrides `ws`; no `spread_sources`).
+    pub noise_key: Option<[u8; 32]>,
+    /// `wss://localhost:PORT/` sessions trusting this certificate (PEM): the
+    /// addresses are the gateways' wss ports (overrides `ws`; no `spread_sources`).
+    pub wss_ca: Option<String>,
     /// Tokens minted with this secret (the gateways'), players `first_player..`.
     pub secret: Vec<u8>,
     pub zone: u32,
@@ -1206,6 +1212,14 @@ async fn hold_one(cfg: &HoldConfig, i: usize) -> Result<Client, ClientError> {
         })?;
     let bind = cfg.spread_sources.then(|| source_addr(i));
     let target = match (cfg.ws, bind) {
+        _ if cfg.noise_key.is_some() => Target::Noise {
+            addr,
+            gateway_key: cfg.noise_key.expect("guarded"),
+        },
+        _ if cfg.wss_ca.is_some() => Target::Wss {
+            url: format!("wss://localhost:{}/", addr.port()),
+            ca_pem: cfg.wss_ca.clone().expect("guarded"),
+        },
         (true, None) => Target::ws(addr),
         (true, Some(bind)) => Target::WsFrom {
             url: format!("ws://{addr}/"),

@@ -121,6 +121,51 @@ pub struct GatewayProc {
     pub proc: Proc,
     pub tcp: SocketAddr,
     pub ws: Option<SocketAddr>,
+    /// The Noise TCP listener (`Target::Noise` with `noise_public`).
+    pub noise: Option<SocketAddr>,
+    /// The gateway's Noise public key.
+    pub noise_public: Option<[u8; 32]>,
+    /// The `wss://` listener (`Target::Wss` trusting `tls_cert`).
+    pub wss: Option<SocketAddr>,
+    /// The self-signed certificate (PEM file) the `wss` listener serves.
+    pub tls_cert: PathBuf,
+}
+
+/// The local cluster's gateway keys: a Noise key and a self-signed
+/// certificate for localhost and 127.0.0.1, made once in the cluster's
+/// directory and kept (a restarted gateway has the same keys).
+/// Returns (noise key file, certificate PEM file, certificate key PEM file).
+fn gateway_keys(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (nk, cert, key) = (
+        dir.join("gateway-noise.key"),
+        dir.join("gateway-cert.pem"),
+        dir.join("gateway-cert-key.pem"),
+    );
+    // Owner-only, as private keys should be even on a development machine.
+    let write = |p: &Path, text: &str| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if !nk.exists() {
+        write(
+            &nk,
+            &gameserver::proto::noise::StaticKey::generate().private_hex(),
+        )?;
+    }
+    if !cert.exists() || !key.exists() {
+        let (c, k) = gameserver::gateway::secure::self_signed(&["localhost", "127.0.0.1"])?;
+        write(&key, &k)?;
+        write(&cert, &c)?;
+    }
+    Ok((nk, cert, key))
 }
 
 pub struct Cluster {
@@ -597,6 +642,16 @@ impl Cluster {
             let links: Vec<String> = self.center.iter().map(|n| n.link.to_string()).collect();
             args.extend(["--center".into(), links.join(",")]);
         }
+        let (noise_key, cert, cert_key) = gateway_keys(&o.dir)?;
+        for (flag, v) in [
+            ("--tcp-noise", "127.0.0.1:0".to_string()),
+            ("--noise-key", noise_key.display().to_string()),
+            ("--wss", "127.0.0.1:0".to_string()),
+            ("--tls-cert", cert.display().to_string()),
+            ("--tls-key", cert_key.display().to_string()),
+        ] {
+            args.extend([flag.to_string(), v]);
+        }
         args.extend(o.gateway_args.iter().cloned());
         let exe = self.bin_dir.join("gs-gateway");
         let mut proc = Proc::spawn(
@@ -611,7 +666,19 @@ impl Cluster {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("gateway: no tcp address in {line:?}"))?;
         let ws = field(&line, "ws=").and_then(|a| a.parse().ok());
-        self.gateways.push(GatewayProc { proc, tcp, ws });
+        let noise = field(&line, "noise=").and_then(|a| a.parse().ok());
+        let noise_public = field(&line, "noise_public=")
+            .and_then(|k| gameserver::proto::noise::key_from_hex(k).ok());
+        let wss = field(&line, "wss=").and_then(|a| a.parse().ok());
+        self.gateways.push(GatewayProc {
+            proc,
+            tcp,
+            ws,
+            noise,
+            noise_public,
+            wss,
+            tls_cert: cert,
+        });
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! `gs-gateway`: the process players connect to (see `gameserver::gateway`).
 //!
 //! Prints `gateway listening tcp=ADDR ws=ADDR` (`ws=-` without WebSocket;
-//! ` admin=ADDR` appended with `--admin`) on stdout once it accepts connections; stops on SIGTERM or Ctrl-C, saying
+//! ` admin=ADDR` appended with `--admin`, ` noise=ADDR noise_public=HEX` with
+//! `--tcp-noise`, ` wss=ADDR` with `--wss`) on stdout once it accepts connections; stops on SIGTERM or Ctrl-C, saying
 //! Bye ShuttingDown to its sessions.
 
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gameserver::gateway::{BalancerReport, Gateway, GatewayConfig, PairConfig};
+use gameserver::proto::noise;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +33,25 @@ struct Args {
     /// No WebSocket listener.
     #[arg(long)]
     no_ws: bool,
+    /// Noise TCP listener (NK handshake, then encrypted frames); needs --noise-key.
+    #[arg(long)]
+    tcp_noise: Option<String>,
+    /// The gateway's Noise private key: 64 hex digits or a file holding them.
+    #[arg(long)]
+    noise_key: Option<String>,
+    /// Write a new Noise private key to this file (mode 0600), print its
+    /// public key for the clients, and exit.
+    #[arg(long, value_name = "FILE")]
+    gen_noise_key: Option<PathBuf>,
+    /// WebSocket over TLS listener (wss://); needs --tls-cert and --tls-key.
+    #[arg(long)]
+    wss: Option<String>,
+    /// PEM certificate chain of the wss listener.
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// PEM private key of the wss listener.
+    #[arg(long)]
+    tls_key: Option<String>,
     /// SO_REUSEPORT: several gateway processes share the ports.
     #[arg(long)]
     reuse_port: bool,
@@ -158,6 +179,10 @@ fn config(a: &Args) -> Result<GatewayConfig, String> {
     if let Some(admin) = &a.admin {
         c.admin = Some(admin.clone());
     }
+    macro_rules! set_some {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f.clone() { c.$f = Some(v); })* };
+    }
+    set_some!(tcp_noise, noise_key, wss, tls_cert, tls_key);
     if a.no_ws {
         c.ws = None;
     }
@@ -179,6 +204,31 @@ fn config(a: &Args) -> Result<GatewayConfig, String> {
     Ok(c)
 }
 
+/// `--gen-noise-key FILE`: a new private key, readable by its owner only.
+fn gen_noise_key(path: &std::path::Path) -> ExitCode {
+    use std::os::unix::fs::OpenOptionsExt;
+    let k = noise::StaticKey::generate();
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{}", k.private_hex()));
+    match written {
+        Ok(()) => {
+            println!("noise_public={}", noise::hex(&k.public()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "gs-gateway: cannot create {} ({e}); it must not exist yet",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -187,6 +237,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(path) = &args.gen_noise_key {
+        return gen_noise_key(path);
+    }
     let cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -218,13 +271,17 @@ fn main() -> ExitCode {
             .ws_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into());
-        match g.admin_addr() {
-            Some(admin) => println!(
-                "gateway listening tcp={} ws={ws} admin={admin}",
-                g.tcp_addr()
-            ),
-            None => println!("gateway listening tcp={} ws={ws}", g.tcp_addr()),
+        let mut line = format!("gateway listening tcp={} ws={ws}", g.tcp_addr());
+        if let Some(admin) = g.admin_addr() {
+            line += &format!(" admin={admin}");
         }
+        if let (Some(a), Some(k)) = (g.noise_addr(), g.noise_public()) {
+            line += &format!(" noise={a} noise_public={}", noise::hex(&k));
+        }
+        if let Some(a) = g.wss_addr() {
+            line += &format!(" wss={a}");
+        }
+        println!("{line}");
         let _ = std::io::stdout().flush();
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -89,6 +89,24 @@ pub struct GatewayConfig {
     /// SO_REUSEPORT on both listeners: several gateway processes share a port.
     #[serde(default)]
     pub reuse_port: bool,
+    /// Noise TCP listener (`proto::noise`: an NK handshake, then frames
+    /// inside transport messages); `None`: none. Needs `noise_key`.
+    #[serde(default)]
+    pub tcp_noise: Option<String>,
+    /// The gateway's static X25519 private key: 64 hex digits, or the path
+    /// of a file holding them. Clients are given its public half.
+    #[serde(default)]
+    pub noise_key: Option<String>,
+    /// WebSocket over TLS listener (`wss://`); `None`: none. Needs
+    /// `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub wss: Option<String>,
+    /// PEM file of the `wss` certificate chain, leaf first.
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// PEM file of the `wss` certificate's private key.
+    #[serde(default)]
+    pub tls_key: Option<String>,
     /// The token secret shared with the login side.
     pub secret: String,
     /// The zone this gateway serves (tokens of other zones are refused).
@@ -209,6 +227,11 @@ impl GatewayConfig {
             ws: d_ws(),
             admin: None,
             reuse_port: false,
+            tcp_noise: None,
+            noise_key: None,
+            wss: None,
+            tls_cert: None,
+            tls_key: None,
             secret: secret.into(),
             zone: d_zone(),
             pairs,
@@ -254,6 +277,12 @@ impl GatewayConfig {
         pos(self.link_connect_timeout_ms, "link_connect_timeout_ms")?;
         pos(self.link_dead_ms, "link_dead_ms")?;
         pos(self.center_login_timeout_ms, "center_login_timeout_ms")?;
+        if self.tcp_noise.is_some() && self.noise_key.is_none() {
+            return Err("tcp_noise needs noise_key (64 hex digits or a key file; gs-gateway --gen-noise-key makes one)".into());
+        }
+        if self.wss.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("wss needs tls_cert and tls_key (PEM files)".into());
+        }
         if self.secret.is_empty() {
             return Err("the token secret is empty".into());
         }

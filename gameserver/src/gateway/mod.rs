@@ -11,7 +11,8 @@
 //! - `center`: the link to the center pair (when `center` is configured):
 //!   every login waits for the center's Admitted (or waits in its queue)
 //!   before Welcome; kicks, single sign-on across gateways, notices;
-//! - [`stats`][stats]: counters.
+//! - [`stats`][stats]: counters;
+//! - [`secure`][secure]: the encrypted listeners (Noise over TCP, `wss`).
 //!
 //! Invariants:
 //! - one request of a session is in flight at a time, so after a failover
@@ -29,6 +30,7 @@
 mod center;
 pub mod config;
 mod pair;
+pub mod secure;
 mod session;
 pub mod stats;
 mod transport;
@@ -130,6 +132,9 @@ impl Shared {
 pub struct Gateway {
     tcp_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
+    noise_addr: Option<SocketAddr>,
+    noise_public: Option<[u8; crate::proto::noise::KEY_BYTES]>,
+    wss_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -192,6 +197,24 @@ impl Gateway {
         })?;
         let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
         let admin = cfg.admin.as_deref().map(|a| listen(a, false)).transpose()?;
+        let (noise, noise_key) = match (&cfg.tcp_noise, &cfg.noise_key) {
+            (Some(a), Some(k)) => {
+                let key = secure::load_noise_key(k).map_err(GatewayError::Config)?;
+                (Some(listen(a, cfg.reuse_port)?), Some(Arc::new(key)))
+            }
+            _ => (None, None),
+        };
+        let noise_addr = noise.as_ref().and_then(|l| l.local_addr().ok());
+        let noise_public = noise_key.as_ref().map(|k| k.public());
+        let wss = match (&cfg.wss, &cfg.tls_cert, &cfg.tls_key) {
+            (Some(a), Some(c), Some(k)) => {
+                let acceptor =
+                    secure::tls_acceptor(c.as_ref(), k.as_ref()).map_err(GatewayError::Config)?;
+                Some((listen(a, cfg.reuse_port)?, acceptor))
+            }
+            _ => None,
+        };
+        let wss_addr = wss.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let mut routes = HashMap::new();
         let mut pairs = Vec::new();
@@ -253,6 +276,22 @@ impl Gateway {
         if let Some(ws) = ws {
             tasks.push(tokio::spawn(accept_ws(ws, shared.clone(), stopped.clone())));
         }
+        if let (Some(l), Some(key)) = (noise, noise_key) {
+            tasks.push(tokio::spawn(accept_noise(
+                l,
+                key,
+                shared.clone(),
+                stopped.clone(),
+            )));
+        }
+        if let Some((l, acceptor)) = wss {
+            tasks.push(tokio::spawn(accept_wss(
+                l,
+                acceptor,
+                shared.clone(),
+                stopped.clone(),
+            )));
+        }
         if let Some(admin) = admin {
             tasks.push(tokio::spawn(serve_admin(
                 admin,
@@ -272,10 +311,13 @@ impl Gateway {
                 crate::report::report_loop_with(b, zone, tcp_addr.port(), online, stop, alt).await;
             }));
         }
-        info!(tcp = %tcp_addr, ws = ?ws_addr, pairs = shared.pairs.len(), gateway = shared.gateway_id, "gateway listening");
+        info!(tcp = %tcp_addr, ws = ?ws_addr, noise = ?noise_addr, wss = ?wss_addr, pairs = shared.pairs.len(), gateway = shared.gateway_id, "gateway listening");
         Ok(Gateway {
             tcp_addr,
             ws_addr,
+            noise_addr,
+            noise_public,
+            wss_addr,
             admin_addr,
             shared,
             stop,
@@ -291,6 +333,21 @@ impl Gateway {
     /// The WebSocket listener's address, if there is one.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// The Noise TCP listener's address, if there is one.
+    pub fn noise_addr(&self) -> Option<SocketAddr> {
+        self.noise_addr
+    }
+
+    /// The public half of the gateway's Noise key (what clients are given).
+    pub fn noise_public(&self) -> Option<[u8; crate::proto::noise::KEY_BYTES]> {
+        self.noise_public
+    }
+
+    /// The `wss://` listener's address, if there is one.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     /// The admin listener's address, if there is one.
@@ -447,6 +504,89 @@ async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rece
                     }
                     return;
                 }
+            };
+            let mut io = WsIo::new(ws, shared.cfg.frame_bytes_max);
+            if full {
+                use transport::FrameIo;
+                let _ = io.write_frames(&[too_many_frame(&shared)]).await;
+                io.close().await;
+                return;
+            }
+            session::run(io, shared, peer).await;
+        });
+    }
+}
+
+/// The Noise TCP listener: the handshake (within `auth_timeout_ms`), then
+/// a session like any other. A full gateway finishes the handshake to say
+/// Bye TooManySessions in a way the client can read.
+async fn accept_noise(
+    l: TcpListener,
+    key: Arc<crate::proto::noise::StaticKey>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    while let Some(s) = accept_next(&l, &mut stopped).await {
+        let full = over_limit(&shared);
+        let (shared, key) = (shared.clone(), key.clone());
+        let peer = peer_ip(&s);
+        tokio::spawn(async move {
+            let limit = Duration::from_millis(shared.cfg.auth_timeout_ms);
+            let stats = shared.stats.clone();
+            let max = shared.cfg.frame_bytes_max;
+            let Some(mut io) = secure::accept_noise(s, &key, limit, max, stats).await else {
+                if !full {
+                    GatewayStats::dec(&shared.stats.connections);
+                }
+                return;
+            };
+            if full {
+                use transport::FrameIo;
+                let _ = io.write_frames(&[too_many_frame(&shared)]).await;
+                io.close().await;
+                return;
+            }
+            session::run(io, shared, peer).await;
+        });
+    }
+}
+
+/// The `wss://` listener: TLS, then the WebSocket upgrade, both within
+/// `auth_timeout_ms`; a failed TLS handshake counts in `handshake_failures`.
+async fn accept_wss(
+    l: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    while let Some(s) = accept_next(&l, &mut stopped).await {
+        let full = over_limit(&shared);
+        let (shared, acceptor) = (shared.clone(), acceptor.clone());
+        let peer = peer_ip(&s);
+        tokio::spawn(async move {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(shared.cfg.auth_timeout_ms);
+            let give_up = |tls_failed: bool| {
+                if tls_failed {
+                    GatewayStats::inc(&shared.stats.handshake_failures);
+                }
+                if !full {
+                    GatewayStats::dec(&shared.stats.connections);
+                }
+            };
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(s)).await {
+                Ok(Ok(t)) => t,
+                _ => return give_up(true),
+            };
+            let cfg = transport::ws_config(shared.cfg.frame_bytes_max);
+            let ws = match tokio::time::timeout_at(
+                deadline,
+                tokio_tungstenite::accept_async_with_config(tls, Some(cfg)),
+            )
+            .await
+            {
+                Ok(Ok(ws)) => ws,
+                _ => return give_up(false),
             };
             let mut io = WsIo::new(ws, shared.cfg.frame_bytes_max);
             if full {

@@ -82,6 +82,12 @@ stats! {
     center_downs,
     /// Notices (broadcasts, channel and private messages) pushed, once per session.
     notices_pushed,
+    /// Encrypted connections refused before a session: a Noise or TLS
+    /// handshake that failed, was not one, or did not finish in time.
+    handshake_failures,
+    /// Noise sessions closed because a message failed authentication
+    /// (tampered, replayed from another session, reordered).
+    decrypt_failures,
 }
 
 impl GatewayStats {

@@ -116,19 +116,22 @@ pub(crate) fn ws_config(payload_max: usize) -> WebSocketConfig {
         .max_frame_size(Some(payload_max + HEADER_BYTES))
 }
 
-/// One binary WebSocket message per frame.
-pub(crate) struct WsIo {
-    ws: WebSocketStream<TcpStream>,
+/// One binary WebSocket message per frame, over TCP or (`wss`) TLS.
+pub(crate) struct WsIo<S = TcpStream> {
+    ws: WebSocketStream<S>,
     payload_max: usize,
 }
 
-impl WsIo {
-    pub(crate) fn new(ws: WebSocketStream<TcpStream>, payload_max: usize) -> WsIo {
+impl<S> WsIo<S> {
+    pub(crate) fn new(ws: WebSocketStream<S>, payload_max: usize) -> WsIo<S> {
         WsIo { ws, payload_max }
     }
 }
 
-impl FrameIo for WsIo {
+impl<S> FrameIo for WsIo<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     async fn read_frame(&mut self) -> Result<Frame, ReadError> {
         loop {
             match self.ws.next().await {

@@ -8,6 +8,8 @@
 //!   start a local cluster themselves (`tools::gsbench`).
 //! - `logins --clients N`: password logins/s (argon2id at production cost by
 //!   default) against an in-process login server (`tools::gsbench::login`).
+//! - `handshakes --clients N`: new sessions/s over plain TCP, Noise TCP and
+//!   wss against an in-process gateway (`tools::gsbench::crypto`).
 //! - `center --players N --registrations R --runs K`: the center pair's
 //!   registrations/s and the time until the last of N players has an
 //!   operator broadcast (`tools::gsbench::center`).
@@ -42,6 +44,14 @@ enum Cmd {
         gateways: Vec<SocketAddr>,
         #[arg(long)]
         ws: bool,
+        /// Noise sessions: with --gateway, the gateways' Noise ports and this
+        /// public key (hex); without, `--noise-key -` uses the cluster's.
+        #[arg(long)]
+        noise_key: Option<String>,
+        /// wss sessions: with --gateway, the gateways' wss ports, trusting
+        /// this certificate (PEM file); without, `--wss-ca -` uses the cluster's.
+        #[arg(long)]
+        wss_ca: Option<std::path::PathBuf>,
         /// The gateways' token secret (its bytes are the HMAC key).
         #[arg(long, default_value = "")]
         secret: String,
@@ -99,6 +109,17 @@ enum Cmd {
         ws: bool,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// New sessions per second over plain TCP, Noise TCP and wss (in-process gateway).
+    Handshakes {
+        /// Concurrent connect-authenticate-close loops.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds per transport.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
         #[arg(long)]
         json: bool,
     },
@@ -200,6 +221,25 @@ fn main() -> ExitCode {
         .init();
     let cmd = Cli::parse().cmd;
     let cmd = match cmd {
+        Cmd::Handshakes {
+            clients,
+            seconds,
+            json,
+        } => {
+            return match tools::gsbench::crypto::handshakes(clients, seconds) {
+                Ok(v) => {
+                    eprintln!("{v:#}");
+                    if json {
+                        println!("{v}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gs-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Center {
             players,
             registrations,
@@ -271,6 +311,8 @@ fn main() -> ExitCode {
         count,
         gateways,
         ws,
+        noise_key,
+        wss_ca,
         secret,
         zone,
         first_player,
@@ -287,16 +329,44 @@ fn main() -> ExitCode {
     };
     if gateways.is_empty() {
         return cluster_bench(
-            tools::gsbench::connections(count, hold_secs, ws, &dir),
+            tools::gsbench::connections(
+                count,
+                hold_secs,
+                ws,
+                noise_key.is_some(),
+                wss_ca.is_some(),
+                &dir,
+            ),
             json,
         );
     }
     if count > 19_000 {
         eprintln!("gs-bench: warning: {count} connections need more file descriptors than the 20,000 a process may hold here; run several processes");
     }
+    let noise_key = match noise_key
+        .as_deref()
+        .map(gameserver::proto::noise::key_from_hex)
+    {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            eprintln!("gs-bench: --noise-key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let wss_ca = match wss_ca.map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(pem)) => Some(pem),
+        Some(Err(e)) => {
+            eprintln!("gs-bench: --wss-ca: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = HoldConfig {
         gateways: gateways.clone(),
         ws,
+        noise_key,
+        wss_ca,
         secret: secret.into_bytes(),
         zone,
         first_player,

@@ -59,6 +59,19 @@ fn main() -> ExitCode {
             g.tcp,
             g.ws.map(|w| format!("ws://{w}/")).unwrap_or_default()
         );
+        if let (Some(n), Some(k)) = (g.noise, g.noise_public) {
+            println!(
+                "            noise={n} key={}",
+                gameserver::proto::noise::hex(&k)
+            );
+        }
+        if let Some(w) = g.wss {
+            println!(
+                "            wss://localhost:{}/ (trust {})",
+                w.port(),
+                g.tls_cert.display()
+            );
+        }
     }
     for (i, p) in cl.pairs.iter().enumerate() {
         let m = cl.master(i);

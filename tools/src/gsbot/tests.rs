@@ -414,6 +414,8 @@ async fn idle_connections_are_held_and_measured() {
     let cfg = HoldConfig {
         gateways: vec![addr],
         ws: false,
+        noise_key: None,
+        wss_ca: None,
         secret: SECRET.to_vec(),
         zone: 1,
         first_player: 1,
