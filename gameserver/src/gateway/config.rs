@@ -147,6 +147,45 @@ pub struct GatewayConfig {
     /// room server's longest wait for its standby.
     #[serde(default = "d_link_dead_ms")]
     pub link_dead_ms: u64,
+
+    /// Payloads to clients of at least this many bytes are compressed
+    /// (deflate-raw, flag bit 0) for clients that announce it; 0: never.
+    /// Costs: CPU per big frame (about 30 µs for a 4 KiB snapshot at level
+    /// 1) against the bytes saved; below ~256 bytes deflate saves little.
+    #[serde(default = "d_compress_bytes_min")]
+    pub compress_bytes_min: usize,
+    /// A client frame whose `time_ms`, corrected by the clock offset learned
+    /// at Auth and at each ping, is older than this is dropped (StaleTime), ms.
+    /// Costs: a recorded frame can be replayed for this long (the sequence
+    /// check stops it too); too small drops an honest client's frames that
+    /// waited in a stalled TCP connection.
+    #[serde(default = "d_frame_age_max_ms")]
+    pub frame_age_max_ms: u64,
+    /// ... or this far ahead of the gateway's clock, ms.
+    #[serde(default = "d_frame_ahead_max_ms")]
+    pub frame_ahead_max_ms: u64,
+    /// Bytes a second one connection may send, sustained (token bucket; the
+    /// bucket holds one second of it). Over it, reads pause until the bucket
+    /// refills (TCP pushes back on the sender). Costs: a client's burst above
+    /// it waits.
+    #[serde(default = "d_conn_bytes_per_s_max")]
+    pub conn_bytes_per_s_max: u64,
+    /// Frames a second one connection may send, sustained (the same bucket
+    /// rules as `conn_bytes_per_s_max`).
+    #[serde(default = "d_conn_frames_per_s_max")]
+    pub conn_frames_per_s_max: u64,
+    /// A connection whose reads stay paused by its traffic limits this long
+    /// without a break is closed (Bye Flooding), ms.
+    #[serde(default = "d_flood_close_ms")]
+    pub flood_close_ms: u64,
+    /// Connections not yet authenticated from one source address; more are
+    /// closed at accept. Costs: players behind one NAT log in at most this
+    /// many at a time (each for at most `auth_timeout_ms`).
+    #[serde(default = "d_unauth_per_addr_max")]
+    pub unauth_per_addr_max: u32,
+    /// Lowest `Auth::client_version` served; older clients get Bye UpgradeRequired.
+    #[serde(default = "d_client_version_min")]
+    pub client_version_min: u32,
 }
 
 fn d_tcp() -> String {
@@ -200,6 +239,30 @@ pub(crate) fn d_link_dead_ms() -> u64 {
 pub(crate) fn d_center_login_timeout_ms() -> u64 {
     10_000
 }
+pub(crate) fn d_compress_bytes_min() -> usize {
+    512
+}
+pub(crate) fn d_frame_age_max_ms() -> u64 {
+    30_000
+}
+pub(crate) fn d_frame_ahead_max_ms() -> u64 {
+    5_000
+}
+pub(crate) fn d_conn_bytes_per_s_max() -> u64 {
+    65_536
+}
+pub(crate) fn d_conn_frames_per_s_max() -> u64 {
+    200
+}
+pub(crate) fn d_flood_close_ms() -> u64 {
+    3_000
+}
+pub(crate) fn d_unauth_per_addr_max() -> u32 {
+    64
+}
+pub(crate) fn d_client_version_min() -> u32 {
+    crate::proto::msg::PROTOCOL_VERSION
+}
 
 impl GatewayConfig {
     /// A configuration with every default, for `secret` and `pairs`.
@@ -227,6 +290,14 @@ impl GatewayConfig {
             unavailable_after_ms: d_unavailable_after_ms(),
             link_connect_timeout_ms: d_link_connect_timeout_ms(),
             link_dead_ms: d_link_dead_ms(),
+            compress_bytes_min: d_compress_bytes_min(),
+            frame_age_max_ms: d_frame_age_max_ms(),
+            frame_ahead_max_ms: d_frame_ahead_max_ms(),
+            conn_bytes_per_s_max: d_conn_bytes_per_s_max(),
+            conn_frames_per_s_max: d_conn_frames_per_s_max(),
+            flood_close_ms: d_flood_close_ms(),
+            unauth_per_addr_max: d_unauth_per_addr_max(),
+            client_version_min: d_client_version_min(),
         }
     }
 
@@ -254,6 +325,12 @@ impl GatewayConfig {
         pos(self.link_connect_timeout_ms, "link_connect_timeout_ms")?;
         pos(self.link_dead_ms, "link_dead_ms")?;
         pos(self.center_login_timeout_ms, "center_login_timeout_ms")?;
+        pos(self.frame_age_max_ms, "frame_age_max_ms")?;
+        pos(self.frame_ahead_max_ms, "frame_ahead_max_ms")?;
+        pos(self.conn_bytes_per_s_max, "conn_bytes_per_s_max")?;
+        pos(self.conn_frames_per_s_max, "conn_frames_per_s_max")?;
+        pos(self.flood_close_ms, "flood_close_ms")?;
+        pos(self.unauth_per_addr_max as u64, "unauth_per_addr_max")?;
         if self.secret.is_empty() {
             return Err("the token secret is empty".into());
         }

@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     pub(crate) channels: Mutex<HashMap<u32, HashMap<u64, Arc<SessionHandle>>>>,
     /// Where this gateway's clients connect (told to the center).
     pub(crate) public_addr: String,
+    /// Unauthenticated connections per source address (at most
+    /// `unauth_per_addr_max` each; an entry per address with one or more).
+    pub(crate) unauth: Mutex<HashMap<std::net::IpAddr, u32>>,
 }
 
 /// Channels with subscribers on one gateway at most.
@@ -234,6 +237,7 @@ impl Gateway {
             center: center_tx,
             channels: Mutex::new(HashMap::new()),
             public_addr,
+            unauth: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -469,13 +473,29 @@ fn peer_ip(s: &tokio::net::TcpStream) -> std::net::IpAddr {
 
 pub use crate::report::rss_bytes;
 
+/// Header lines of an HTTP request to the admin port read at most.
+const ADMIN_HTTP_HEADERS_MAX: usize = 64;
+
+/// The gateway's Prometheus text: its counters and the process's RSS.
+fn metrics_text(shared: &Shared) -> String {
+    let mut t = shared.stats.prometheus();
+    t.push_str(&format!(
+        "# HELP gateway_rss_bytes Resident memory of the process.\n# TYPE gateway_rss_bytes gauge\ngateway_rss_bytes {}\n",
+        rss_bytes()
+    ));
+    t
+}
+
 /// Admin connections served at once at most.
 const ADMIN_CONNECTIONS_MAX: usize = 16;
 /// Longest admin command line, bytes.
 const ADMIN_LINE_BYTES_MAX: usize = 256;
 
 /// The admin port: one command per line. `STATS`: the counters and the RSS
-/// as one JSON line; anything else: `ERR ...`.
+/// as one JSON line; `METRICS`: the Prometheus text, ended by a `# EOF`
+/// line; anything else: `ERR ...`. An HTTP `GET /metrics` (what a
+/// Prometheus server sends) is answered with the same text over HTTP/1.0,
+/// then the connection closes.
 async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
@@ -506,7 +526,35 @@ async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Re
                     Ok(_) if line.len() > ADMIN_LINE_BYTES_MAX => return,
                     Ok(_) => {}
                 }
+                if let Some(path) = line
+                    .strip_prefix("GET ")
+                    .and_then(|r| r.split_whitespace().next())
+                {
+                    // HTTP: skip the request's headers (bounded), answer, close.
+                    let mut h = String::new();
+                    for _ in 0..ADMIN_HTTP_HEADERS_MAX {
+                        h.clear();
+                        match rd.read_line(&mut h).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if h.trim().is_empty() => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let (status, body) = match path {
+                        "/metrics" => ("200 OK", metrics_text(&shared)),
+                        _ => ("404 Not Found", "try GET /metrics\n".to_string()),
+                    };
+                    let head = format!(
+                        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = wr.write_all(head.as_bytes()).await;
+                    let _ = wr.write_all(body.as_bytes()).await;
+                    let _ = wr.shutdown().await;
+                    return;
+                }
                 let answer = match line.trim() {
+                    "METRICS" => format!("{}# EOF", metrics_text(&shared)),
                     "STATS" => {
                         let mut v =
                             serde_json::to_value(shared.stats.snapshot()).unwrap_or_default();
@@ -514,7 +562,7 @@ async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Re
                         v["gateway"] = shared.gateway_id.into();
                         v.to_string()
                     }
-                    other => format!("ERR unknown command {other:?}; try STATS"),
+                    other => format!("ERR unknown command {other:?}; try STATS or METRICS"),
                 };
                 if wr
                     .write_all(format!("{answer}\n").as_bytes())
