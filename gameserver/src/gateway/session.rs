@@ -715,6 +715,9 @@ impl Session {
                                     break;
                                 }
                             }
+                            if f.flags & frame::FLAG_COMPRESSED != 0 {
+                                GatewayStats::inc(&self.shared.stats.inflated_frames);
+                            }
                             let f = match f.inflated(self.shared.cfg.frame_bytes_max) {
                                 Ok(f) => f,
                                 Err(e) => {
