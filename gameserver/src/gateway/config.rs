@@ -150,8 +150,9 @@ pub struct GatewayConfig {
 
     /// Payloads to clients of at least this many bytes are compressed
     /// (deflate-raw, flag bit 0) for clients that announce it; 0: never.
-    /// Costs: CPU per big frame (about 30 µs for a 4 KiB snapshot at level
-    /// 1) against the bytes saved; below ~256 bytes deflate saves little.
+    /// Costs: CPU per big frame (47 µs to pack a 300-member room's 9.6 KiB
+    /// snapshot into 29% of it, 23 µs for a 100-room list to 34%) against
+    /// the bytes saved; a chat push (~50 bytes) grows, whence the floor.
     #[serde(default = "d_compress_bytes_min")]
     pub compress_bytes_min: usize,
     /// A client frame whose `time_ms`, corrected by the clock offset learned
