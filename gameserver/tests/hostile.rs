@@ -169,12 +169,17 @@ async fn serve_link(s: TcpStream, seqs: Arc<Mutex<std::collections::HashMap<u32,
 // ---------------------------------------------------------------- the arena
 
 fn tok(player: u64) -> String {
+    tok_in(player, 0)
+}
+
+/// A token of a player in group (account kind) `kind`.
+fn tok_in(player: u64, kind: u8) -> String {
     let claims = Claims {
         player,
         zone: 1,
         expires_ms: token::now_ms() + 600_000,
         name: format!("p{player}"),
-        kind: 0,
+        kind,
     };
     token::mint(SECRET.as_bytes(), &claims)
 }
@@ -403,8 +408,12 @@ impl Raw {
     }
 
     fn auth_frame(player: u64, version: u32) -> Bytes {
+        Raw::auth_frame_in(player, version, 0)
+    }
+
+    fn auth_frame_in(player: u64, version: u32, group: u8) -> Bytes {
         let a = Auth {
-            token: tok(player),
+            token: tok_in(player, group),
             client_version: version,
             features: 0,
         };
@@ -811,4 +820,63 @@ async fn metrics_over_http_show_compression_rtt_and_refusals() {
     .unwrap();
     assert!(String::from_utf8_lossy(&got).contains("gateway_upgrade_required 1\n"));
     a.finish("metrics").await;
+}
+
+/// Routing by client version and group: a route's sessions see and reach
+/// only its pairs (here: group 7 none, version 2 the one pair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_version_and_group_keep_a_client_to_its_pairs() {
+    let a = Arena::start(|c| {
+        c.routes = vec![
+            gameserver::gateway::RouteConfig {
+                versions: Some((2, 2)),
+                groups: Vec::new(),
+                pairs: vec![0],
+            },
+            gameserver::gateway::RouteConfig {
+                versions: None,
+                groups: vec![7],
+                pairs: Vec::new(),
+            },
+        ];
+    })
+    .await;
+    let addr = a.g.tcp_addr();
+    let login = |version, group, player| async move {
+        let mut r = Raw::connect(addr, attacker_ip(0, 2)).await;
+        r.s.write_all(&Raw::auth_frame_in(player, version, group))
+            .await
+            .unwrap();
+        assert_eq!(r.recv().await.expect("Welcome").kind, Kind::Welcome);
+        r
+    };
+    // Group 7 (and version 1): no pair; its room list is empty.
+    let mut g7 = login(1, 7, 900).await;
+    g7.send(
+        Kind::Request,
+        1,
+        token::now_ms(),
+        msg::encode(&Request::Rooms),
+    )
+    .await;
+    assert_eq!(g7.reply(1).await, Ok(Answer::Rooms(Vec::new())));
+    g7.send(
+        Kind::Request,
+        2,
+        token::now_ms(),
+        msg::encode(&Request::Enter { room: 1 }),
+    )
+    .await;
+    assert_eq!(g7.reply(2).await.unwrap_err().code, ErrorCode::UnknownRoom);
+    // Version 2 in group 7: the version route comes first, pair 0.
+    let mut v2 = login(2, 7, 901).await;
+    v2.send(
+        Kind::Request,
+        1,
+        token::now_ms(),
+        msg::encode(&Request::Enter { room: 1 }),
+    )
+    .await;
+    assert!(matches!(v2.reply(1).await, Ok(Answer::Entered(_))));
+    a.finish("routing").await;
 }

@@ -48,6 +48,33 @@ impl PairConfig {
     }
 }
 
+/// Which room-server pairs serve a kind of client (seed 001 "消息路由"):
+/// a new build's clients to the pairs that run the new rules, a test group
+/// to its own pairs. A session takes the first route that matches it; with
+/// none, every pair.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Client versions (`Auth::client_version`), inclusive; `None`: any.
+    #[serde(default)]
+    pub versions: Option<(u32, u32)>,
+    /// Groups (the token's account `kind`); empty: any.
+    #[serde(default)]
+    pub groups: Vec<u8>,
+    /// The pairs (indexes into `pairs`) such a session may use; its room
+    /// list shows only their rooms.
+    pub pairs: Vec<usize>,
+}
+
+impl RouteConfig {
+    /// Whether a client of `version` in `group` takes this route.
+    pub fn matches(&self, version: u32, group: u8) -> bool {
+        self.versions
+            .is_none_or(|(a, b)| (a..=b).contains(&version))
+            && (self.groups.is_empty() || self.groups.contains(&group))
+    }
+}
+
 /// Rooms one pair may be configured with (a typo'd range fails loudly).
 pub const ROOMS_PER_PAIR_MAX: u32 = 100_000;
 
@@ -187,6 +214,10 @@ pub struct GatewayConfig {
     /// Lowest `Auth::client_version` served; older clients get Bye UpgradeRequired.
     #[serde(default = "d_client_version_min")]
     pub client_version_min: u32,
+    /// Routes by client version and group, first match wins; empty: every
+    /// session may use every pair.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 fn d_tcp() -> String {
@@ -299,6 +330,7 @@ impl GatewayConfig {
             flood_close_ms: d_flood_close_ms(),
             unauth_per_addr_max: d_unauth_per_addr_max(),
             client_version_min: d_client_version_min(),
+            routes: Vec::new(),
         }
     }
 
@@ -338,6 +370,19 @@ impl GatewayConfig {
         if self.frame_bytes_max > u32::MAX as usize {
             return Err("frame_bytes_max must fit in the header's u32".into());
         }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(p) = r.pairs.iter().find(|p| **p >= self.pairs.len()) {
+                return Err(format!(
+                    "route {i} names pair {p}; there are {} pairs (numbered from 0)",
+                    self.pairs.len()
+                ));
+            }
+            if r.versions.is_some_and(|(a, b)| b < a) {
+                return Err(format!(
+                    "route {i}: its version range ends before it starts"
+                ));
+            }
+        }
         let mut seen = std::collections::HashMap::new();
         for (i, p) in self.pairs.iter().enumerate() {
             if p.nodes.is_empty() {
@@ -365,6 +410,25 @@ mod tests {
         assert!(PairConfig::parse("1,2").is_err());
         assert!(PairConfig::parse("x@a:1").is_err());
         assert!(PairConfig::parse("5-1@a:1").is_err());
+    }
+
+    #[test]
+    fn routes_match_by_version_and_group_and_name_real_pairs() {
+        let mut c: GatewayConfig = serde_json::from_str(
+            r#"{"secret":"s","pairs":[{"rooms":[1],"nodes":["a:1"]},{"rooms":[2],"nodes":["b:1"]}],
+                "routes":[{"versions":[2,9],"pairs":[1]},{"groups":[7],"pairs":[0]}]}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let first = |v, g| c.routes.iter().position(|r| r.matches(v, g));
+        assert_eq!(first(2, 7), Some(0), "the version route comes first");
+        assert_eq!(first(1, 7), Some(1));
+        assert_eq!(first(1, 0), None, "no route: every pair");
+        c.routes[0].pairs = vec![2];
+        assert!(c.validate().unwrap_err().contains("pair 2"));
+        c.routes[0].pairs = vec![1];
+        c.routes[0].versions = Some((9, 2));
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use config::{BalancerReport, GatewayConfig, PairConfig};
+pub use config::{BalancerReport, GatewayConfig, PairConfig, RouteConfig};
 pub use stats::{GatewayStats, StatsSnapshot};
 
 use crate::proto::frame::{Frame, Kind};

@@ -297,6 +297,7 @@ impl Drop for UnauthSlot {
 /// A good Auth: who, what the client understands, and its clock.
 struct Authed {
     claims: token::Claims,
+    version: u32,
     features: u32,
     /// Gateway clock minus the client's at Auth, ms.
     offset_ms: i64,
@@ -317,6 +318,7 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>, peer: IpAddr
     drop(slot);
     let Some(Authed {
         claims,
+        version,
         features,
         offset_ms,
     }) = authed
@@ -387,6 +389,13 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>, peer: IpAddr
         features,
         offset_ms,
         traffic: Traffic::new(&shared.cfg, Instant::now()),
+        routed: shared
+            .cfg
+            .routes
+            .iter()
+            .find(|r| r.matches(version, claims.kind))
+            .map(|r| r.pairs.clone()),
+        version,
         probe: None,
         rtt_ms: 0,
     };
@@ -604,6 +613,7 @@ async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<Authed>
     ) {
         Ok(claims) => Some(Authed {
             claims,
+            version: auth.client_version,
             features: auth.features,
             offset_ms,
         }),
@@ -643,6 +653,10 @@ struct Session {
     probe: Option<(u64, Instant)>,
     /// The last round trip measured, ms (0: none yet).
     rtt_ms: u32,
+    /// The pairs this session's route allows (`None`: every pair).
+    routed: Option<Vec<usize>>,
+    /// `Auth::client_version`.
+    version: u32,
 }
 
 impl Session {
@@ -769,6 +783,24 @@ impl Session {
             }
         }
         rx.close();
+    }
+
+    /// The pair of `room`, if this session's route allows it.
+    fn pair_of(&self, room: u32) -> Option<usize> {
+        let p = self.shared.pair_of(room)?;
+        match &self.routed {
+            Some(ok) if !ok.contains(&p) => {
+                debug!(
+                    session = self.handle.id,
+                    room,
+                    version = self.version,
+                    group = self.handle.kind,
+                    "room not on this session's route"
+                );
+                None
+            }
+            _ => Some(p),
+        }
     }
 
     /// Compresses what is about to be written, for a client that inflates:
@@ -999,13 +1031,16 @@ impl Session {
             };
             let Some(room) = req.room() else {
                 // Rooms: the gateway answers from what the pairs told it.
-                let rooms = self.shared.rooms();
+                let mut rooms = self.shared.rooms();
+                if let Some(ok) = &self.routed {
+                    rooms.retain(|r| self.shared.pair_of(r.id).is_some_and(|p| ok.contains(&p)));
+                }
                 GatewayStats::inc(&self.shared.stats.replies);
                 self.writes
                     .push(reply_frame(seq, &Ok(Answer::Rooms(rooms))));
                 continue;
             };
-            let Some(pair) = self.shared.pair_of(room) else {
+            let Some(pair) = self.pair_of(room) else {
                 self.refuse(
                     seq,
                     ErrorCode::UnknownRoom,
@@ -1043,7 +1078,7 @@ impl Session {
     fn send(&mut self, q: Queued) {
         let Job::Room(req) = &q.req else { return };
         let Some(room) = req.room() else { return };
-        match self.shared.pair_of(room) {
+        match self.pair_of(room) {
             Some(pair) => self.link(pair, q, false),
             None => self.refuse(
                 q.seq,
