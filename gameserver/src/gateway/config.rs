@@ -109,8 +109,8 @@ pub struct GatewayConfig {
     /// WebSocket listener (one binary message per frame); `None`: no WebSocket.
     #[serde(default = "d_ws")]
     pub ws: Option<String>,
-    /// Admin listener (lines: `STATS` answers the counters as one JSON line);
-    /// `None`: none.
+    /// Admin listener (lines: `STATS` answers the counters as one JSON line,
+    /// `METRICS` the Prometheus text; or HTTP `GET /metrics`); `None`: none.
     #[serde(default)]
     pub admin: Option<String>,
     /// SO_REUSEPORT on both listeners: several gateway processes share a port.

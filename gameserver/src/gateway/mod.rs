@@ -11,7 +11,12 @@
 //! - `center`: the link to the center pair (when `center` is configured):
 //!   every login waits for the center's Admitted (or waits in its queue)
 //!   before Welcome; kicks, single sign-on across gateways, notices;
-//! - [`stats`][stats]: counters.
+//! - [`stats`][stats]: counters, and their Prometheus text (admin port).
+//!
+//! Message protection (ARCHITECTURE.md "Gateway message protection"):
+//! compressed frames both ways, strict sequence, CRC, time window, traffic
+//! buckets, the per-address cap on unauthenticated connections, the version
+//! minimum and routes, the heartbeat RTT probe: all in `session`.
 //!
 //! Invariants:
 //! - one request of a session is in flight at a time, so after a failover
