@@ -294,7 +294,7 @@ impl Client {
                 ptx,
                 opts.keep_pushes,
                 shared.clone(),
-                wtx.clone(),
+                opts.heartbeat.then(|| wtx.clone()),
             )),
         ];
         if opts.heartbeat && welcome.heartbeat_ms > 0 {
@@ -788,7 +788,7 @@ async fn read_loop(
     pushes: mpsc::Sender<Push>,
     keep: bool,
     shared: Arc<Shared>,
-    wtx: mpsc::Sender<Bytes>,
+    probes: Option<mpsc::Sender<Bytes>>,
 ) {
     let end = loop {
         let f = match rd.next().await {
@@ -865,13 +865,16 @@ async fn read_loop(
             }
             Kind::Ping => {
                 // The gateway's round-trip probe: echo its time at once (a
-                // full write queue skips one probe rather than wait).
-                let pong = Pong {
-                    client_time_ms: f.time_ms,
-                    rtt_ms: 0,
-                };
-                let b = Frame::new(Kind::Pong, 0, now_ms(), Bytes::from(msg::encode(&pong)));
-                let _ = wtx.try_send(b.to_bytes());
+                // full write queue skips one probe rather than wait). Not
+                // without a heartbeat: such a client is silent on purpose.
+                if let Some(tx) = &probes {
+                    let pong = Pong {
+                        client_time_ms: f.time_ms,
+                        rtt_ms: 0,
+                    };
+                    let b = Frame::new(Kind::Pong, 0, now_ms(), Bytes::from(msg::encode(&pong)));
+                    let _ = tx.try_send(b.to_bytes());
+                }
             }
             Kind::Error => {
                 c.errors.fetch_add(1, Ordering::Relaxed);

@@ -419,7 +419,9 @@ export class Session extends Emitter {
         this.onPong(f);
         return;
       case P.Kind.Ping:
-        // The gateway's round-trip probe: echo its time at once.
+        // The gateway's round-trip probe: echo its time at once (not when
+        // the debug hook made this page silent: then it says nothing).
+        if (this.debug.pingsStopped) return;
         this.ws?.send(P.encodeFrame(P.Kind.Pong, 0, Date.now(), P.encode(P.Pong, { client_time_ms: f.timeMs, rtt_ms: 0 })));
         return;
       case P.Kind.Error: {
