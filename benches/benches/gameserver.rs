@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the game server's per-message work: the gateway's
 //! token check at login (HMAC-SHA256 and decode), a request frame's decode,
-//! and a room's plan + apply of one move.
+//! a room's plan + apply of one move, and frame compression (deflate-raw)
+//! of real game traffic: a busy room's snapshot, the hall's room list, a
+//! chat push (the sizes before and after are printed once).
 //!
 //! `cargo bench -p benches --bench gameserver`
 
@@ -10,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gameserver::game::GameKind;
 use gameserver::proto::frame::{self, Frame, Kind};
-use gameserver::proto::msg::{self, Request};
+use gameserver::proto::msg::{self, Answer, Push, Reply, Request, RoomEvent, RoomInfo};
 use gameserver::room::{Plan, RoomConfig, RoomState};
 use gameserver::token::{mint, verify, Claims};
 
@@ -159,5 +161,100 @@ fn noise(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, frames, room_move, noise);
+/// A room as the bots leave it: 300 members, 40 tables with games running.
+fn busy_room() -> RoomState {
+    let now = Instant::now();
+    let mut st = RoomState::new(RoomConfig {
+        id: 1,
+        name: "Room 1".into(),
+        game: GameKind::Gomoku,
+        tables: 100,
+        capacity: 400,
+        turn_ms: 60_000,
+    });
+    let mut act = |p: u64, r: Request| {
+        if let Ok(Plan::Events(ev)) = st.plan(p, &format!("bot-{p}"), &r) {
+            ev.iter().for_each(|e| st.apply(e, now));
+        }
+    };
+    for p in 1..=300u64 {
+        act(p, Request::Enter { room: 1 });
+    }
+    for t in 0..40u16 {
+        for s in 0..2u8 {
+            let p = 1 + t as u64 * 2 + s as u64;
+            act(
+                p,
+                Request::Sit {
+                    room: 1,
+                    table: t,
+                    seat: s,
+                },
+            );
+        }
+        for i in 0..12u8 {
+            let p = 1 + t as u64 * 2 + (i % 2) as u64;
+            act(
+                p,
+                Request::Move {
+                    room: 1,
+                    table: t,
+                    mv: vec![(i * 3 + t as u8) % 15, (i * 7) % 15],
+                },
+            );
+        }
+    }
+    st
+}
+
+/// Deflate (level 1, the gateway's, and level 6) and inflate of the
+/// payloads the gateway sends most bytes of.
+fn compression(c: &mut Criterion) {
+    let snapshot = msg::encode::<Reply>(&Ok(Answer::Entered(busy_room().snapshot())));
+    let rooms: Vec<RoomInfo> = (1..=100)
+        .map(|id| RoomInfo {
+            id,
+            name: format!("Room {id}"),
+            game: "gomoku".into(),
+            online: (id * 37) % 400,
+            capacity: 400,
+        })
+        .collect();
+    let rooms = msg::encode::<Reply>(&Ok(Answer::Rooms(rooms)));
+    let chat = msg::encode(&Push::Event {
+        room: 1,
+        seq: 123_456,
+        event: RoomEvent::Chat {
+            player: 1_000_017,
+            table: None,
+            text: "good game, one more? 再来一局".into(),
+        },
+    });
+    let mut g = c.benchmark_group("deflate");
+    for (name, plain) in [("snapshot", &snapshot), ("rooms", &rooms), ("chat", &chat)] {
+        let l1 = frame::deflate_at(plain, 1);
+        let l6 = frame::deflate_at(plain, 6);
+        eprintln!(
+            "deflate {name}: {} bytes -> {} at level 1 ({:.1}%), {} at level 6 ({:.1}%)",
+            plain.len(),
+            l1.len(),
+            100.0 * l1.len() as f64 / plain.len() as f64,
+            l6.len(),
+            100.0 * l6.len() as f64 / plain.len() as f64
+        );
+        g.throughput(Throughput::Bytes(plain.len() as u64));
+        g.bench_function(format!("level1/{name}"), |b| {
+            b.iter(|| frame::deflate_at(std::hint::black_box(plain), 1))
+        });
+        g.bench_function(format!("level6/{name}"), |b| {
+            b.iter(|| frame::deflate_at(std::hint::black_box(plain), 6))
+        });
+        g.bench_function(format!("inflate/{name}"), |b| {
+            b.iter(|| frame::inflate(std::hint::black_box(&l1), 1 << 20).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, tokens, frames, room_move, noise, compression);
 criterion_main!(benches);

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
 # Runs every gameserver fuzz target for N seconds (default 30): see scripts/fuzz.sh.
-#   hs/fuzz/run.sh [seconds] [target ...]
+#   gameserver/fuzz/run.sh [seconds] [target ...]
 exec "$(dirname "$0")/../../scripts/fuzz.sh" "$(dirname "$0")" "$@"

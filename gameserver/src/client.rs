@@ -206,6 +206,8 @@ struct Shared {
     closed: watch::Sender<Option<Closed>>,
     /// The last round trip in µs; `u64::MAX` before the first pong.
     rtt_us: AtomicU64,
+    /// The last round trip the gateway measured, ms (`Pong::rtt_ms`; 0: none yet).
+    gateway_rtt_ms: AtomicU64,
     /// (time_ms sent, when) of the last pings.
     pings: parking_lot::Mutex<VecDeque<(u64, Instant)>>,
     last_error: parking_lot::Mutex<Option<Fail>>,
@@ -292,6 +294,7 @@ impl Client {
             pending: parking_lot::Mutex::new(HashMap::new()),
             closed,
             rtt_us: AtomicU64::new(u64::MAX),
+            gateway_rtt_ms: AtomicU64::new(0),
             pings: parking_lot::Mutex::new(VecDeque::with_capacity(PINGS_REMEMBERED_MAX)),
             last_error: parking_lot::Mutex::new(None),
             counters: Counters::default(),
@@ -300,7 +303,13 @@ impl Client {
         let (ptx, prx) = mpsc::channel(opts.push_capacity.max(1));
         let mut tasks = vec![
             tokio::spawn(write_loop(wr, wrx, shared.clone())),
-            tokio::spawn(read_loop(rd, ptx, opts.keep_pushes, shared.clone())),
+            tokio::spawn(read_loop(
+                rd,
+                ptx,
+                opts.keep_pushes,
+                shared.clone(),
+                opts.heartbeat.then(|| wtx.clone()),
+            )),
         ];
         if opts.heartbeat && welcome.heartbeat_ms > 0 {
             let every = Duration::from_millis(welcome.heartbeat_ms as u64);
@@ -425,6 +434,15 @@ impl Client {
         }
     }
 
+    /// The last round trip the gateway measured with its own probe (its
+    /// Ping, this client's Pong), as its Pongs tell; `None` before the first.
+    pub fn gateway_rtt(&self) -> Option<Duration> {
+        match self.shared.gateway_rtt_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
     /// `Some` once the session has ended, with why.
     pub fn closed(&self) -> Option<Closed> {
         self.shared.closed.borrow().clone()
@@ -527,7 +545,10 @@ impl FrameRead {
                 if let Some(f) =
                     frame::decode(buf, FRAME_PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())?
                 {
-                    return Ok(Some(f));
+                    return f
+                        .inflated(FRAME_PAYLOAD_BYTES_MAX)
+                        .map(Some)
+                        .map_err(|e| e.to_string());
                 }
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(READ_BUFFER_BYTES);
@@ -547,6 +568,7 @@ impl FrameRead {
                     Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(Message::Binary(b))) => {
                         return frame::decode_message(&b, FRAME_PAYLOAD_BYTES_MAX)
+                            .and_then(|f| f.inflated(FRAME_PAYLOAD_BYTES_MAX))
                             .map(Some)
                             .map_err(|e| e.to_string())
                     }
@@ -865,6 +887,7 @@ async fn handshake(
     let auth = Auth {
         token: token.to_string(),
         client_version: PROTOCOL_VERSION,
+        features: msg::FEATURES_ALL,
     };
     let f = Frame::new(Kind::Auth, 0, now_ms(), Bytes::from(msg::encode(&auth))).to_bytes();
     wr.send(&[f]).await.map_err(|e| connect_err(target, e))?;
@@ -962,7 +985,13 @@ async fn write_loop(mut wr: FrameWrite, mut rx: mpsc::Receiver<Bytes>, shared: A
     wr.shutdown().await;
 }
 
-async fn read_loop(mut rd: FrameRead, pushes: mpsc::Sender<Push>, keep: bool, shared: Arc<Shared>) {
+async fn read_loop(
+    mut rd: FrameRead,
+    pushes: mpsc::Sender<Push>,
+    keep: bool,
+    shared: Arc<Shared>,
+    probes: Option<mpsc::Sender<Bytes>>,
+) {
     let end = loop {
         let f = match rd.next().await {
             Ok(Some(f)) => f,
@@ -1011,11 +1040,16 @@ async fn read_loop(mut rd: FrameRead, pushes: mpsc::Sender<Push>, keep: bool, sh
                 }
             }
             Kind::Pong => {
-                let p: Pong = match msg::decode(&f.payload) {
+                let p = match Pong::decode(&f.payload) {
                     Ok(p) => p,
                     Err(e) => break bad("Pong", e),
                 };
                 c.pongs.fetch_add(1, Ordering::Relaxed);
+                if p.rtt_ms > 0 {
+                    shared
+                        .gateway_rtt_ms
+                        .store(p.rtt_ms as u64, Ordering::Relaxed);
+                }
                 let sent = shared
                     .pings
                     .lock()
@@ -1030,6 +1064,19 @@ async fn read_loop(mut rd: FrameRead, pushes: mpsc::Sender<Push>, keep: bool, sh
                     rtt.as_micros().min(u64::MAX as u128 - 1) as u64,
                     Ordering::Relaxed,
                 );
+            }
+            Kind::Ping => {
+                // The gateway's round-trip probe: echo its time at once (a
+                // full write queue skips one probe rather than wait). Not
+                // without a heartbeat: such a client is silent on purpose.
+                if let Some(tx) = &probes {
+                    let pong = Pong {
+                        client_time_ms: f.time_ms,
+                        rtt_ms: 0,
+                    };
+                    let b = Frame::new(Kind::Pong, 0, now_ms(), Bytes::from(msg::encode(&pong)));
+                    let _ = tx.try_send(b.to_bytes());
+                }
             }
             Kind::Error => {
                 c.errors.fetch_add(1, Ordering::Relaxed);

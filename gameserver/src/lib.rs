@@ -6,11 +6,13 @@
 //!   blacklist, broadcasts) and its link;
 //! - [`game`]: table games' rules (Gomoku), pure;
 //! - [`room`]: a room's rules as a state machine, and how rooms live in hs;
-//! - [`token`]: signed expiring tokens.
+//! - [`token`]: signed expiring tokens;
+//! - [`fuzz`]: the fuzz targets' entry points (`gameserver/fuzz/`).
 
 pub mod accounts;
 pub mod center;
 pub mod client;
+pub mod fuzz;
 pub mod game;
 pub mod gateway;
 pub mod link;

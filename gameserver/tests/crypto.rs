@@ -213,6 +213,8 @@ mod crypto {
         let a = Auth {
             token: tok(player),
             client_version: PROTOCOL_VERSION,
+            // A minimal client: no compressed frames, no RTT probe.
+            features: 0,
         };
         Frame::new(Kind::Auth, 0, token::now_ms(), Bytes::from(msg::encode(&a))).to_bytes()
     }

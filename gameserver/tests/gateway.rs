@@ -424,6 +424,7 @@ mod gateway {
             let a = Auth {
                 token: token.into(),
                 client_version: msg::PROTOCOL_VERSION,
+                features: 0,
             };
             self.send(Kind::Auth, 0, msg::encode(&a)).await;
         }
@@ -546,7 +547,7 @@ mod gateway {
         c.send(Kind::Ping, 0, Vec::new()).await;
         let f = c.recv().await;
         assert_eq!(f.kind, Kind::Pong);
-        let pong: msg::Pong = msg::decode(&f.payload).unwrap();
+        let pong = msg::Pong::decode(&f.payload).unwrap();
         assert!(pong.client_time_ms > 0 && f.time_ms > 0);
         // Rooms: from the pair's Welcome (the link may still be coming up).
         let deadline = Instant::now() + WAIT;
@@ -1341,6 +1342,7 @@ mod gateway {
         let a = Auth {
             token: tok(1, 60_000),
             client_version: msg::PROTOCOL_VERSION,
+            features: 0,
         };
         let auth = Frame::new(Kind::Auth, 0, 1, Bytes::from(msg::encode(&a))).to_bytes();
         ws.send(Message::Binary(auth)).await.unwrap();

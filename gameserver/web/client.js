@@ -149,9 +149,13 @@ export class Session extends Emitter {
       }
     }, CONNECT_TIMEOUT_MS);
     ws.onopen = () => {
-      const auth = P.encode(P.Auth, { token: this.token, client_version: P.PROTOCOL_VERSION });
+      const auth = P.encode(P.Auth, { token: this.token, client_version: P.PROTOCOL_VERSION, features: P.FEATURES });
       ws.send(P.encodeFrame(P.Kind.Auth, 0, Date.now(), auth));
     };
+    // Frames are handled in arrival order: once a compressed one waits for
+    // its inflation (async), the ones after it wait in this chain too.
+    let order = Promise.resolve();
+    let behind = 0;
     ws.onmessage = (m) => {
       if (this.ws !== ws) return;
       this.lastHeard = performance.now();
@@ -163,6 +167,27 @@ export class Session extends Emitter {
         ws.close();
         return;
       }
+      if (behind === 0 && !(f.flags & P.FLAG_COMPRESSED)) {
+        handle(f);
+        return;
+      }
+      behind++;
+      order = order
+        .then(async () => {
+          if (f.flags & P.FLAG_COMPRESSED) {
+            try {
+              f = { ...f, flags: f.flags & ~P.FLAG_COMPRESSED, payload: await P.inflate(f.payload) };
+            } catch (e) {
+              failed = { code: 'BadFrame', message: `the gateway sent a compressed frame this client cannot read: ${e.message}` };
+              ws.close();
+              return;
+            }
+          }
+          if (this.ws === ws) handle(f);
+        })
+        .finally(() => behind--);
+    };
+    const handle = (f) => {
       if (!authed) {
         if (f.kind === P.Kind.Welcome) {
           authed = true;
@@ -393,6 +418,12 @@ export class Session extends Emitter {
       case P.Kind.Pong:
         this.onPong(f);
         return;
+      case P.Kind.Ping:
+        // The gateway's round-trip probe: echo its time at once (not when
+        // the debug hook made this page silent: then it says nothing).
+        if (this.debug.pingsStopped) return;
+        this.ws?.send(P.encodeFrame(P.Kind.Pong, 0, Date.now(), P.encode(P.Pong, { client_time_ms: f.timeMs, rtt_ms: 0 })));
+        return;
       case P.Kind.Error: {
         const fail = safeDecode(P.Fail, f.payload);
         if (fail) this.emit('error', fail);
@@ -447,6 +478,7 @@ export class Session extends Emitter {
     const p = safeDecode(P.Pong, f.payload);
     if (!p) return;
     this.stats.pongs++;
+    if (p.rtt_ms > 0) this.gatewayRttMs = p.rtt_ms; // what the gateway measured
     const sent = this.pings.find((x) => x.t === p.client_time_ms);
     this.rttMs = sent ? performance.now() - sent.at : Math.max(0, Date.now() - Number(p.client_time_ms));
     this.emit('rtt', this.rttMs);

@@ -18,8 +18,15 @@ export const HEADER_BYTES = 24;
 export const PROTOCOL_VERSION = 1;
 /// Largest frame payload accepted from the gateway (client::FRAME_PAYLOAD_BYTES_MAX).
 export const FRAME_PAYLOAD_BYTES_MAX = 4 << 20;
+/// Flag: the payload is deflate-raw (frame::FLAG_COMPRESSED).
+export const FLAG_COMPRESSED = 1;
 /// Flag bits this build understands (frame::FLAGS_KNOWN).
-export const FLAGS_KNOWN = 0;
+export const FLAGS_KNOWN = FLAG_COMPRESSED;
+/// Auth.features (msg::FEATURE_DEFLATE, FEATURE_RTT): this client inflates
+/// compressed frames, reads Pong.rtt_ms and answers the gateway's Pings.
+export const FEATURE_DEFLATE = 1;
+export const FEATURE_RTT = 2;
+export const FEATURES = FEATURE_DEFLATE | FEATURE_RTT;
 
 export const Kind = Object.freeze({
   Auth: 1, Welcome: 2, Request: 3, Reply: 4, Push: 5, Ping: 6, Pong: 7,
@@ -59,12 +66,12 @@ export function crc32(...parts) {
 // ---------------------------------------------------------------- frames
 
 /// One encoded frame (a WebSocket message holds exactly one).
-export function encodeFrame(kind, seq, timeMs, payload = new Uint8Array(0)) {
+export function encodeFrame(kind, seq, timeMs, payload = new Uint8Array(0), flags = 0) {
   const out = new Uint8Array(HEADER_BYTES + payload.length);
   const v = new DataView(out.buffer);
   v.setUint32(0, payload.length, true);
   out[4] = kind;
-  out[5] = 0;
+  out[5] = flags;
   v.setUint16(6, 0, true);
   v.setUint32(8, seq >>> 0, true);
   v.setBigUint64(12, BigInt(timeMs), true);
@@ -91,6 +98,48 @@ export function decodeFrame(bytes, payloadMax = FRAME_PAYLOAD_BYTES_MAX) {
   if (flags & ~FLAGS_KNOWN) throw new ProtoError(`frame flags ${flags} are not supported`);
   if (b[6] !== 0 || b[7] !== 0) throw new ProtoError('reserved header bytes are not zero');
   return { kind, flags, seq: v.getUint32(8, true), timeMs: toNumber(v.getBigUint64(12, true)), payload };
+}
+
+/// `data` (deflate-raw) inflated with the browser's DecompressionStream,
+/// refused with a ProtoError once it passes `max` bytes (a decompression
+/// bomb costs at most `max` bytes and one chunk).
+export async function inflate(data, max = FRAME_PAYLOAD_BYTES_MAX) {
+  const ds = new DecompressionStream('deflate-raw');
+  const w = ds.writable.getWriter();
+  w.write(data).catch(() => {});
+  w.close().catch(() => {});
+  const r = ds.readable.getReader();
+  const parts = [];
+  let n = 0;
+  try {
+    for (;;) {
+      const { value, done } = await r.read();
+      if (done) break;
+      n += value.length;
+      if (n > max) {
+        r.cancel().catch(() => {});
+        throw new ProtoError(`a compressed payload inflates past the limit of ${max} bytes`);
+      }
+      parts.push(value);
+    }
+  } catch (e) {
+    if (e instanceof ProtoError) throw e;
+    throw new ProtoError('a compressed payload is not valid deflate-raw data');
+  }
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/// decodeFrame, then the payload inflated if the frame is compressed.
+export async function decodeFrameInflated(bytes, payloadMax = FRAME_PAYLOAD_BYTES_MAX) {
+  const f = decodeFrame(bytes, payloadMax);
+  if (!(f.flags & FLAG_COMPRESSED)) return f;
+  return { ...f, flags: f.flags & ~FLAG_COMPRESSED, payload: await inflate(f.payload, payloadMax) };
 }
 
 /// A u64 as a Number when it fits exactly, else as a BigInt.
@@ -294,7 +343,7 @@ export const PlayerRecord = struct([['games', u32], ['wins', u32], ['losses', u3
 export const Activity = struct([['moves', u64], ['auto_moves', u64], ['chat_lines', u64], ['rooms_entered', u64], ['last_seen_ms', u64]]);
 export const PlayerData = struct([['record', PlayerRecord], ['activity', Activity]]);
 
-export const Auth = struct([['token', str], ['client_version', u32]]);
+export const Auth = struct([['token', str], ['client_version', u32], ['features', u32]]);
 export const Welcome = struct([
   ['player', u64], ['name', str], ['session', u64], ['heartbeat_ms', u32], ['dead_ticks', u32], ['server_time_ms', u64],
 ]);
@@ -320,6 +369,7 @@ export const ERROR_CODES = [
   'NoSuchTable', 'NoGame', 'RateLimited', 'Unavailable', 'TooManySessions', 'LoggedInElsewhere',
   'Internal', 'BadRequest', 'NotSeated', 'UpgradeRequired', 'HeartbeatTimeout', 'SlowConsumer',
   'TooManyInFlight', 'ShuttingDown', 'Blacklisted', 'Kicked', 'QueueFull', 'NotAdmitted', 'NotOnline',
+  'StaleTime', 'SeqSkipped', 'Flooding',
 ];
 export const ErrorCode = units(...ERROR_CODES);
 export const Fail = struct([['code', ErrorCode], ['message', str]]);
@@ -383,7 +433,7 @@ export const Push = T.enum([
   ['Notice', Notice],
   ['Queued', struct([['position', u32], ['of', u32], ['heartbeat_ms', u32]])],
 ]);
-export const Pong = struct([['client_time_ms', u64]]);
+export const Pong = struct([['client_time_ms', u64], ['rtt_ms', u32]]);
 export const Bye = struct([['code', ErrorCode], ['message', str]]);
 
 /// Every payload type by its Rust name (the codec test walks these).

@@ -398,6 +398,7 @@ fn codec_cases() -> Vec<Value> {
         &Auth {
             token: "a.b".repeat(100),
             client_version: PROTOCOL_VERSION,
+            features: msg::FEATURES_ALL,
         },
     ));
     out.push(case!(
@@ -415,6 +416,7 @@ fn codec_cases() -> Vec<Value> {
         "Pong",
         &Pong {
             client_time_ms: 1_760_000_000_001,
+            rtt_ms: 70_000,
         },
     ));
     out.push(case!(
@@ -468,15 +470,39 @@ fn frame_cases() -> Vec<Value> {
         })
         .into(),
     );
-    [ping, req, reply, push]
+    let mut out: Vec<Value> = [ping, req, reply, push]
         .iter()
         .map(|f| {
             json!({
-                "kind": f.kind as u8, "seq": f.seq, "time_ms": f.time_ms,
+                "kind": f.kind as u8, "flags": f.flags, "seq": f.seq, "time_ms": f.time_ms,
                 "payload": hex(&f.payload), "hex": hex(&f.to_bytes()),
             })
         })
-        .collect()
+        .collect();
+    // A room list as the gateway compresses it (deflate-raw, flag bit 0).
+    let rooms: Vec<RoomInfo> = (1..=40)
+        .map(|id| RoomInfo {
+            id,
+            name: format!("Room {id}"),
+            game: "gomoku".into(),
+            online: id * 3,
+            capacity: 400,
+        })
+        .collect();
+    let plain = Frame::new(
+        Kind::Reply,
+        9,
+        1_760_000_000_000,
+        msg::encode::<Reply>(&Ok(Answer::Rooms(rooms))).into(),
+    );
+    let packed = gameserver::proto::frame::compress_encoded(&plain.to_bytes())
+        .expect("a room list compresses");
+    let f = gameserver::proto::frame::decode_message(&packed, 1 << 20).expect("a frame");
+    out.push(json!({
+        "kind": f.kind as u8, "flags": f.flags, "seq": f.seq, "time_ms": f.time_ms,
+        "payload": hex(&f.payload), "hex": hex(&packed), "plain": hex(&plain.payload),
+    }));
+    out
 }
 
 /// CRC32 (IEEE) check values; the frames' CRCs are crc32fast's.

@@ -100,6 +100,7 @@ async fn fake_session(
                 seen.lock().pings += 1;
                 let pong = Pong {
                     client_time_ms: f.time_ms,
+                    rtt_ms: 0,
                 };
                 let _ = tx.send(Some(frame(Kind::Pong, 0, &pong))).await;
             }

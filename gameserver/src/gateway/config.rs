@@ -48,6 +48,33 @@ impl PairConfig {
     }
 }
 
+/// Which room-server pairs serve a kind of client (seed 001 "消息路由"):
+/// a new build's clients to the pairs that run the new rules, a test group
+/// to its own pairs. A session takes the first route that matches it; with
+/// none, every pair.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Client versions (`Auth::client_version`), inclusive; `None`: any.
+    #[serde(default)]
+    pub versions: Option<(u32, u32)>,
+    /// Groups (the token's account `kind`); empty: any.
+    #[serde(default)]
+    pub groups: Vec<u8>,
+    /// The pairs (indexes into `pairs`) such a session may use; its room
+    /// list shows only their rooms.
+    pub pairs: Vec<usize>,
+}
+
+impl RouteConfig {
+    /// Whether a client of `version` in `group` takes this route.
+    pub fn matches(&self, version: u32, group: u8) -> bool {
+        self.versions
+            .is_none_or(|(a, b)| (a..=b).contains(&version))
+            && (self.groups.is_empty() || self.groups.contains(&group))
+    }
+}
+
 /// Rooms one pair may be configured with (a typo'd range fails loudly).
 pub const ROOMS_PER_PAIR_MAX: u32 = 100_000;
 
@@ -82,8 +109,8 @@ pub struct GatewayConfig {
     /// WebSocket listener (one binary message per frame); `None`: no WebSocket.
     #[serde(default = "d_ws")]
     pub ws: Option<String>,
-    /// Admin listener (lines: `STATS` answers the counters as one JSON line);
-    /// `None`: none.
+    /// Admin listener (lines: `STATS` answers the counters as one JSON line,
+    /// `METRICS` the Prometheus text; or HTTP `GET /metrics`); `None`: none.
     #[serde(default)]
     pub admin: Option<String>,
     /// SO_REUSEPORT on both listeners: several gateway processes share a port.
@@ -165,6 +192,50 @@ pub struct GatewayConfig {
     /// room server's longest wait for its standby.
     #[serde(default = "d_link_dead_ms")]
     pub link_dead_ms: u64,
+
+    /// Payloads to clients of at least this many bytes are compressed
+    /// (deflate-raw, flag bit 0) for clients that announce it; 0: never.
+    /// Costs: CPU per big frame (47 µs to pack a 300-member room's 9.6 KiB
+    /// snapshot into 29% of it, 23 µs for a 100-room list to 34%) against
+    /// the bytes saved; a chat push (~50 bytes) grows, whence the floor.
+    #[serde(default = "d_compress_bytes_min")]
+    pub compress_bytes_min: usize,
+    /// A client frame whose `time_ms`, corrected by the clock offset learned
+    /// at Auth and at each ping, is older than this is dropped (StaleTime), ms.
+    /// Costs: a recorded frame can be replayed for this long (the sequence
+    /// check stops it too); too small drops an honest client's frames that
+    /// waited in a stalled TCP connection.
+    #[serde(default = "d_frame_age_max_ms")]
+    pub frame_age_max_ms: u64,
+    /// ... or this far ahead of the gateway's clock, ms.
+    #[serde(default = "d_frame_ahead_max_ms")]
+    pub frame_ahead_max_ms: u64,
+    /// Bytes a second one connection may send, sustained (token bucket; the
+    /// bucket holds one second of it). Over it, reads pause until the bucket
+    /// refills (TCP pushes back on the sender). Costs: a client's burst above
+    /// it waits.
+    #[serde(default = "d_conn_bytes_per_s_max")]
+    pub conn_bytes_per_s_max: u64,
+    /// Frames a second one connection may send, sustained (the same bucket
+    /// rules as `conn_bytes_per_s_max`).
+    #[serde(default = "d_conn_frames_per_s_max")]
+    pub conn_frames_per_s_max: u64,
+    /// A connection whose reads stay paused by its traffic limits this long
+    /// without a break is closed (Bye Flooding), ms.
+    #[serde(default = "d_flood_close_ms")]
+    pub flood_close_ms: u64,
+    /// Connections not yet authenticated from one source address; more are
+    /// closed at accept. Costs: players behind one NAT log in at most this
+    /// many at a time (each for at most `auth_timeout_ms`).
+    #[serde(default = "d_unauth_per_addr_max")]
+    pub unauth_per_addr_max: u32,
+    /// Lowest `Auth::client_version` served; older clients get Bye UpgradeRequired.
+    #[serde(default = "d_client_version_min")]
+    pub client_version_min: u32,
+    /// Routes by client version and group, first match wins; empty: every
+    /// session may use every pair.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 fn d_tcp() -> String {
@@ -218,6 +289,30 @@ pub(crate) fn d_link_dead_ms() -> u64 {
 pub(crate) fn d_center_login_timeout_ms() -> u64 {
     10_000
 }
+pub(crate) fn d_compress_bytes_min() -> usize {
+    512
+}
+pub(crate) fn d_frame_age_max_ms() -> u64 {
+    30_000
+}
+pub(crate) fn d_frame_ahead_max_ms() -> u64 {
+    5_000
+}
+pub(crate) fn d_conn_bytes_per_s_max() -> u64 {
+    65_536
+}
+pub(crate) fn d_conn_frames_per_s_max() -> u64 {
+    200
+}
+pub(crate) fn d_flood_close_ms() -> u64 {
+    3_000
+}
+pub(crate) fn d_unauth_per_addr_max() -> u32 {
+    64
+}
+pub(crate) fn d_client_version_min() -> u32 {
+    crate::proto::msg::PROTOCOL_VERSION
+}
 
 impl GatewayConfig {
     /// A configuration with every default, for `secret` and `pairs`.
@@ -250,6 +345,15 @@ impl GatewayConfig {
             unavailable_after_ms: d_unavailable_after_ms(),
             link_connect_timeout_ms: d_link_connect_timeout_ms(),
             link_dead_ms: d_link_dead_ms(),
+            compress_bytes_min: d_compress_bytes_min(),
+            frame_age_max_ms: d_frame_age_max_ms(),
+            frame_ahead_max_ms: d_frame_ahead_max_ms(),
+            conn_bytes_per_s_max: d_conn_bytes_per_s_max(),
+            conn_frames_per_s_max: d_conn_frames_per_s_max(),
+            flood_close_ms: d_flood_close_ms(),
+            unauth_per_addr_max: d_unauth_per_addr_max(),
+            client_version_min: d_client_version_min(),
+            routes: Vec::new(),
         }
     }
 
@@ -277,6 +381,12 @@ impl GatewayConfig {
         pos(self.link_connect_timeout_ms, "link_connect_timeout_ms")?;
         pos(self.link_dead_ms, "link_dead_ms")?;
         pos(self.center_login_timeout_ms, "center_login_timeout_ms")?;
+        pos(self.frame_age_max_ms, "frame_age_max_ms")?;
+        pos(self.frame_ahead_max_ms, "frame_ahead_max_ms")?;
+        pos(self.conn_bytes_per_s_max, "conn_bytes_per_s_max")?;
+        pos(self.conn_frames_per_s_max, "conn_frames_per_s_max")?;
+        pos(self.flood_close_ms, "flood_close_ms")?;
+        pos(self.unauth_per_addr_max as u64, "unauth_per_addr_max")?;
         if self.tcp_noise.is_some() && self.noise_key.is_none() {
             return Err("tcp_noise needs noise_key (64 hex digits or a key file; gs-gateway --gen-noise-key makes one)".into());
         }
@@ -288,6 +398,19 @@ impl GatewayConfig {
         }
         if self.frame_bytes_max > u32::MAX as usize {
             return Err("frame_bytes_max must fit in the header's u32".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(p) = r.pairs.iter().find(|p| **p >= self.pairs.len()) {
+                return Err(format!(
+                    "route {i} names pair {p}; there are {} pairs (numbered from 0)",
+                    self.pairs.len()
+                ));
+            }
+            if r.versions.is_some_and(|(a, b)| b < a) {
+                return Err(format!(
+                    "route {i}: its version range ends before it starts"
+                ));
+            }
         }
         let mut seen = std::collections::HashMap::new();
         for (i, p) in self.pairs.iter().enumerate() {
@@ -316,6 +439,25 @@ mod tests {
         assert!(PairConfig::parse("1,2").is_err());
         assert!(PairConfig::parse("x@a:1").is_err());
         assert!(PairConfig::parse("5-1@a:1").is_err());
+    }
+
+    #[test]
+    fn routes_match_by_version_and_group_and_name_real_pairs() {
+        let mut c: GatewayConfig = serde_json::from_str(
+            r#"{"secret":"s","pairs":[{"rooms":[1],"nodes":["a:1"]},{"rooms":[2],"nodes":["b:1"]}],
+                "routes":[{"versions":[2,9],"pairs":[1]},{"groups":[7],"pairs":[0]}]}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let first = |v, g| c.routes.iter().position(|r| r.matches(v, g));
+        assert_eq!(first(2, 7), Some(0), "the version route comes first");
+        assert_eq!(first(1, 7), Some(1));
+        assert_eq!(first(1, 0), None, "no route: every pair");
+        c.routes[0].pairs = vec![2];
+        assert!(c.validate().unwrap_err().contains("pair 2"));
+        c.routes[0].pairs = vec![1];
+        c.routes[0].versions = Some((9, 2));
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -11,8 +11,13 @@
 //! - `center`: the link to the center pair (when `center` is configured):
 //!   every login waits for the center's Admitted (or waits in its queue)
 //!   before Welcome; kicks, single sign-on across gateways, notices;
-//! - [`stats`][stats]: counters;
+//! - [`stats`][stats]: counters, and their Prometheus text (admin port);
 //! - [`secure`][secure]: the encrypted listeners (Noise over TCP, `wss`).
+//!
+//! Message protection (ARCHITECTURE.md "Gateway message protection"):
+//! compressed frames both ways, strict sequence, CRC, time window, traffic
+//! buckets, the per-address cap on unauthenticated connections, the version
+//! minimum and routes, the heartbeat RTT probe: all in `session`.
 //!
 //! Invariants:
 //! - one request of a session is in flight at a time, so after a failover
@@ -48,7 +53,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use config::{BalancerReport, GatewayConfig, PairConfig};
+pub use config::{BalancerReport, GatewayConfig, PairConfig, RouteConfig};
 pub use stats::{GatewayStats, StatsSnapshot};
 
 use crate::proto::frame::{Frame, Kind};
@@ -96,6 +101,9 @@ pub(crate) struct Shared {
     pub(crate) channels: Mutex<HashMap<u32, HashMap<u64, Arc<SessionHandle>>>>,
     /// Where this gateway's clients connect (told to the center).
     pub(crate) public_addr: String,
+    /// Unauthenticated connections per source address (at most
+    /// `unauth_per_addr_max` each; an entry per address with one or more).
+    pub(crate) unauth: Mutex<HashMap<std::net::IpAddr, u32>>,
 }
 
 /// Channels with subscribers on one gateway at most.
@@ -257,6 +265,7 @@ impl Gateway {
             center: center_tx,
             channels: Mutex::new(HashMap::new()),
             public_addr,
+            unauth: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -609,13 +618,29 @@ fn peer_ip(s: &tokio::net::TcpStream) -> std::net::IpAddr {
 
 pub use crate::report::rss_bytes;
 
+/// Header lines of an HTTP request to the admin port read at most.
+const ADMIN_HTTP_HEADERS_MAX: usize = 64;
+
+/// The gateway's Prometheus text: its counters and the process's RSS.
+fn metrics_text(shared: &Shared) -> String {
+    let mut t = shared.stats.prometheus();
+    t.push_str(&format!(
+        "# HELP gateway_rss_bytes Resident memory of the process.\n# TYPE gateway_rss_bytes gauge\ngateway_rss_bytes {}\n",
+        rss_bytes()
+    ));
+    t
+}
+
 /// Admin connections served at once at most.
 const ADMIN_CONNECTIONS_MAX: usize = 16;
 /// Longest admin command line, bytes.
 const ADMIN_LINE_BYTES_MAX: usize = 256;
 
 /// The admin port: one command per line. `STATS`: the counters and the RSS
-/// as one JSON line; anything else: `ERR ...`.
+/// as one JSON line; `METRICS`: the Prometheus text, ended by a `# EOF`
+/// line; anything else: `ERR ...`. An HTTP `GET /metrics` (what a
+/// Prometheus server sends) is answered with the same text over HTTP/1.0,
+/// then the connection closes.
 async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
@@ -646,7 +671,35 @@ async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Re
                     Ok(_) if line.len() > ADMIN_LINE_BYTES_MAX => return,
                     Ok(_) => {}
                 }
+                if let Some(path) = line
+                    .strip_prefix("GET ")
+                    .and_then(|r| r.split_whitespace().next())
+                {
+                    // HTTP: skip the request's headers (bounded), answer, close.
+                    let mut h = String::new();
+                    for _ in 0..ADMIN_HTTP_HEADERS_MAX {
+                        h.clear();
+                        match rd.read_line(&mut h).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if h.trim().is_empty() => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let (status, body) = match path {
+                        "/metrics" => ("200 OK", metrics_text(&shared)),
+                        _ => ("404 Not Found", "try GET /metrics\n".to_string()),
+                    };
+                    let head = format!(
+                        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = wr.write_all(head.as_bytes()).await;
+                    let _ = wr.write_all(body.as_bytes()).await;
+                    let _ = wr.shutdown().await;
+                    return;
+                }
                 let answer = match line.trim() {
+                    "METRICS" => format!("{}# EOF", metrics_text(&shared)),
                     "STATS" => {
                         let mut v =
                             serde_json::to_value(shared.stats.snapshot()).unwrap_or_default();
@@ -654,7 +707,7 @@ async fn serve_admin(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Re
                         v["gateway"] = shared.gateway_id.into();
                         v.to_string()
                     }
-                    other => format!("ERR unknown command {other:?}; try STATS"),
+                    other => format!("ERR unknown command {other:?}; try STATS or METRICS"),
                 };
                 if wr
                     .write_all(format!("{answer}\n").as_bytes())

@@ -21,7 +21,7 @@ use super::pair::LinkCmd;
 use super::stats::GatewayStats;
 use super::transport::{FrameIo, ReadError};
 use super::Shared;
-use crate::proto::frame::{Frame, FrameError, Kind};
+use crate::proto::frame::{self, Frame, FrameError, Kind, HEADER_BYTES};
 use crate::proto::msg::{
     self, Answer, CenterRequest, ErrorCode, Fail, Push, Reply, Request, SayTo,
     CHANNELS_PER_SESSION_MAX, CHAT_TEXT_BYTES_MAX,
@@ -135,15 +135,18 @@ fn bye_frame(code: ErrorCode, message: &str) -> Bytes {
 
 fn frame_error_code(e: &FrameError) -> ErrorCode {
     match e {
-        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        FrameError::TooLarge { .. } | FrameError::InflatesTooLarge { .. } => {
+            ErrorCode::FrameTooLarge
+        }
         FrameError::BadCrc => ErrorCode::BadCrc,
         _ => ErrorCode::BadFrame,
     }
 }
 
 /// Sends Bye and closes.
-async fn bye<T: FrameIo>(io: &mut T, code: ErrorCode, message: &str) {
+async fn bye<T: FrameIo>(io: &mut T, stats: &GatewayStats, code: ErrorCode, message: &str) {
     debug!(?code, message, "bye");
+    stats.error(code);
     let limit = Duration::from_millis(BYE_WRITE_MS);
     let _ = tokio::time::timeout(limit, async {
         let _ = io.write_frames(&[bye_frame(code, message)]).await;
@@ -170,16 +173,158 @@ struct Bucket {
     at: Instant,
 }
 
+/// A token bucket that may go into debt: a connection's bytes or frames.
+/// It holds one second of its rate; the debt says how long to pause reads.
+struct Debt {
+    tokens: f64,
+    per_s: f64,
+    at: Instant,
+}
+
+impl Debt {
+    fn new(per_s: u64, now: Instant) -> Debt {
+        Debt {
+            tokens: per_s as f64,
+            per_s: per_s as f64,
+            at: now,
+        }
+    }
+
+    /// Takes `n`; the time until the bucket is out of debt again.
+    fn take(&mut self, n: u64, now: Instant) -> Duration {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.per_s).min(self.per_s) - n as f64;
+        match self.tokens < 0.0 {
+            true => Duration::from_secs_f64(-self.tokens / self.per_s),
+            false => Duration::ZERO,
+        }
+    }
+}
+
+/// A connection's traffic limits: bytes and frames a second (seed 001
+/// "流量限制"). A frame over either pauses reads until both are out of debt;
+/// reads paused without a break for `flood_close_ms` close the connection.
+struct Traffic {
+    bytes: Debt,
+    frames: Debt,
+    /// Since when every frame read has paused the reads.
+    throttled_since: Option<Instant>,
+    /// This connection was counted in `throttled_connections`.
+    counted: bool,
+}
+
+/// What the traffic limits say about a frame just read.
+#[derive(Debug, PartialEq)]
+enum Throttle {
+    Go,
+    Pause(Duration),
+    Close,
+}
+
+impl Traffic {
+    fn new(cfg: &super::GatewayConfig, now: Instant) -> Traffic {
+        Traffic {
+            bytes: Debt::new(cfg.conn_bytes_per_s_max, now),
+            frames: Debt::new(cfg.conn_frames_per_s_max, now),
+            throttled_since: None,
+            counted: false,
+        }
+    }
+
+    fn charge(
+        &mut self,
+        bytes: usize,
+        now: Instant,
+        close_after: Duration,
+        stats: &GatewayStats,
+    ) -> Throttle {
+        let wait = self
+            .bytes
+            .take(bytes as u64, now)
+            .max(self.frames.take(1, now));
+        if wait.is_zero() {
+            self.throttled_since = None;
+            return Throttle::Go;
+        }
+        let since = *self.throttled_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= close_after {
+            GatewayStats::inc(&stats.flood_closed);
+            return Throttle::Close;
+        }
+        GatewayStats::inc(&stats.throttle_pauses);
+        if !std::mem::replace(&mut self.counted, true) {
+            GatewayStats::inc(&stats.throttled_connections);
+        }
+        Throttle::Pause(wait)
+    }
+}
+
+/// One unauthenticated connection of a source address, counted against
+/// `unauth_per_addr_max` until authenticated or gone.
+struct UnauthSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl UnauthSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<UnauthSlot> {
+        let mut m = shared.unauth.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= shared.cfg.unauth_per_addr_max {
+            return None;
+        }
+        *n += 1;
+        Some(UnauthSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for UnauthSlot {
+    fn drop(&mut self) {
+        let mut m = self.shared.unauth.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A good Auth: who, what the client understands, and its clock.
+struct Authed {
+    claims: token::Claims,
+    version: u32,
+    features: u32,
+    /// Gateway clock minus the client's at Auth, ms.
+    offset_ms: i64,
+}
+
 /// Serves one connection until it ends. The caller counted it in
 /// `stats.connections` and this uncounts it.
 pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>, peer: IpAddr) {
     let stats = &shared.stats;
-    let claims = match authenticate(&mut io, &shared).await {
-        Some(c) => c,
-        None => {
-            GatewayStats::dec(&stats.connections);
-            return;
-        }
+    let Some(slot) = UnauthSlot::take(&shared, peer) else {
+        GatewayStats::inc(&stats.refused_per_addr);
+        debug!(%peer, "closed: the address holds unauth_per_addr_max unauthenticated connections");
+        io.close().await;
+        GatewayStats::dec(&stats.connections);
+        return;
+    };
+    let authed = authenticate(&mut io, &shared).await;
+    drop(slot);
+    let Some(Authed {
+        claims,
+        version,
+        features,
+        offset_ms,
+    }) = authed
+    else {
+        GatewayStats::dec(&stats.connections);
+        return;
     };
     let (tx, mut rx) = mpsc::channel(shared.cfg.session_queue_frames_max);
     let handle = Arc::new(SessionHandle {
@@ -194,7 +339,7 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>, peer: IpAddr
     });
     if let Some(center) = &shared.center {
         GatewayStats::inc(&stats.waiting);
-        let ok = admission(&mut io, &shared, center, &handle, &mut rx, peer).await;
+        let ok = admission(&mut io, &shared, center, &handle, &mut rx, peer, features).await;
         GatewayStats::dec(&stats.waiting);
         if !ok {
             rx.close();
@@ -241,6 +386,18 @@ pub(crate) async fn run<T: FrameIo>(mut io: T, shared: Arc<Shared>, peer: IpAddr
             at: Instant::now(),
         },
         writes: vec![welcome],
+        features,
+        offset_ms,
+        traffic: Traffic::new(&shared.cfg, Instant::now()),
+        routed: shared
+            .cfg
+            .routes
+            .iter()
+            .find(|r| r.matches(version, claims.kind))
+            .map(|r| r.pairs.clone()),
+        version,
+        probe: None,
+        rtt_ms: 0,
     };
     debug!(session = handle.id, player = handle.player, "authenticated");
     s.serve(&mut io, rx).await;
@@ -289,6 +446,7 @@ async fn admission<T: FrameIo>(
     handle: &Arc<SessionHandle>,
     rx: &mut mpsc::Receiver<Out>,
     peer: IpAddr,
+    features: u32,
 ) -> bool {
     let cmd = CenterCmd::Login {
         session: handle.clone(),
@@ -296,7 +454,7 @@ async fn admission<T: FrameIo>(
     };
     if center.try_send(cmd).is_err() {
         let m = "the gateway's link to the center is overloaded; retry";
-        bye(io, ErrorCode::Unavailable, m).await;
+        bye(io, &shared.stats, ErrorCode::Unavailable, m).await;
         return false;
     }
     let cfg = &shared.cfg;
@@ -311,7 +469,7 @@ async fn admission<T: FrameIo>(
             biased;
             _ = handle.kill.notified() => {
                 let fail = handle.reason.lock().take().unwrap_or_else(|| Fail::new(ErrorCode::Internal, "closed"));
-                bye(io, fail.code, &fail.message).await;
+                bye(io, &shared.stats, fail.code, &fail.message).await;
                 return false;
             }
             out = rx.recv() => match out {
@@ -327,11 +485,11 @@ async fn admission<T: FrameIo>(
             r = io.read_frame() => match r {
                 Ok(f) => {
                     seen = true;
-                    GatewayStats::inc(&shared.stats.frames_in);
+                    shared.stats.frame_in(f.kind as u8, HEADER_BYTES + f.payload.len());
                     match f.kind {
                         Kind::Ping => {
-                            let pong = msg::Pong { client_time_ms: f.time_ms };
-                            writes.push(Frame::new(Kind::Pong, 0, token::now_ms(), Bytes::from(msg::encode(&pong))).to_bytes());
+                            let pong = msg::Pong { client_time_ms: f.time_ms, rtt_ms: 0 };
+                            writes.push(Frame::new(Kind::Pong, 0, token::now_ms(), Bytes::from(pong.encode_for(features))).to_bytes());
                         }
                         Kind::Request | Kind::Center => {
                             let fail = Fail::new(ErrorCode::NotAdmitted, "you are waiting in the login queue; requests come after Welcome");
@@ -339,26 +497,26 @@ async fn admission<T: FrameIo>(
                         }
                         k => {
                             GatewayStats::inc(&shared.stats.errors_frame);
-                            bye(io, ErrorCode::BadFrame, &format!("a client does not send {k:?} frames while queued")).await;
+                            bye(io, &shared.stats, ErrorCode::BadFrame, &format!("a client does not send {k:?} frames while queued")).await;
                             return false;
                         }
                     }
                 }
                 Err(ReadError::Closed) => return false,
                 Err(ReadError::Text) => {
-                    bye(io, ErrorCode::BadFrame, "text messages are refused: send binary frames").await;
+                    bye(io, &shared.stats, ErrorCode::BadFrame, "text messages are refused: send binary frames").await;
                     return false;
                 }
                 Err(ReadError::Frame(e)) => {
                     GatewayStats::inc(&shared.stats.errors_frame);
-                    bye(io, frame_error_code(&e), &e.to_string()).await;
+                    bye(io, &shared.stats, frame_error_code(&e), &e.to_string()).await;
                     return false;
                 }
             },
             _ = tick.tick() => {
                 if !queued {
                     if Instant::now() >= answer_by {
-                        bye(io, ErrorCode::Unavailable, "the center server did not answer the login in time; retry").await;
+                        bye(io, &shared.stats, ErrorCode::Unavailable, "the center server did not answer the login in time; retry").await;
                         return false;
                     }
                 } else if std::mem::take(&mut seen) {
@@ -368,7 +526,7 @@ async fn admission<T: FrameIo>(
                     if idle >= cfg.dead_ticks {
                         GatewayStats::inc(&shared.stats.heartbeat_timeouts);
                         let m = format!("no frame for {} heartbeats of {} ms while queued", idle, hb.as_millis());
-                        bye(io, ErrorCode::HeartbeatTimeout, &m).await;
+                        bye(io, &shared.stats, ErrorCode::HeartbeatTimeout, &m).await;
                         return false;
                     }
                 }
@@ -381,7 +539,7 @@ async fn admission<T: FrameIo>(
 }
 
 /// The first frame: a good Auth within the time limit, else Bye.
-async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<token::Claims> {
+async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<Authed> {
     let stats = &shared.stats;
     let limit = Duration::from_millis(shared.cfg.auth_timeout_ms);
     let refuse = |code| {
@@ -391,7 +549,7 @@ async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<token::
     let f = match tokio::time::timeout(limit, io.read_frame()).await {
         Err(_) => {
             let c = refuse(ErrorCode::NotAuthenticated);
-            bye(io, c, "no Auth frame in time").await;
+            bye(io, &shared.stats, c, "no Auth frame in time").await;
             return None;
         }
         Ok(Err(ReadError::Closed)) => return None,
@@ -399,6 +557,7 @@ async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<token::
             GatewayStats::inc(&stats.errors_frame);
             bye(
                 io,
+                &shared.stats,
                 ErrorCode::BadFrame,
                 "text messages are refused: send binary frames",
             )
@@ -407,45 +566,60 @@ async fn authenticate<T: FrameIo>(io: &mut T, shared: &Shared) -> Option<token::
         }
         Ok(Err(ReadError::Frame(e))) => {
             GatewayStats::inc(&stats.errors_frame);
-            bye(io, frame_error_code(&e), &e.to_string()).await;
+            bye(io, &shared.stats, frame_error_code(&e), &e.to_string()).await;
             return None;
         }
         Ok(Ok(f)) => f,
     };
-    GatewayStats::inc(&stats.frames_in);
-    if f.kind != Kind::Auth {
-        let c = refuse(ErrorCode::NotAuthenticated);
-        bye(io, c, "the first frame must be Auth").await;
-        return None;
-    }
-    let auth: msg::Auth = match msg::decode(&f.payload) {
-        Ok(a) => a,
-        Err(_) => {
-            let c = refuse(ErrorCode::BadFrame);
-            bye(io, c, "the Auth payload is unreadable").await;
+    stats.frame_in(f.kind as u8, HEADER_BYTES + f.payload.len());
+    let f = match f.inflated(shared.cfg.frame_bytes_max) {
+        Ok(f) => f,
+        Err(e) => {
+            GatewayStats::inc(&stats.errors_frame);
+            bye(io, stats, frame_error_code(&e), &e.to_string()).await;
             return None;
         }
     };
-    if auth.client_version < msg::PROTOCOL_VERSION {
-        let c = refuse(ErrorCode::UpgradeRequired);
-        let m = format!(
-            "protocol {} is too old; this gateway speaks {}",
-            auth.client_version,
-            msg::PROTOCOL_VERSION
-        );
-        bye(io, c, &m).await;
+    if f.kind != Kind::Auth {
+        let c = refuse(ErrorCode::NotAuthenticated);
+        bye(io, &shared.stats, c, "the first frame must be Auth").await;
         return None;
     }
+    let auth = match msg::Auth::decode(&f.payload) {
+        Ok(a) => a,
+        Err(_) => {
+            let c = refuse(ErrorCode::BadFrame);
+            bye(io, &shared.stats, c, "the Auth payload is unreadable").await;
+            return None;
+        }
+    };
+    if auth.client_version < shared.cfg.client_version_min {
+        let c = refuse(ErrorCode::UpgradeRequired);
+        GatewayStats::inc(&stats.upgrade_required);
+        let m = format!(
+            "client version {} is below this gateway's minimum, {}: upgrade the client",
+            auth.client_version, shared.cfg.client_version_min
+        );
+        bye(io, &shared.stats, c, &m).await;
+        return None;
+    }
+    let offset_ms = (token::now_ms() as i128 - f.time_ms as i128)
+        .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
     match token::verify(
         shared.cfg.secret.as_bytes(),
         &auth.token,
         shared.cfg.zone,
         token::now_ms(),
     ) {
-        Ok(c) => Some(c),
+        Ok(claims) => Some(Authed {
+            claims,
+            version: auth.client_version,
+            features: auth.features,
+            offset_ms,
+        }),
         Err(fail) => {
             let c = refuse(fail.code);
-            bye(io, c, &fail.message).await;
+            bye(io, &shared.stats, c, &fail.message).await;
             None
         }
     }
@@ -470,6 +644,19 @@ struct Session {
     bucket: Bucket,
     /// Frames to write at the end of this turn of the loop.
     writes: Vec<Bytes>,
+    /// `Auth::features` of the client.
+    features: u32,
+    /// Gateway clock minus the client's, ms: learned at Auth, again at each ping.
+    offset_ms: i64,
+    traffic: Traffic,
+    /// The gateway's round-trip probe in flight: its `time_ms`, sent when.
+    probe: Option<(u64, Instant)>,
+    /// The last round trip measured, ms (0: none yet).
+    rtt_ms: u32,
+    /// The pairs this session's route allows (`None`: every pair).
+    routed: Option<Vec<usize>>,
+    /// `Auth::client_version`.
+    version: u32,
 }
 
 impl Session {
@@ -479,8 +666,12 @@ impl Session {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut seen, mut seen_at_tick, mut idle) = (0u64, 0u64, 0u32);
         let handle = self.handle.clone();
+        let close_after = Duration::from_millis(self.shared.cfg.flood_close_ms);
+        // Reads paused by the traffic limits until then.
+        let mut paused: Option<tokio::time::Instant> = None;
         loop {
             if !self.writes.is_empty() {
+                self.pack_writes();
                 // A client that does not read blocks this write; a close
                 // (SlowConsumer, a newer login) must still end it.
                 let written = tokio::select! {
@@ -494,11 +685,9 @@ impl Session {
                 if !written {
                     break;
                 }
-                let n = self.writes.len() as u64;
-                self.shared
-                    .stats
-                    .frames_out
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                for f in &self.writes {
+                    self.shared.stats.frame_out(f);
+                }
                 self.writes.clear();
             }
             tokio::select! {
@@ -506,7 +695,7 @@ impl Session {
                 _ = handle.kill.notified() => {
                     let fail = handle.reason.lock().take().unwrap_or_else(|| Fail::new(ErrorCode::Internal, "closed"));
                     rx.close();
-                    bye(io, fail.code, &fail.message).await;
+                    bye(io, &self.shared.stats, fail.code, &fail.message).await;
                     break;
                 }
                 out = rx.recv() => {
@@ -519,17 +708,45 @@ impl Session {
                         }
                     }
                 }
-                r = io.read_frame() => {
+                _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
+                    paused = None;
+                }
+                r = io.read_frame(), if paused.is_none() => {
                     match r {
                         Ok(f) => {
                             seen += 1;
-                            GatewayStats::inc(&self.shared.stats.frames_in);
+                            let wire = HEADER_BYTES + f.payload.len();
+                            self.shared.stats.frame_in(f.kind as u8, wire);
+                            let now = Instant::now();
+                            match self.traffic.charge(wire, now, close_after, &self.shared.stats) {
+                                Throttle::Go => {}
+                                Throttle::Pause(d) => paused = Some(tokio::time::Instant::from_std(now + d)),
+                                Throttle::Close => {
+                                    rx.close();
+                                    let cfg = &self.shared.cfg;
+                                    let m = format!("over {} bytes or {} frames a second for {} ms: slow down", cfg.conn_bytes_per_s_max, cfg.conn_frames_per_s_max, cfg.flood_close_ms);
+                                    bye(io, &self.shared.stats, ErrorCode::Flooding, &m).await;
+                                    break;
+                                }
+                            }
+                            if f.flags & frame::FLAG_COMPRESSED != 0 {
+                                GatewayStats::inc(&self.shared.stats.inflated_frames);
+                            }
+                            let f = match f.inflated(self.shared.cfg.frame_bytes_max) {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    GatewayStats::inc(&self.shared.stats.errors_frame);
+                                    rx.close();
+                                    bye(io, &self.shared.stats, frame_error_code(&e), &e.to_string()).await;
+                                    break;
+                                }
+                            };
                             if let Err((code, m)) = self.frame(f) {
                                 GatewayStats::inc(&self.shared.stats.errors_frame);
                                 let _ = io.write_frames(&self.writes).await;
                                 self.writes.clear();
                                 rx.close();
-                                bye(io, code, &m).await;
+                                bye(io, &self.shared.stats, code, &m).await;
                                 break;
                             }
                         }
@@ -537,25 +754,26 @@ impl Session {
                         Err(ReadError::Text) => {
                             GatewayStats::inc(&self.shared.stats.errors_frame);
                             rx.close();
-                            bye(io, ErrorCode::BadFrame, "text messages are refused: send binary frames").await;
+                            bye(io, &self.shared.stats, ErrorCode::BadFrame, "text messages are refused: send binary frames").await;
                             break;
                         }
                         Err(ReadError::Frame(e)) => {
                             GatewayStats::inc(&self.shared.stats.errors_frame);
                             rx.close();
-                            bye(io, frame_error_code(&e), &e.to_string()).await;
+                            bye(io, &self.shared.stats, frame_error_code(&e), &e.to_string()).await;
                             break;
                         }
                     }
                 }
                 _ = tick.tick() => {
+                    self.probe();
                     if seen == seen_at_tick {
                         idle += 1;
                         if idle >= self.shared.cfg.dead_ticks {
                             GatewayStats::inc(&self.shared.stats.heartbeat_timeouts);
                             rx.close();
                             let m = format!("no frame for {} heartbeats of {} ms", idle, hb.as_millis());
-                            bye(io, ErrorCode::HeartbeatTimeout, &m).await;
+                            bye(io, &self.shared.stats, ErrorCode::HeartbeatTimeout, &m).await;
                             break;
                         }
                     } else {
@@ -567,21 +785,114 @@ impl Session {
         rx.close();
     }
 
+    /// The pair of `room`, if this session's route allows it.
+    fn pair_of(&self, room: u32) -> Option<usize> {
+        let p = self.shared.pair_of(room)?;
+        match &self.routed {
+            Some(ok) if !ok.contains(&p) => {
+                debug!(
+                    session = self.handle.id,
+                    room,
+                    version = self.version,
+                    group = self.handle.kind,
+                    "room not on this session's route"
+                );
+                None
+            }
+            _ => Some(p),
+        }
+    }
+
+    /// Compresses what is about to be written, for a client that inflates:
+    /// payloads of at least `compress_bytes_min` that deflate smaller.
+    fn pack_writes(&mut self) {
+        let min = self.shared.cfg.compress_bytes_min;
+        if self.features & msg::FEATURE_DEFLATE == 0 || min == 0 {
+            return;
+        }
+        let stats = &self.shared.stats;
+        for f in self.writes.iter_mut() {
+            if f.len() < HEADER_BYTES + min {
+                continue;
+            }
+            let t = Instant::now();
+            let packed = frame::compress_encoded(f);
+            stats
+                .compress_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+            if let Some(p) = packed {
+                GatewayStats::inc(&stats.compressed_frames);
+                let plain = (f.len() - HEADER_BYTES) as u64;
+                let packed_len = (p.len() - HEADER_BYTES) as u64;
+                stats.compress_plain_bytes.fetch_add(plain, Relaxed);
+                stats.compress_packed_bytes.fetch_add(packed_len, Relaxed);
+                *f = p;
+            }
+        }
+    }
+
+    /// How far `time_ms` of a client frame is from the gateway's clock,
+    /// corrected by the offset: `Err(off_ms)` outside the window (positive:
+    /// the frame is old).
+    fn time_check(&self, time_ms: u64) -> Result<(), i128> {
+        let off = token::now_ms() as i128 - (time_ms as i128 + self.offset_ms as i128);
+        let cfg = &self.shared.cfg;
+        if off > cfg.frame_age_max_ms as i128 || -off > cfg.frame_ahead_max_ms as i128 {
+            GatewayStats::inc(&self.shared.stats.stale_frames);
+            return Err(off);
+        }
+        Ok(())
+    }
+
+    /// Each heartbeat tick: a round-trip probe (a Ping to the client, which
+    /// answers with a Pong echoing its time), for clients that know it.
+    fn probe(&mut self) {
+        if self.features & msg::FEATURE_RTT == 0 {
+            return;
+        }
+        let t = token::now_ms();
+        self.probe = Some((t, Instant::now()));
+        self.writes
+            .push(Frame::new(Kind::Ping, 0, t, Bytes::new()).to_bytes());
+    }
+
     /// A frame from the client. `Err`: a protocol violation (Bye, close).
     fn frame(&mut self, f: Frame) -> Result<(), (ErrorCode, String)> {
         match f.kind {
             Kind::Ping => {
+                if self.time_check(f.time_ms).is_err() {
+                    // Dropped: no Pong. An honest client's next ping
+                    // re-learns nothing either; its heartbeat decides.
+                    return Ok(());
+                }
+                self.offset_ms = (token::now_ms() as i128 - f.time_ms as i128)
+                    .clamp(i64::MIN as i128, i64::MAX as i128)
+                    as i64;
                 let pong = msg::Pong {
                     client_time_ms: f.time_ms,
+                    rtt_ms: self.rtt_ms,
                 };
                 let b = Frame::new(
                     Kind::Pong,
                     0,
                     token::now_ms(),
-                    Bytes::from(msg::encode(&pong)),
+                    Bytes::from(pong.encode_for(self.features)),
                 )
                 .to_bytes();
                 self.writes.push(b);
+            }
+            Kind::Pong if self.features & msg::FEATURE_RTT != 0 => {
+                let Ok(p) = msg::Pong::decode(&f.payload) else {
+                    return Err((ErrorCode::BadFrame, "an unreadable Pong".into()));
+                };
+                if let Some((t, at)) = self.probe {
+                    if t == p.client_time_ms {
+                        let ms = at.elapsed().as_millis() as u64;
+                        self.rtt_ms = ms.min(u32::MAX as u64) as u32;
+                        self.shared.stats.rtt(ms);
+                        self.probe = None;
+                    }
+                }
             }
             Kind::Request => self.request(f),
             Kind::Center => self.request(f),
@@ -611,6 +922,7 @@ impl Session {
 
     fn refuse(&mut self, seq: u32, code: ErrorCode, message: impl Into<String>) {
         GatewayStats::inc(&self.shared.stats.errors_request);
+        self.shared.stats.error(code);
         GatewayStats::inc(&self.shared.stats.replies);
         self.writes
             .push(reply_frame(seq, &Err(Fail::new(code, message))));
@@ -619,13 +931,30 @@ impl Session {
     fn request(&mut self, f: Frame) {
         let seq = f.seq;
         if seq <= self.last_seq {
+            GatewayStats::inc(&self.shared.stats.seq_refused);
             let m = format!(
                 "request sequence {seq} is not above the last one, {}",
                 self.last_seq
             );
             return self.refuse(seq, ErrorCode::SeqReused, m);
         }
+        if seq != self.last_seq.wrapping_add(1) {
+            GatewayStats::inc(&self.shared.stats.seq_refused);
+            let m = format!(
+                "request sequence {seq} skips numbers: the next one is {}",
+                self.last_seq.wrapping_add(1)
+            );
+            return self.refuse(seq, ErrorCode::SeqSkipped, m);
+        }
         self.last_seq = seq;
+        if let Err(off) = self.time_check(f.time_ms) {
+            let cfg = &self.shared.cfg;
+            let m = format!(
+                "the frame's time_ms is {off} ms off the gateway's clock (window: {} ms old to {} ms ahead); dropped: check the client's clock",
+                cfg.frame_age_max_ms, cfg.frame_ahead_max_ms
+            );
+            return self.refuse(seq, ErrorCode::StaleTime, m);
+        }
         // Token bucket: refill by elapsed time, take one.
         let now = Instant::now();
         let cfg = &self.shared.cfg;
@@ -702,13 +1031,16 @@ impl Session {
             };
             let Some(room) = req.room() else {
                 // Rooms: the gateway answers from what the pairs told it.
-                let rooms = self.shared.rooms();
+                let mut rooms = self.shared.rooms();
+                if let Some(ok) = &self.routed {
+                    rooms.retain(|r| self.shared.pair_of(r.id).is_some_and(|p| ok.contains(&p)));
+                }
                 GatewayStats::inc(&self.shared.stats.replies);
                 self.writes
                     .push(reply_frame(seq, &Ok(Answer::Rooms(rooms))));
                 continue;
             };
-            let Some(pair) = self.shared.pair_of(room) else {
+            let Some(pair) = self.pair_of(room) else {
                 self.refuse(
                     seq,
                     ErrorCode::UnknownRoom,
@@ -746,7 +1078,7 @@ impl Session {
     fn send(&mut self, q: Queued) {
         let Job::Room(req) = &q.req else { return };
         let Some(room) = req.room() else { return };
-        match self.shared.pair_of(room) {
+        match self.pair_of(room) {
             Some(pair) => self.link(pair, q, false),
             None => self.refuse(
                 q.seq,

@@ -19,6 +19,38 @@ pub struct Auth {
     pub token: String,
     /// The client's protocol version ([`PROTOCOL_VERSION`] for this build).
     pub client_version: u32,
+    /// What the client understands beyond version 1 ([`FEATURE_DEFLATE`],
+    /// [`FEATURE_RTT`]); appended: an Auth without it reads as 0, so an
+    /// older client never gets what it cannot read.
+    pub features: u32,
+}
+
+/// [`Auth::features`]: the client inflates frames flagged compressed.
+pub const FEATURE_DEFLATE: u32 = 1;
+/// [`Auth::features`]: the client reads [`Pong::rtt_ms`] and answers the
+/// gateway's Ping frames with a Pong (the gateway's round-trip probe).
+pub const FEATURE_RTT: u32 = 2;
+/// Every feature this build has.
+pub const FEATURES_ALL: u32 = FEATURE_DEFLATE | FEATURE_RTT;
+
+/// Auth as version-1 clients send it (no `features`).
+#[derive(Deserialize)]
+struct AuthV1 {
+    token: String,
+    client_version: u32,
+}
+
+impl Auth {
+    /// Decodes an Auth with or without the appended `features`.
+    pub fn decode(b: &[u8]) -> Result<Auth, postcard::Error> {
+        let (v1, rest): (AuthV1, &[u8]) = postcard::take_from_bytes(b)?;
+        let features = if rest.is_empty() { 0 } else { decode(rest)? };
+        Ok(Auth {
+            token: v1.token,
+            client_version: v1.client_version,
+            features,
+        })
+    }
 }
 
 /// This build's protocol version.
@@ -266,6 +298,14 @@ pub enum ErrorCode {
     NotAdmitted,
     /// 32: the player named is not online.
     NotOnline,
+    /// 33: the frame's `time_ms` is outside the gateway's window (a replayed
+    /// frame, or a client clock that jumped): the frame was dropped.
+    StaleTime,
+    /// 34: the request sequence skipped numbers (each is the last plus one).
+    SeqSkipped,
+    /// 35: the connection sent more bytes or frames a second than allowed,
+    /// for too long (the session is closed).
+    Flooding,
 }
 
 /// A room in a list.
@@ -439,6 +479,30 @@ pub struct GameView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {
     pub client_time_ms: u64,
+    /// The round trip the gateway measured last with its own probe, ms (0:
+    /// none yet). Appended: sent only to clients with [`FEATURE_RTT`].
+    pub rtt_ms: u32,
+}
+
+impl Pong {
+    /// The payload for a client with `features`: without [`FEATURE_RTT`]
+    /// the version-1 Pong (no `rtt_ms`).
+    pub fn encode_for(&self, features: u32) -> Vec<u8> {
+        match features & FEATURE_RTT {
+            0 => encode(&self.client_time_ms),
+            _ => encode(self),
+        }
+    }
+
+    /// Decodes a Pong with or without the appended `rtt_ms`.
+    pub fn decode(b: &[u8]) -> Result<Pong, postcard::Error> {
+        let (client_time_ms, rest): (u64, &[u8]) = postcard::take_from_bytes(b)?;
+        let rtt_ms = if rest.is_empty() { 0 } else { decode(rest)? };
+        Ok(Pong {
+            client_time_ms,
+            rtt_ms,
+        })
+    }
 }
 
 /// The last frame of a session.
@@ -515,5 +579,24 @@ mod tests {
         assert_eq!(encode(&r), vec![1, 12, 1, b'x']);
         let ok: Reply = Ok(Answer::Done { room: 1, seq: 2 });
         assert_eq!(encode(&ok), vec![0, 2, 1, 2]);
+        // Appended fields: the old form still reads, the new one ends with them.
+        let a = Auth {
+            token: "t".into(),
+            client_version: 1,
+            features: FEATURES_ALL,
+        };
+        assert_eq!(encode(&a), vec![1, b't', 1, 3]);
+        assert_eq!(Auth::decode(&[1, b't', 1]).unwrap().features, 0);
+        assert_eq!(Auth::decode(&encode(&a)).unwrap(), a);
+        assert!(Auth::decode(&[1, b't', 1, 3, 0]).is_err());
+        let p = Pong {
+            client_time_ms: 300,
+            rtt_ms: 5,
+        };
+        assert_eq!(p.encode_for(0), vec![0xac, 0x02]);
+        assert_eq!(p.encode_for(FEATURES_ALL), vec![0xac, 0x02, 5]);
+        assert_eq!(Pong::decode(&[0xac, 0x02]).unwrap().rtt_ms, 0);
+        assert_eq!(Pong::decode(&p.encode_for(FEATURE_RTT)).unwrap(), p);
+        assert_eq!(encode(&ErrorCode::Flooding), vec![35]);
     }
 }

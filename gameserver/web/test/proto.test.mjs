@@ -54,7 +54,18 @@ if (fx) {
       assert.equal(got.seq, f.seq);
       assert.equal(got.timeMs, f.time_ms);
       assert.equal(toHex(got.payload), f.payload);
-      assert.equal(toHex(P.encodeFrame(f.kind, f.seq, f.time_ms, fromHex(f.payload))), f.hex);
+      assert.equal(toHex(P.encodeFrame(f.kind, f.seq, f.time_ms, fromHex(f.payload), f.flags)), f.hex);
+    }
+  });
+
+  test('compressed frames inflate to what the Rust side compressed', async () => {
+    const packed = fx.frames.filter((f) => f.flags & P.FLAG_COMPRESSED);
+    assert.ok(packed.length > 0, 'the fixture has a compressed frame');
+    for (const f of packed) {
+      const got = await P.decodeFrameInflated(fromHex(f.hex));
+      assert.equal(got.flags, 0);
+      assert.equal(toHex(got.payload), f.plain);
+      assert.ok(P.decode(P.Reply, got.payload).Ok.Rooms.length > 0);
     }
   });
 
@@ -97,6 +108,15 @@ test('garbage never throws anything but a ProtoError', () => {
       }
     }
   }
+});
+
+test('a decompression bomb is refused at the limit, garbage with a ProtoError', async () => {
+  const zeros = new Uint8Array(4 << 20);
+  const bomb = new Uint8Array(await new Response(new Blob([zeros]).stream().pipeThrough(new CompressionStream('deflate-raw'))).arrayBuffer());
+  assert.ok(bomb.length < 20000, `${bomb.length} bytes`);
+  await assert.rejects(P.inflate(bomb, 65536), (e) => e instanceof P.ProtoError && /past the limit/.test(e.message));
+  assert.equal((await P.inflate(bomb, 4 << 20)).length, 4 << 20);
+  await assert.rejects(P.inflate(Uint8Array.from([0xff, 0xff, 0xff]), 100), P.ProtoError);
 });
 
 test('layout_is_stable (msg.rs)', () => {

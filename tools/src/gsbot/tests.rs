@@ -261,6 +261,7 @@ async fn fake_session(s: tokio::net::TcpStream, fake: Arc<Mutex<Fake>>) {
                     0,
                     &Pong {
                         client_time_ms: f.time_ms,
+                        rtt_ms: 0,
                     },
                 ));
             }
