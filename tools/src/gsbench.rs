@@ -390,6 +390,10 @@ pub fn connections(
 #[path = "gsbench_crypto.rs"]
 pub mod crypto;
 
+/// `gs-bench flood`: the gateway's CPU under a flood of frames.
+#[path = "gsbench_flood.rs"]
+pub mod flood;
+
 /// `gs-bench logins`: logins/s against an in-process login server.
 #[path = "gsbench_login.rs"]
 pub mod login;

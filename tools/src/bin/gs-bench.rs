@@ -123,6 +123,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A flood of Ping frames from authenticated clients: the gateway's CPU, throttling and closes.
+    Flood {
+        /// Flooding connections, each writing as fast as its socket takes it.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// How long each flooder tries, seconds (the gateway closes a flooder after flood_close_ms).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Password logins per second against an in-process login server (argon2id).
     Logins {
         /// Concurrent clients, each its own account and keep-alive connection.
@@ -169,9 +180,19 @@ enum Cmd {
 }
 
 fn cluster_bench(r: Result<serde_json::Value, String>, json: bool) -> ExitCode {
+    report(r, json, tools::gsbench::table)
+}
+
+/// Prints a bench's result (`render` on stderr, one JSON line on stdout with
+/// `--json`) and turns it into the exit code.
+fn report(
+    r: Result<serde_json::Value, String>,
+    json: bool,
+    render: fn(&serde_json::Value) -> String,
+) -> ExitCode {
     match r {
         Ok(v) => {
-            eprint!("{}", tools::gsbench::table(&v));
+            eprint!("{}", render(&v));
             if json {
                 println!("{v}");
             }
@@ -182,6 +203,10 @@ fn cluster_bench(r: Result<serde_json::Value, String>, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    format!("{v:#}\n")
 }
 
 fn print_hold(r: &HoldReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
@@ -221,24 +246,27 @@ fn main() -> ExitCode {
         .init();
     let cmd = Cli::parse().cmd;
     let cmd = match cmd {
+        Cmd::Flood {
+            connections,
+            seconds,
+            json,
+        } => {
+            return report(
+                tools::gsbench::flood::flood(connections, seconds),
+                json,
+                pretty,
+            )
+        }
         Cmd::Handshakes {
             clients,
             seconds,
             json,
         } => {
-            return match tools::gsbench::crypto::handshakes(clients, seconds) {
-                Ok(v) => {
-                    eprintln!("{v:#}");
-                    if json {
-                        println!("{v}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("gs-bench: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            return report(
+                tools::gsbench::crypto::handshakes(clients, seconds),
+                json,
+                pretty,
+            )
         }
         Cmd::Center {
             players,
