@@ -55,6 +55,25 @@ fn cfg(dir: &Path, listen: SocketAddr, peer: SocketAddr, id: u64) -> Config {
     c
 }
 
+/// A witness on 127.0.0.1 (port 0) on a runtime of its own, for pairs with
+/// `cfg`'s heartbeat (20 ms, 5 ticks): the runtime (drop it to stop the
+/// witness), its address and its hold.
+fn start_witness() -> (tokio::runtime::Runtime, SocketAddr, Duration) {
+    let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let waddr = wl.local_addr().unwrap();
+    wl.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hold = hs::node::witness::hold_for(20, 5);
+    rt.spawn(async move {
+        hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
+    });
+    (rt, waddr, hold)
+}
+
 fn until(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -231,18 +250,7 @@ fn old_master_rejoining_rolls_back_its_unreplicated_tail() {
 #[test]
 fn a_witness_fences_a_stale_master() {
     // The witness runs in this process on its own runtime.
-    let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let waddr = wl.local_addr().unwrap();
-    wl.set_nonblocking(true).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let hold = hs::node::witness::hold_for(20, 5);
-    rt.spawn(async move {
-        hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
-    });
+    let (rt, waddr, _) = start_witness();
 
     let da = tempfile::tempdir().unwrap();
     let db = tempfile::tempdir().unwrap();
@@ -605,18 +613,7 @@ fn a_refusing_relay_in_front_of_a_live_master_does_not_make_a_second_master() {
 /// process is gone, the witness is refused as well and the slave promotes.
 #[test]
 fn the_witness_confirms_a_refusal_before_granting_on_it() {
-    let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let waddr = wl.local_addr().unwrap();
-    wl.set_nonblocking(true).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let hold = hs::node::witness::hold_for(20, 5);
-    rt.spawn(async move {
-        hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
-    });
+    let (_rt, waddr, hold) = start_witness();
     let da = tempfile::tempdir().unwrap();
     let db = tempfile::tempdir().unwrap();
     let (pa, pb) = two_ports();
@@ -820,18 +817,7 @@ mod reject {
     #[test]
     fn a_reject_rule_that_refuses_the_witness_too_does_not_make_a_second_master() {
         in_new_netns(|| {
-            let wl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let waddr = wl.local_addr().unwrap();
-            wl.set_nonblocking(true).unwrap();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let hold = hs::node::witness::hold_for(20, 5);
-            rt.spawn(async move {
-                hs::node::witness::serve(tokio::net::TcpListener::from_std(wl).unwrap(), hold).await
-            });
+            let (rt, waddr, hold) = start_witness();
             let da = tempfile::tempdir().unwrap();
             let db = tempfile::tempdir().unwrap();
             let (pa, pb) = two_ports();

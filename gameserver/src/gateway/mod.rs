@@ -514,16 +514,26 @@ async fn accept_ws(l: TcpListener, shared: Arc<Shared>, mut stopped: watch::Rece
                     return;
                 }
             };
-            let mut io = WsIo::new(ws, shared.cfg.frame_bytes_max);
-            if full {
-                use transport::FrameIo;
-                let _ = io.write_frames(&[too_many_frame(&shared)]).await;
-                io.close().await;
-                return;
-            }
-            session::run(io, shared, peer).await;
+            let io = WsIo::new(ws, shared.cfg.frame_bytes_max);
+            run_or_refuse(io, shared, peer, full).await;
         });
     }
+}
+
+/// A connection whose transport is up (upgrade or handshake done): a session,
+/// or, on a full gateway, a readable Bye TooManySessions and the close.
+async fn run_or_refuse<T: transport::FrameIo>(
+    mut io: T,
+    shared: Arc<Shared>,
+    peer: std::net::IpAddr,
+    full: bool,
+) {
+    if full {
+        let _ = io.write_frames(&[too_many_frame(&shared)]).await;
+        io.close().await;
+        return;
+    }
+    session::run(io, shared, peer).await;
 }
 
 /// The Noise TCP listener: the handshake (within `auth_timeout_ms`), then
@@ -543,19 +553,13 @@ async fn accept_noise(
             let limit = Duration::from_millis(shared.cfg.auth_timeout_ms);
             let stats = shared.stats.clone();
             let max = shared.cfg.frame_bytes_max;
-            let Some(mut io) = secure::accept_noise(s, &key, limit, max, stats).await else {
+            let Some(io) = secure::accept_noise(s, &key, limit, max, stats).await else {
                 if !full {
                     GatewayStats::dec(&shared.stats.connections);
                 }
                 return;
             };
-            if full {
-                use transport::FrameIo;
-                let _ = io.write_frames(&[too_many_frame(&shared)]).await;
-                io.close().await;
-                return;
-            }
-            session::run(io, shared, peer).await;
+            run_or_refuse(io, shared, peer, full).await;
         });
     }
 }
@@ -597,14 +601,8 @@ async fn accept_wss(
                 Ok(Ok(ws)) => ws,
                 _ => return give_up(false),
             };
-            let mut io = WsIo::new(ws, shared.cfg.frame_bytes_max);
-            if full {
-                use transport::FrameIo;
-                let _ = io.write_frames(&[too_many_frame(&shared)]).await;
-                io.close().await;
-                return;
-            }
-            session::run(io, shared, peer).await;
+            let io = WsIo::new(ws, shared.cfg.frame_bytes_max);
+            run_or_refuse(io, shared, peer, full).await;
         });
     }
 }
