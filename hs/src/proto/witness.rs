@@ -3,9 +3,11 @@
 //! master last renewed. It grants a promotion only to a newer epoch, and only
 //! when the recorded master has been silent longer than a lease plus a margin,
 //! or when the master's port refused both the requester and the witness itself
-//! *and* the master has missed its renewals (two of its own renewal intervals):
-//! a REJECT rule on the master's host refuses everyone while the master lives,
-//! and a living master renews.
+//! *and* a second sign says the master is gone: the connection of its latest
+//! renewal, which a living master holds open, was closed from its end
+//! ([`Witness::link_closed`]), or it has missed its renewals for two of its own
+//! renewal intervals. A REJECT rule on the master's host refuses everyone while
+//! the master lives, and a living master renews.
 //! Renewals from an older epoch are answered `Fenced`: that node must step down.
 
 use std::collections::HashMap;
