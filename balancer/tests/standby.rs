@@ -475,7 +475,9 @@ async fn the_balancer_answers_as_an_hs_witness() {
     .unwrap();
     assert!(r.granted, "{r:?}");
     assert_eq!((r.epoch, r.holder), (1, 1));
-    let r = hs::node::witness::ask(
+    // The master's next renewal holds its connection open, as a living
+    // master's does until the one after is answered.
+    let (r, link) = hs::node::witness::renew_held(
         w,
         Request::Renew {
             pair: 7,
@@ -484,39 +486,43 @@ async fn the_balancer_answers_as_an_hs_witness() {
             addr: Some(master_addr),
         },
         t,
+        None,
     )
     .await
     .unwrap();
     assert!(r.granted, "{r:?}");
-    let r = hs::node::witness::ask(
-        w,
-        Request::Promote {
-            pair: 7,
-            node: 2,
-            epoch: 2,
-            dead: false,
-        },
-        t,
-    )
-    .await
-    .unwrap();
+    let promote = |dead| Request::Promote {
+        pair: 7,
+        node: 2,
+        epoch: 2,
+        dead,
+    };
+    let r = hs::node::witness::ask(w, promote(false), t).await.unwrap();
     assert!(
         !r.granted,
         "promotion granted while the master renews: {r:?}"
     );
-    let r = hs::node::witness::ask(
-        w,
-        Request::Promote {
-            pair: 7,
-            node: 2,
-            epoch: 2,
-            dead: true,
-        },
-        t,
-    )
-    .await
-    .unwrap();
-    assert!(r.granted, "{r:?}");
+    // Refused to the requester and to the witness, but the master holds its
+    // renewal link (a REJECT rule on its host would look the same): no grant.
+    let r = hs::node::witness::ask(w, promote(true), t).await.unwrap();
+    assert!(
+        !r.granted,
+        "granted on a refusal while the master holds its link: {r:?}"
+    );
+    // Its process goes: the link closes, and the confirmed refusal is granted.
+    drop(link);
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = hs::node::witness::ask(w, promote(true), t).await.unwrap();
+        if r.granted {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no grant after the master's link closed: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let r = hs::node::witness::ask(
         w,
         Request::Renew {

@@ -68,10 +68,12 @@ struct PairState {
 
 impl PairState {
     /// Whether the holder still renews: its last renewal is younger than two
-    /// of its renewal intervals (the hold while no interval is known yet).
+    /// of its renewal intervals (the hold while no interval is known yet),
+    /// and never less than a quarter of the hold (a tick at least: renewals
+    /// that came in a burst say nothing of the interval).
     /// A confirmed refusal grants a promotion only once this is false.
     fn renewing(&self, now: Instant, hold: Duration) -> bool {
-        let window = self.gap.map_or(hold, |g| (2 * g).min(hold));
+        let window = self.gap.map_or(hold, |g| (2 * g).max(hold / 4).min(hold));
         now.saturating_duration_since(self.renewed) <= window
     }
 }
