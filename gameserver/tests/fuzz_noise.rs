@@ -39,17 +39,29 @@ fn every_corpus_file_passes_the_noise_target() {
     assert_eq!(modes.len(), 3, "every mode of the target has a seed");
 }
 
-/// `cargo test --release -p gameserver --test fuzz_noise -- --ignored`:
-/// writes the seeds that need real keys (an honest first handshake message
-/// for the target's fixed gateway key).
+/// The committed `handshake_honest` seed is what its name says: mode 0 and
+/// an honest first handshake message for the target's fixed gateway key, so
+/// the fuzzer starts past the handshake. `GS_BLESS=1` writes a new one (the
+/// ephemeral key is random, so the bytes differ each time).
 #[test]
-#[ignore]
-fn write_seeds() {
-    use gameserver::proto::noise::{Initiator, StaticKey, KEY_BYTES};
+fn the_honest_handshake_seed_is_accepted_by_the_targets_gateway_key() {
+    use gameserver::proto::noise::{respond, take_message, Initiator, StaticKey, KEY_BYTES};
     let key = StaticKey::from_private([7u8; KEY_BYTES]);
-    let mut m = bytes::BytesMut::new();
-    Initiator::start(&key.public(), &mut m).unwrap();
-    let mut seed = vec![0u8];
-    seed.extend_from_slice(&m);
-    std::fs::write(corpus_dir().join("handshake_honest"), seed).unwrap();
+    let path = corpus_dir().join("handshake_honest");
+    if std::env::var_os("GS_BLESS").is_some() {
+        let mut m = bytes::BytesMut::new();
+        Initiator::start(&key.public(), &mut m).unwrap();
+        let mut seed = vec![0u8];
+        seed.extend_from_slice(&m);
+        std::fs::write(&path, seed).unwrap();
+    }
+    let seed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(seed.first(), Some(&0), "the seed is not in mode 0");
+    let mut wire = bytes::BytesMut::from(&seed[1..]);
+    let m1 = take_message(&mut wire).expect("a whole first handshake message");
+    let mut out = bytes::BytesMut::new();
+    assert!(
+        respond(&key, &m1, &mut out).is_ok(),
+        "the gateway key [7; 32] refuses the honest seed: regenerate it with GS_BLESS=1"
+    );
 }
