@@ -12,9 +12,13 @@ use gameserver::proto::frame::{self, FrameError, Kind, FLAG_COMPRESSED};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 2] = [
+const TARGETS: [(&str, Target); 3] = [
     ("client_frames", gameserver::fuzz::client_frames),
     ("payloads", gameserver::fuzz::payloads),
+    (
+        "noise_handshake",
+        gameserver::proto::noise::fuzz_noise_handshake,
+    ),
 ];
 
 /// Corpus files per target at most: the committed corpus is small.
@@ -88,4 +92,41 @@ fn the_frame_seeds_are_what_they_say() {
         assert!(kinds.contains(&k), "no valid seed of {k:?}");
     }
     assert_eq!((inflated, bombs), (1, 1));
+}
+
+#[test]
+fn every_mode_of_the_noise_target_has_a_seed() {
+    let modes: std::collections::HashSet<u8> = corpus("noise_handshake")
+        .iter()
+        .filter_map(|(_, d)| d.first().map(|m| m % 3))
+        .collect();
+    assert_eq!(modes.len(), 3, "every mode of the target has a seed");
+}
+
+/// The committed `handshake_honest` seed is what its name says: mode 0 and
+/// an honest first handshake message for the target's fixed gateway key, so
+/// the fuzzer starts past the handshake. `GS_BLESS=1` writes a new one (the
+/// ephemeral key is random, so the bytes differ each time).
+#[test]
+fn the_honest_handshake_seed_is_accepted_by_the_targets_gateway_key() {
+    use gameserver::proto::noise::{respond, take_message, Initiator, StaticKey, KEY_BYTES};
+    let key = StaticKey::from_private([7u8; KEY_BYTES]);
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/noise_handshake/handshake_honest");
+    if std::env::var_os("GS_BLESS").is_some() {
+        let mut m = bytes::BytesMut::new();
+        Initiator::start(&key.public(), &mut m).unwrap();
+        let mut seed = vec![0u8];
+        seed.extend_from_slice(&m);
+        std::fs::write(&path, seed).unwrap();
+    }
+    let seed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(seed.first(), Some(&0), "the seed is not in mode 0");
+    let mut wire = bytes::BytesMut::from(&seed[1..]);
+    let m1 = take_message(&mut wire).expect("a whole first handshake message");
+    let mut out = bytes::BytesMut::new();
+    assert!(
+        respond(&key, &m1, &mut out).is_ok(),
+        "the gateway key [7; 32] refuses the honest seed: regenerate it with GS_BLESS=1"
+    );
 }
