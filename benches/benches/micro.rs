@@ -49,10 +49,10 @@ impl Drop for TmpDir {
 
 fn log_config(dir: &TmpDir) -> LogConfig {
     LogConfig {
-        dir: dir.0.clone(),
         segment_bytes: SEGMENT_BYTES,
         record_bytes_max: 1 << 20,
         retention_bytes_max: 1 << 40,
+        ..LogConfig::new(dir.0.clone())
     }
 }
 
@@ -317,7 +317,7 @@ fn bench_segment_prepare(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                let s = hs::log::segment::Segment::create(&d.0, 1, base, SEGMENT_BYTES)
+                let s = hs::log::segment::Segment::create(&hs::log::storage::FileStorage, &d.0, 1, base, SEGMENT_BYTES)
                     .expect("create segment");
                 total += t.elapsed();
                 let _ = std::fs::remove_file(&s.path);

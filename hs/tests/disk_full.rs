@@ -99,10 +99,10 @@ fn full_disk_gives_a_clear_error_loses_nothing_and_recovers() {
     drop(node);
     // Nothing written before the error was lost.
     let (log, rec) = hs::log::Log::open(hs::LogConfig {
-        dir: d.path().to_path_buf(),
         segment_bytes: seg,
         record_bytes_max: 4096,
         retention_bytes_max: 1 << 30,
+        ..hs::LogConfig::new(d.path().to_path_buf())
     })
     .unwrap();
     assert_eq!(rec.truncated_at, None);

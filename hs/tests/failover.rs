@@ -353,10 +353,10 @@ fn acknowledgements_from_an_earlier_role_do_not_carry_over() {
     {
         let c = cfg(db2.path(), pb, pa, 2);
         let (log, _) = hs::log::Log::open(LogConfig {
-            dir: db2.path().to_path_buf(),
             segment_bytes: c.segment_bytes,
             record_bytes_max: c.record_bytes_max,
             retention_bytes_max: c.retention_bytes_max,
+            ..LogConfig::new(db2.path().to_path_buf())
         })
         .unwrap();
         log.start_history(0xb2).unwrap();

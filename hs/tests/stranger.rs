@@ -124,7 +124,9 @@ fn a_strangers_hello_with_a_high_epoch_does_not_move_a_lone_master() {
     let _ = st.read_to_end(&mut buf);
     // ... and nothing changed for the pair.
     still_serving(&m, &s, reconnects, Duration::from_millis(300));
-    let meta = hs::log::meta::Meta::load(dm.path()).unwrap().unwrap();
+    let meta = hs::log::meta::Meta::load(&hs::log::storage::FileStorage, dm.path())
+        .unwrap()
+        .unwrap();
     assert_ne!(
         meta.peer, 0x5742_a4e1,
         "a stranger's id was recorded as the peer's"
@@ -242,7 +244,9 @@ fn with_a_secret_only_a_proven_peer_is_served() {
     });
     assert_ne!(x.role(), Role::Slave);
     still_serving(&m, &s, reconnects, Duration::from_millis(100));
-    let meta = hs::log::meta::Meta::load(dm.path()).unwrap().unwrap();
+    let meta = hs::log::meta::Meta::load(&hs::log::storage::FileStorage, dm.path())
+        .unwrap()
+        .unwrap();
     assert_ne!(meta.peer, 0x5742_a4e1);
     drop(x);
 }

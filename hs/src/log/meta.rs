@@ -8,8 +8,10 @@
 //! Replaced atomically (write `meta.tmp`, fsync, rename, fsync the directory):
 //! a crash leaves the old meta or the new one.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
+
+use super::storage::Storage;
 
 const MAGIC: &[u8; 8] = b"HSMETA02";
 const LEN: usize = 56;
@@ -58,8 +60,8 @@ impl Meta {
         })
     }
 
-    pub fn load(dir: &Path) -> io::Result<Option<Meta>> {
-        match std::fs::read(dir.join("meta")) {
+    pub fn load(storage: &dyn Storage, dir: &Path) -> io::Result<Option<Meta>> {
+        match storage.read(&dir.join("meta")) {
             Ok(b) => Meta::decode(&b).map(Some).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -71,13 +73,11 @@ impl Meta {
         }
     }
 
-    pub fn store(&self, dir: &Path) -> io::Result<()> {
+    pub fn store(&self, storage: &dyn Storage, dir: &Path) -> io::Result<()> {
         let tmp = dir.join("meta.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&self.encode())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join("meta"))?;
-        super::snapshot::sync_dir(dir)
+        storage.write_synced(&tmp, &self.encode())?;
+        storage.rename(&tmp, &dir.join("meta"))?;
+        storage.sync_dir(dir)
     }
 }
 

@@ -15,10 +15,12 @@
 //! - during compaction: the snapshot is durable before any segment is deleted;
 //!   segments wholly below the newest snapshot are deleted on open.
 
+pub mod mem;
 pub mod meta;
 mod order;
 pub mod segment;
 pub mod snapshot;
+pub mod storage;
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,6 +37,7 @@ use crate::proto::record::{self, Decoded, Op, RecordError, RecordRef};
 use meta::Meta;
 use segment::Segment;
 use snapshot::{Snapshot, State};
+use storage::{FileStorage, LockError, ReadAt, Storage};
 
 /// Sizes and limits of a log.
 #[derive(Debug, Clone)]
@@ -48,6 +51,22 @@ pub struct LogConfig {
     /// Bytes of segments kept on disk; older ones are folded into a snapshot
     /// and deleted. At least two segments are always kept.
     pub retention_bytes_max: u64,
+    /// Where the files are: real ones ([`FileStorage`]) unless a test gives
+    /// it an in-memory disk ([`mem::MemStorage`]).
+    pub storage: Arc<dyn Storage>,
+    /// Who prepares the next segment.
+    pub preparer: Preparer,
+}
+
+/// Who prepares the next segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparer {
+    /// The `hs-prepare` thread, ahead of time: a roll takes a ready segment and
+    /// an append never waits for the disk (the default).
+    Thread,
+    /// The caller whose append needs it, at that moment: no thread, so every
+    /// disk call happens in the caller's order (the deterministic simulation).
+    Caller,
 }
 
 impl LogConfig {
@@ -57,6 +76,8 @@ impl LogConfig {
             segment_bytes: 64 << 20,
             record_bytes_max: 1 << 20,
             retention_bytes_max: 1 << 30,
+            storage: Arc::new(FileStorage),
+            preparer: Preparer::Thread,
         }
     }
 }
@@ -178,6 +199,7 @@ struct SpareShared {
     /// Signalled when a spare becomes ready (publishers waiting on Full).
     ready_cv: Condvar,
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 struct Spare {
@@ -209,47 +231,25 @@ pub struct Log {
     compact_lock: OrderedMutex<()>,
     preparer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Holds the directory's exclusive lock until the log is dropped.
-    _lock: std::fs::File,
+    _lock: Box<dyn Send + Sync>,
 }
 
-/// Takes the exclusive `flock` on `<dir>/lock` (never blocking) and writes this
-/// process's pid into it. The kernel releases it when the file closes, however
-/// the process ends, so a stale lock file never keeps a directory locked.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
-    use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
-    let path = dir.join(LOCK_FILE);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err("open lock file", &path))?;
-    // SAFETY: plain syscall on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(LogError::Io {
-                op: "lock",
-                path,
-                source: e,
-            });
-        }
-        let mut text = String::new();
-        let _ = f.read_to_string(&mut text);
-        return Err(LogError::Locked {
+/// Takes the directory's exclusive lock (an `flock` on `<dir>/lock` holding
+/// this process's pid, for real files), never blocking. The kernel releases it
+/// when the file closes, however the process ends, so a stale lock file never
+/// keeps a directory locked.
+fn lock_dir(storage: &dyn Storage, dir: &Path) -> Result<Box<dyn Send + Sync>, LogError> {
+    storage.lock_dir(dir).map_err(|e| match e {
+        LockError::Held { pid } => LogError::Locked {
             dir: dir.to_path_buf(),
-            pid: text.trim().parse().ok(),
-        });
-    }
-    let write_pid = |f: &mut std::fs::File| -> io::Result<()> {
-        f.set_len(0)?;
-        f.rewind()?;
-        writeln!(f, "{}", std::process::id())
-    };
-    write_pid(&mut f).map_err(io_err("write lock file", &path))?;
-    Ok(f)
+            pid,
+        },
+        LockError::Io(source) => LogError::Io {
+            op: "lock",
+            path: dir.join(LOCK_FILE),
+            source,
+        },
+    })
 }
 
 impl Log {
@@ -258,27 +258,28 @@ impl Log {
     pub fn open(cfg: LogConfig) -> Result<(Arc<Log>, Recovery), LogError> {
         let t0 = Instant::now();
         let dir = cfg.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let fs = cfg.storage.clone();
+        fs.create_dir_all(&dir)
+            .map_err(io_err("create directory", &dir))?;
         // Before anything in the directory is touched: another open log would have
         // its tail zeroed and its spare deleted under its mapping (SIGBUS).
-        let lock = lock_dir(&dir)?;
+        let lock = lock_dir(&*fs, &dir)?;
         let mut rec = Recovery::default();
         let mut seg_paths = Vec::new();
         let mut snaps = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
-            let e = e.map_err(io_err("list", &dir))?;
-            let name = e.file_name().to_string_lossy().into_owned();
+        for name in fs.list(&dir).map_err(io_err("list", &dir))? {
+            let path = dir.join(&name);
             if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(e.path());
+                let _ = fs.remove(&path);
             } else if let Some(base) = segment::parse_name(&name) {
-                seg_paths.push((base, e.path()));
+                seg_paths.push((base, path));
             } else if let Some(pos) = snapshot::parse_name(&name) {
-                snaps.push((pos, e.path()));
+                snaps.push((pos, path));
             }
         }
         seg_paths.sort();
         snaps.sort();
-        let meta = Meta::load(&dir).map_err(io_err("read meta", &dir))?;
+        let meta = Meta::load(&*fs, &dir).map_err(io_err("read meta", &dir))?;
         let mut meta = meta.unwrap_or(Meta {
             history: 0,
             epoch: 0,
@@ -295,20 +296,21 @@ impl Log {
         // The newest snapshot that decodes; older ones are redundant.
         let mut snap: Option<Snapshot> = None;
         while let Some((pos, path)) = snaps.pop() {
-            match std::fs::read(&path)
+            match fs
+                .read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| Snapshot::decode(&b))
             {
                 Ok(s) if s.pos == pos && s.history == meta.history => {
                     snap = Some(s);
                     for (_, old) in snaps.drain(..) {
-                        let _ = std::fs::remove_file(old);
+                        let _ = fs.remove(&old);
                     }
                     break;
                 }
                 Ok(_) | Err(_) => {
                     tracing::warn!(path = %path.display(), "snapshot unreadable or from another history; ignored");
-                    let _ = std::fs::remove_file(&path);
+                    let _ = fs.remove(&path);
                 }
             }
         }
@@ -319,10 +321,10 @@ impl Log {
         for (base, path) in seg_paths {
             if base < first {
                 // Folded into the snapshot by a compaction that crashed before deleting it.
-                let _ = std::fs::remove_file(&path);
+                let _ = fs.remove(&path);
                 continue;
             }
-            let s = Segment::open(&path).map_err(io_err("open segment", &path))?;
+            let s = Segment::open(&*fs, &path).map_err(io_err("open segment", &path))?;
             if s.base != base || s.size != meta.segment_bytes || s.history != meta.history {
                 return Err(LogError::Inconsistent {
                     dir,
@@ -401,7 +403,7 @@ impl Log {
         if let Some(i) = spares_from {
             while segs.len() > i {
                 let s = segs.pop_back().unwrap();
-                let _ = std::fs::remove_file(&s.path);
+                let _ = fs.remove(&s.path);
             }
         }
         if let Some((i, pos, why)) = cut {
@@ -421,7 +423,7 @@ impl Log {
             };
             while segs.len() > keep {
                 let s = segs.pop_back().unwrap();
-                let _ = std::fs::remove_file(&s.path);
+                let _ = fs.remove(&s.path);
                 rec.segments_dropped += 1;
             }
             epochs.truncate(pos);
@@ -469,6 +471,7 @@ impl Log {
                 need_cv: Condvar::new(),
                 ready_cv: Condvar::new(),
                 dir: dir.clone(),
+                storage: fs.clone(),
             }),
             flush_lock: OrderedMutex::new(Rank::Flush, ()),
             pin: AtomicU64::new(u64::MAX),
@@ -478,12 +481,14 @@ impl Log {
             _lock: lock,
             cfg,
         });
-        let shared = log.spare.clone();
-        let h = std::thread::Builder::new()
-            .name("hs-prepare".into())
-            .spawn(move || preparer(shared))
-            .map_err(io_err("spawn preparer thread", &dir))?;
-        *log.preparer.lock() = Some(h);
+        if log.cfg.preparer == Preparer::Thread {
+            let shared = log.spare.clone();
+            let h = std::thread::Builder::new()
+                .name("hs-prepare".into())
+                .spawn(move || preparer(shared))
+                .map_err(io_err("spawn preparer thread", &dir))?;
+            *log.preparer.lock() = Some(h);
+        }
         rec.duration = t0.elapsed();
         Ok((log, rec))
     }
@@ -531,7 +536,7 @@ impl Log {
         a.meta.epoch = a.meta.epoch.max(1);
         a.epoch = a.meta.epoch;
         a.meta
-            .store(&self.cfg.dir)
+            .store(&*self.cfg.storage, &self.cfg.dir)
             .map_err(io_err("write meta", &self.cfg.dir))?;
         drop(a);
         self.kick_preparer();
@@ -559,7 +564,7 @@ impl Log {
             m.peer = peer;
         }
         if m != a.meta {
-            m.store(&self.cfg.dir)
+            m.store(&*self.cfg.storage, &self.cfg.dir)
                 .map_err(io_err("write meta", &self.cfg.dir))?;
             a.meta = m;
         }
@@ -593,7 +598,7 @@ impl Log {
         if epoch != a.meta.epoch {
             let mut m = a.meta;
             m.epoch = epoch;
-            m.store(&self.cfg.dir)
+            m.store(&*self.cfg.storage, &self.cfg.dir)
                 .map_err(io_err("write meta", &self.cfg.dir))?;
             a.meta = m;
         }
@@ -678,7 +683,9 @@ impl Log {
     ) -> Result<u64, LogError> {
         // The clock is read only when the log is full: not on the hot path.
         let first = self.append_if(op, key, value, &admit);
-        if !matches!(first, Err(LogError::Full { .. })) {
+        if !matches!(first, Err(LogError::Full { .. })) || self.cfg.preparer == Preparer::Caller {
+            // With `Preparer::Caller` the append itself prepared the segment:
+            // `Full` is the disk's answer, and nobody else would try again.
             return first;
         }
         let deadline = deadline_after(timeout);
@@ -709,7 +716,7 @@ impl Log {
         let mut sp = self.spare.m.lock();
         if sp.seg.as_ref().is_some_and(|s| s.base != next) {
             let stale = sp.seg.take().unwrap();
-            let _ = std::fs::remove_file(&stale.path);
+            let _ = self.cfg.storage.remove(&stale.path);
         }
         if sp.want_base != next {
             sp.want_base = next;
@@ -718,6 +725,17 @@ impl Log {
         // Only the preparer creates segments; a blocking caller (the slave) waits for it.
         let deadline = Instant::now() + SEGMENT_WAIT_MAX;
         while sp.seg.is_none() {
+            if self.cfg.preparer == Preparer::Caller {
+                let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
+                let dir = &self.spare.dir;
+                let s = Segment::create(&*self.spare.storage, dir, h, base, size).map_err(|e| {
+                    LogError::Full {
+                        why: format!("preparing segment at {base}: {e}"),
+                    }
+                })?;
+                sp.seg = Some(s);
+                break;
+            }
             if let Some(e) = sp.error.clone() {
                 sp.retry = true;
                 self.spare.need_cv.notify_one();
@@ -762,7 +780,7 @@ impl Log {
             .is_some_and(|s| s.base != next || s.history != h)
         {
             let stale = sp.seg.take().unwrap();
-            let _ = std::fs::remove_file(&stale.path);
+            let _ = self.cfg.storage.remove(&stale.path);
         }
         sp.want_base = next;
         sp.history = h;
@@ -976,7 +994,7 @@ impl Log {
             .is_some_and(|s| s.base > to || (s.base == to && s.base > self.first()))
         {
             let s = segs.pop_back().unwrap();
-            let _ = std::fs::remove_file(&s.path);
+            let _ = self.cfg.storage.remove(&s.path);
         }
         let cur = segs.back().filter(|s| to < s.end()).cloned();
         if let Some(s) = &cur {
@@ -1009,7 +1027,7 @@ impl Log {
             count: snap.state.map.len() as u64,
         };
         self.reset_with(&head, segment_bytes, |dir| {
-            snapshot::write_file(dir, snap.pos, snap_bytes)
+            snapshot::write_file(&*self.cfg.storage, dir, snap.pos, snap_bytes)
                 .map(|_| ())
                 .map_err(io_err("write snapshot", dir))
         })
@@ -1026,8 +1044,10 @@ impl Log {
     ) -> Result<(), LogError> {
         self.reset_with(head, segment_bytes, |dir| {
             let path = dir.join(snapshot::file_name(head.pos));
-            std::fs::rename(tmp, &path).map_err(io_err("place snapshot", &path))?;
-            snapshot::sync_dir(dir).map_err(io_err("sync dir", dir))
+            let fs = &self.cfg.storage;
+            fs.rename(tmp, &path)
+                .map_err(io_err("place snapshot", &path))?;
+            fs.sync_dir(dir).map_err(io_err("sync dir", dir))
         })
     }
 
@@ -1044,20 +1064,18 @@ impl Log {
         let dir = self.cfg.dir.clone();
         let mut segs = self.segs.write();
         for s in segs.drain(..) {
-            let _ = std::fs::remove_file(&s.path);
+            let _ = self.cfg.storage.remove(&s.path);
         }
-        for e in std::fs::read_dir(&dir)
-            .map_err(io_err("list", &dir))?
-            .flatten()
-        {
-            if snapshot::parse_name(&e.file_name().to_string_lossy()).is_some() {
-                let _ = std::fs::remove_file(e.path());
+        let fs = &self.cfg.storage;
+        for name in fs.list(&dir).map_err(io_err("list", &dir))? {
+            if snapshot::parse_name(&name).is_some() {
+                let _ = fs.remove(&dir.join(name));
             }
         }
         {
             let mut sp = self.spare.m.lock();
             if let Some(s) = sp.seg.take() {
-                let _ = std::fs::remove_file(&s.path);
+                let _ = self.cfg.storage.remove(&s.path);
             }
         }
         place(&dir)?;
@@ -1066,7 +1084,8 @@ impl Log {
             segment_bytes,
             ..a.meta
         };
-        meta.store(&dir).map_err(io_err("write meta", &dir))?;
+        meta.store(&**fs, &dir)
+            .map_err(io_err("write meta", &dir))?;
         a.meta = meta;
         a.seg = None;
         a.tail = head.pos;
@@ -1090,7 +1109,7 @@ impl Log {
         a.meta.history = history;
         a.meta.segment_bytes = segment_bytes;
         a.meta
-            .store(&self.cfg.dir)
+            .store(&*self.cfg.storage, &self.cfg.dir)
             .map_err(io_err("write meta", &self.cfg.dir))?;
         drop(a);
         self.kick_preparer();
@@ -1110,9 +1129,9 @@ impl Log {
         let history = self.meta().history;
         let first = self.first();
         let path = self.cfg.dir.join(snapshot::file_name(first));
-        match std::fs::File::open(&path) {
+        match self.cfg.storage.open_read(&path) {
             Ok(f) => {
-                let len = f.metadata().map_err(io_err("stat snapshot", &path))?.len();
+                let len = f.len();
                 Ok(SnapshotSource::File { file: f, len, path })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && first == 0 => {
@@ -1141,7 +1160,7 @@ impl Log {
         drop(a);
         let first = self.first();
         let path = self.cfg.dir.join(snapshot::file_name(first));
-        match std::fs::read(&path) {
+        match self.cfg.storage.read(&path) {
             Ok(b) => Snapshot::decode(&b).map_err(|what| LogError::Inconsistent {
                 dir: self.cfg.dir.clone(),
                 what: format!("snapshot {}: {what}", path.display()),
@@ -1228,16 +1247,19 @@ impl Log {
         snap.pos = cut;
         snap.history = self.meta().history;
         let bytes = snap.encode();
-        snapshot::write_file(&self.cfg.dir, cut, &bytes)
+        snapshot::write_file(&*self.cfg.storage, &self.cfg.dir, cut, &bytes)
             .map_err(io_err("write snapshot", &self.cfg.dir))?;
         self.first.store(cut, Ordering::Release);
         let mut segs = self.segs.write();
         while segs.front().is_some_and(|s| s.end() <= cut) {
             let s = segs.pop_front().unwrap();
-            let _ = std::fs::remove_file(&s.path);
+            let _ = self.cfg.storage.remove(&s.path);
         }
         drop(segs);
-        let _ = std::fs::remove_file(self.cfg.dir.join(snapshot::file_name(first)));
+        let _ = self
+            .cfg
+            .storage
+            .remove(&self.cfg.dir.join(snapshot::file_name(first)));
         tracing::info!(first = cut, "compacted old segments into a snapshot");
         Ok(Some(cut))
     }
@@ -1263,7 +1285,7 @@ impl Drop for Log {
 /// A snapshot being sent (`Log::open_snapshot`).
 pub enum SnapshotSource {
     File {
-        file: std::fs::File,
+        file: Box<dyn ReadAt>,
         len: u64,
         path: PathBuf,
     },
@@ -1285,11 +1307,9 @@ impl SnapshotSource {
     /// Fills `buf` from `offset` (the caller keeps within `len`).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), LogError> {
         match self {
-            SnapshotSource::File { file, path, .. } => {
-                use std::os::unix::fs::FileExt;
-                file.read_exact_at(buf, offset)
-                    .map_err(io_err("read snapshot", path))
-            }
+            SnapshotSource::File { file, path, .. } => file
+                .read_exact_at(buf, offset)
+                .map_err(io_err("read snapshot", path)),
             SnapshotSource::Bytes(b) => {
                 let at = offset as usize;
                 buf.copy_from_slice(&b[at..at + buf.len()]);
@@ -1346,7 +1366,7 @@ fn preparer(sh: Arc<SpareShared>) {
             let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
             sp.retry = false;
             drop(sp);
-            let r = Segment::create(&sh.dir, h, base, size);
+            let r = Segment::create(&*sh.storage, &sh.dir, h, base, size);
             sp = sh.m.lock();
             match r {
                 Ok(s)
@@ -1359,7 +1379,7 @@ fn preparer(sh: Arc<SpareShared>) {
                     sp.error = None;
                 }
                 Ok(s) => {
-                    let _ = std::fs::remove_file(&s.path);
+                    let _ = sh.storage.remove(&s.path);
                 }
                 Err(e) => {
                     tracing::error!(base, error = %e, "cannot prepare the next log segment (disk full?)");

@@ -8,11 +8,10 @@
 //! The file is allocated in full (posix_fallocate) when prepared, so a full disk
 //! is an error at preparation, never a SIGBUS on a store into the mapping.
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use memmap2::{MmapOptions, MmapRaw};
+use super::storage::{Region, Storage};
 
 /// Bytes before the first record of a segment file (one page, so records are page-aligned).
 pub const SEGMENT_HEADER_BYTES: usize = 4096;
@@ -26,8 +25,7 @@ pub struct Segment {
     pub size: u64,
     pub history: u128,
     pub path: PathBuf,
-    map: MmapRaw,
-    _file: File,
+    map: Box<dyn Region>,
 }
 
 // SAFETY: the mapping is shared memory; all access goes through raw pointers with
@@ -58,7 +56,13 @@ fn header_bytes(history: u128, base: u64, size: u64) -> [u8; 44] {
 impl Segment {
     /// Creates, allocates, zeroes, pre-faults and maps a new segment file.
     /// Slow (a few ms for 64 MiB): call it off the hot path.
-    pub fn create(dir: &Path, history: u128, base: u64, size: u64) -> io::Result<Segment> {
+    pub fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        history: u128,
+        base: u64,
+        size: u64,
+    ) -> io::Result<Segment> {
         let path = dir.join(file_name(base));
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -67,26 +71,8 @@ impl Segment {
             file_name(base),
             std::process::id()
         ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
         let total = SEGMENT_HEADER_BYTES as u64 + size;
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe {
-            libc::posix_fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-                total as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        let map = MmapOptions::new().len(total as usize).map_raw(&file)?;
+        let map = storage.create_mapped(&tmp, total)?;
         let p = map.as_mut_ptr();
         // SAFETY: fresh mapping of `total` bytes that nobody else sees yet.
         unsafe {
@@ -99,26 +85,30 @@ impl Segment {
                 off += PAGE_BYTES;
             }
         }
-        map.flush_range(0, SEGMENT_HEADER_BYTES)?;
-        std::fs::rename(&tmp, &path)?;
+        let placed = map
+            .sync(0, SEGMENT_HEADER_BYTES)
+            .and_then(|()| storage.rename(&tmp, &path));
+        if let Err(e) = placed {
+            let _ = storage.remove(&tmp);
+            return Err(e);
+        }
         // The new name is durable only once the directory is: without this, a power
         // cut can lose the whole segment although its records were msynced (meta
         // and snapshots do the same). Off the hot path: `hs-prepare` runs it.
-        super::snapshot::sync_dir(dir)?;
+        storage.sync_dir(dir)?;
         Ok(Segment {
             base,
             size,
             history,
             path,
             map,
-            _file: file,
         })
     }
 
     /// Maps an existing segment file and checks its header.
-    pub fn open(path: &Path) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
+    pub fn open(storage: &dyn Storage, path: &Path) -> io::Result<Segment> {
+        let map = storage.open_mapped(path)?;
+        let len = map.len() as u64;
         let bad = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -128,9 +118,8 @@ impl Segment {
         if len < SEGMENT_HEADER_BYTES as u64 {
             return Err(bad("shorter than its header"));
         }
-        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
         // SAFETY: the mapping is `len` bytes, at least the header.
-        let h = unsafe { std::slice::from_raw_parts(map.as_ptr(), 44) };
+        let h = unsafe { std::slice::from_raw_parts(map.as_mut_ptr() as *const u8, 44) };
         if &h[0..8] != MAGIC {
             return Err(bad("bad magic (not an hs segment)"));
         }
@@ -149,7 +138,6 @@ impl Segment {
             history,
             path: path.to_path_buf(),
             map,
-            _file: file,
         })
     }
 
@@ -178,7 +166,7 @@ impl Segment {
         assert!(self.contains(pos, len), "read outside segment");
         let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
         // SAFETY: in bounds (asserted), and the caller guarantees no concurrent writer.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
+        unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(off) as *const u8, len) }
     }
 
     /// Mutable bytes at `[pos, pos + len)`.
@@ -201,7 +189,7 @@ impl Segment {
         if to <= from {
             return Ok(());
         }
-        self.map.flush_range(
+        self.map.sync(
             SEGMENT_HEADER_BYTES + (from - self.base) as usize,
             (to - from) as usize,
         )
@@ -211,7 +199,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::snapshot::DIR_SYNCS;
+    use crate::log::storage::{FileStorage, DIR_SYNCS};
 
     /// A new segment's name is only durable once its directory is synced: after a
     /// power cut, a segment whose records were msynced must still be there.
@@ -219,7 +207,7 @@ mod tests {
     fn a_new_segment_is_renamed_into_place_durably() {
         let d = tempfile::tempdir().unwrap();
         let before = DIR_SYNCS.with(|n| n.get());
-        let s = Segment::create(d.path(), 0x5e9, 8192, 4096).unwrap();
+        let s = Segment::create(&FileStorage, d.path(), 0x5e9, 8192, 4096).unwrap();
         assert!(s.path.exists());
         assert!(
             DIR_SYNCS.with(|n| n.get()) > before,
@@ -228,7 +216,7 @@ mod tests {
         );
         // And the header it was created with is what a reopen finds.
         drop(s);
-        let s = Segment::open(&d.path().join(file_name(8192))).unwrap();
+        let s = Segment::open(&FileStorage, &d.path().join(file_name(8192))).unwrap();
         assert_eq!((s.base, s.size, s.history), (8192, 4096, 0x5e9));
     }
 
@@ -236,7 +224,7 @@ mod tests {
     #[test]
     fn slice_outside_the_segment_panics_in_every_build() {
         let d = tempfile::tempdir().unwrap();
-        let s = Segment::create(d.path(), 1, 8192, 4096).unwrap();
+        let s = Segment::create(&FileStorage, d.path(), 1, 8192, 4096).unwrap();
         // SAFETY (of the calls that do not panic): inside, nothing writes.
         assert_eq!(unsafe { s.slice(8192, 4096) }.len(), 4096);
         for (pos, len) in [(8184u64, 8usize), (8192 + 4090, 8), (u64::MAX - 2, 8)] {

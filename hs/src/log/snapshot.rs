@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::storage::{Cursor, Storage, WriteSync};
+
 use crate::proto::catchup::Epochs;
 use crate::proto::record::{Op, RecordRef};
 
@@ -175,7 +177,8 @@ const STREAM_BUFFER_BYTES: usize = 256 << 10;
 /// as they come (deleted on open if a crash leaves it), its CRC computed on the
 /// way. Nothing is held but the piece being written and a write buffer.
 pub struct Incoming {
-    file: BufWriter<std::fs::File>,
+    file: BufWriter<Box<dyn WriteSync>>,
+    storage: std::sync::Arc<dyn Storage>,
     path: PathBuf,
     hasher: crc32fast::Hasher,
     /// The last (up to) 4 bytes seen, not yet hashed: the CRC, once all is in.
@@ -184,11 +187,16 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn create(dir: &Path, pos: u64) -> io::Result<Incoming> {
+    pub fn create(
+        storage: std::sync::Arc<dyn Storage>,
+        dir: &Path,
+        pos: u64,
+    ) -> io::Result<Incoming> {
         let path = dir.join(format!("{}.tmp", file_name(pos)));
-        let file = std::fs::File::create(&path)?;
+        let file = storage.create_write(&path)?;
         Ok(Incoming {
             file: BufWriter::with_capacity(STREAM_BUFFER_BYTES, file),
+            storage,
             path,
             hasher: crc32fast::Hasher::new(),
             held: Vec::with_capacity(8),
@@ -229,6 +237,7 @@ impl Incoming {
     pub fn finish(self) -> Result<(PathBuf, Head), String> {
         let Incoming {
             file,
+            storage,
             path,
             hasher,
             held,
@@ -238,16 +247,16 @@ impl Incoming {
             if held.len() != 4 || hasher.finalize().to_le_bytes()[..] != held[..] {
                 return Err("fails its CRC check".to_string());
             }
-            let f = file.into_inner().map_err(|e| e.to_string())?;
-            f.sync_all().map_err(|e| e.to_string())?;
+            let mut f = file.into_inner().map_err(|e| e.to_string())?;
+            f.sync().map_err(|e| e.to_string())?;
             drop(f);
-            let head = for_each_entry(&path, |_, _| {})?;
+            let head = for_each_entry(&*storage, &path, |_, _| {})?;
             Ok(head)
         })();
         match r {
             Ok(head) => Ok((path, head)),
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = storage.remove(&path);
                 Err(e)
             }
         }
@@ -258,15 +267,19 @@ impl Incoming {
 /// (key, value); holds one entry and a read buffer, whatever the file's size.
 /// Checks the layout (lengths, epoch order, nothing trailing), not the CRC
 /// (`Incoming::finish` and `Snapshot::decode` do).
-pub fn for_each_entry(path: &Path, mut f: impl FnMut(&[u8], &[u8])) -> Result<Head, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+pub fn for_each_entry(
+    storage: &dyn Storage,
+    path: &Path,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> Result<Head, String> {
+    let file = storage.open_read(path).map_err(|e| e.to_string())?;
+    let len = file.len();
     if len < HEAD_FIXED_BYTES + 8 + 4 {
         return Err("shorter than a snapshot header".into());
     }
     // Every length is checked against what is left before anything is read.
     let mut left = len - 4;
-    let mut r = BufReader::with_capacity(STREAM_BUFFER_BYTES, file);
+    let mut r = BufReader::with_capacity(STREAM_BUFFER_BYTES, Cursor { src: &*file, at: 0 });
     let mut take = |buf: &mut Vec<u8>, n: u64| -> Result<(), String> {
         if n > left {
             return Err("truncated".into());
@@ -315,33 +328,28 @@ pub fn for_each_entry(path: &Path, mut f: impl FnMut(&[u8], &[u8])) -> Result<He
 }
 
 /// Writes `bytes` as the snapshot file for `pos`, atomically and durably.
-pub fn write_file(dir: &Path, pos: u64, bytes: &[u8]) -> io::Result<PathBuf> {
+pub fn write_file(
+    storage: &dyn Storage,
+    dir: &Path,
+    pos: u64,
+    bytes: &[u8],
+) -> io::Result<PathBuf> {
     let path = dir.join(file_name(pos));
     let tmp = dir.join(format!("{}.tmp", file_name(pos)));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
+    storage.write_synced(&tmp, bytes)?;
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)?;
     Ok(path)
-}
-
-/// Makes a rename (or a delete) in `dir` durable: fsync of the directory itself.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(test)]
-    DIR_SYNCS.with(|n| n.set(n.get() + 1));
-    std::fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Directory fsyncs made by this thread (tests check the crash-safety steps).
-    pub(crate) static DIR_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::storage::FileStorage;
+
+    fn fs() -> std::sync::Arc<dyn Storage> {
+        std::sync::Arc::new(FileStorage)
+    }
 
     #[test]
     fn random_bodies_with_a_valid_crc_never_panic() {
@@ -381,7 +389,7 @@ mod tests {
         }
         let b = s.encode();
         for piece in [1usize, 3, 4, 5, 64, 4096, b.len()] {
-            let mut inc = Incoming::create(d.path(), s.pos).unwrap();
+            let mut inc = Incoming::create(fs(), d.path(), s.pos).unwrap();
             for c in b.chunks(piece) {
                 inc.write(c).unwrap();
             }
@@ -389,7 +397,7 @@ mod tests {
             assert_eq!((head.history, head.pos, head.count), (9, 8192, 100));
             assert_eq!(head.epochs, s.epochs);
             let mut back = State::default();
-            for_each_entry(&path, |k, v| {
+            for_each_entry(&FileStorage, &path, |k, v| {
                 back.map.insert(k.to_vec(), v.to_vec());
             })
             .unwrap();
@@ -399,7 +407,7 @@ mod tests {
         for at in [0, 20, b.len() / 2, b.len() - 1] {
             let mut bad = b.clone();
             bad[at] ^= 1;
-            let mut inc = Incoming::create(d.path(), 1).unwrap();
+            let mut inc = Incoming::create(fs(), d.path(), 1).unwrap();
             inc.write(&bad).unwrap();
             assert!(inc.finish().is_err(), "flip at {at} accepted");
             assert!(!d.path().join(format!("{}.tmp", file_name(1))).exists());

@@ -6,10 +6,10 @@ const SEG: u64 = 4096;
 
 fn cfg(dir: &Path) -> LogConfig {
     LogConfig {
-        dir: dir.to_path_buf(),
         segment_bytes: SEG,
         record_bytes_max: 2048,
         retention_bytes_max: 1 << 30,
+        ..LogConfig::new(dir.to_path_buf())
     }
 }
 
@@ -289,10 +289,10 @@ proptest! {
 fn flush_racing_truncate_never_leaves_flushed_above_the_tail() {
     let d = tempfile::tempdir().unwrap();
     let (log, _) = Log::open(LogConfig {
-        dir: d.path().to_path_buf(),
         segment_bytes: 8 << 20,
         record_bytes_max: 4096,
         retention_bytes_max: 1 << 30,
+        ..LogConfig::new(d.path().to_path_buf())
     })
     .unwrap();
     log.start_history(0xf1).unwrap();

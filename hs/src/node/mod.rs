@@ -204,10 +204,10 @@ impl Config {
 
     fn log_config(&self) -> LogConfig {
         LogConfig {
-            dir: self.dir.clone(),
             segment_bytes: self.segment_bytes,
             record_bytes_max: self.record_bytes_max,
             retention_bytes_max: self.retention_bytes_max,
+            ..LogConfig::new(self.dir.clone())
         }
     }
 

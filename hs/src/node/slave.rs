@@ -671,7 +671,7 @@ async fn resync(
     }
     let io = |e: std::io::Error| proto_err(format!("writing the snapshot: {e}"));
     s.resync_received.store(0, Ordering::Relaxed);
-    let mut inc = Incoming::create(log.dir(), start).map_err(io)?;
+    let mut inc = Incoming::create(log.config().storage.clone(), log.dir(), start).map_err(io)?;
     let stall =
         Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
             .max(CONNECT_TIMEOUT);
@@ -725,7 +725,7 @@ async fn resync(
             .finish()
             .map_err(|e| proto_err(format!("snapshot from master: {e}")))?;
         if head.pos != start || head.history != history {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = s2.log.config().storage.remove(&tmp);
             return Err(proto_err("snapshot does not match the Welcome"));
         }
         s2.log
@@ -735,7 +735,7 @@ async fn resync(
         let mut app = s2.app.lock();
         s2.call_app(|| {
             app.reset();
-            for_each_entry(&path, |k, v| app.restore(k, v))
+            for_each_entry(&*s2.log.config().storage, &path, |k, v| app.restore(k, v))
         })
         .map_err(|e| proto_err(e.to_string()))?
         .map_err(|e| proto_err(format!("reading the stored snapshot: {e}")))?;

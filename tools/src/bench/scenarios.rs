@@ -360,10 +360,10 @@ pub fn catchup(a: &CatchupArgs, dir: &Path) -> Result<Row, String> {
 pub fn recovery(a: &RecoveryArgs, dir: &Path) -> Result<Row, String> {
     let c = &a.common;
     let cfg = LogConfig {
-        dir: dir.join("log"),
         segment_bytes: c.segment_bytes,
         record_bytes_max: 1 << 20,
         retention_bytes_max: RETENTION_BYTES,
+        ..LogConfig::new(dir.join("log"))
     };
     let tw = Instant::now();
     let n;
