@@ -252,8 +252,11 @@ impl Fs {
         Ok(())
     }
 
-    /// A copy of the disk as a crash of `kind` leaves it.
-    fn image(&mut self, kind: Crash, seed: u64) -> MemStorage {
+    /// A copy of the disk as a crash of `kind` leaves it. After a process
+    /// crash the page cache lives on: what was not synced is still not synced
+    /// (a power cut later may lose it). After a power cut what is there is on
+    /// the platter.
+    fn image(&self, kind: Crash, seed: u64) -> MemStorage {
         let mut rng = Rng::new(seed ^ 0x5eed_d15c);
         // Every inode copied once, so names that share one keep sharing it.
         let mut copies: HashMap<usize, Arc<Inode>> = HashMap::new();
@@ -263,46 +266,59 @@ impl Fs {
                 .or_insert_with(|| {
                     let live = i.live.lock().to_vec();
                     let durable = i.durable.lock().clone();
-                    let bytes = match kind {
-                        Crash::Process => live,
-                        Crash::Power => after_power_loss(&live, &durable, rng),
+                    let (live, durable) = match kind {
+                        Crash::Process => (live, durable),
+                        Crash::Power => {
+                            let b = after_power_loss(&live, &durable, rng);
+                            (b.clone(), b)
+                        }
                     };
-                    let mapped = matches!(*i.live.lock(), Data::Mapped(_));
-                    let data = if mapped {
-                        Data::Mapped(Arc::new(Pages::from_vec(bytes.clone())))
-                    } else {
-                        Data::Plain(bytes.clone())
+                    let data = match *i.live.lock() {
+                        Data::Mapped(_) => Data::Mapped(Arc::new(Pages::from_vec(live))),
+                        Data::Plain(_) => Data::Plain(live),
                     };
-                    // What survived a crash is on the platter now.
-                    Inode::new(data, bytes)
+                    Inode::new(data, durable)
                 })
                 .clone()
         };
         let mut dirs = BTreeMap::new();
         for (path, d) in &self.dirs {
-            let names = match kind {
-                Crash::Process => d.live.clone(),
+            let copy_map =
+                |m: &BTreeMap<String, Arc<Inode>>,
+                 rng: &mut Rng,
+                 copy: &mut dyn FnMut(&Arc<Inode>, &mut Rng) -> Arc<Inode>| {
+                    m.iter()
+                        .map(|(n, i)| (n.clone(), copy(i, rng)))
+                        .collect::<BTreeMap<_, _>>()
+                };
+            let dir = match kind {
+                Crash::Process => Dir {
+                    live: copy_map(&d.live, &mut rng, &mut copy),
+                    durable: copy_map(&d.durable, &mut rng, &mut copy),
+                    pending: d
+                        .pending
+                        .iter()
+                        .map(|op| match op {
+                            DirOp::Link(n, i) => DirOp::Link(n.clone(), copy(i, &mut rng)),
+                            other => other.clone(),
+                        })
+                        .collect(),
+                },
                 Crash::Power => {
                     let mut m = d.durable.clone();
                     let n = rng.below(d.pending.len() as u64 + 1) as usize;
                     for op in &d.pending[..n] {
                         apply(&mut m, op);
                     }
-                    m
+                    let names = copy_map(&m, &mut rng, &mut copy);
+                    Dir {
+                        live: names.clone(),
+                        durable: names,
+                        pending: Vec::new(),
+                    }
                 }
             };
-            let names: BTreeMap<String, Arc<Inode>> = names
-                .iter()
-                .map(|(n, i)| (n.clone(), copy(i, &mut rng)))
-                .collect();
-            dirs.insert(
-                path.clone(),
-                Dir {
-                    live: names.clone(),
-                    durable: names,
-                    pending: Vec::new(),
-                },
-            );
+            dirs.insert(path.clone(), dir);
         }
         MemStorage {
             fs: Arc::new(Mutex::new(Fs {

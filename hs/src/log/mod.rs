@@ -348,6 +348,7 @@ impl Log {
         let mut tail = first;
         let mut cut: Option<(usize, u64, String)> = None;
         let mut spares_from: Option<usize> = None;
+        let mut ended_in: Option<usize> = None;
         'segs: for (i, s) in segs.iter().enumerate() {
             if s.base != tail {
                 cut = Some((
@@ -380,6 +381,7 @@ impl Log {
                     }
                     Ok(Decoded::End) => {
                         tail = pos;
+                        ended_in = Some(i);
                         // Later segments: empty ones are prepared spares; data in
                         // one is past a hole, a torn tail.
                         let later_data = segs.iter().skip(i + 1).any(|s| {
@@ -398,6 +400,22 @@ impl Log {
                         break 'segs;
                     }
                 }
+            }
+        }
+        if let (Some(i), None) = (ended_in, &cut) {
+            // Zeros end the log here, but a power cut can leave pages written
+            // back past a lost one: stale records after the hole. Zero them, or
+            // the next records, landing on one's boundary, would chain into it
+            // and bring it back (found by the simulation).
+            let s = &segs[i];
+            // SAFETY: no writer exists yet.
+            if unsafe { s.slice(tail, (s.end() - tail) as usize) }
+                .iter()
+                .any(|&b| b != 0)
+            {
+                // SAFETY: no other user of the log exists yet.
+                unsafe { s.slice_mut(tail, (s.end() - tail) as usize).fill(0) };
+                tracing::warn!(dir = %dir.display(), pos = tail, "bytes after the log's end zeroed (a torn tail)");
             }
         }
         if let Some(i) = spares_from {
@@ -431,6 +449,23 @@ impl Log {
             rec.truncated_at = Some(pos);
             rec.reason = Some(why);
         }
+        // What recovery kept may still be only in the page cache (the process
+        // died, the kernel did not): `flushed` starts at the tail, so no later
+        // flush would cover it, and a power cut after that flush would lose it
+        // under records that were flushed (found by the simulation). Sync it now,
+        // and the zeros past the tail too: a truncation the dead process zeroed
+        // but did not sync would otherwise bring its cut records back after a
+        // power cut (found by the simulation as well).
+        for s in &segs {
+            s.flush(s.base, s.end())
+                .map_err(io_err("sync recovered records", &s.path))?;
+        }
+        // The same for names: the dead process may have renamed a segment into
+        // place and died before the directory's fsync, and recovery removed
+        // files above. Without this, records flushed from now on into that
+        // segment are lost with its name in a power cut (found by the simulation).
+        fs.sync_dir(&dir)
+            .map_err(io_err("sync the log directory", &dir))?;
         meta.epoch = meta.epoch.max(epochs.last_epoch());
         rec.first = first;
         rec.tail = tail;
@@ -956,9 +991,7 @@ impl Log {
         for s in segs {
             if let Err(e) = s.flush(from, to) {
                 let msg = format!("msync {}: {e}", s.path.display());
-                tracing::error!(error = %msg, "log flush failed; refusing writes until reopened");
-                self.app.lock().failed = Some(msg.clone());
-                self.failed.store(true, Ordering::Release);
+                self.fail_writes(&mut self.app.lock(), &msg);
                 return Err(LogError::PreviousIo(msg));
             }
         }
@@ -988,6 +1021,7 @@ impl Log {
         }
         self.committed.store(to, Ordering::Release);
         self.flushed.fetch_min(to, Ordering::AcqRel);
+        let mut removed = false;
         let mut segs = self.segs.write();
         while segs
             .back()
@@ -995,20 +1029,68 @@ impl Log {
         {
             let s = segs.pop_back().unwrap();
             let _ = self.cfg.storage.remove(&s.path);
+            removed = true;
         }
         let cur = segs.back().filter(|s| to < s.end()).cloned();
+        drop(segs);
+        // The appender follows the tail before anything can fail: a failed sync
+        // below must not leave it writing at the old tail (the simulation found
+        // appends landing past a zeroed hole).
+        a.seg = cur.clone();
+        a.tail = to;
+        a.epochs.truncate(to);
         if let Some(s) = &cur {
             // SAFETY: append lock held, tail lowered; a slave has no reader past `to`.
             unsafe { s.slice_mut(to, (s.end() - to) as usize) }.fill(0);
-            s.flush(to, s.end()).map_err(io_err("flush", &s.path))?;
+            if let Err(e) = s.flush(to, s.end()) {
+                // The zeros may not be on disk: the cut records could come back
+                // after a power cut. As after any failed sync, no more writes
+                // until the node is reopened (its recovery zeroes them again).
+                let msg = format!("msync {} (truncating to {to}): {e}", s.path.display());
+                self.fail_writes(&mut a, &msg);
+                return Err(LogError::PreviousIo(msg));
+            }
         }
-        drop(segs);
-        a.seg = cur;
-        a.tail = to;
-        a.epochs.truncate(to);
+        // A snapshot above `to` is an orphan of a compaction that failed after
+        // placing it (`first` never moved): a reopen would take it as the
+        // log's start, with the cut records folded in (found by the simulation).
+        let listed = self.cfg.storage.list(&self.cfg.dir);
+        for name in listed.iter().flatten() {
+            if snapshot::parse_name(name).is_some_and(|pos| pos > to) {
+                let _ = self.cfg.storage.remove(&self.cfg.dir.join(name));
+                removed = true;
+            }
+        }
+        if let Err(e) = listed {
+            let msg = format!("list {} (truncating to {to}): {e}", self.cfg.dir.display());
+            self.fail_writes(&mut a, &msg);
+            return Err(LogError::PreviousIo(msg));
+        }
+        if removed {
+            // A removed segment must stay removed: after a power cut it would
+            // come back whole, and when `to` is its base (no zeros in front of
+            // it) its cut records would read as the log's (found by the
+            // simulation).
+            if let Err(e) = self.cfg.storage.sync_dir(&self.cfg.dir) {
+                let msg = format!(
+                    "fsync of {} (truncating to {to}): {e}",
+                    self.cfg.dir.display()
+                );
+                self.fail_writes(&mut a, &msg);
+                return Err(LogError::PreviousIo(msg));
+            }
+        }
         drop(a);
         self.kick_preparer();
         Ok(cut)
+    }
+
+    /// A sync failed: the kernel may have dropped the dirty pages, so every
+    /// later write is refused until the log is reopened (redb's PreviousIo).
+    fn fail_writes(&self, a: &mut Appender, msg: &str) {
+        tracing::error!(error = %msg, "log sync failed; refusing writes until reopened");
+        a.failed = Some(msg.to_string());
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Replaces the whole log with a snapshot (a full resync): deletes every
