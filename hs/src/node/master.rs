@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,7 @@ use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
 use crate::proto::election::{lease_ms, CALL_AFTER_QUIET_TICKS};
 use crate::proto::frame::{code, Action, Frame};
-use crate::proto::heartbeat::{Liveness, Tick};
-use crate::proto::ratelimit::TokenBucket;
+use crate::proto::stream::{MasterConfig, MasterEvent, MasterStream, MasterTransmit};
 
 /// How long a connecting slave has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,7 +133,8 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
                         Ok(()) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "slave connection ended");
-                            if matches!(e, NetError::Frame(_) | NetError::Protocol(_)) {
+                            let rejected = e.is_rejection();
+                            if rejected {
                                 s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
                                 s2.emit(Event::FrameRejected { reason: e.to_string() });
                             }
@@ -461,11 +463,6 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
         node: my_id,
     };
     let start_t = Instant::now();
-    let rate = s.cfg.catchup_rate_bytes_per_s;
-    // Burst: a twentieth of a second's worth, at least one frame, so the average
-    // over a catch-up of a few seconds is within a percent or two of the setting.
-    let burst = (rate / 20).max(s.cfg.frame_bytes_max() as u64);
-    let mut bucket = (rate > 0).then(|| TokenBucket::new(start_t, rate, burst));
     let mut snapshot = None;
     let start = match decision {
         Decision::Fenced { slave_epoch } => {
@@ -508,355 +505,228 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
         }
     };
     let epoch = meta.epoch;
-    let lease_ns = Duration::from_millis(lease_ms(
-        s.cfg.heartbeat_interval_ms,
-        s.cfg.heartbeat_dead_ticks,
-    ))
-    .as_nanos() as u64;
-    // The slave's acknowledgements arrive on their own task.
-    let seen = Arc::new(AtomicU64::new(0));
+    let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    // The protocol (snapshot pieces, rate limit, heartbeats, the slave's
+    // liveness, ack checks, lease renewals, handover) is the sans-IO
+    // `MasterStream`; this task and the ack task below only move bytes.
+    let st = Arc::new(Mutex::new(MasterStream::new(
+        start_t,
+        MasterConfig {
+            epoch,
+            heartbeat_interval: hb,
+            dead_ticks: s.cfg.heartbeat_dead_ticks,
+            catchup_rate_bytes_per_s: s.cfg.catchup_rate_bytes_per_s,
+            batch_bytes_max: s.cfg.batch_bytes_max,
+            frame_bytes_max: s.cfg.frame_bytes_max(),
+            lease: s.lease_required.then(|| {
+                Duration::from_millis(lease_ms(
+                    s.cfg.heartbeat_interval_ms,
+                    s.cfg.heartbeat_dead_ticks,
+                ))
+            }),
+        },
+        start,
+        snapshot.as_ref().map(|src| src.len()),
+    )));
+    // The slave's acknowledgements are read and applied on their own task, so
+    // a publisher waiting for one never waits behind a write to the socket.
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<NetError>();
-    let s_ack = s.clone();
-    let seen2 = seen.clone();
+    let (s_ack, st_ack) = (s.clone(), st.clone());
     let ack_task = tokio::spawn(async move {
         let err = loop {
-            match reader.next().await {
-                Ok(Frame::Ack {
-                    received,
-                    flushed,
-                    applied,
-                    echo_ns,
-                    epoch: e,
-                }) => {
-                    seen2.fetch_add(1, Ordering::Relaxed);
-                    s_ack
-                        .last_slave_frame_ns
-                        .store(s_ack.now_ns(), Ordering::Release);
-                    if e != epoch {
-                        break NetError::Protocol(format!(
-                            "ack of epoch {e} in a session of epoch {epoch}"
-                        ));
-                    }
-                    if s_ack.lease_required && echo_ns > 0 {
-                        s_ack.renew_lease(echo_ns + lease_ns);
-                    }
-                    let tail = s_ack.log.tail();
-                    if received > tail || applied > received || flushed > received {
-                        break NetError::Protocol(format!("ack beyond what was written: received {received} flushed {flushed} applied {applied} tail {tail}"));
+            let f = match reader.next().await {
+                Ok(f) => f,
+                Err(e) => break e,
+            };
+            s_ack
+                .last_slave_frame_ns
+                .store(s_ack.now_ns(), Ordering::Release);
+            let mut g = st_ack.lock();
+            let was_streaming = g.is_streaming();
+            match g.handle_frame(&f, s_ack.log.tail()) {
+                Ok(lease_until) => {
+                    let (received, flushed, applied) = g.acked();
+                    let woke = !was_streaming && g.is_streaming();
+                    drop(g);
+                    if let Some(until) = lease_until {
+                        s_ack.renew_lease(until);
                     }
                     s_ack.acked_received.fetch_max(received, Ordering::AcqRel);
                     s_ack.acked_flushed.fetch_max(flushed, Ordering::AcqRel);
                     s_ack.acked_applied.fetch_max(applied, Ordering::AcqRel);
                     s_ack.acks_moved();
-                    if s_ack.handover.load(Ordering::Acquire) {
-                        // The session waits for these acks to hand over.
+                    if woke || s_ack.handover.load(Ordering::Acquire) {
+                        // The session waits for these acks (the snapshot loaded, a handover).
                         s_ack.data_notify.notify_one();
                     }
                 }
-                Ok(Frame::Error { code, message }) => {
-                    break NetError::Protocol(format!("slave reported error {code}: {message}"))
-                }
-                Ok(other) => {
-                    break NetError::Protocol(format!("unexpected frame from slave: {other:?}"))
-                }
-                Err(e) => break e,
+                Err(e) => break e.into(),
             }
         };
         let _ = closed_tx.send(err);
     });
     let _abort_acks = AbortOnDrop(ack_task);
-
-    let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
-    let mut next_tick = Instant::now() + hb;
-    let mut liveness = Liveness::new(s.cfg.heartbeat_dead_ticks);
-    let mut seen_last = 0u64;
-    if let Some(src) = snapshot {
-        let mut ticker = Ticker {
-            next_tick: &mut next_tick,
-            liveness: &mut liveness,
-            seen: &seen,
-            seen_last: &mut seen_last,
-            hb,
-            epoch,
+    let snapshot = snapshot.map(Arc::new);
+    if snapshot.is_none() {
+        start_streaming(s, node, addr, start);
+    }
+    let mut samples: VecDeque<(u64, u64, Instant)> = VecDeque::new();
+    loop {
+        if s.is_shutdown() {
+            return Ok(());
+        }
+        if let Ok(e) = closed_rx.try_recv() {
+            return Err(e);
+        }
+        let now = Instant::now();
+        let tail = log.tail();
+        let (tx, wake_at) = {
+            let mut g = st.lock();
+            g.handle_timeout(now)?;
+            let tx = g.poll_transmit(now, tail, s.handover.load(Ordering::Acquire));
+            let wake_at = g.poll_timeout(now, tail);
+            while let Some(ev) = g.poll_event() {
+                match ev {
+                    MasterEvent::SnapshotLoaded { pos } => start_streaming(s, node, addr, pos),
+                    MasterEvent::CaughtUp { pos } => {
+                        s.catching_up.store(false, Ordering::Relaxed);
+                        tracing::info!(
+                            pos,
+                            bytes = pos - start,
+                            secs = start_t.elapsed().as_secs_f64(),
+                            "slave caught up; streaming live"
+                        );
+                        s.emit(Event::SlaveCaughtUp { node, pos });
+                    }
+                    MasterEvent::HandedOver { .. } => {}
+                }
+            }
+            (tx, wake_at)
         };
-        send_snapshot(
-            s,
-            &mut wr,
-            src,
-            &mut ticker,
-            bucket.as_mut(),
-            burst,
-            &mut closed_rx,
-        )
-        .await?;
-        // The slave checks, stores and loads it before it can take records: it
-        // acknowledges `start` when done (heartbeats go on meanwhile).
-        while s.acked_received.load(Ordering::Acquire) < start {
-            if s.is_shutdown() {
+        match tx {
+            Some(MasterTransmit::Heartbeat) => {
+                // Every tick, even while streaming: the slave echoes `sent_ns` in
+                // its acks, which is what renews the lease.
+                let hb = Frame::Heartbeat {
+                    epoch,
+                    tail,
+                    flushed: log.flushed(),
+                    sent_ns: s.now_ns(),
+                };
+                write_frame(&mut wr, &hb).await?;
+                update_lag(s, &mut samples, now);
+            }
+            Some(MasterTransmit::Snapshot { offset, len }) => {
+                // Read off the runtime, one piece at a time: memory stays at one
+                // piece whatever the state's size.
+                let src = snapshot.clone().expect("a snapshot to send");
+                let piece = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    src.read_at(offset, &mut buf).map(|()| buf)
+                })
+                .await
+                .map_err(|e| NetError::Protocol(format!("reading the snapshot: {e}")))?
+                .map_err(|e| NetError::Protocol(format!("reading the snapshot: {e}")))?;
+                let f = Frame::Snapshot {
+                    offset,
+                    bytes: bytes::Bytes::from(piece),
+                };
+                write_frame(&mut wr, &f).await?;
+                st.lock().snapshot_sent(len);
+            }
+            Some(MasterTransmit::Data { pos, max_bytes }) => {
+                let chunk = match log.read(pos, max_bytes) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        return Err(NetError::Protocol(format!(
+                            "cannot read the log at {pos}: {e}"
+                        )))
+                    }
+                };
+                write_data(&mut wr, chunk.pos, epoch, tail, chunk.bytes()).await?;
+                let sent = chunk.pos + chunk.len as u64;
+                let live = {
+                    let mut g = st.lock();
+                    g.data_sent(Instant::now(), pos, sent);
+                    g.is_live()
+                };
+                s.sent.store(sent, Ordering::Release);
+                log.pin(
+                    s.acked_received
+                        .load(Ordering::Relaxed)
+                        .max(start)
+                        .min(sent),
+                );
+                if !live {
+                    let done = sent - start;
+                    s.catchup_done.store(done, Ordering::Relaxed);
+                    let secs = start_t.elapsed().as_secs_f64();
+                    if secs > 0.0 {
+                        s.catchup_rate
+                            .store((done as f64 / secs) as u64, Ordering::Relaxed);
+                    }
+                }
+                if samples
+                    .back()
+                    .is_none_or(|b| now.duration_since(b.2) >= Duration::from_millis(1))
+                {
+                    if samples.len() >= LAG_SAMPLES_MAX {
+                        samples.pop_front();
+                    }
+                    samples.push_back((sent, s.records_published.load(Ordering::Relaxed), now));
+                }
+            }
+            Some(MasterTransmit::Handover { tail }) => {
+                // Planned switchover: writes are stopped and the slave has applied
+                // everything. It takes over; this node steps down and will follow it.
+                write_frame(&mut wr, &Frame::Handover { epoch, tail }).await?;
+                tracing::info!(pos = tail, "handed over to the slave");
+                s.handover.store(false, Ordering::Release);
+                s.request_step_down(format!("planned switchover at {tail}"));
                 return Ok(());
             }
-            if let Ok(e) = closed_rx.try_recv() {
-                return Err(e);
+            None => {
+                // Park until a publisher (or an ack the session waits for) wakes
+                // us, the next tick or rate-limit refill is due, or the slave goes.
+                s.sender_parked.store(true, Ordering::SeqCst);
+                if log.tail() > tail && st.lock().is_streaming() {
+                    s.sender_parked.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                let shutdown = s.shutdown_notify.notified();
+                if s.is_shutdown() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = s.data_notify.notified() => {}
+                    _ = tokio::time::sleep_until(wake_at.into()) => {}
+                    r = &mut closed_rx => {
+                        s.sender_parked.store(false, Ordering::SeqCst);
+                        return Err(r.unwrap_or(NetError::Closed));
+                    }
+                    _ = shutdown => {}
+                }
+                s.sender_parked.store(false, Ordering::SeqCst);
             }
-            ticker.tick(s, &mut wr).await?;
-            tokio::time::sleep(Duration::from_millis(5).min(hb)).await;
         }
     }
-    log.pin(start);
+}
+
+/// The slave holds everything before `start`: records follow from there.
+fn start_streaming(s: &Shared, node: u64, addr: SocketAddr, start: u64) {
+    s.log.pin(start);
     s.slave_connected.store(true, Ordering::Release);
     s.emit(Event::SlaveConnected {
         node,
         addr,
         from: start,
     });
-    let mut sent = start;
-    s.sent.store(sent, Ordering::Release);
-    let catchup_total = log.tail().saturating_sub(start);
-    s.catchup_total.store(catchup_total, Ordering::Relaxed);
+    s.sent.store(start, Ordering::Release);
+    s.catchup_total
+        .store(s.log.tail().saturating_sub(start), Ordering::Relaxed);
     s.catchup_done.store(0, Ordering::Relaxed);
-    let mut live = false;
     s.catching_up.store(true, Ordering::Relaxed);
-    let mut samples: VecDeque<(u64, u64, Instant)> = VecDeque::new();
-    let batch = s.cfg.batch_bytes_max;
-
-    loop {
-        if s.is_shutdown() {
-            return Ok(());
-        }
-        let now = Instant::now();
-        if now >= next_tick {
-            // Every tick, even while streaming: the slave echoes `sent_ns` in its
-            // acks, which is what renews the lease.
-            Ticker {
-                next_tick: &mut next_tick,
-                liveness: &mut liveness,
-                seen: &seen,
-                seen_last: &mut seen_last,
-                hb,
-                epoch,
-            }
-            .tick(s, &mut wr)
-            .await?;
-            update_lag(s, &mut samples, now);
-        }
-        if let Ok(e) = closed_rx.try_recv() {
-            return Err(e);
-        }
-        let tail = log.tail();
-        if sent < tail {
-            let limited = !live && bucket.is_some();
-            let max = if limited {
-                batch.min(burst as usize)
-            } else {
-                batch
-            };
-            let chunk = match log.read(sent, max) {
-                Ok(Some(c)) => c,
-                Ok(None) => continue,
-                Err(e) => {
-                    return Err(NetError::Protocol(format!(
-                        "cannot read the log at {sent}: {e}"
-                    )))
-                }
-            };
-            if limited {
-                wait_tokens(s, bucket.as_mut().unwrap(), (chunk.len as u64).min(burst)).await?;
-            }
-            write_data(&mut wr, chunk.pos, epoch, tail, chunk.bytes()).await?;
-            sent = chunk.pos + chunk.len as u64;
-            s.sent.store(sent, Ordering::Release);
-            log.pin(
-                s.acked_received
-                    .load(Ordering::Relaxed)
-                    .max(start)
-                    .min(sent),
-            );
-            if !live {
-                let done = sent - start;
-                s.catchup_done.store(done, Ordering::Relaxed);
-                let secs = start_t.elapsed().as_secs_f64();
-                if secs > 0.0 {
-                    s.catchup_rate
-                        .store((done as f64 / secs) as u64, Ordering::Relaxed);
-                }
-            }
-            if samples
-                .back()
-                .is_none_or(|b| now.duration_since(b.2) >= Duration::from_millis(1))
-            {
-                if samples.len() >= LAG_SAMPLES_MAX {
-                    samples.pop_front();
-                }
-                samples.push_back((sent, s.records_published.load(Ordering::Relaxed), now));
-            }
-            continue;
-        }
-        if s.handover.load(Ordering::Acquire)
-            && s.acked_applied.load(Ordering::Acquire) >= sent
-            && sent == log.tail()
-        {
-            // Planned switchover: writes are stopped and the slave has applied
-            // everything. It takes over; this node steps down and will follow it.
-            write_frame(&mut wr, &Frame::Handover { epoch, tail: sent }).await?;
-            tracing::info!(pos = sent, "handed over to the slave");
-            s.handover.store(false, Ordering::Release);
-            s.request_step_down(format!("planned switchover at {sent}"));
-            return Ok(());
-        }
-        if !live {
-            live = true;
-            s.catching_up.store(false, Ordering::Relaxed);
-            tracing::info!(
-                pos = sent,
-                bytes = sent - start,
-                secs = start_t.elapsed().as_secs_f64(),
-                "slave caught up; streaming live"
-            );
-            s.emit(Event::SlaveCaughtUp { node, pos: sent });
-        }
-        // Park until a publisher wakes us, the heartbeat is due, or the slave goes away.
-        s.sender_parked.store(true, Ordering::SeqCst);
-        if log.tail() > sent {
-            s.sender_parked.store(false, Ordering::SeqCst);
-            continue;
-        }
-        let shutdown = s.shutdown_notify.notified();
-        if s.is_shutdown() {
-            return Ok(());
-        }
-        tokio::select! {
-            // Publishers, and acks while a handover waits for them, wake us here.
-            _ = s.data_notify.notified() => {}
-            _ = tokio::time::sleep_until(next_tick.into()) => {}
-            r = &mut closed_rx => {
-                s.sender_parked.store(false, Ordering::SeqCst);
-                return Err(r.unwrap_or(NetError::Closed));
-            }
-            _ = shutdown => {}
-        }
-        s.sender_parked.store(false, Ordering::SeqCst);
-    }
-}
-
-/// The session's heartbeat clock, shared by the snapshot transfer and the stream.
-struct Ticker<'a> {
-    next_tick: &'a mut Instant,
-    liveness: &'a mut Liveness,
-    seen: &'a AtomicU64,
-    seen_last: &'a mut u64,
-    hb: Duration,
-    epoch: u32,
-}
-
-impl Ticker<'_> {
-    /// On a due tick: checks the slave's liveness and sends a heartbeat (its
-    /// echo in the slave's ack renews the lease).
-    async fn tick(
-        &mut self,
-        s: &Shared,
-        wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    ) -> Result<(), NetError> {
-        let now = Instant::now();
-        if now < *self.next_tick {
-            return Ok(());
-        }
-        *self.next_tick = now + self.hb;
-        let n = self.seen.load(Ordering::Relaxed);
-        if n != *self.seen_last {
-            *self.seen_last = n;
-            self.liveness.on_frame();
-        }
-        if self.liveness.on_tick() == Tick::Dead {
-            return Err(NetError::Protocol(format!(
-                "slave silent for {} heartbeat ticks",
-                s.cfg.heartbeat_dead_ticks
-            )));
-        }
-        write_frame(
-            wr,
-            &Frame::Heartbeat {
-                epoch: self.epoch,
-                tail: s.log.tail(),
-                flushed: s.log.flushed(),
-                sent_ns: s.now_ns(),
-            },
-        )
-        .await
-    }
-}
-
-/// Sends the snapshot in pieces of at most `batch_bytes_max` (and the rate
-/// limit's burst), read from its file off the hs-io thread one piece at a time,
-/// with a heartbeat whenever a tick is due: memory stays at one piece whatever
-/// the state's size, and the slave's acks go on renewing the lease.
-async fn send_snapshot(
-    s: &Arc<Shared>,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    src: crate::log::SnapshotSource,
-    ticker: &mut Ticker<'_>,
-    mut bucket: Option<&mut TokenBucket>,
-    burst: u64,
-    closed_rx: &mut tokio::sync::oneshot::Receiver<NetError>,
-) -> Result<(), NetError> {
-    let len = src.len();
-    let src = Arc::new(src);
-    let piece_max = if bucket.is_some() {
-        (s.cfg.batch_bytes_max as u64).min(burst)
-    } else {
-        s.cfg.batch_bytes_max as u64
-    };
-    let t0 = Instant::now();
-    let mut off = 0u64;
-    while off < len {
-        if s.is_shutdown() {
-            return Err(NetError::Closed);
-        }
-        if let Ok(e) = closed_rx.try_recv() {
-            return Err(e);
-        }
-        ticker.tick(s, wr).await?;
-        let n = piece_max.min(len - off);
-        if let Some(b) = bucket.as_deref_mut() {
-            wait_tokens(s, b, n).await?;
-        }
-        let src2 = src.clone();
-        let piece = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n as usize];
-            src2.read_at(off, &mut buf).map(|()| buf)
-        })
-        .await
-        .map_err(|e| NetError::Protocol(format!("reading the snapshot: {e}")))?
-        .map_err(|e| NetError::Protocol(format!("reading the snapshot: {e}")))?;
-        write_frame(
-            wr,
-            &Frame::Snapshot {
-                offset: off,
-                bytes: bytes::Bytes::from(piece),
-            },
-        )
-        .await?;
-        off += n;
-    }
-    tracing::info!(
-        bytes = len,
-        secs = t0.elapsed().as_secs_f64(),
-        "snapshot sent"
-    );
-    Ok(())
-}
-
-/// Waits (on the runtime's timer) until the bucket grants `n` bytes, and spends them.
-async fn wait_tokens(s: &Shared, b: &mut TokenBucket, n: u64) -> Result<(), NetError> {
-    loop {
-        let now = Instant::now();
-        if b.try_take(now, n) {
-            return Ok(());
-        }
-        if s.is_shutdown() {
-            return Err(NetError::Closed);
-        }
-        tokio::time::sleep_until(b.ready_at(now, n).into()).await;
-    }
 }
 
 fn update_lag(s: &Shared, samples: &mut VecDeque<(u64, u64, Instant)>, now: Instant) {

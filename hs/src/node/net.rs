@@ -8,6 +8,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::Secret;
 use crate::proto::auth::{ct_eq, handshake_mac, Side, NONCE_BYTES};
+pub use crate::proto::frame::kind_name;
 use crate::proto::frame::{self, Frame, FrameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +21,25 @@ pub enum NetError {
     Frame(#[from] FrameError),
     #[error("{0}")]
     Protocol(String),
+    /// The replication stream's state machine ended the session.
+    #[error(transparent)]
+    Stream(#[from] crate::proto::stream::StreamError),
     /// The peer did not prove it holds the pair's secret (or we could not prove it).
     #[error("authentication failed: {0}")]
     Unauthenticated(String),
+}
+
+impl NetError {
+    /// Whether the peer sent something this node refused (counted in
+    /// `frames_rejected` and reported as `Event::FrameRejected`), as opposed
+    /// to going away or falling silent.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            NetError::Frame(_) | NetError::Protocol(_) => true,
+            NetError::Stream(e) => !matches!(e, crate::proto::stream::StreamError::Silent { .. }),
+            _ => false,
+        }
+    }
 }
 
 /// Bytes read from the socket per call (the buffer grows to one frame at most).
@@ -299,23 +316,4 @@ pub async fn read_first(
         )));
     }
     Ok(f)
-}
-
-/// A frame's kind, for messages (never its contents: an unproven peer's bytes).
-pub fn kind_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello { .. } => "Hello",
-        Frame::Welcome { .. } => "Welcome",
-        Frame::Data { .. } => "Data",
-        Frame::Snapshot { .. } => "Snapshot",
-        Frame::Heartbeat { .. } => "Heartbeat",
-        Frame::Ack { .. } => "Ack",
-        Frame::Error { .. } => "Error",
-        Frame::Status { .. } => "Status",
-        Frame::Handover { .. } => "Handover",
-        Frame::WitnessRequest { .. } => "WitnessRequest",
-        Frame::WitnessReply { .. } => "WitnessReply",
-        Frame::Challenge { .. } => "Challenge",
-        Frame::Auth { .. } => "Auth",
-    }
 }

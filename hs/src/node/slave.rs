@@ -20,7 +20,7 @@ use crate::proto::election::{
     lease_ms, next_epoch, refusal_hold_ms, settle, verdict, Cause, Rank, Verdict,
 };
 use crate::proto::frame::{code, Action, Frame};
-use crate::proto::heartbeat::{Liveness, Tick};
+use crate::proto::stream::{SlaveAction, SlaveConfig, SlaveStream, StreamError};
 
 /// How long connecting and the Welcome may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,7 +84,7 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                 if s.is_shutdown() {
                     return Outcome::Shutdown;
                 }
-                if matches!(err, NetError::Frame(_) | NetError::Protocol(_)) {
+                if err.is_rejection() {
                     s.frames_rejected.fetch_add(1, Ordering::Relaxed);
                     s.emit(Event::FrameRejected {
                         reason: err.to_string(),
@@ -633,7 +633,7 @@ async fn follow(
                 {
                     End::Closed
                 }
-                NetError::Protocol(m) if m.contains("heartbeat ticks") => End::Silent,
+                NetError::Stream(StreamError::Silent { .. }) => End::Silent,
                 _ => End::Other,
             };
             Failure {
@@ -788,12 +788,18 @@ async fn stream_loop(
     mut pending: Option<Frame>,
 ) -> Result<End, NetError> {
     let log = &s.log;
-    let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
-    let mut next_tick = Instant::now() + hb;
-    let mut liveness = Liveness::new(s.cfg.heartbeat_dead_ticks);
-    let mut caught_up = false;
+    // The protocol (epochs, liveness, what to ack, a handover's check) is the
+    // sans-IO `SlaveStream`; this loop moves bytes, writes and applies.
+    let mut st = SlaveStream::new(
+        Instant::now(),
+        SlaveConfig {
+            epoch,
+            heartbeat_interval: Duration::from_millis(s.cfg.heartbeat_interval_ms),
+            dead_ticks: s.cfg.heartbeat_dead_ticks,
+        },
+        s.master_tail.load(Ordering::Relaxed),
+    );
     let flush_each = s.cfg.flush == FlushPolicy::EveryBatch;
-    let mut echo_ns = 0u64;
     loop {
         let shutdown = s.shutdown_notify.notified();
         if s.is_shutdown() {
@@ -804,7 +810,7 @@ async fn stream_loop(
         } else {
             tokio::select! {
             f = reader.next() => Some(f?),
-            _ = tokio::time::sleep_until(next_tick.into()) => None,
+            _ = tokio::time::sleep_until(st.poll_timeout().into()) => None,
             _ = shutdown => return Ok(End::Shutdown),
             }
         };
@@ -814,20 +820,9 @@ async fn stream_loop(
             s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
         }
         while let Some(f) = next {
-            liveness.on_frame();
-            match f {
-                Frame::Data {
-                    pos,
-                    epoch: e,
-                    tail: master_tail,
-                    records,
-                } => {
-                    s.master_tail.fetch_max(master_tail, Ordering::Relaxed);
-                    if e != epoch {
-                        return Err(NetError::Protocol(format!(
-                            "data of epoch {e} in a session of epoch {epoch}"
-                        )));
-                    }
+            match st.handle_frame(f, log.tail(), s.applied.load(Ordering::Acquire))? {
+                SlaveAction::Append { pos, records } => {
+                    s.master_tail.fetch_max(st.master_tail(), Ordering::Relaxed);
                     let tail = log
                         .append_replicated(pos, &records)
                         .map_err(|e| NetError::Protocol(format!("refused data at {pos}: {e}")))?;
@@ -845,81 +840,31 @@ async fn stream_loop(
                     }
                     s.records_applied.fetch_add(n, Ordering::Relaxed);
                     s.applied.store(tail, Ordering::Release);
-                    s.master_tail.fetch_max(tail, Ordering::Relaxed);
                     got_data = true;
                 }
-                Frame::Heartbeat {
-                    epoch: e,
-                    tail,
-                    sent_ns,
-                    ..
-                } => {
-                    if e != epoch {
-                        return Err(NetError::Protocol(format!(
-                            "heartbeat of epoch {e} in a session of epoch {epoch}"
-                        )));
-                    }
-                    s.master_tail.fetch_max(tail, Ordering::Relaxed);
-                    echo_ns = sent_ns;
-                    // Echo at once: the master's lease depends on it.
-                    got_data = true;
-                }
-                Frame::Handover { epoch: e, tail } => {
-                    let mine = log.tail();
-                    if e != epoch || tail != mine || s.applied.load(Ordering::Acquire) != mine {
-                        return Err(NetError::Protocol(format!("handover at {tail} of epoch {e}, but this slave is at {mine} of epoch {epoch}")));
-                    }
+                SlaveAction::Handover { tail } => {
                     tracing::info!(pos = tail, "the master handed over");
                     return Ok(End::Handover);
                 }
-                Frame::Error { code, message } => {
-                    return Err(NetError::Protocol(format!(
-                        "master reported error {code}: {message}"
-                    )))
-                }
-                other => {
-                    return Err(NetError::Protocol(format!(
-                        "unexpected frame from master: {other:?}"
-                    )))
-                }
+                SlaveAction::None => {}
             }
+            s.master_tail.fetch_max(st.master_tail(), Ordering::Relaxed);
             next = reader.try_next()?;
         }
         let tail = log.tail();
-        if !caught_up && tail >= s.master_tail.load(Ordering::Relaxed) {
-            caught_up = true;
+        s.master_tail.fetch_max(tail, Ordering::Relaxed);
+        if st.reached(tail) {
             tracing::info!(pos = tail, "caught up with the master");
             s.emit(Event::CaughtUp { pos: tail });
         }
-        let now = Instant::now();
-        let tick = now >= next_tick;
-        if tick {
-            next_tick = now + hb;
-            if liveness.on_tick() == Tick::Dead {
-                return Err(NetError::Protocol(format!(
-                    "master silent for {} heartbeat ticks",
-                    s.cfg.heartbeat_dead_ticks
-                )));
-            }
-        }
+        st.handle_timeout(Instant::now())?;
         // Acknowledge each batch, and on every tick (the ack is our heartbeat).
-        if got_data || tick {
-            if got_data && flush_each {
-                log.flush()
-                    .map_err(|e| NetError::Protocol(format!("flush: {e}")))?;
-            }
-            let applied = s.applied.load(Ordering::Acquire);
-            write_frame(
-                wr,
-                &Frame::Ack {
-                    epoch,
-                    received: tail,
-                    flushed: log.flushed(),
-                    applied,
-                    echo_ns,
-                },
-            )
-            .await?;
+        if got_data && flush_each {
+            log.flush()
+                .map_err(|e| NetError::Protocol(format!("flush: {e}")))?;
+        }
+        if let Some(ack) = st.poll_ack(tail, log.flushed(), s.applied.load(Ordering::Acquire)) {
+            write_frame(wr, &ack).await?;
         }
     }
 }

@@ -710,6 +710,25 @@ impl Frame {
     }
 }
 
+/// A frame's kind, for messages (never its contents: an unproven peer's bytes).
+pub fn kind_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "Hello",
+        Frame::Welcome { .. } => "Welcome",
+        Frame::Data { .. } => "Data",
+        Frame::Snapshot { .. } => "Snapshot",
+        Frame::Heartbeat { .. } => "Heartbeat",
+        Frame::Ack { .. } => "Ack",
+        Frame::Error { .. } => "Error",
+        Frame::Status { .. } => "Status",
+        Frame::Handover { .. } => "Handover",
+        Frame::WitnessRequest { .. } => "WitnessRequest",
+        Frame::WitnessReply { .. } => "WitnessReply",
+        Frame::Challenge { .. } => "Challenge",
+        Frame::Auth { .. } => "Auth",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

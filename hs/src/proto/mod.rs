@@ -9,4 +9,5 @@ pub mod frame;
 pub mod heartbeat;
 pub mod ratelimit;
 pub mod record;
+pub mod stream;
 pub mod witness;
