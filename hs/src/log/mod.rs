@@ -174,6 +174,26 @@ struct Appender {
     sealed: bool,
     /// Refuse every write, replication too, for good (`halt`).
     halted: bool,
+    /// Where a segment-end marker was written, when no record follows it yet
+    /// (see `epoch_start`).
+    skipped_at: Option<u64>,
+}
+
+/// Where the epoch of a record at `pos` starts, if it is the first record of
+/// its epoch. When that record follows a segment-end marker (at
+/// `skipped_at`), the marker was written by the same writer, in the same
+/// epoch, so the epoch starts at the marker: the previous epoch's records end
+/// there, not at the next segment's base. Otherwise a node that takes over
+/// near a segment's end would tell `catchup::decide` that the old epoch runs
+/// to that base, and the old master, rejoining, would keep records the new one
+/// never had (found by the replication simulation). The master (`append`), the
+/// slave (`append_replicated`) and recovery all apply this one rule, so every
+/// copy of a log has the same epoch starts.
+fn epoch_start(epochs: &Epochs, epoch: u32, pos: u64, skipped_at: Option<u64>) -> u64 {
+    match skipped_at {
+        Some(at) if epoch > epochs.last_epoch() => at,
+        _ => pos,
+    }
 }
 
 /// A chunk of committed log bytes inside one segment.
@@ -349,6 +369,7 @@ impl Log {
         let mut cut: Option<(usize, u64, String)> = None;
         let mut spares_from: Option<usize> = None;
         let mut ended_in: Option<usize> = None;
+        let mut skipped_at: Option<u64> = None;
         'segs: for (i, s) in segs.iter().enumerate() {
             if s.base != tail {
                 cut = Some((
@@ -368,7 +389,8 @@ impl Log {
                 let buf = unsafe { s.slice(pos, (s.end() - pos) as usize) };
                 match record::decode(buf, pos, max) {
                     Ok(Decoded::Record { rec: r, size }) => {
-                        if let Err((last, found)) = epochs.observe(r.epoch, pos) {
+                        let at = epoch_start(&epochs, r.epoch, pos, skipped_at.take());
+                        if let Err((last, found)) = epochs.observe(r.epoch, at) {
                             cut = Some((i, pos, format!("epoch {found} after epoch {last}")));
                             break 'segs;
                         }
@@ -376,6 +398,7 @@ impl Log {
                         pos += size as u64;
                     }
                     Ok(Decoded::Skip) => {
+                        skipped_at = Some(pos);
                         tail = s.end();
                         continue 'segs;
                     }
@@ -484,6 +507,9 @@ impl Log {
                     meta,
                     sealed: false,
                     halted: false,
+                    // A scan that ended right after a marker: the next record's
+                    // epoch may start there.
+                    skipped_at,
                 },
             ),
             committed: AtomicU64::new(tail),
@@ -688,9 +714,10 @@ impl Log {
         let buf = unsafe { seg.slice_mut(pos, size as usize) };
         record::encode_into(buf, pos, a.epoch, op, key, value);
         if a.epochs.last_epoch() != a.epoch {
-            let e = a.epoch;
-            a.epochs.observe(e, pos).expect("epoch only grows");
+            let (e, at) = (a.epoch, epoch_start(&a.epochs, a.epoch, pos, a.skipped_at));
+            a.epochs.observe(e, at).expect("epoch only grows");
         }
+        a.skipped_at = None;
         a.tail = pos + size;
         self.committed.store(a.tail, Ordering::Release);
         Ok(pos)
@@ -793,6 +820,7 @@ impl Log {
             if a.tail < cur.end() {
                 // SAFETY: append lock held; at the tail.
                 record::encode_skip(unsafe { cur.slice_mut(a.tail, record::SKIP_BYTES) }, a.tail);
+                a.skipped_at = Some(a.tail);
             }
         }
         self.segs.write().push_back(new.clone());
@@ -916,6 +944,8 @@ impl Log {
         let mut last = a.epochs.last_epoch();
         let mut new_epochs: Vec<(u32, u64)> = Vec::new();
         let mut skipped = false;
+        let mut after_skip = a.skipped_at;
+        let mut skip_pos: Option<u64> = None;
         while at < bytes.len() {
             let p = pos + at as u64;
             match record::decode(&bytes[at..], p, self.cfg.record_bytes_max)? {
@@ -928,9 +958,14 @@ impl Log {
                         });
                     }
                     if rec.epoch > last {
-                        new_epochs.push((rec.epoch, p));
+                        let at = match after_skip {
+                            Some(at) if rec.epoch > a.epochs.last_epoch() => at,
+                            _ => p,
+                        };
+                        new_epochs.push((rec.epoch, at));
                         last = rec.epoch;
                     }
+                    after_skip = None;
                     at += size;
                 }
                 Decoded::Skip => {
@@ -941,6 +976,7 @@ impl Log {
                         return Err(RecordError::BadSkip { pos: p }.into());
                     }
                     skipped = true;
+                    skip_pos = Some(p);
                     at = bytes.len();
                 }
                 Decoded::End => {
@@ -958,6 +994,7 @@ impl Log {
         for (e, p) in new_epochs {
             a.epochs.observe(e, p).expect("checked above");
         }
+        a.skipped_at = skip_pos.or(after_skip);
         a.tail = if skipped {
             seg.end()
         } else {
@@ -1039,6 +1076,8 @@ impl Log {
         a.seg = cur.clone();
         a.tail = to;
         a.epochs.truncate(to);
+        // A marker below `to` is followed by a kept record; one at or past it is gone.
+        a.skipped_at = None;
         if let Some(s) = &cur {
             // SAFETY: append lock held, tail lowered; a slave has no reader past `to`.
             unsafe { s.slice_mut(to, (s.end() - to) as usize) }.fill(0);
@@ -1172,6 +1211,7 @@ impl Log {
         a.seg = None;
         a.tail = head.pos;
         a.epochs = head.epochs.clone();
+        a.skipped_at = None;
         self.first.store(head.pos, Ordering::Release);
         self.committed.store(head.pos, Ordering::Release);
         self.flushed.store(head.pos, Ordering::Release);
