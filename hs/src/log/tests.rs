@@ -402,3 +402,39 @@ fn a_lock_taken_out_of_order_panics_instead_of_deadlocking() {
     put(&log, b"k2", b"v");
     assert_eq!(all(&log).len(), 2);
 }
+
+/// A new epoch whose first record rolls the segment starts at the
+/// segment-end marker its writer wrote, where the previous epoch's records
+/// end (not at the next segment's base, which would tell `decide` that the
+/// old epoch runs on to there). The master, a slave copying its bytes, and
+/// recovery all agree.
+#[test]
+fn an_epoch_that_begins_with_a_roll_starts_at_the_marker() {
+    let d = tempfile::tempdir().unwrap();
+    let log = new_log(d.path());
+    while log.tail() + 1100 < SEG {
+        put(&log, b"a", &[1; 1000]);
+    }
+    let marker = log.tail();
+    log.set_epoch(2).unwrap();
+    let pos = put(&log, b"b", &[2; 1500]);
+    assert_eq!(pos, SEG, "the record rolled to the next segment");
+    assert_eq!(log.epochs().as_slice(), &[(1, 0), (2, marker)]);
+
+    let d2 = tempfile::tempdir().unwrap();
+    let (slave, _) = Log::open(cfg(d2.path())).unwrap();
+    slave.adopt_history(0xabc, SEG).unwrap();
+    let mut at = 0;
+    while let Some(c) = log.read(at, 1 << 20).unwrap() {
+        slave.append_replicated(c.pos, c.bytes()).unwrap();
+        at = c.pos + c.len as u64;
+    }
+    assert_eq!(slave.tail(), log.tail());
+    assert_eq!(slave.epochs(), log.epochs(), "the slave's copy");
+
+    let want = log.epochs();
+    log.flush().unwrap();
+    drop(log);
+    let (log, _) = Log::open(cfg(d.path())).unwrap();
+    assert_eq!(log.epochs(), want, "after recovery");
+}
