@@ -317,8 +317,14 @@ fn bench_segment_prepare(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                let s = hs::log::segment::Segment::create(&hs::log::storage::FileStorage, &d.0, 1, base, SEGMENT_BYTES)
-                    .expect("create segment");
+                let s = hs::log::segment::Segment::create(
+                    &hs::log::storage::FileStorage,
+                    &d.0,
+                    1,
+                    base,
+                    SEGMENT_BYTES,
+                )
+                .expect("create segment");
                 total += t.elapsed();
                 let _ = std::fs::remove_file(&s.path);
                 drop(s);

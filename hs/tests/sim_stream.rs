@@ -666,7 +666,7 @@ impl Sim {
     fn garble(&mut self) {
         let r = self.rng.next_u64();
         if let Some(ss) = &mut self.session {
-            let q = if r % 2 == 0 {
+            let q = if r.is_multiple_of(2) {
                 &mut ss.to_slave
             } else {
                 &mut ss.to_master

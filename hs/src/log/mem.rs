@@ -369,10 +369,7 @@ fn split(path: &Path) -> io::Result<(&Path, String)> {
 }
 
 fn eio(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Other,
-        format!("{what}: injected I/O error (EIO)"),
-    )
+    io::Error::other(format!("{what}: injected I/O error (EIO)"))
 }
 
 /// The in-memory disk. Cloning it gives another handle to the same disk.
@@ -485,7 +482,7 @@ impl Region for MemRegion {
         let mut fs = self.fs.lock();
         fs.tick();
         let end = (offset + len).min(self.pages.len);
-        let live = &self.pages.bytes()[..];
+        let live = self.pages.bytes();
         let mut d = self.inode.durable.lock();
         if d.len() < live.len() {
             d.resize(live.len(), 0);
@@ -753,7 +750,7 @@ mod tests {
     fn synced_pages_survive_power_loss_and_unsynced_ones_may_not() {
         let m = MemStorage::new(1);
         m.create_dir_all(Path::new("/d")).unwrap();
-        let r = m.create_mapped(&p("s"), 4 * 4096 as u64).unwrap();
+        let r = m.create_mapped(&p("s"), 4 * 4096_u64).unwrap();
         m.sync_dir(Path::new("/d")).unwrap();
         // SAFETY: our own fresh region.
         unsafe { std::ptr::write_bytes(r.as_mut_ptr(), 7, 4 * 4096) };

@@ -59,7 +59,7 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
             epoch,
         ))));
     }
-    if s.lease_required {
+    if s.lease.required {
         helpers.push(AbortOnDrop(tokio::spawn(watch_lease(s.clone()))));
     }
     if let Some(peer) = s.cfg.peer {
@@ -100,7 +100,7 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
                             Err(e) => {
                                 // The current slave is untouched: an unproven peer changes nothing.
                                 tracing::warn!(%addr, error = %e, "connection refused before it became the slave");
-                                s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                                s2.link.frames_rejected.fetch_add(1, Ordering::Relaxed);
                                 s2.emit(Event::FrameRejected { reason: format!("{addr}: {e}") });
                             }
                         }
@@ -135,7 +135,7 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
                             tracing::warn!(error = %e, "slave connection ended");
                             let rejected = e.is_rejection();
                             if rejected {
-                                s2.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                                s2.link.frames_rejected.fetch_add(1, Ordering::Relaxed);
                                 s2.emit(Event::FrameRejected { reason: e.to_string() });
                             }
                             s2.emit(Event::SlaveLost { node: 0, reason: e.to_string() });
@@ -221,7 +221,7 @@ async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
     let quiet_ns = (tick * CALL_AFTER_QUIET_TICKS as u32).as_nanos() as u64;
     loop {
         tokio::time::sleep(tick).await;
-        let heard = s.last_slave_frame_ns.load(Ordering::Acquire);
+        let heard = s.link.last_slave_frame_ns.load(Ordering::Acquire);
         if heard != 0 && s.now_ns().saturating_sub(heard) < quiet_ns {
             continue;
         }
@@ -278,7 +278,7 @@ async fn watch_lease(s: Arc<Shared>) {
     .as_nanos() as u64;
     s.renew_lease(s.now_ns() + grace);
     loop {
-        let until = s.lease_until_ns.load(Ordering::Acquire);
+        let until = s.lease.until_ns.load(Ordering::Acquire);
         let now = s.now_ns();
         if now >= until {
             s.request_step_down(
@@ -287,7 +287,7 @@ async fn watch_lease(s: Arc<Shared>) {
             );
             return;
         }
-        let renewed = s.lease_notify.notified();
+        let renewed = s.lease.notify.notified();
         if !s.demoting.load(Ordering::Acquire) && !s.poisoned() {
             s.writable.store(true, Ordering::Release);
         }
@@ -302,8 +302,8 @@ async fn watch_lease(s: Arc<Shared>) {
 struct ConnectedGuard(Arc<Shared>);
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
-        self.0.slave_connected.store(false, Ordering::Release);
-        self.0.catching_up.store(false, Ordering::Release);
+        self.0.link.slave_connected.store(false, Ordering::Release);
+        self.0.link.catching_up.store(false, Ordering::Release);
         self.0.log.pin(u64::MAX);
         self.0.acks_moved();
     }
@@ -518,7 +518,7 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
             catchup_rate_bytes_per_s: s.cfg.catchup_rate_bytes_per_s,
             batch_bytes_max: s.cfg.batch_bytes_max,
             frame_bytes_max: s.cfg.frame_bytes_max(),
-            lease: s.lease_required.then(|| {
+            lease: s.lease.required.then(|| {
                 Duration::from_millis(lease_ms(
                     s.cfg.heartbeat_interval_ms,
                     s.cfg.heartbeat_dead_ticks,
@@ -539,6 +539,7 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                 Err(e) => break e,
             };
             s_ack
+                .link
                 .last_slave_frame_ns
                 .store(s_ack.now_ns(), Ordering::Release);
             let mut g = st_ack.lock();
@@ -551,9 +552,18 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                     if let Some(until) = lease_until {
                         s_ack.renew_lease(until);
                     }
-                    s_ack.acked_received.fetch_max(received, Ordering::AcqRel);
-                    s_ack.acked_flushed.fetch_max(flushed, Ordering::AcqRel);
-                    s_ack.acked_applied.fetch_max(applied, Ordering::AcqRel);
+                    s_ack
+                        .progress
+                        .acked_received
+                        .fetch_max(received, Ordering::AcqRel);
+                    s_ack
+                        .progress
+                        .acked_flushed
+                        .fetch_max(flushed, Ordering::AcqRel);
+                    s_ack
+                        .progress
+                        .acked_applied
+                        .fetch_max(applied, Ordering::AcqRel);
                     s_ack.acks_moved();
                     if woke || s_ack.handover.load(Ordering::Acquire) {
                         // The session waits for these acks (the snapshot loaded, a handover).
@@ -589,7 +599,7 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                 match ev {
                     MasterEvent::SnapshotLoaded { pos } => start_streaming(s, node, addr, pos),
                     MasterEvent::CaughtUp { pos } => {
-                        s.catching_up.store(false, Ordering::Relaxed);
+                        s.link.catching_up.store(false, Ordering::Relaxed);
                         tracing::info!(
                             pos,
                             bytes = pos - start,
@@ -651,19 +661,21 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                     g.data_sent(Instant::now(), pos, sent);
                     g.is_live()
                 };
-                s.sent.store(sent, Ordering::Release);
+                s.progress.sent.store(sent, Ordering::Release);
                 log.pin(
-                    s.acked_received
+                    s.progress
+                        .acked_received
                         .load(Ordering::Relaxed)
                         .max(start)
                         .min(sent),
                 );
                 if !live {
                     let done = sent - start;
-                    s.catchup_done.store(done, Ordering::Relaxed);
+                    s.link.catchup_done.store(done, Ordering::Relaxed);
                     let secs = start_t.elapsed().as_secs_f64();
                     if secs > 0.0 {
-                        s.catchup_rate
+                        s.link
+                            .catchup_rate
                             .store((done as f64 / secs) as u64, Ordering::Relaxed);
                     }
                 }
@@ -674,7 +686,11 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                     if samples.len() >= LAG_SAMPLES_MAX {
                         samples.pop_front();
                     }
-                    samples.push_back((sent, s.records_published.load(Ordering::Relaxed), now));
+                    samples.push_back((
+                        sent,
+                        s.progress.records_published.load(Ordering::Relaxed),
+                        now,
+                    ));
                 }
             }
             Some(MasterTransmit::Handover { tail }) => {
@@ -716,21 +732,22 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
 /// The slave holds everything before `start`: records follow from there.
 fn start_streaming(s: &Shared, node: u64, addr: SocketAddr, start: u64) {
     s.log.pin(start);
-    s.slave_connected.store(true, Ordering::Release);
+    s.link.slave_connected.store(true, Ordering::Release);
     s.emit(Event::SlaveConnected {
         node,
         addr,
         from: start,
     });
-    s.sent.store(start, Ordering::Release);
-    s.catchup_total
+    s.progress.sent.store(start, Ordering::Release);
+    s.link
+        .catchup_total
         .store(s.log.tail().saturating_sub(start), Ordering::Relaxed);
-    s.catchup_done.store(0, Ordering::Relaxed);
-    s.catching_up.store(true, Ordering::Relaxed);
+    s.link.catchup_done.store(0, Ordering::Relaxed);
+    s.link.catching_up.store(true, Ordering::Relaxed);
 }
 
 fn update_lag(s: &Shared, samples: &mut VecDeque<(u64, u64, Instant)>, now: Instant) {
-    let applied = s.acked_applied.load(Ordering::Relaxed);
+    let applied = s.progress.acked_applied.load(Ordering::Relaxed);
     let mut acked_records = None;
     while let Some(&(pos, records, _)) = samples.front() {
         if pos <= applied {
@@ -741,18 +758,18 @@ fn update_lag(s: &Shared, samples: &mut VecDeque<(u64, u64, Instant)>, now: Inst
         }
     }
     if let Some(r) = acked_records {
-        s.acked_records.fetch_max(r, Ordering::Relaxed);
+        s.progress.acked_records.fetch_max(r, Ordering::Relaxed);
     }
     if applied >= s.log.tail() {
-        s.acked_records.fetch_max(
-            s.records_published.load(Ordering::Relaxed),
+        s.progress.acked_records.fetch_max(
+            s.progress.records_published.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
     }
     let lag = samples
         .front()
         .map_or(0, |f| now.duration_since(f.2).as_millis() as u64);
-    s.lag_ms.store(lag, Ordering::Relaxed);
+    s.progress.lag_ms.store(lag, Ordering::Relaxed);
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

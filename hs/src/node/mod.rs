@@ -419,52 +419,20 @@ pub(crate) struct Shared {
     /// The sender is parked waiting for new records; publishers wake it.
     pub sender_parked: AtomicBool,
     pub data_notify: tokio::sync::Notify,
-    pub sent: AtomicU64,
-    pub acked_received: AtomicU64,
-    pub acked_flushed: AtomicU64,
-    pub acked_applied: AtomicU64,
-    pub acked_records: AtomicU64,
-    pub applied: AtomicU64,
-    pub master_tail: AtomicU64,
-    pub records_published: AtomicU64,
-    pub records_applied: AtomicU64,
-    pub slave_connected: AtomicBool,
-    pub catching_up: AtomicBool,
-    pub catchup_done: AtomicU64,
-    pub catchup_total: AtomicU64,
-    pub catchup_rate: AtomicU64,
-    pub lag_ms: AtomicU64,
-    pub resync_received: AtomicU64,
-    pub resync_buffer_max: AtomicU64,
-    pub resync_heartbeats: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub frames_rejected: AtomicU64,
-    pub events: Mutex<VecDeque<Event>>,
-    pub events_dropped: AtomicU64,
-    pub events_cv: Condvar,
+    /// Where replication stands.
+    pub progress: Progress,
+    /// The link to the peer: connected, catching up, resyncing, when it was heard.
+    pub link: Link,
+    pub events: Events,
     /// Signalled when acknowledged positions move (for `wait`).
     pub ack_lock: Mutex<()>,
     pub ack_cv: Condvar,
     pub local_addr: Mutex<Option<SocketAddr>>,
     /// `publish` is allowed: master, lease valid (if one is required), not handing over.
     pub writable: AtomicBool,
-    /// A witness is configured and the split risk is not accepted: writes need a lease.
-    pub lease_required: bool,
-    /// The lease runs until this point of `clock` (nanoseconds).
-    pub lease_until_ns: AtomicU64,
-    pub lease_notify: tokio::sync::Notify,
+    pub lease: Lease,
     /// This node's id (from the config, or kept in the meta file).
     pub node_id: u64,
-    /// When this node last got a frame from a master (`clock` ns; 0 = its start).
-    /// A promotion on silence needs a full silence period since then, measured by
-    /// this node itself: its own acks, sent before a crash, may still be
-    /// extending the old master's lease.
-    pub last_master_frame_ns: AtomicU64,
-    /// When the pair's master last called this node's port (a Hello as master,
-    /// `clock` ns; 0 = never): it lives, whatever its port says to this node.
-    pub master_called_ns: AtomicU64,
-    /// Master: when the current slave's last ack arrived (`clock` ns; 0 = none yet).
-    pub last_slave_frame_ns: AtomicU64,
     /// Origin of the monotonic nanosecond timestamps in heartbeats and leases.
     pub clock: Instant,
     /// Preferred role given to `start`.
@@ -487,6 +455,69 @@ pub(crate) struct Shared {
     pub before_append: Mutex<Option<TestHook>>,
 }
 
+/// Where replication stands (positions in bytes, counts in records).
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// Master: one past the last byte handed to the socket.
+    pub sent: AtomicU64,
+    /// Master: the current slave's acknowledgements (0 until its first).
+    pub acked_received: AtomicU64,
+    pub acked_flushed: AtomicU64,
+    pub acked_applied: AtomicU64,
+    /// Master: records the slave has applied (from the lag samples).
+    pub acked_records: AtomicU64,
+    /// One past the last record the application has.
+    pub applied: AtomicU64,
+    /// Slave: the highest tail the master told of.
+    pub master_tail: AtomicU64,
+    pub records_published: AtomicU64,
+    pub records_applied: AtomicU64,
+    /// Master: how old the oldest record not yet applied by the slave is.
+    pub lag_ms: AtomicU64,
+}
+
+/// The link to the peer.
+#[derive(Default)]
+pub(crate) struct Link {
+    pub slave_connected: AtomicBool,
+    pub catching_up: AtomicBool,
+    pub catchup_done: AtomicU64,
+    pub catchup_total: AtomicU64,
+    pub catchup_rate: AtomicU64,
+    pub resync_received: AtomicU64,
+    pub resync_buffer_max: AtomicU64,
+    pub resync_heartbeats: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub frames_rejected: AtomicU64,
+    /// When this node last got a frame from a master (`clock` ns; 0 = its start).
+    /// A promotion on silence needs a full silence period since then, measured by
+    /// this node itself: its own acks, sent before a crash, may still be
+    /// extending the old master's lease.
+    pub last_master_frame_ns: AtomicU64,
+    /// When the pair's master last called this node's port (a Hello as master,
+    /// `clock` ns; 0 = never): it lives, whatever its port says to this node.
+    pub master_called_ns: AtomicU64,
+    /// Master: when the current slave's last ack arrived (`clock` ns; 0 = none yet).
+    pub last_slave_frame_ns: AtomicU64,
+}
+
+/// The application's event queue (`EVENTS_MAX` at most; the oldest dropped).
+#[derive(Default)]
+pub(crate) struct Events {
+    pub queue: Mutex<VecDeque<Event>>,
+    pub dropped: AtomicU64,
+    pub cv: Condvar,
+}
+
+/// The master's lease.
+pub(crate) struct Lease {
+    /// A witness is configured and the split risk is not accepted: writes need a lease.
+    pub required: bool,
+    /// The lease runs until this point of `clock` (nanoseconds).
+    pub until_ns: AtomicU64,
+    pub notify: tokio::sync::Notify,
+}
+
 impl Shared {
     /// Monotonic nanoseconds since this node started.
     pub fn now_ns(&self) -> u64 {
@@ -495,8 +526,8 @@ impl Shared {
 
     /// Extends the lease to `until_ns` (never shortens it).
     pub fn renew_lease(&self, until_ns: u64) {
-        if self.lease_until_ns.fetch_max(until_ns, Ordering::AcqRel) < until_ns {
-            self.lease_notify.notify_one();
+        if self.lease.until_ns.fetch_max(until_ns, Ordering::AcqRel) < until_ns {
+            self.lease.notify.notify_one();
         }
     }
 
@@ -505,7 +536,7 @@ impl Shared {
         let old = Role::from_u8(self.role.swap(role.to_u8(), Ordering::AcqRel));
         let epoch = self.log.meta().epoch;
         let writable = role == Role::Master
-            && !self.lease_required
+            && !self.lease.required
             && !self.demoting.load(Ordering::Acquire)
             && !self.poisoned();
         self.log.seal(role != Role::Master);
@@ -531,12 +562,12 @@ impl Shared {
     /// grow within one session (`fetch_max`); across sessions they start from 0,
     /// so `wait` answers only for what the current standby said it holds.
     pub fn forget_standby(&self) {
-        self.acked_received.store(0, Ordering::Release);
-        self.acked_flushed.store(0, Ordering::Release);
-        self.acked_applied.store(0, Ordering::Release);
-        self.acked_records.store(0, Ordering::Release);
-        self.sent.store(0, Ordering::Release);
-        self.lag_ms.store(0, Ordering::Relaxed);
+        self.progress.acked_received.store(0, Ordering::Release);
+        self.progress.acked_flushed.store(0, Ordering::Release);
+        self.progress.acked_applied.store(0, Ordering::Release);
+        self.progress.acked_records.store(0, Ordering::Release);
+        self.progress.sent.store(0, Ordering::Release);
+        self.progress.lag_ms.store(0, Ordering::Relaxed);
         self.acks_moved();
     }
 
@@ -552,13 +583,13 @@ impl Shared {
 
     pub fn emit(&self, e: Event) {
         tracing::debug!(event = ?e, "event");
-        let mut q = self.events.lock();
+        let mut q = self.events.queue.lock();
         if q.len() >= EVENTS_MAX {
             q.pop_front();
-            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+            self.events.dropped.fetch_add(1, Ordering::Relaxed);
         }
         q.push_back(e);
-        self.events_cv.notify_all();
+        self.events.cv.notify_all();
     }
 
     pub fn acks_moved(&self) {
@@ -640,7 +671,7 @@ impl Shared {
                 n += 1;
             })
         })??;
-        self.applied.store(tail, Ordering::Release);
+        self.progress.applied.store(tail, Ordering::Release);
         Ok(n)
     }
 }
@@ -680,41 +711,24 @@ impl Node {
             shutdown_notify: tokio::sync::Notify::new(),
             sender_parked: AtomicBool::new(false),
             data_notify: tokio::sync::Notify::new(),
-            sent: AtomicU64::new(0),
-            acked_received: AtomicU64::new(0),
-            acked_flushed: AtomicU64::new(0),
-            acked_applied: AtomicU64::new(0),
-            acked_records: AtomicU64::new(0),
-            applied: AtomicU64::new(0),
-            master_tail: AtomicU64::new(log.tail()),
-            records_published: AtomicU64::new(recovery.records),
-            records_applied: AtomicU64::new(0),
-            slave_connected: AtomicBool::new(false),
-            catching_up: AtomicBool::new(false),
-            catchup_done: AtomicU64::new(0),
-            catchup_total: AtomicU64::new(0),
-            catchup_rate: AtomicU64::new(0),
-            lag_ms: AtomicU64::new(0),
-            resync_received: AtomicU64::new(0),
-            resync_buffer_max: AtomicU64::new(0),
-            resync_heartbeats: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-            frames_rejected: AtomicU64::new(0),
-            events: Mutex::new(VecDeque::new()),
-            events_dropped: AtomicU64::new(0),
-            events_cv: Condvar::new(),
+            progress: Progress {
+                master_tail: AtomicU64::new(log.tail()),
+                records_published: AtomicU64::new(recovery.records),
+                ..Progress::default()
+            },
+            link: Link::default(),
+            events: Events::default(),
             ack_lock: Mutex::new(()),
             ack_cv: Condvar::new(),
             local_addr: Mutex::new(None),
             writable: AtomicBool::new(false),
-            lease_required: cfg.witness.is_some() && !cfg.accept_split_risk,
-            lease_until_ns: AtomicU64::new(0),
-            lease_notify: tokio::sync::Notify::new(),
+            lease: Lease {
+                required: cfg.witness.is_some() && !cfg.accept_split_risk,
+                until_ns: AtomicU64::new(0),
+                notify: tokio::sync::Notify::new(),
+            },
             clock: Instant::now(),
             node_id,
-            last_master_frame_ns: AtomicU64::new(0),
-            master_called_ns: AtomicU64::new(0),
-            last_slave_frame_ns: AtomicU64::new(0),
             prefer_master: role == Role::Master,
             demoting: AtomicBool::new(false),
             handover: AtomicBool::new(false),
@@ -728,7 +742,10 @@ impl Node {
             cfg,
         });
         let replayed = shared.replay()?;
-        shared.records_applied.store(replayed, Ordering::Relaxed);
+        shared
+            .progress
+            .records_applied
+            .store(replayed, Ordering::Relaxed);
         tracing::info!(dir = %shared.cfg.dir.display(), ?role, first = recovery.first, tail = recovery.tail, replayed, "node started");
 
         // The listener is bound here so the caller learns the port (and a bind error) at once.
@@ -823,7 +840,7 @@ impl Node {
         // resumed after a long stop must not take a write before it runs: the lease
         // is checked under the append lock, so no stop between check and write.
         let lease_holds =
-            || !s.lease_required || s.now_ns() < s.lease_until_ns.load(Ordering::Acquire);
+            || !s.lease.required || s.now_ns() < s.lease.until_ns.load(Ordering::Acquire);
         let r = if s.cfg.publish_timeout_ms == 0 {
             s.log.append_if(op, key, value, lease_holds)
         } else {
@@ -845,7 +862,7 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        s.records_published.fetch_add(1, Ordering::Relaxed);
+        s.progress.records_published.fetch_add(1, Ordering::Relaxed);
         if s.sender_parked.load(Ordering::SeqCst) {
             s.sender_parked.store(false, Ordering::SeqCst);
             s.data_notify.notify_one();
@@ -861,9 +878,9 @@ impl Node {
         let lag = || {
             s.log
                 .tail()
-                .saturating_sub(s.acked_received.load(Ordering::Acquire))
+                .saturating_sub(s.progress.acked_received.load(Ordering::Acquire))
         };
-        if !s.slave_connected.load(Ordering::Acquire) || lag() <= max {
+        if !s.link.slave_connected.load(Ordering::Acquire) || lag() <= max {
             return Ok(());
         }
         s.emit(Event::LagOverLimit { lag: lag() });
@@ -872,7 +889,7 @@ impl Node {
         }
         let deadline = crate::log::deadline_after(Duration::from_millis(s.cfg.publish_timeout_ms));
         let mut g = s.ack_lock.lock();
-        while s.slave_connected.load(Ordering::Acquire) && lag() > max {
+        while s.link.slave_connected.load(Ordering::Acquire) && lag() > max {
             if s.ack_cv.wait_until(&mut g, deadline).timed_out() {
                 return Err(NodeError::LagExceeded { lag: lag(), max });
             }
@@ -906,7 +923,7 @@ impl Node {
                 master: self.master_addr(),
             });
         }
-        if !s.slave_connected.load(Ordering::Acquire) {
+        if !s.link.slave_connected.load(Ordering::Acquire) {
             return Err(NodeError::NoStandby);
         }
         let deadline = crate::log::deadline_after(timeout);
@@ -919,8 +936,8 @@ impl Node {
             s.demoting.store(false, Ordering::Release);
             if self.role() == Role::Master {
                 s.set_role(Role::Master, "switchover abandoned");
-                if s.lease_required {
-                    s.lease_notify.notify_one();
+                if s.lease.required {
+                    s.lease.notify.notify_one();
                 }
             }
             Err(e)
@@ -958,9 +975,9 @@ impl Node {
         let reached = || {
             let acked = match level {
                 Durability::Async => return true,
-                Durability::Received => s.acked_received.load(Ordering::Acquire),
-                Durability::Flushed => s.acked_flushed.load(Ordering::Acquire),
-                Durability::Applied => s.acked_applied.load(Ordering::Acquire),
+                Durability::Received => s.progress.acked_received.load(Ordering::Acquire),
+                Durability::Flushed => s.progress.acked_flushed.load(Ordering::Acquire),
+                Durability::Applied => s.progress.acked_applied.load(Ordering::Acquire),
             };
             acked > pos
         };
@@ -982,9 +999,9 @@ impl Node {
 
     /// The next event, waiting up to `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<Event> {
-        let mut q = self.shared.events.lock();
+        let mut q = self.shared.events.queue.lock();
         if q.is_empty() {
-            self.shared.events_cv.wait_for(&mut q, timeout);
+            self.shared.events.cv.wait_for(&mut q, timeout);
         }
         q.pop_front()
     }
@@ -1009,19 +1026,19 @@ impl Node {
         let meta = log.meta();
         let role = self.role();
         let written = log.tail();
-        let sent = s.sent.load(Ordering::Relaxed);
-        let applied = s.applied.load(Ordering::Relaxed);
-        let acked_applied = s.acked_applied.load(Ordering::Relaxed);
+        let sent = s.progress.sent.load(Ordering::Relaxed);
+        let applied = s.progress.applied.load(Ordering::Relaxed);
+        let acked_applied = s.progress.acked_applied.load(Ordering::Relaxed);
         let master_tail = if role == Role::Master {
             written
         } else {
-            s.master_tail.load(Ordering::Relaxed).max(written)
+            s.progress.master_tail.load(Ordering::Relaxed).max(written)
         };
-        let published = s.records_published.load(Ordering::Relaxed);
+        let published = s.progress.records_published.load(Ordering::Relaxed);
         let (lag_bytes, lag_records) = match role {
             Role::Master => (
                 written.saturating_sub(acked_applied),
-                published.saturating_sub(s.acked_records.load(Ordering::Relaxed)),
+                published.saturating_sub(s.progress.acked_records.load(Ordering::Relaxed)),
             ),
             Role::Slave | Role::Candidate => (master_tail.saturating_sub(applied), 0),
         };
@@ -1033,32 +1050,32 @@ impl Node {
             written,
             flushed: log.flushed(),
             sent,
-            acked_received: s.acked_received.load(Ordering::Relaxed),
-            acked_flushed: s.acked_flushed.load(Ordering::Relaxed),
+            acked_received: s.progress.acked_received.load(Ordering::Relaxed),
+            acked_flushed: s.progress.acked_flushed.load(Ordering::Relaxed),
             acked_applied,
             applied,
             master_tail,
             lag_bytes,
             lag_records,
-            lag_ms: s.lag_ms.load(Ordering::Relaxed),
-            queue_bytes: if role == Role::Master && s.slave_connected.load(Ordering::Relaxed) {
+            lag_ms: s.progress.lag_ms.load(Ordering::Relaxed),
+            queue_bytes: if role == Role::Master && s.link.slave_connected.load(Ordering::Relaxed) {
                 written.saturating_sub(sent)
             } else {
                 0
             },
             records_published: published,
-            records_applied: s.records_applied.load(Ordering::Relaxed),
-            slave_connected: s.slave_connected.load(Ordering::Relaxed),
-            catching_up: s.catching_up.load(Ordering::Relaxed),
-            catchup_done_bytes: s.catchup_done.load(Ordering::Relaxed),
-            catchup_total_bytes: s.catchup_total.load(Ordering::Relaxed),
-            catchup_rate_bytes_per_s: s.catchup_rate.load(Ordering::Relaxed),
-            resync_received_bytes: s.resync_received.load(Ordering::Relaxed),
-            resync_buffer_bytes_max: s.resync_buffer_max.load(Ordering::Relaxed),
-            resync_heartbeats: s.resync_heartbeats.load(Ordering::Relaxed),
-            reconnects: s.reconnects.load(Ordering::Relaxed),
-            frames_rejected: s.frames_rejected.load(Ordering::Relaxed),
-            events_dropped: s.events_dropped.load(Ordering::Relaxed),
+            records_applied: s.progress.records_applied.load(Ordering::Relaxed),
+            slave_connected: s.link.slave_connected.load(Ordering::Relaxed),
+            catching_up: s.link.catching_up.load(Ordering::Relaxed),
+            catchup_done_bytes: s.link.catchup_done.load(Ordering::Relaxed),
+            catchup_total_bytes: s.link.catchup_total.load(Ordering::Relaxed),
+            catchup_rate_bytes_per_s: s.link.catchup_rate.load(Ordering::Relaxed),
+            resync_received_bytes: s.link.resync_received.load(Ordering::Relaxed),
+            resync_buffer_bytes_max: s.link.resync_buffer_max.load(Ordering::Relaxed),
+            resync_heartbeats: s.link.resync_heartbeats.load(Ordering::Relaxed),
+            reconnects: s.link.reconnects.load(Ordering::Relaxed),
+            frames_rejected: s.link.frames_rejected.load(Ordering::Relaxed),
+            events_dropped: s.events.dropped.load(Ordering::Relaxed),
             disk_bytes: log.disk_bytes(),
         }
     }
@@ -1084,7 +1101,7 @@ impl Node {
         self.shared.shutdown_notify.notify_waiters();
         self.shared.data_notify.notify_one();
         self.shared.step_down_notify.notify_one();
-        self.shared.lease_notify.notify_one();
+        self.shared.lease.notify.notify_one();
         self.shared.acks_moved();
         if let Some(h) = self.io.take() {
             let _ = h.join();
@@ -1227,7 +1244,7 @@ mod tests {
         let ran2 = ran.clone();
         *n.shared.before_append.lock() = Some(Box::new(move |s: &Shared| {
             // The stop: when the process resumes, its lease has run out.
-            s.lease_until_ns.store(s.now_ns(), Ordering::Release);
+            s.lease.until_ns.store(s.now_ns(), Ordering::Release);
             ran2.store(true, Ordering::Release);
         }));
         let tail = n.stats().written;

@@ -85,7 +85,7 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                     return Outcome::Shutdown;
                 }
                 if err.is_rejection() {
-                    s.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                    s.link.frames_rejected.fetch_add(1, Ordering::Relaxed);
                     s.emit(Event::FrameRejected {
                         reason: err.to_string(),
                     });
@@ -98,7 +98,7 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                 } else {
                     tracing::debug!(error = %err, ?backoff, "no master at the peer yet");
                 }
-                s.reconnects.fetch_add(1, Ordering::Relaxed);
+                s.link.reconnects.fetch_add(1, Ordering::Relaxed);
                 match end {
                     End::PeerStatus(p) => {
                         peer_epoch = p.epoch;
@@ -197,7 +197,7 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
             Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
                 .as_nanos() as u64;
         if s.now_ns()
-            .saturating_sub(s.last_master_frame_ns.load(Ordering::Acquire))
+            .saturating_sub(s.link.last_master_frame_ns.load(Ordering::Acquire))
             < silence_ns
         {
             tracing::debug!(
@@ -230,9 +230,10 @@ async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<S
             ))
             .as_nanos() as u64;
             let heard = s
+                .link
                 .last_master_frame_ns
                 .load(Ordering::Acquire)
-                .max(s.master_called_ns.load(Ordering::Acquire));
+                .max(s.link.master_called_ns.load(Ordering::Acquire));
             let quiet = s.now_ns().saturating_sub(heard);
             if quiet < hold {
                 tracing::debug!(
@@ -328,7 +329,9 @@ async fn answer_hellos(s: Arc<Shared>, l: Arc<tokio::net::TcpListener>) {
                     let meta = s2.log.meta();
                     let ours = hs.is_some() || meta.peer == 0 || meta.peer == node;
                     if role == 1 && ours && node != s2.node_id && epoch >= meta.epoch {
-                        s2.master_called_ns.store(s2.now_ns(), Ordering::Release);
+                        s2.link
+                            .master_called_ns
+                            .store(s2.now_ns(), Ordering::Release);
                     }
                     let r = my_rank(&s2);
                     let role = s2.role.load(Ordering::Acquire);
@@ -607,11 +610,11 @@ async fn follow(
         // The log was cut back or replaced: positions heard before describe
         // another log (a master's tail above ours would hide CaughtUp forever).
         s.forget_standby();
-        s.master_tail.store(start, Ordering::Release);
+        s.progress.master_tail.store(start, Ordering::Release);
     } else {
         // Continuing at our own tail: the application holds everything before it
         // (replayed, applied as a slave, or published by it as a master).
-        s.applied.fetch_max(start, Ordering::AcqRel);
+        s.progress.applied.fetch_max(start, Ordering::AcqRel);
     }
     *backoff = backoff_min;
     *s.master_addr.lock() = Some(addr);
@@ -670,7 +673,7 @@ async fn resync(
         .into());
     }
     let io = |e: std::io::Error| proto_err(format!("writing the snapshot: {e}"));
-    s.resync_received.store(0, Ordering::Relaxed);
+    s.link.resync_received.store(0, Ordering::Relaxed);
     let mut inc = Incoming::create(log.config().storage.clone(), log.dir(), start).map_err(io)?;
     let stall =
         Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
@@ -679,20 +682,23 @@ async fn resync(
         let f = tokio::time::timeout(stall, reader.next())
             .await
             .map_err(|_| proto_err("snapshot transfer stalled"))??;
-        s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+        s.link
+            .last_master_frame_ns
+            .store(s.now_ns(), Ordering::Release);
         match f {
             Frame::Snapshot { offset, bytes }
                 if offset == inc.len() && inc.len() + bytes.len() as u64 <= snapshot_bytes =>
             {
-                s.resync_buffer_max
+                s.link
+                    .resync_buffer_max
                     .fetch_max(bytes.len() as u64, Ordering::Relaxed);
                 inc.write(&bytes).map_err(io)?;
-                s.resync_received.store(inc.len(), Ordering::Relaxed);
+                s.link.resync_received.store(inc.len(), Ordering::Relaxed);
             }
             Frame::Heartbeat {
                 epoch: e, sent_ns, ..
             } if e == epoch => {
-                s.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
+                s.link.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
                 // Nothing of this session's log is here yet: positions 0.
                 write_frame(
                     wr,
@@ -740,7 +746,7 @@ async fn resync(
         .map_err(|e| proto_err(e.to_string()))?
         .map_err(|e| proto_err(format!("reading the stored snapshot: {e}")))?;
         drop(app);
-        s2.applied.store(start, Ordering::Release);
+        s2.progress.applied.store(start, Ordering::Release);
         Ok(head.count)
     });
     tokio::pin!(load);
@@ -752,10 +758,10 @@ async fn resync(
             }
             f = reader.next(), if pending.is_none() => {
                 let f = f?;
-                s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+                s.link.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
                 match f {
                     Frame::Heartbeat { epoch: e, sent_ns, .. } if e == epoch => {
-                        s.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
+                        s.link.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
                         echo_ns = sent_ns;
                         write_frame(wr, &Frame::Ack { epoch, received: 0, flushed: 0, applied: 0, echo_ns }).await?;
                     }
@@ -797,7 +803,7 @@ async fn stream_loop(
             heartbeat_interval: Duration::from_millis(s.cfg.heartbeat_interval_ms),
             dead_ticks: s.cfg.heartbeat_dead_ticks,
         },
-        s.master_tail.load(Ordering::Relaxed),
+        s.progress.master_tail.load(Ordering::Relaxed),
     );
     let flush_each = s.cfg.flush == FlushPolicy::EveryBatch;
     loop {
@@ -817,12 +823,16 @@ async fn stream_loop(
         let mut got_data = false;
         let mut next = first;
         if next.is_some() {
-            s.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
+            s.link
+                .last_master_frame_ns
+                .store(s.now_ns(), Ordering::Release);
         }
         while let Some(f) = next {
-            match st.handle_frame(f, log.tail(), s.applied.load(Ordering::Acquire))? {
+            match st.handle_frame(f, log.tail(), s.progress.applied.load(Ordering::Acquire))? {
                 SlaveAction::Append { pos, records } => {
-                    s.master_tail.fetch_max(st.master_tail(), Ordering::Relaxed);
+                    s.progress
+                        .master_tail
+                        .fetch_max(st.master_tail(), Ordering::Relaxed);
                     let tail = log
                         .append_replicated(pos, &records)
                         .map_err(|e| NetError::Protocol(format!("refused data at {pos}: {e}")))?;
@@ -838,8 +848,8 @@ async fn stream_loop(
                         })
                         .map_err(|e| NetError::Protocol(e.to_string()))?;
                     }
-                    s.records_applied.fetch_add(n, Ordering::Relaxed);
-                    s.applied.store(tail, Ordering::Release);
+                    s.progress.records_applied.fetch_add(n, Ordering::Relaxed);
+                    s.progress.applied.store(tail, Ordering::Release);
                     got_data = true;
                 }
                 SlaveAction::Handover { tail } => {
@@ -848,11 +858,13 @@ async fn stream_loop(
                 }
                 SlaveAction::None => {}
             }
-            s.master_tail.fetch_max(st.master_tail(), Ordering::Relaxed);
+            s.progress
+                .master_tail
+                .fetch_max(st.master_tail(), Ordering::Relaxed);
             next = reader.try_next()?;
         }
         let tail = log.tail();
-        s.master_tail.fetch_max(tail, Ordering::Relaxed);
+        s.progress.master_tail.fetch_max(tail, Ordering::Relaxed);
         if st.reached(tail) {
             tracing::info!(pos = tail, "caught up with the master");
             s.emit(Event::CaughtUp { pos: tail });
@@ -863,7 +875,11 @@ async fn stream_loop(
             log.flush()
                 .map_err(|e| NetError::Protocol(format!("flush: {e}")))?;
         }
-        if let Some(ack) = st.poll_ack(tail, log.flushed(), s.applied.load(Ordering::Acquire)) {
+        if let Some(ack) = st.poll_ack(
+            tail,
+            log.flushed(),
+            s.progress.applied.load(Ordering::Acquire),
+        ) {
             write_frame(wr, &ack).await?;
         }
     }
