@@ -1,4 +1,4 @@
-//! The C example `hs/examples/c/scores.c`, compiled with `cc` against the real
+//! The C example `hs/ffi/examples/c/scores.c`, compiled with `cc` against the real
 //! libraries (`libhs.so` with an rpath, and `libhs.a`), run as two processes on
 //! 127.0.0.1: the master publishes, is killed with SIGKILL, and the slave must
 //! promote holding the same scores; the killed node restarts, rebuilds its state
@@ -31,10 +31,10 @@ fn profile_dir() -> PathBuf {
 
 /// The directory holding `libhs.so` and `libhs.a` built from the current source.
 ///
-/// `cargo test -p hs` (and `--workspace`) builds every crate type of the package
+/// `cargo test -p hs-ffi` (and `--workspace`) builds every crate type of the package
 /// under test into `target/<profile>/deps`, beside this test, in the same
 /// invocation: they are fresh there. When they are missing (this test binary run
-/// on its own after a `cargo clean`-like change), `cargo build -p hs --lib`
+/// on its own after a `cargo clean`-like change), `cargo build -p hs-ffi --lib`
 /// makes them, with the same target directory and profile, in `target/<profile>`.
 fn libs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -57,7 +57,7 @@ fn libs() -> &'static Path {
         let target = dir.parent().expect("target directory");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "hs", "--lib"])
+        cmd.args(["build", "-p", "hs-ffi", "--lib"])
             .env("CARGO_TARGET_DIR", target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         match profile.as_str() {
@@ -70,8 +70,8 @@ fn libs() -> &'static Path {
             }
         }
         eprintln!("libhs.so / libhs.a not beside the test; building them: {cmd:?}");
-        let st = cmd.status().expect("run cargo build -p hs --lib");
-        assert!(st.success(), "cargo build -p hs --lib failed");
+        let st = cmd.status().expect("run cargo build -p hs-ffi --lib");
+        assert!(st.success(), "cargo build -p hs-ffi --lib failed");
         assert!(
             have(&dir),
             "no libhs.so / libhs.a in {} after cargo build",
@@ -505,7 +505,7 @@ fn m_done(players: usize) -> String {
 #[test]
 fn readme_c_example_builds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("../README.md")).expect("README.md");
+    let readme = std::fs::read_to_string(root.join("../../README.md")).expect("README.md");
     let section = readme
         .split("## Using hs from C/C++")
         .nth(1)
