@@ -1,11 +1,10 @@
 //! Unit tests of the C ABI, called from Rust as C would call it.
 
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::net::SocketAddr;
 
 use hs_rust::node::{Apply, Config, Event, Node, Role};
 use hs_rust::proto::record::RecordRef;
