@@ -648,7 +648,7 @@ fn limit_pick(b: &Balancer, source: IpAddr, trusted: bool) -> Result<(), ApiErro
             })
     }
     .and_then(|()| {
-        b.pick_global.lock().take(now_ms).map_err(|r| {
+        crate::ratelimit::take(&mut b.pick_global.lock(), now_ms).map_err(|r| {
             let retry_after_ms = match r {
                 Refused::Limited { retry_after_ms } => retry_after_ms,
                 Refused::TableFull => 1000,

@@ -94,7 +94,7 @@ impl Balancer {
             config.pick_burst,
             config.pick_sources_max,
         );
-        let pick_global = crate::ratelimit::TokenBucket::new(
+        let pick_global = crate::ratelimit::bucket(
             config.pick_global_rate_per_s,
             config.pick_global_burst,
             clock.now_ms(),

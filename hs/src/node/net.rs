@@ -20,6 +20,9 @@ pub enum NetError {
     Frame(#[from] FrameError),
     #[error("{0}")]
     Protocol(String),
+    /// No frame from the peer for `ticks` heartbeat ticks: it is taken for dead.
+    #[error("{peer} silent for {ticks} heartbeat ticks")]
+    Silent { peer: &'static str, ticks: u32 },
     /// The peer did not prove it holds the pair's secret (or we could not prove it).
     #[error("authentication failed: {0}")]
     Unauthenticated(String),

@@ -84,7 +84,10 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                 if s.is_shutdown() {
                     return Outcome::Shutdown;
                 }
-                if matches!(err, NetError::Frame(_) | NetError::Protocol(_)) {
+                if matches!(
+                    err,
+                    NetError::Frame(_) | NetError::Protocol(_) | NetError::Silent { .. }
+                ) {
                     s.frames_rejected.fetch_add(1, Ordering::Relaxed);
                     s.emit(Event::FrameRejected {
                         reason: err.to_string(),
@@ -633,7 +636,7 @@ async fn follow(
                 {
                     End::Closed
                 }
-                NetError::Protocol(m) if m.contains("heartbeat ticks") => End::Silent,
+                NetError::Silent { .. } => End::Silent,
                 _ => End::Other,
             };
             Failure {
@@ -896,10 +899,10 @@ async fn stream_loop(
         if tick {
             next_tick = now + hb;
             if liveness.on_tick() == Tick::Dead {
-                return Err(NetError::Protocol(format!(
-                    "master silent for {} heartbeat ticks",
-                    s.cfg.heartbeat_dead_ticks
-                )));
+                return Err(NetError::Silent {
+                    peer: "master",
+                    ticks: s.cfg.heartbeat_dead_ticks,
+                });
             }
         }
         // Acknowledge each batch, and on every tick (the ack is our heartbeat).
