@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use hs::Op;
+use testkit::Rng;
 
 use crate::registry::{Changes, Millis, Registry, ZoneId};
 use crate::registry::{Outcome, RegistryLimits, RegistryOp, SpawnSpec, StatusReport, ZoneSpec};
@@ -29,17 +30,6 @@ fn registry() -> Registry {
         vec![zone(1, true), zone(2, false)],
         RegistryLimits::default(),
     )
-}
-
-/// xorshift64*: deterministic from the seed, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
 }
 
 /// Ops over few ids, ports and zones, so endpoints collide, processes
@@ -106,7 +96,7 @@ fn from_snapshot(kv: &BTreeMap<Vec<u8>, Vec<u8>>) -> Registry {
 fn replicated_entities_rebuild_the_master_registry_for_random_ops() {
     let mut applied_ops = 0;
     for seed in 1..=150u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let mut master = registry();
         let mut replica = registry();
         let mut kv: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();

@@ -266,15 +266,8 @@ unsafe extern "C" fn free_on_apply(
     free_from_callback(user);
 }
 
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = std::time::Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn until(what: &str, f: impl FnMut() -> bool) {
+    testkit::wait_until(what, Duration::from_secs(20), f);
 }
 
 fn local_addr(node: *const hs_node) -> SocketAddr {

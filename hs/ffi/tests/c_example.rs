@@ -10,10 +10,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use testkit::ChildGuard;
 
 /// Deadline for any one step (a reply, a role change).
 const STEP: Duration = Duration::from_secs(30);
@@ -162,7 +164,8 @@ fn two_ports() -> (String, String) {
 /// One running example process: commands on its stdin, lines from its stdout.
 struct Proc {
     name: &'static str,
-    child: Child,
+    /// SIGKILLed (our own child, by its pid) and reaped when the Proc drops.
+    child: ChildGuard,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     events: Vec<String>,
@@ -190,7 +193,7 @@ impl Proc {
         let stdin = child.stdin.take();
         Proc {
             name,
-            child,
+            child: ChildGuard::new(child),
             stdin,
             lines,
             events: Vec::new(),
@@ -299,16 +302,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Only our own child, by its handle; a no-op once it has exited and been reaped.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Master and slave, publish, SIGKILL the master, the slave serves the same
 /// scores; the old master comes back as slave with the same scores too.
 fn pair_fails_over(link: Link) {
@@ -356,8 +349,7 @@ fn pair_fails_over(link: Link) {
     );
 
     // The master's process dies: the slave promotes at once, with the same scores.
-    a.child.kill().unwrap(); // SIGKILL, our own child
-    a.child.wait().unwrap();
+    a.child.kill(); // SIGKILL, our own child, by its pid; reaped
     b.until_event("EVENT role_changed master");
     b.until_role("ROLE master 1");
     assert_eq!(b.cmd("state"), state, "the promoted slave lost scores");
