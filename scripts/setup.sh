@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
-# hs/tests/c_example.rs runs the C example under valgrind (no leak, no invalid read).
+# hs/ffi/tests/c_example.rs runs the C example under valgrind (no leak, no invalid read).
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 # gameserver/tests/accounts_postgres.rs starts a throwaway PostgreSQL cluster
 # (initdb, pg_ctl from /usr/lib/postgresql/*/bin).

@@ -236,6 +236,35 @@ pub fn render_xml(zones: &[ZoneView]) -> String {
     out
 }
 
+/// The `Upgrade` token of a push stream.
+pub const STREAM_UPGRADE: &str = "balancer-push";
+
+/// One line the balancer writes on a push stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReply {
+    /// The process the line is about (absent for a stream-wide error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Status the balancer now gives the process (seed 000's codes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Status name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_name: Option<String>,
+    /// Draining: stop taking new players that did not come through a pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<bool>,
+    /// Error code of a refused line (as in HTTP answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What happened and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// With `not_master`: the master's HTTP address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<SocketAddr>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,9 +22,11 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::api::{ErrorBody, PickReply, ProcessView, PushReply, RoleReply, ZoneSummary, ZoneView};
+use crate::api::{
+    ErrorBody, PickReply, ProcessView, PushReply, RoleReply, StreamReply, ZoneSummary, ZoneView,
+    STREAM_UPGRADE,
+};
 use crate::registry::{StatusPush, ZoneId};
-use crate::stream::{StreamReply, STREAM_UPGRADE};
 
 /// Largest response head (status line + headers) accepted.
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -383,7 +385,7 @@ struct StreamState {
     ended: Option<Option<SocketAddr>>,
 }
 
-/// A push stream ([`crate::stream`]): one connection, a status push per
+/// A push stream ([`crate::http::stream`]): one connection, a status push per
 /// line, no answer per push; the balancer answers only news (first push,
 /// status or drain change, refused line), which a reader task keeps for
 /// [`PushStream::status`] and [`PushStream::take_errors`].

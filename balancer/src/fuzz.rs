@@ -8,7 +8,7 @@
 //!
 //! | target | decoder |
 //! |---|---|
-//! | [`push_stream`] | a push stream's lines ([`crate::stream`]): framing, JSON, validation, apply, answers |
+//! | [`push_stream`] | a push stream's lines ([`crate::http::stream`]): framing, JSON, validation, apply, answers |
 //! | [`json_body`] | request bodies the server parses (`POST /v1/status`) and the answers the client parses |
 //! | [`hs_record`] | replicated entity records ([`crate::standby::decode`], [`crate::standby::decode_at`], [`crate::standby::load`]) |
 //! | [`registry_op`] | [`RegistryOp::decode`], then applied |
@@ -17,10 +17,12 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use crate::api::StreamReply;
 use crate::config::{Config, ZoneConfig};
+use crate::http::stream::STREAM_PROCESSES_MAX;
 use crate::registry::{Changes, Registry, RegistryOp, StatusPush};
-use crate::server::{Balancer, NoSink};
-use crate::stream::{StreamReply, STREAM_PROCESSES_MAX};
+use crate::sink::NoSink;
+use crate::state::Balancer;
 
 thread_local! {
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
@@ -59,7 +61,7 @@ fn registry() -> Registry {
 pub fn push_stream(data: &[u8]) {
     let b = balancer();
     let mut io = tokio::io::join(data, Vec::new());
-    let told = RUNTIME.with(|rt| rt.block_on(crate::stream::serve_lines(&b, 1, &mut io)));
+    let told = RUNTIME.with(|rt| rt.block_on(crate::http::stream::serve_lines(&b, 1, &mut io)));
     let (_, out) = io.into_inner();
     assert!(told.len() <= STREAM_PROCESSES_MAX);
     for line in out.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {

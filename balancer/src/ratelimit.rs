@@ -1,5 +1,7 @@
-//! Token buckets, with time as a parameter: one per key (pushes per
-//! process id, picks per source address) and a single one (all picks).
+//! Request limits, with time as a parameter: a token bucket per key (pushes
+//! per process id, picks per source address) and a single one (all picks).
+//! The bucket is hs's ([`hs::proto::ratelimit::TokenBucket`]); this module
+//! adds the keyed, bounded table and the refusal a client is told.
 //!
 //! Not replicated: after a failover the standby starts with full buckets,
 //! which at worst lets one burst through.
@@ -10,60 +12,24 @@ use std::hash::Hash;
 
 use crate::registry::Millis;
 
-/// One token bucket: `rate_per_s` tokens a second, at most `burst`.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenBucket {
-    rate_per_s: u64,
-    burst: u64,
-    /// Tokens in thousandths, so refill has no rounding drift.
-    milli_tokens: u64,
-    last_ms: Millis,
+/// One token bucket on the balancer's clock: tokens are requests. hs's
+/// bucket (the one that paces catch-up), on milliseconds.
+pub type TokenBucket = hs::proto::ratelimit::TokenBucket<Millis>;
+
+/// A full bucket at `now_ms`: `rate_per_s` tokens a second (at least 1), at
+/// most `burst` (at least 1).
+pub fn bucket(rate_per_s: u32, burst: u32, now_ms: Millis) -> TokenBucket {
+    TokenBucket::full(now_ms, rate_per_s.max(1) as u64, burst.max(1) as u64)
 }
 
-impl TokenBucket {
-    /// A full bucket at `now_ms`.
-    pub fn new(rate_per_s: u32, burst: u32, now_ms: Millis) -> TokenBucket {
-        let burst = burst.max(1) as u64;
-        TokenBucket {
-            rate_per_s: rate_per_s.max(1) as u64,
-            burst,
-            milli_tokens: burst * 1000,
-            last_ms: now_ms,
-        }
+/// Takes one token, or says how long until one is back.
+pub fn take(bucket: &mut TokenBucket, now_ms: Millis) -> Result<(), Refused> {
+    if bucket.try_take(now_ms, 1) {
+        return Ok(());
     }
-
-    fn refill(&mut self, now_ms: Millis) {
-        let elapsed = now_ms.saturating_sub(self.last_ms);
-        self.milli_tokens = self
-            .milli_tokens
-            .saturating_add(elapsed.saturating_mul(self.rate_per_s))
-            .min(self.burst * 1000);
-        self.last_ms = self.last_ms.max(now_ms);
-    }
-
-    /// Takes one token, or says how long until one is back.
-    pub fn take(&mut self, now_ms: Millis) -> Result<(), Refused> {
-        self.refill(now_ms);
-        if self.milli_tokens >= 1000 {
-            self.milli_tokens -= 1000;
-            Ok(())
-        } else {
-            let missing = 1000 - self.milli_tokens;
-            Err(Refused::Limited {
-                retry_after_ms: missing.div_ceil(self.rate_per_s),
-            })
-        }
-    }
-
-    /// Whether the bucket is full again at `now_ms` (forgetting it changes
-    /// nothing).
-    fn is_full_at(&self, now_ms: Millis) -> bool {
-        self.milli_tokens.saturating_add(
-            now_ms
-                .saturating_sub(self.last_ms)
-                .saturating_mul(self.rate_per_s),
-        ) >= self.burst * 1000
-    }
+    Err(Refused::Limited {
+        retry_after_ms: bucket.ready_at(now_ms, 1).saturating_sub(now_ms),
+    })
 }
 
 /// A request was refused; retry after this long.
@@ -107,7 +73,7 @@ impl<K: Hash + Eq> RateLimiter<K> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         if let Some(b) = self.buckets.get_mut(key) {
-            return b.take(now_ms);
+            return take(b, now_ms);
         }
         if self.buckets.len() >= self.entries_max {
             self.evict_full(now_ms);
@@ -115,8 +81,8 @@ impl<K: Hash + Eq> RateLimiter<K> {
                 return Err(Refused::TableFull);
             }
         }
-        let mut b = TokenBucket::new(self.rate_per_s, self.burst, now_ms);
-        let result = b.take(now_ms);
+        let mut b = bucket(self.rate_per_s, self.burst, now_ms);
+        let result = take(&mut b, now_ms);
         self.buckets.insert(key.to_owned(), b);
         result
     }
@@ -176,22 +142,22 @@ mod tests {
 
     #[test]
     fn a_single_bucket_refills_at_its_rate() {
-        let mut b = TokenBucket::new(2, 2, 0);
-        assert!(b.take(0).is_ok());
-        assert!(b.take(0).is_ok());
+        let mut b = bucket(2, 2, 0);
+        assert!(take(&mut b, 0).is_ok());
+        assert!(take(&mut b, 0).is_ok());
         assert_eq!(
-            b.take(0),
+            take(&mut b, 0),
             Err(Refused::Limited {
                 retry_after_ms: 500
             })
         );
         assert_eq!(
-            b.take(250),
+            take(&mut b, 250),
             Err(Refused::Limited {
                 retry_after_ms: 250
             })
         );
-        assert!(b.take(500).is_ok());
+        assert!(take(&mut b, 500).is_ok());
     }
 
     #[test]

@@ -9,8 +9,10 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
 use std::time::Duration;
+use testkit::ChildGuard;
 
 use balancer::api::{RoleReply, ZoneView};
 use balancer::client::{Client, ClientError};
@@ -19,49 +21,6 @@ use common::*;
 
 /// Longest wait for anything in these tests.
 const DEADLINE_MS: u64 = 20_000;
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "balancer-standby-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A balancer child process; SIGKILLed (by its own pid) on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        // std's Child::kill sends SIGKILL to this child's pid only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -117,7 +76,8 @@ process_online_max = 100
     Side { config }
 }
 
-fn spawn(side: &Side, log: &Path) -> Proc {
+/// A balancer child process, SIGKILLed (by its own pid) on drop.
+fn spawn(side: &Side, log: &Path) -> ChildGuard {
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_balancer"))
         .arg("--config")
@@ -128,7 +88,7 @@ fn spawn(side: &Side, log: &Path) -> Proc {
         .stderr(log)
         .spawn()
         .expect("start the balancer binary");
-    Proc { child }
+    ChildGuard::new(child)
 }
 
 fn one(addr: SocketAddr) -> Client {
@@ -192,12 +152,12 @@ fn expect_not_master(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_with_the_same_registry() {
-    let dir = TempDir::new("pair");
+    let dir = testkit::temp_dir("balancer-standby-pair");
     let (http_a, http_b, hs_a, hs_b) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let a = write_config(&dir.0, "a", http_a, hs_a, hs_b, true);
-    let b = write_config(&dir.0, "b", http_b, hs_b, hs_a, false);
-    let mut proc_a = spawn(&a, &dir.0.join("a.log"));
-    let _proc_b = spawn(&b, &dir.0.join("b.log"));
+    let a = write_config(dir.path(), "a", http_a, hs_a, hs_b, true);
+    let b = write_config(dir.path(), "b", http_b, hs_b, hs_a, false);
+    let mut proc_a = spawn(&a, &dir.path().join("a.log"));
+    let _proc_b = spawn(&b, &dir.path().join("b.log"));
 
     eventually!("A master and B standby", DEADLINE_MS, {
         let (ra, rb) = (role(http_a).await, role(http_b).await);
@@ -352,7 +312,7 @@ async fn standby_takes_over_with_the_same_registry() {
     });
 
     // The old master comes back: it follows B and gets B's registry.
-    let proc_a2 = spawn(&a, &dir.0.join("a2.log"));
+    let proc_a2 = spawn(&a, &dir.path().join("a2.log"));
     eventually!(
         "A rejoins as standby",
         DEADLINE_MS,
@@ -576,9 +536,9 @@ async fn a_witness_with_a_secret_refuses_an_unauthenticated_request() {
 /// own (no witness, no accepted risk): every mutation answers 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_standby_refuses_mutations() {
-    let dir = TempDir::new("lone");
+    let dir = testkit::temp_dir("balancer-standby-lone");
     let mut cfg = config(zone(10, None));
-    let mut hs = balancer::config::HsConfig::new(dir.0.join("hs"), free_addr());
+    let mut hs = balancer::config::HsConfig::new(dir.path().join("hs"), free_addr());
     hs.peer = Some(free_addr());
     hs.segment_bytes = 1 << 20;
     hs.heartbeat_interval_ms = 20;

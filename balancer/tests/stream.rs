@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use balancer::config::Config;
 use balancer::stream::StreamReply;
 use common::*;
+use testkit::ChildGuard;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -17,16 +18,7 @@ use tokio::net::TcpStream;
 const DEADLINE_MS: u64 = 10_000;
 
 /// A `balancer-fake-server` child process; SIGKILLed on drop (by its pid).
-struct FakeChild(Child);
-
-impl Drop for FakeChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fake_child(b: &balancer::server::ServerHandle, id: &str, stream: bool) -> FakeChild {
+fn fake_child(b: &balancer::server::ServerHandle, id: &str, stream: bool) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_balancer-fake-server"));
     cmd.args(["--balancer", &b.addr().to_string(), "--zone", "1"])
         .args([
@@ -42,7 +34,7 @@ fn fake_child(b: &balancer::server::ServerHandle, id: &str, stream: bool) -> Fak
     if stream {
         cmd.arg("--stream");
     }
-    FakeChild(cmd.spawn().expect("balancer-fake-server starts"))
+    ChildGuard::new(cmd.spawn().expect("balancer-fake-server starts"))
 }
 
 async fn metric(b: &balancer::server::ServerHandle, name: &str) -> u64 {
@@ -76,8 +68,7 @@ async fn killed_stream_process_is_stopped_by_its_stream_closing() {
     assert!(metric(&b, "balancer_streams_opened_total").await >= 1);
 
     let killed = tokio::time::Instant::now();
-    child.0.kill().expect("SIGKILL our own child");
-    let _ = child.0.wait();
+    child.kill(); // SIGKILL our own child, by its pid; reaped
     eventually!(
         "gs-stream stopped",
         DEADLINE_MS,

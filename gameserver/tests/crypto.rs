@@ -5,7 +5,11 @@
 //! the Noise port: each refused, closed and counted, an honest client beside
 //! them unaffected.
 
+#[path = "common/fake_room.rs"]
+mod fake_room;
+
 mod crypto {
+    use super::fake_room::{link_frame, next_frame, rooms};
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::time::Duration;
@@ -14,10 +18,8 @@ mod crypto {
     use gameserver::client::{Client, ClientError, Target};
     use gameserver::gateway::{secure, Gateway, GatewayConfig, PairConfig, StatsSnapshot};
     use gameserver::link::{FromRoom, ToRoom};
-    use gameserver::proto::frame::{self, Frame, Kind};
-    use gameserver::proto::msg::{
-        self, Answer, Auth, ErrorCode, Request, RoomInfo, PROTOCOL_VERSION,
-    };
+    use gameserver::proto::frame::{Frame, Kind};
+    use gameserver::proto::msg::{self, Answer, Auth, ErrorCode, Request, PROTOCOL_VERSION};
     use gameserver::proto::noise::{self, StaticKey};
     use gameserver::token::{self, Claims};
     use parking_lot::Mutex;
@@ -30,10 +32,6 @@ mod crypto {
     const WAIT: Duration = Duration::from_secs(10);
 
     // ------------------------------------------------------- fake room server
-
-    fn link_frame(m: &FromRoom) -> Bytes {
-        Frame::new(Kind::FromRoom, 0, 0, Bytes::from(msg::encode(m))).to_bytes()
-    }
 
     /// A room-server master for rooms 1-3 that answers every request Done.
     async fn fake_room() -> SocketAddr {
@@ -50,29 +48,13 @@ mod crypto {
     async fn serve_link(mut s: TcpStream) {
         let mut buf = BytesMut::new();
         loop {
-            let f = loop {
-                match frame::decode(&mut buf, 1 << 20) {
-                    Ok(Some(f)) => break f,
-                    Ok(None) => {}
-                    Err(e) => panic!("gateway sent a bad frame: {e}"),
-                }
-                match s.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
+            let Some(f) = next_frame(&mut s, &mut buf).await else {
+                return;
             };
             let answer = match msg::decode::<ToRoom>(&f.payload).unwrap() {
                 ToRoom::Hello { .. } => FromRoom::Welcome {
                     node: 7,
-                    rooms: (1..=3)
-                        .map(|id| RoomInfo {
-                            id,
-                            name: format!("room {id}"),
-                            game: "gomoku".into(),
-                            online: 0,
-                            capacity: 400,
-                        })
-                        .collect(),
+                    rooms: rooms(),
                 },
                 ToRoom::Request {
                     player, seq, req, ..

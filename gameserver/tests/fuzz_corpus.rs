@@ -9,8 +9,7 @@ use std::path::Path;
 
 use gameserver::fuzz::FUZZ_PAYLOAD_BYTES_MAX;
 use gameserver::proto::frame::{self, FrameError, Kind, FLAG_COMPRESSED};
-
-type Target = fn(&[u8]);
+use testkit::corpus::{self, Target};
 
 const TARGETS: [(&str, Target); 3] = [
     ("client_frames", gameserver::fuzz::client_frames),
@@ -21,47 +20,15 @@ const TARGETS: [(&str, Target); 3] = [
     ),
 ];
 
-/// Corpus files per target at most: the committed corpus is small.
-const FILES_PER_TARGET_MAX: usize = 1_000;
-
-fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(name);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("a directory entry").path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{}: no corpus", dir.display());
-    assert!(
-        files.len() <= FILES_PER_TARGET_MAX,
-        "{}: corpus too large",
-        dir.display()
-    );
-    files
-        .into_iter()
-        .map(|f| {
-            let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&f).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn every_corpus_file_passes_its_target() {
-    for (name, target) in TARGETS {
-        for (file, data) in corpus(name) {
-            let outcome = std::panic::catch_unwind(|| target(&data));
-            assert!(outcome.is_ok(), "{name}: {file} panics");
-        }
-    }
+    corpus::replay(env!("CARGO_MANIFEST_DIR"), &TARGETS);
 }
 
 #[test]
 fn the_frame_seeds_are_what_they_say() {
     let (mut kinds, mut inflated, mut bombs) = (std::collections::HashSet::new(), 0, 0);
-    for (file, data) in corpus("client_frames") {
+    for (file, data) in corpus::read(env!("CARGO_MANIFEST_DIR"), "client_frames") {
         // The first byte is the target's cut size; the rest is the stream.
         match frame::decode_message(&data[1..], FUZZ_PAYLOAD_BYTES_MAX) {
             Ok(f) => {
@@ -96,10 +63,11 @@ fn the_frame_seeds_are_what_they_say() {
 
 #[test]
 fn every_mode_of_the_noise_target_has_a_seed() {
-    let modes: std::collections::HashSet<u8> = corpus("noise_handshake")
-        .iter()
-        .filter_map(|(_, d)| d.first().map(|m| m % 3))
-        .collect();
+    let modes: std::collections::HashSet<u8> =
+        corpus::read(env!("CARGO_MANIFEST_DIR"), "noise_handshake")
+            .iter()
+            .filter_map(|(_, d)| d.first().map(|m| m % 3))
+            .collect();
     assert_eq!(modes.len(), 3, "every mode of the target has a seed");
 }
 

@@ -2,7 +2,11 @@
 //! link protocol), with a raw frame client: auth, bad input, heartbeat,
 //! ordering, failover, gaps, fan-out, WebSocket.
 
+#[path = "common/fake_room.rs"]
+mod fake_room;
+
 mod gateway {
+    use super::fake_room::{link_frame, next_frame, rooms};
     use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +19,7 @@ mod gateway {
     use gameserver::link::{FromRoom, ToRoom, LINK_VERSION};
     use gameserver::proto::frame::{self, Frame, Kind};
     use gameserver::proto::msg::{
-        self, Answer, Auth, Bye, ErrorCode, Push, Reply, Request, RoomEvent, RoomInfo,
-        RoomSnapshot, Welcome,
+        self, Answer, Auth, Bye, ErrorCode, Push, Reply, Request, RoomEvent, RoomSnapshot, Welcome,
     };
     use gameserver::token::{self, Claims};
     use parking_lot::Mutex;
@@ -64,10 +67,6 @@ mod gateway {
             members: Vec::new(),
             tables: Vec::new(),
         }
-    }
-
-    fn link_frame(m: &FromRoom) -> Bytes {
-        Frame::new(Kind::FromRoom, 0, 0, Bytes::from(msg::encode(m))).to_bytes()
     }
 
     struct FakeNode {
@@ -174,19 +173,9 @@ mod gateway {
         });
         let mut buf = BytesMut::new();
         loop {
-            let f = loop {
-                match frame::decode(&mut buf, 1 << 20) {
-                    Ok(Some(f)) => break f,
-                    Ok(None) => {}
-                    Err(e) => panic!("gateway sent a bad frame: {e}"),
-                }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        writer.abort();
-                        return;
-                    }
-                    Ok(_) => {}
-                }
+            let Some(f) = next_frame(&mut rd, &mut buf).await else {
+                writer.abort();
+                return;
             };
             assert_eq!(f.kind, Kind::ToRoom);
             let m: ToRoom = msg::decode(&f.payload).unwrap();
@@ -198,16 +187,10 @@ mod gateway {
                 ToRoom::Hello { version, .. } => {
                     assert_eq!(version, LINK_VERSION);
                     if master.load(Ordering::SeqCst) {
-                        let rooms = (1..=3)
-                            .map(|id| RoomInfo {
-                                id,
-                                name: format!("room {id}"),
-                                game: "gomoku".into(),
-                                online: 0,
-                                capacity: 400,
-                            })
-                            .collect();
-                        let _ = tx.send(link_frame(&FromRoom::Welcome { node: 7, rooms }));
+                        let _ = tx.send(link_frame(&FromRoom::Welcome {
+                            node: 7,
+                            rooms: rooms(),
+                        }));
                         links.lock().push(tx.clone());
                     } else {
                         let master = hint.lock().clone();

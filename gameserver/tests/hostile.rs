@@ -9,6 +9,9 @@
 //! as in `tests/gateway.rs`. Honest clients connect from 127.0.0.1, the
 //! attackers from other addresses of 127.0.0.0/8 (the per-address cap).
 
+#[path = "common/fake_room.rs"]
+mod fake_room;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
+use fake_room::{link_frame, next_frame, rooms_with};
+
 const SECRET: &str = "hostile-secret";
 /// Every wait of these tests ends by this.
 const WAIT: Duration = Duration::from_secs(15);
@@ -38,20 +43,11 @@ const HONEST: u64 = 4;
 
 // ---------------------------------------------------------------- fake room pair
 
-fn link_frame(m: &FromRoom) -> Bytes {
-    Frame::new(Kind::FromRoom, 0, 0, Bytes::from(msg::encode(m))).to_bytes()
-}
-
+/// Rooms with long names and some players: a hall list of real size.
 fn rooms() -> Vec<RoomInfo> {
-    (1..=3)
-        .map(|id| RoomInfo {
-            id,
-            name: format!("room {id}: the great hall of the five-in-a-row players"),
-            game: "gomoku".into(),
-            online: 40,
-            capacity: 400,
-        })
-        .collect()
+    rooms_with(40, |id| {
+        format!("room {id}: the great hall of the five-in-a-row players")
+    })
 }
 
 /// A room of 60 members: a snapshot of a few KiB, as a real room's.
@@ -99,16 +95,8 @@ async fn serve_link(s: TcpStream, seqs: Arc<Mutex<std::collections::HashMap<u32,
     let (mut rd, mut wr) = s.into_split();
     let mut buf = BytesMut::new();
     loop {
-        let f = loop {
-            match frame::decode(&mut buf, 1 << 20) {
-                Ok(Some(f)) => break f,
-                Ok(None) => {}
-                Err(e) => panic!("the gateway sent a bad frame: {e}"),
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+        let Some(f) = next_frame(&mut rd, &mut buf).await else {
+            return;
         };
         let m: ToRoom = msg::decode(&f.payload).unwrap();
         let out = match m {

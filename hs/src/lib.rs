@@ -10,9 +10,9 @@
 //!
 //! Layout: `proto` is the sans-IO core (codecs, liveness, rate limit, catch-up
 //! decision); `log` is the only module that maps files or syncs them; `node` is
-//! the driver (threads, sockets, timers, the public API).
+//! the driver (threads, sockets, timers, the public API). The C ABI is a crate
+//! of its own, `hs/ffi` (`libhs.so`, `libhs.a`, `hs.h`).
 
-pub mod ffi;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod log;

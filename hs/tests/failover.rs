@@ -74,12 +74,8 @@ fn start_witness() -> (tokio::runtime::Runtime, SocketAddr, Duration) {
     (rt, waddr, hold)
 }
 
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn until(what: &str, f: impl FnMut() -> bool) {
+    testkit::wait_until(what, DEADLINE, f);
 }
 
 fn wait_event(n: &Node, what: &str, mut f: impl FnMut(&Event) -> bool) -> Event {

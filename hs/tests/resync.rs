@@ -41,12 +41,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn until(what: &str, f: impl FnMut() -> bool) {
+    testkit::wait_until(what, DEADLINE, f);
 }
 
 /// A TCP relay the test can cut (reset its connections and close its port).

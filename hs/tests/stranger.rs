@@ -32,12 +32,8 @@ fn base(dir: &std::path::Path) -> Config {
     c
 }
 
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn until(what: &str, f: impl FnMut() -> bool) {
+    testkit::wait_until(what, DEADLINE, f);
 }
 
 /// A lone master and its slave (which cannot become master: no `listen`).

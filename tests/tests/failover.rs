@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use system_tests::{args, Proc};
 
@@ -79,12 +79,8 @@ fn free() -> SocketAddr {
         .unwrap()
 }
 
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < LONG, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn until(what: &str, f: impl FnMut() -> bool) {
+    testkit::wait_until_every(what, LONG, Duration::from_millis(5), f);
 }
 
 /// A planned switchover between two processes: writes stop, the slave applies

@@ -1,5 +1,7 @@
 //! Unit tests of the pure registry, with explicit time.
 
+use std::net::IpAddr;
+
 use super::*;
 
 const Z: ZoneId = 1;

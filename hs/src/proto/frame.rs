@@ -38,13 +38,13 @@ use std::net::SocketAddr;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Bytes of a frame header.
-pub const FRAME_HEADER_BYTES: usize = 12;
+pub(crate) const FRAME_HEADER_BYTES: usize = 12;
 /// Identifies the protocol in Hello.
-pub const MAGIC: u32 = u32::from_le_bytes(*b"HSRP");
+pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"HSRP");
 /// Bytes of a Data frame's own header (pos, epoch, tail), before the records.
-pub const DATA_SUBHEADER_BYTES: usize = 24;
+pub(crate) const DATA_SUBHEADER_BYTES: usize = 24;
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 
 /// How the slave must start following, decided by the master from the slave's Hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +221,7 @@ fn put_header(dst: &mut BytesMut, kind: u8, payload_len: usize, crc: u32) {
 
 /// Encodes the header of a Data frame whose records (already in the log) follow it
 /// on the wire: the sender writes this header and then the log's bytes, no copy.
-pub fn data_header(
+pub(crate) fn data_header(
     pos: u64,
     epoch: u32,
     tail: u64,

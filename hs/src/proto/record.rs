@@ -19,13 +19,13 @@
 use std::fmt;
 
 /// Bytes of the fixed record header.
-pub const RECORD_HEADER_BYTES: usize = 24;
+pub(crate) const RECORD_HEADER_BYTES: usize = 24;
 /// Records start at multiples of this.
-pub const RECORD_ALIGN_BYTES: usize = 8;
+pub(crate) const RECORD_ALIGN_BYTES: usize = 8;
 /// `len` value of the segment-end marker.
-pub const SKIP_MARKER: u32 = u32::MAX;
+pub(crate) const SKIP_MARKER: u32 = u32::MAX;
 /// Bytes of the segment-end marker.
-pub const SKIP_BYTES: usize = 8;
+pub(crate) const SKIP_BYTES: usize = 8;
 /// Longest key: its length is a u16.
 pub const KEY_BYTES_MAX: usize = u16::MAX as usize;
 
@@ -73,7 +73,7 @@ impl fmt::Debug for RecordRef<'_> {
 
 /// Rounds `n` up to the record alignment.
 #[inline]
-pub const fn align_up(n: usize) -> usize {
+pub(crate) const fn align_up(n: usize) -> usize {
     (n + RECORD_ALIGN_BYTES - 1) & !(RECORD_ALIGN_BYTES - 1)
 }
 
@@ -116,7 +116,7 @@ pub fn encode_into(
 }
 
 /// Writes the segment-end marker for position `pos` into `buf[..8]`.
-pub fn encode_skip(buf: &mut [u8], pos: u64) {
+pub(crate) fn encode_skip(buf: &mut [u8], pos: u64) {
     buf[0..4].copy_from_slice(&SKIP_MARKER.to_le_bytes());
     buf[4..8].copy_from_slice(&crc32fast::hash(&pos.to_le_bytes()).to_le_bytes());
 }
@@ -253,7 +253,7 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
 /// without computing its CRC again. `None` at a segment-end marker or zeros.
 /// Only for bytes this process has checked: it trusts the lengths (but stays in bounds).
 #[inline]
-pub fn decode_unchecked(buf: &[u8], pos: u64) -> Option<(RecordRef<'_>, usize)> {
+pub(crate) fn decode_unchecked(buf: &[u8], pos: u64) -> Option<(RecordRef<'_>, usize)> {
     let len = u32::from_le_bytes(buf.get(0..4)?.try_into().unwrap());
     if len == 0 || len == SKIP_MARKER {
         return None;
@@ -281,7 +281,7 @@ pub fn decode_unchecked(buf: &[u8], pos: u64) -> Option<(RecordRef<'_>, usize)> 
 /// checking the CRC: used by a sender that walks records it wrote itself to cut
 /// a batch at a record boundary. `None` at the end of data.
 #[inline]
-pub fn peek_size(buf: &[u8]) -> Option<usize> {
+pub(crate) fn peek_size(buf: &[u8]) -> Option<usize> {
     let len = u32::from_le_bytes(buf.get(0..4)?.try_into().unwrap());
     match len {
         0 => None,

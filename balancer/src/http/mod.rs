@@ -4,7 +4,7 @@
 //! | method | path | auth | what |
 //! |---|---|---|---|
 //! | POST | /v1/status | secret | status push ([`StatusPush`]) |
-//! | GET | /v1/status/stream | secret | upgrade to a push stream ([`crate::stream`]) |
+//! | GET | /v1/status/stream | secret | upgrade to a push stream ([`stream`]) |
 //! | GET | /v1/zones | | zone list |
 //! | GET | /v1/servers[?format=xml] | | every zone, sorted (seed 000) |
 //! | GET | /v1/zones/{zone}[?format=xml] | | one zone, sorted |
@@ -42,7 +42,10 @@ use crate::api::{
 use crate::metrics::Metrics;
 use crate::ratelimit::Refused;
 use crate::registry::{validate_process_id, RegistryError, RegistryOp, Status, StatusPush, ZoneId};
-use crate::server::{until_stopped, ApplyError, Balancer, NotMaster, PickError};
+use crate::sink::{ApplyError, NotMaster};
+use crate::state::{until_stopped, Balancer, PickError};
+
+pub mod stream;
 
 type Shared = State<Arc<Balancer>>;
 
@@ -137,7 +140,7 @@ pub fn router(balancer: Arc<Balancer>) -> Router {
         .route("/v1/role", get(role))
         .route("/v1/role/switchover", post(switchover))
         .route("/v1/status", post(push))
-        .route("/v1/status/stream", get(crate::stream::upgrade))
+        .route("/v1/status/stream", get(stream::upgrade))
         .route("/v1/zones", get(zones))
         .route("/v1/servers", get(servers))
         .route("/v1/zones/:zone", get(zone))
@@ -645,7 +648,7 @@ fn limit_pick(b: &Balancer, source: IpAddr, trusted: bool) -> Result<(), ApiErro
             })
     }
     .and_then(|()| {
-        b.pick_global.lock().take(now_ms).map_err(|r| {
+        crate::ratelimit::take(&mut b.pick_global.lock(), now_ms).map_err(|r| {
             let retry_after_ms = match r {
                 Refused::Limited { retry_after_ms } => retry_after_ms,
                 Refused::TableFull => 1000,

@@ -1,22 +1,23 @@
-//! The committed C header `hs/include/hs.h` is exactly what cbindgen generates
-//! from `hs/src/ffi.rs` with `hs/cbindgen.toml`. cbindgen runs here as a library,
+//! The committed C header `hs/ffi/include/hs.h` is exactly what cbindgen generates
+//! from `hs/ffi/src/` with `hs/ffi/cbindgen.toml`. cbindgen runs here as a library,
 //! so no cbindgen binary is needed. After changing the C API, regenerate with
 //!
-//!     HS_BLESS=1 cargo test -p hs --release --test header
+//!     HS_BLESS=1 cargo test -p hs-ffi --release --test header
 
 use std::path::Path;
 
 fn generate() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config =
-        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read hs/cbindgen.toml");
-    // Only ffi.rs has extern "C", and every type it exports is defined there:
-    // parsing that one file is faster than the crate and needs no `cargo metadata`.
+        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("read hs/ffi/cbindgen.toml");
+    // Every type this crate exports is defined in its own files: parsing them
+    // (lib.rs and the modules it declares) is faster than the crate's
+    // dependencies and needs no `cargo metadata`.
     let bindings = cbindgen::Builder::new()
         .with_config(config)
-        .with_src(root.join("src/ffi.rs"))
+        .with_src(root.join("src/lib.rs"))
         .generate()
-        .expect("cbindgen failed on hs/src/ffi.rs");
+        .expect("cbindgen failed on hs/ffi/src");
     let mut out = Vec::new();
     bindings.write(&mut out);
     String::from_utf8(out).expect("cbindgen wrote UTF-8")
@@ -52,7 +53,7 @@ fn committed_header_is_up_to_date() {
             .join("\n")
     };
     panic!(
-        "hs/include/hs.h is out of date with hs/src/ffi.rs ({} committed lines, {} generated); first difference at line {}:\n  committed:\n{}\n  generated:\n{}\nRegenerate it with: HS_BLESS=1 cargo test -p hs --release --test header",
+        "hs/ffi/include/hs.h is out of date with hs/ffi/src ({} committed lines, {} generated); first difference at line {}:\n  committed:\n{}\n  generated:\n{}\nRegenerate it with: HS_BLESS=1 cargo test -p hs-ffi --release --test header",
         a.len(),
         b.len(),
         first + 1,

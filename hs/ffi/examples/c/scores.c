@@ -9,10 +9,10 @@
  * Both listen, so either can serve; PEER "-" starts a lone master. When the
  * master's process dies the slave promotes at once and serves the same scores.
  *
- * Build (from the workspace root, after `cargo build --release -p hs`):
- *   cc -Ihs/include hs/examples/c/scores.c -Ltarget/release -lhs \
+ * Build (from the workspace root, after `cargo build --release -p hs-ffi`):
+ *   cc -Ihs/ffi/include hs/ffi/examples/c/scores.c -Ltarget/release -lhs \
  *      -Wl,-rpath,$PWD/target/release -o scores
- *   cc -Ihs/include hs/examples/c/scores.c target/release/libhs.a -lpthread -ldl -lm -o scores
+ *   cc -Ihs/ffi/include hs/ffi/examples/c/scores.c target/release/libhs.a -lpthread -ldl -lm -o scores
  *
  * Commands on stdin, one a line; each answers one line on stdout:
  *   put ID SCORE    -> OK <pos>                    (master only)

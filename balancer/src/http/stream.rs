@@ -7,7 +7,7 @@
 //! connection is a liveness signal: when the process dies its kernel closes
 //! the stream, and the balancer probes the processes that pushed on it at
 //! once instead of at the next probe round (see
-//! [`crate::server::Balancer::stream_closed`]).
+//! [`crate::state::Balancer::stream_closed`]).
 //!
 //! Wire, after `GET /v1/status/stream` with `Connection: upgrade`,
 //! `Upgrade: balancer-push` (and `Authorization: Bearer <secret>` when a
@@ -37,16 +37,15 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, warn};
 
-use crate::http::{accept_push, authorize, ApiError};
+use super::{accept_push, authorize, ApiError};
+pub use crate::api::{StreamReply, STREAM_UPGRADE};
 use crate::registry::Status;
-use crate::server::Balancer;
+use crate::state::Balancer;
 
-/// The `Upgrade` token of a push stream.
-pub const STREAM_UPGRADE: &str = "balancer-push";
 /// Distinct process ids one stream may report for (a host agent's
 /// processes); bounds the stream's memory and its close-time probe.
 pub const STREAM_PROCESSES_MAX: usize = 4096;
@@ -55,32 +54,6 @@ pub const STREAM_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Answers held back while more input is buffered are written once they
 /// reach this size (a client flooding bad lines cannot grow them).
 pub const STREAM_REPLY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// One line the balancer writes on a push stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamReply {
-    /// The process the line is about (absent for a stream-wide error).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Status the balancer now gives the process (seed 000's codes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// Status name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_name: Option<String>,
-    /// Draining: stop taking new players that did not come through a pick.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub draining: Option<bool>,
-    /// Error code of a refused line (as in HTTP answers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What happened and what to do.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// With `not_master`: the master's HTTP address, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub master: Option<std::net::SocketAddr>,
-}
 
 impl StreamReply {
     fn status(id: &str, status: Status) -> StreamReply {

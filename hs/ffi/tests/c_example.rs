@@ -1,4 +1,4 @@
-//! The C example `hs/examples/c/scores.c`, compiled with `cc` against the real
+//! The C example `hs/ffi/examples/c/scores.c`, compiled with `cc` against the real
 //! libraries (`libhs.so` with an rpath, and `libhs.a`), run as two processes on
 //! 127.0.0.1: the master publishes, is killed with SIGKILL, and the slave must
 //! promote holding the same scores; the killed node restarts, rebuilds its state
@@ -10,10 +10,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use testkit::ChildGuard;
 
 /// Deadline for any one step (a reply, a role change).
 const STEP: Duration = Duration::from_secs(30);
@@ -31,10 +33,10 @@ fn profile_dir() -> PathBuf {
 
 /// The directory holding `libhs.so` and `libhs.a` built from the current source.
 ///
-/// `cargo test -p hs` (and `--workspace`) builds every crate type of the package
+/// `cargo test -p hs-ffi` (and `--workspace`) builds every crate type of the package
 /// under test into `target/<profile>/deps`, beside this test, in the same
 /// invocation: they are fresh there. When they are missing (this test binary run
-/// on its own after a `cargo clean`-like change), `cargo build -p hs --lib`
+/// on its own after a `cargo clean`-like change), `cargo build -p hs-ffi --lib`
 /// makes them, with the same target directory and profile, in `target/<profile>`.
 fn libs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -57,7 +59,7 @@ fn libs() -> &'static Path {
         let target = dir.parent().expect("target directory");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "hs", "--lib"])
+        cmd.args(["build", "-p", "hs-ffi", "--lib"])
             .env("CARGO_TARGET_DIR", target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         match profile.as_str() {
@@ -70,8 +72,8 @@ fn libs() -> &'static Path {
             }
         }
         eprintln!("libhs.so / libhs.a not beside the test; building them: {cmd:?}");
-        let st = cmd.status().expect("run cargo build -p hs --lib");
-        assert!(st.success(), "cargo build -p hs --lib failed");
+        let st = cmd.status().expect("run cargo build -p hs-ffi --lib");
+        assert!(st.success(), "cargo build -p hs-ffi --lib failed");
         assert!(
             have(&dir),
             "no libhs.so / libhs.a in {} after cargo build",
@@ -162,7 +164,8 @@ fn two_ports() -> (String, String) {
 /// One running example process: commands on its stdin, lines from its stdout.
 struct Proc {
     name: &'static str,
-    child: Child,
+    /// SIGKILLed (our own child, by its pid) and reaped when the Proc drops.
+    child: ChildGuard,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     events: Vec<String>,
@@ -190,7 +193,7 @@ impl Proc {
         let stdin = child.stdin.take();
         Proc {
             name,
-            child,
+            child: ChildGuard::new(child),
             stdin,
             lines,
             events: Vec::new(),
@@ -299,16 +302,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Only our own child, by its handle; a no-op once it has exited and been reaped.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Master and slave, publish, SIGKILL the master, the slave serves the same
 /// scores; the old master comes back as slave with the same scores too.
 fn pair_fails_over(link: Link) {
@@ -356,8 +349,7 @@ fn pair_fails_over(link: Link) {
     );
 
     // The master's process dies: the slave promotes at once, with the same scores.
-    a.child.kill().unwrap(); // SIGKILL, our own child
-    a.child.wait().unwrap();
+    a.child.kill(); // SIGKILL, our own child, by its pid; reaped
     b.until_event("EVENT role_changed master");
     b.until_role("ROLE master 1");
     assert_eq!(b.cmd("state"), state, "the promoted slave lost scores");
@@ -505,7 +497,7 @@ fn m_done(players: usize) -> String {
 #[test]
 fn readme_c_example_builds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("../README.md")).expect("README.md");
+    let readme = std::fs::read_to_string(root.join("../../README.md")).expect("README.md");
     let section = readme
         .split("## Using hs from C/C++")
         .nth(1)
