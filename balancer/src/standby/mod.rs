@@ -23,11 +23,10 @@
 //! not know is refused and counted in `balancer_replica_errors_total`).
 //!
 //! **Roles.** hs decides who is master; a watcher thread
-//! ([`crate::server::RoleWatcher`])
-//! follows [`hs::Node::role`] and its events and opens or closes the gate:
-//! on a non-master the HTTP mutations answer 503 `not_master` (with the
-//! master's HTTP address from its `m` record), and the prober and ticker
-//! idle. A publish that fails after the op was applied locally (the node lost
+//! ([`crate::server::RoleWatcher`]) follows [`hs::Node::role`] and its
+//! events and opens or closes the gate: on a non-master the HTTP mutations
+//! answer 503 `not_master` (with the master's HTTP address from its `m`
+//! record), and the prober and ticker idle. A publish that fails after the op was applied locally (the node lost
 //! its role in between, or the disk is full) leaves the local registry ahead
 //! of the log; the watcher then restarts the node, which rebuilds the
 //! registry from the log (`reset` + `restore` + `apply`).

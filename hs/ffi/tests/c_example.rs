@@ -33,23 +33,14 @@ fn profile_dir() -> PathBuf {
 
 /// The directory holding `libhs.so` and `libhs.a` built from the current source.
 ///
-/// `cargo test -p hs-ffi` (and `--workspace`) builds every crate type of the package
-/// under test into `target/<profile>/deps`, beside this test, in the same
-/// invocation: they are fresh there. When they are missing (this test binary run
-/// on its own after a `cargo clean`-like change), `cargo build -p hs-ffi --lib`
-/// makes them, with the same target directory and profile, in `target/<profile>`.
+/// hs-ffi has no rlib (it would collide with hs's `libhs.rlib`), so `cargo
+/// test` does not rebuild the C libraries for this test: it runs `cargo build
+/// -p hs-ffi --lib` itself, with the same target directory and profile (a
+/// no-op when they are fresh), and uses `target/<profile>`.
 fn libs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let have = |d: &Path| d.join("libhs.so").exists() && d.join("libhs.a").exists();
-        let exe = std::env::current_exe().expect("current_exe");
-        let deps = exe
-            .parent()
-            .expect("the test runs from target/<profile>/deps")
-            .to_path_buf();
-        if have(&deps) {
-            return deps;
-        }
         let dir = profile_dir();
         let profile = dir
             .file_name()
@@ -71,7 +62,7 @@ fn libs() -> &'static Path {
                 cmd.args(["--profile", p]);
             }
         }
-        eprintln!("libhs.so / libhs.a not beside the test; building them: {cmd:?}");
+        eprintln!("building libhs.so / libhs.a: {cmd:?}");
         let st = cmd.status().expect("run cargo build -p hs-ffi --lib");
         assert!(st.success(), "cargo build -p hs-ffi --lib failed");
         assert!(
