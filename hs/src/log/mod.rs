@@ -10,8 +10,10 @@
 //! Crash behaviour, step by step (see ARCHITECTURE.md for the whole picture):
 //! - during `append`: the length word is stored last; a record whose length is
 //!   there but whose body is torn fails its CRC on recovery and is cut off.
-//! - during segment preparation: the file is `*.seg.tmp` until complete; a
-//!   leftover tmp is deleted on open.
+//! - during segment preparation (new or recycled): the file is `*.seg.*.tmp`
+//!   until complete; a leftover tmp is deleted on open. A recycled segment's
+//!   old records that a power cut brings back past the tail carry their old
+//!   positions and fail the position check: recovery cuts there.
 //! - during compaction: the snapshot is durable before any segment is deleted;
 //!   segments wholly below the newest snapshot are deleted on open.
 
@@ -141,6 +143,16 @@ pub const LOCK_FILE: &str = "lock";
 /// Longest a blocking roll (the slave's) waits for the preparer.
 const SEGMENT_WAIT_MAX: Duration = Duration::from_secs(10);
 
+/// Segments the preparer keeps ready past the writing one. Two, so that a roll
+/// finds one even while the next is still being prepared; each costs
+/// `segment_bytes` of disk and of page cache.
+const SPARE_SEGMENTS: usize = 2;
+
+/// Segments retired by compaction that are kept (under their old names) to be
+/// recycled as spares instead of creating new files; more are deleted. Each
+/// costs `segment_bytes` of disk until it is reused.
+const RETIRED_SEGMENTS_MAX: usize = 4;
+
 struct Appender {
     /// The segment being written; `None` before the log has a history.
     seg: Option<Arc<Segment>>,
@@ -169,7 +181,7 @@ impl Chunk {
     }
 }
 
-/// The next segment, prepared by the `hs-prepare` thread, which holds only this
+/// The next segments, prepared by the `hs-prepare` thread, which holds only this
 /// (never the log, so dropping the log stops it).
 struct SpareShared {
     m: OrderedMutex<Spare>,
@@ -181,14 +193,22 @@ struct SpareShared {
 }
 
 struct Spare {
-    seg: Option<Segment>,
-    /// Base the next spare must have.
+    /// Prepared segments, at consecutive bases from `want_base`; at most
+    /// `SPARE_SEGMENTS`.
+    ready: VecDeque<Segment>,
+    /// Segments compaction retired, to be recycled (once no reader holds them);
+    /// at most `RETIRED_SEGMENTS_MAX`. Their positions are all below the log's
+    /// first position.
+    retired: Vec<Arc<Segment>>,
+    /// Base the first ready spare must have.
     want_base: u64,
     /// Why the last preparation failed; kept until one succeeds, so every caller
     /// that finds the log full is told the cause (a full disk, say).
     error: Option<String>,
     /// A caller hit the error: try again.
     retry: bool,
+    /// Spares made from retired segments (the rest were created).
+    recycled: u64,
     shutdown: bool,
     history: u128,
     segment_bytes: u64,
@@ -457,7 +477,9 @@ impl Log {
                 m: OrderedMutex::new(
                     Rank::Spare,
                     Spare {
-                        seg: None,
+                        ready: VecDeque::new(),
+                        retired: Vec::new(),
+                        recycled: 0,
                         want_base: next_base,
                         error: None,
                         retry: false,
@@ -517,6 +539,10 @@ impl Log {
     }
     pub fn segment_bytes(&self) -> u64 {
         self.app.lock().meta.segment_bytes
+    }
+    /// Spare segments made by recycling a retired one instead of creating a file.
+    pub fn segments_recycled(&self) -> u64 {
+        self.spare.m.lock().recycled
     }
     /// Bytes of segment files on disk.
     pub fn disk_bytes(&self) -> u64 {
@@ -687,7 +713,7 @@ impl Log {
                 Err(LogError::Full { .. }) if Instant::now() < deadline => {
                     // Wait for the preparer's next attempt (it signals after each one).
                     let mut sp = self.spare.m.lock();
-                    if sp.seg.is_none() {
+                    if sp.ready.is_empty() {
                         self.spare.ready_cv.wait_until(sp.guard(), deadline);
                     }
                 }
@@ -707,9 +733,8 @@ impl Log {
             None => a.tail,
         };
         let mut sp = self.spare.m.lock();
-        if sp.seg.as_ref().is_some_and(|s| s.base != next) {
-            let stale = sp.seg.take().unwrap();
-            let _ = std::fs::remove_file(&stale.path);
+        if sp.ready.front().is_some_and(|s| s.base != next) {
+            drop_spares(&mut sp);
         }
         if sp.want_base != next {
             sp.want_base = next;
@@ -717,7 +742,7 @@ impl Log {
         }
         // Only the preparer creates segments; a blocking caller (the slave) waits for it.
         let deadline = Instant::now() + SEGMENT_WAIT_MAX;
-        while sp.seg.is_none() {
+        while sp.ready.is_empty() {
             if let Some(e) = sp.error.clone() {
                 sp.retry = true;
                 self.spare.need_cv.notify_one();
@@ -732,7 +757,7 @@ impl Log {
             self.spare.need_cv.notify_one();
             self.spare.ready_cv.wait_until(sp.guard(), deadline);
         }
-        let new = Arc::new(sp.seg.take().unwrap());
+        let new = Arc::new(sp.ready.pop_front().unwrap());
         sp.want_base = new.end();
         self.spare.need_cv.notify_one();
         drop(sp);
@@ -757,12 +782,11 @@ impl Log {
         drop(a);
         let mut sp = self.spare.m.lock();
         if sp
-            .seg
-            .as_ref()
+            .ready
+            .front()
             .is_some_and(|s| s.base != next || s.history != h)
         {
-            let stale = sp.seg.take().unwrap();
-            let _ = std::fs::remove_file(&stale.path);
+            drop_spares(&mut sp);
         }
         sp.want_base = next;
         sp.history = h;
@@ -1055,8 +1079,12 @@ impl Log {
             }
         }
         {
+            // Retired segments too: the new history may reuse their positions,
+            // and a recycled segment must never hold a stale record whose
+            // position is valid in it.
             let mut sp = self.spare.m.lock();
-            if let Some(s) = sp.seg.take() {
+            drop_spares(&mut sp);
+            for s in sp.retired.drain(..) {
                 let _ = std::fs::remove_file(&s.path);
             }
         }
@@ -1232,14 +1260,31 @@ impl Log {
             .map_err(io_err("write snapshot", &self.cfg.dir))?;
         self.first.store(cut, Ordering::Release);
         let mut segs = self.segs.write();
+        let mut gone = Vec::new();
         while segs.front().is_some_and(|s| s.end() <= cut) {
-            let s = segs.pop_front().unwrap();
-            let _ = std::fs::remove_file(&s.path);
+            gone.push(segs.pop_front().unwrap());
         }
         drop(segs);
+        // Kept for recycling: they are below the durable snapshot, so a crash
+        // before they are reused leaves files that the next open deletes.
+        self.retire(gone);
         let _ = std::fs::remove_file(self.cfg.dir.join(snapshot::file_name(first)));
         tracing::info!(first = cut, "compacted old segments into a snapshot");
         Ok(Some(cut))
+    }
+
+    /// Hands segments compaction dropped to the preparer to recycle (deleting
+    /// those past `RETIRED_SEGMENTS_MAX`).
+    fn retire(&self, gone: Vec<Arc<Segment>>) {
+        let mut sp = self.spare.m.lock();
+        for s in gone {
+            if sp.retired.len() < RETIRED_SEGMENTS_MAX && s.size == sp.segment_bytes {
+                sp.retired.push(s);
+            } else {
+                let _ = std::fs::remove_file(&s.path);
+            }
+        }
+        self.spare.need_cv.notify_one();
     }
 
     /// Stops the preparer thread (also happens when the last `Arc<Log>` drops).
@@ -1336,27 +1381,60 @@ pub fn for_each_in(
     Ok((at, false))
 }
 
+/// Deletes the prepared spares (their bases no longer follow the log's).
+fn drop_spares(sp: &mut Spare) {
+    for s in sp.ready.drain(..) {
+        let _ = std::fs::remove_file(&s.path);
+    }
+}
+
+/// A retired segment that no reader holds any more, if one is of `size` and
+/// wholly below `base` (taken out of the list).
+fn take_recyclable(sp: &mut Spare, base: u64, size: u64) -> Option<Segment> {
+    let i = sp
+        .retired
+        .iter()
+        .position(|s| Arc::strong_count(s) == 1 && s.size == size && s.end() <= base)?;
+    match Arc::try_unwrap(sp.retired.swap_remove(i)) {
+        Ok(s) => Some(s),
+        Err(s) => {
+            // Unreachable (only this list holds it, under the lock), but harmless.
+            sp.retired.push(s);
+            None
+        }
+    }
+}
+
 fn preparer(sh: Arc<SpareShared>) {
     let mut sp = sh.m.lock();
     loop {
         if sp.shutdown {
             return;
         }
-        if sp.seg.is_none() && (sp.error.is_none() || sp.retry) && sp.history != 0 {
-            let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
+        if sp.ready.len() < SPARE_SEGMENTS && (sp.error.is_none() || sp.retry) && sp.history != 0 {
+            let (h, size) = (sp.history, sp.segment_bytes);
+            let base = sp.want_base + sp.ready.len() as u64 * size;
+            let n = sp.ready.len();
             sp.retry = false;
+            let old = take_recyclable(&mut sp, base, size);
             drop(sp);
-            let r = Segment::create(&sh.dir, h, base, size);
+            let recycling = old.is_some();
+            let r = match old {
+                Some(old) => old.recycle(&sh.dir, h, base),
+                None => Segment::create(&sh.dir, h, base, size),
+            };
             sp = sh.m.lock();
             match r {
                 Ok(s)
-                    if sp.want_base == base
+                    if sp.want_base + n as u64 * size == base
                         && sp.history == h
-                        && sp.seg.is_none()
+                        && sp.segment_bytes == size
+                        && sp.ready.len() == n
                         && !sp.shutdown =>
                 {
-                    sp.seg = Some(s);
+                    sp.ready.push_back(s);
                     sp.error = None;
+                    sp.recycled += u64::from(recycling);
                 }
                 Ok(s) => {
                     let _ = std::fs::remove_file(&s.path);
