@@ -103,6 +103,10 @@ pub enum LogError {
     Locked { dir: PathBuf, pid: Option<u32> },
     #[error("log directory {dir} is inconsistent: {what}; move it away to resync this node from its peer")]
     Inconsistent { dir: PathBuf, what: String },
+    /// The directory holds a log of an earlier on-disk format (`found`: its
+    /// meta file's magic), whose checksums this build does not compute.
+    #[error("log directory {} was written by an older hs (format {found}, CRC32 checksums); this build reads only format HSMETA03 (CRC32C): move the directory away and start the node again, to resync it from its peer (or to start a new history if it is alone)", dir.display())]
+    OldFormat { dir: PathBuf, found: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
@@ -298,6 +302,9 @@ impl Log {
         }
         seg_paths.sort();
         snaps.sort();
+        if let Some(found) = Meta::old_format(&dir) {
+            return Err(LogError::OldFormat { dir, found });
+        }
         let meta = Meta::load(&dir).map_err(io_err("read meta", &dir))?;
         let mut meta = meta.unwrap_or(Meta {
             history: 0,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <dir>/<base:020>.seg
-//! header page: { magic "HSSEG001" 8 | history u128 | base u64 | segment_bytes u64 | crc u32 (of the 40 bytes before) | zeros to 4096 }
+//! header page: { magic "HSSEG002" 8 | history u128 | base u64 | segment_bytes u64 | crc u32 (CRC32C of the 40 bytes before) | zeros to 4096 }
 //! data:        records from position `base` to `base + segment_bytes`, pre-zeroed
 //! ```
 //! The file is allocated in full (posix_fallocate) when prepared, so a full disk
@@ -16,7 +16,9 @@ use memmap2::{MmapOptions, MmapRaw};
 
 /// Bytes before the first record of a segment file (one page, so records are page-aligned).
 pub const SEGMENT_HEADER_BYTES: usize = 4096;
-const MAGIC: &[u8; 8] = b"HSSEG001";
+const MAGIC: &[u8; 8] = b"HSSEG002";
+/// Format 1: CRC32 (IEEE) checksums; refused with its own message.
+const OLD_MAGIC: &[u8; 8] = b"HSSEG001";
 const PAGE_BYTES: usize = 4096;
 
 /// A mapped segment. Writers write only past the log's committed tail, under the
@@ -50,7 +52,7 @@ fn header_bytes(history: u128, base: u64, size: u64) -> [u8; 44] {
     h[8..24].copy_from_slice(&history.to_le_bytes());
     h[24..32].copy_from_slice(&base.to_le_bytes());
     h[32..40].copy_from_slice(&size.to_le_bytes());
-    let crc = crc32fast::hash(&h[0..40]);
+    let crc = crate::proto::checksum::crc(&h[0..40]);
     h[40..44].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -198,10 +200,15 @@ impl Segment {
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
         // SAFETY: the mapping is `len` bytes, at least the header.
         let h = unsafe { std::slice::from_raw_parts(map.as_ptr(), 44) };
+        if &h[0..8] == OLD_MAGIC {
+            return Err(bad(
+                "format 1 (CRC32 checksums), written by an older hs; move the directory away to resync this node",
+            ));
+        }
         if &h[0..8] != MAGIC {
             return Err(bad("bad magic (not an hs segment)"));
         }
-        if crc32fast::hash(&h[0..40]).to_le_bytes() != h[40..44] {
+        if crate::proto::checksum::crc(&h[0..40]).to_le_bytes() != h[40..44] {
             return Err(bad("header fails its CRC check"));
         }
         let history = u128::from_le_bytes(h[8..24].try_into().unwrap());

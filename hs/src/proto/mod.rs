@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod catchup;
+pub mod checksum;
 pub mod election;
 pub mod frame;
 pub mod heartbeat;
