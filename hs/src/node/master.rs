@@ -714,6 +714,10 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
             );
             s.emit(Event::SlaveCaughtUp { node, pos: sent });
         }
+        // A record due within `spin_us` is sent without a wake-up.
+        if spin_until(s.cfg.spin_us, || log.tail() > sent) {
+            continue;
+        }
         // Park until a publisher wakes us, the heartbeat is due, or the slave goes away.
         s.sender_parked.store(true, Ordering::SeqCst);
         if log.tail() > sent {
@@ -737,6 +741,33 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
         s.sender_parked.store(false, Ordering::SeqCst);
     }
 }
+
+/// Checks `ready()` until it holds or `spin_us` microseconds have passed;
+/// returns whether it became ready. Between checks the thread yields its core
+/// (a thread that is ready to run there, the publisher say, goes first: on a
+/// machine short of cores a pure spin would delay the very record it waits
+/// for). Bounded by the clock.
+pub(super) fn spin_until(spin_us: u64, mut ready: impl FnMut() -> bool) -> bool {
+    if spin_us == 0 {
+        return false;
+    }
+    let until = std::time::Instant::now() + Duration::from_micros(spin_us);
+    loop {
+        for _ in 0..SPIN_CHECKS_PER_YIELD {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if std::time::Instant::now() >= until {
+            return ready();
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Checks between two yields of `spin_until` (a check is a load or a `recv`).
+const SPIN_CHECKS_PER_YIELD: u32 = 16;
 
 /// The session's heartbeat clock, shared by the snapshot transfer and the stream.
 struct Ticker<'a> {

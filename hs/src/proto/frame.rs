@@ -214,6 +214,13 @@ pub enum FrameError {
     OldVersion,
 }
 
+/// Bytes of the whole frame at the start of `src`, header included, once its
+/// length word is there (not checked against a limit: `Frame::decode` does).
+pub fn peek_len(src: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(src.get(0..4)?.try_into().ok()?);
+    Some(FRAME_HEADER_BYTES + len as usize)
+}
+
 fn put_header(dst: &mut BytesMut, kind: u8, payload_len: usize, crc: u32) {
     dst.put_u32_le(payload_len as u32);
     dst.put_u8(kind);

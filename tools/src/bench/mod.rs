@@ -83,6 +83,9 @@ pub struct Common {
     /// What the slave's `Apply` does: count (touch each record) or kv (a HashMap, as a Redis replica's dict).
     #[arg(long, default_value = "count")]
     pub apply: String,
+    /// Microseconds both nodes spin before parking (`Config::spin_us`).
+    #[arg(long, default_value_t = hs::Config::new("").spin_us)]
+    pub spin_us: u64,
 }
 
 #[derive(Args, Debug, Clone)]

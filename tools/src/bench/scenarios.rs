@@ -45,6 +45,7 @@ fn master_config(c: &Common, dir: &Path) -> Result<Config, String> {
     cfg.segment_bytes = c.segment_bytes;
     cfg.batch_bytes_max = c.batch_bytes;
     cfg.retention_bytes_max = RETENTION_BYTES;
+    cfg.spin_us = c.spin_us;
     cfg.flush = tools::cli::parse_flush(&c.flush)?;
     // A publisher outrunning segment preparation waits rather than failing.
     cfg.publish_timeout_ms = 2000;
@@ -72,6 +73,8 @@ fn spawn_slave(c: &Common, dir: &Path, master: &Node, apply: &str) -> Result<Sla
         c.segment_bytes.to_string(),
         "--batch-bytes".into(),
         c.batch_bytes.to_string(),
+        "--spin-us".into(),
+        c.spin_us.to_string(),
     ];
     let mut p = SlaveProc::spawn(&args)?;
     p.expect("READY", SLAVE_START_TIMEOUT)?;
