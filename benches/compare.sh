@@ -13,9 +13,13 @@
 #        start until the replica's offset equals the master's (published → applied);
 #      - catch-up: the master filled with VOLUME bytes of values, then REPLICAOF from
 #        an empty replica, timed until master_link_status:up and offsets equal;
-#   4. hs-bench for the same sizes and volume (master and slave as two processes);
-#   5. the side-by-side table (markdown, ratio hs / Redis), benches/results/*.json
-#      and the SVG plots, through `hs-bench report`.
+#   4. hs-bench for the same sizes and volume (master and slave as two processes):
+#      one loopback TCP stream first (the ceiling of any stream, in this run);
+#      each size with `--apply kv` (the slave keeps a map, as a Redis replica:
+#      the headline rows) and `--apply count` (the second row);
+#   5. the side-by-side table (markdown, ratio hs / Redis; hs's median with the
+#      worst run beside it), benches/results/*.json and the SVG plots, through
+#      `hs-bench report`.
 # Every process it starts is killed by its pid on exit.
 set -euo pipefail
 
@@ -149,9 +153,13 @@ for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 PIDS=()
 
 # ---- 4. hs
+log "loopback TCP, one stream"
+"$HSB" loopback --secs "$SECS" --runs "$RUNS" --json | tail -n 1 >> "$HS_JSON"
 for size in $SIZES; do
-  log "hs replicate $size B"
-  "$HSB" replicate --record-size "$size" --secs "$SECS" --runs "$RUNS" --dir "$WORK" --json | tail -n 1 >> "$HS_JSON"
+  for apply in kv count; do
+    log "hs replicate $size B, --apply $apply"
+    "$HSB" replicate --record-size "$size" --apply "$apply" --secs "$SECS" --runs "$RUNS" --dir "$WORK" --json | tail -n 1 >> "$HS_JSON"
+  done
 done
 log "hs latency 64 B at $RATE rec/s"
 "$HSB" latency --record-size 64 --rate "$RATE" --secs "$SECS" --runs "$RUNS" --dir "$WORK" --json | tail -n 1 >> "$HS_JSON"
@@ -165,6 +173,6 @@ log "hs recovery of $RECOVERY_VOLUME"
 # ---- 5. the table, JSON and plots
 mkdir -p "$OUT"
 cp "$HS_JSON" "$OUT/hs.jsonl"; cp "$REDIS_JSON" "$OUT/redis.jsonl"
-NOTE="$(date -u +%Y-%m-%d), $(nproc) cores, Redis $REDIS_VERSION; median of $RUNS run(s); redis-benchmark -P $PIPELINE -c $CLIENTS; value sizes as redis-benchmark -d, 16-byte keys"
+NOTE="$(date -u +%Y-%m-%d), $(nproc) cores, Redis $REDIS_VERSION; median of $RUNS run(s), hs's worst run in brackets; redis-benchmark -P $PIPELINE -c $CLIENTS; value sizes as redis-benchmark -d, 16-byte keys"
 echo
 "$HSB" report --hs "$OUT/hs.jsonl" --redis "$OUT/redis.jsonl" --out "$OUT" --note "$NOTE"

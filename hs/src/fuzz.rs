@@ -68,7 +68,7 @@ pub fn frame_payload(data: &[u8]) {
     src.put_u8(kind);
     src.put_u8(0);
     src.put_u16_le(0);
-    src.put_u32_le(crc32fast::hash(covered));
+    src.put_u32_le(crate::proto::checksum::crc(covered));
     src.extend_from_slice(payload);
     if let Ok(Some(f)) = Frame::decode(&mut src, usize::MAX) {
         check_round_trip(&f);

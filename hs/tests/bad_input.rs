@@ -193,7 +193,7 @@ fn slave_refuses_each_bad_frame_keeps_its_log_and_resumes() {
     // Claim 4 payload bytes and fix nothing else: a Data payload needs 24.
     short_data.truncate(12 + 4);
     short_data[0..4].copy_from_slice(&4u32.to_le_bytes());
-    let crc = crc32fast::hash(&short_data[12..16]);
+    let crc = crc32c::crc32c(&short_data[12..16]);
     short_data[8..12].copy_from_slice(&crc.to_le_bytes());
     let mut too_large = BytesMut::new();
     too_large.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
@@ -380,7 +380,7 @@ fn master_drops_a_peer_that_sends_garbage_and_keeps_serving() {
     }
     .encode(&mut b);
     b[12] ^= 0xff;
-    let crc = crc32fast::hash(&b[12..]);
+    let crc = crc32c::crc32c(&b[12..]);
     b[8..12].copy_from_slice(&crc.to_le_bytes());
     g.write_all(&b).unwrap();
     assert!(closed_by_peer(&mut g));
@@ -478,4 +478,129 @@ fn a_resync_claiming_more_than_snapshot_bytes_max_is_refused_at_once() {
     // Refused on the claim, not after waiting for bytes that never come.
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(closed_by_peer(&mut s));
+}
+
+/// `f` as a peer of protocol version 1 sends it: CRC32 (IEEE) instead of
+/// CRC32C, and a Hello says version 1.
+fn as_version_1(f: &Frame) -> BytesMut {
+    let mut b = BytesMut::new();
+    f.encode(&mut b);
+    if matches!(f, Frame::Hello { .. }) {
+        b[16..18].copy_from_slice(&1u16.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&b[12..]);
+    b[8..12].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// A slave of the old protocol (CRC32 frames, version 1) is refused by a new
+/// master with an error that says what to do, and the master keeps serving.
+#[test]
+fn a_master_refuses_a_version_1_slave_naming_the_upgrade() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.segment_bytes = SEG;
+    cfg.record_bytes_max = 4096;
+    let node = Node::start(cfg, Role::Master, Count::default()).unwrap();
+    let addr = node.local_addr().unwrap();
+    node.put(b"k", b"v").unwrap();
+    let hello = Frame::Hello {
+        node: 1,
+        history: 0,
+        epoch: 0,
+        last_epoch: 0,
+        tail: 0,
+        role: 2,
+        epochs: vec![],
+    };
+    let mut old = TcpStream::connect(addr).unwrap();
+    old.set_read_timeout(Some(DEADLINE)).unwrap();
+    old.write_all(&as_version_1(&hello)).unwrap();
+    assert!(closed_by_peer(&mut old), "master kept a version-1 peer");
+    let reason = wait_rejection(&node);
+    assert!(
+        reason.contains("protocol version 1") && reason.contains("upgrade the peer"),
+        "{reason}"
+    );
+    // A current slave is still served.
+    let mut ok = TcpStream::connect(addr).unwrap();
+    ok.set_read_timeout(Some(DEADLINE)).unwrap();
+    send(&mut ok, &hello);
+    assert!(
+        matches!(recv(&mut ok), Some(Frame::Welcome { .. })),
+        "current slave not welcomed"
+    );
+}
+
+/// A master of the old protocol is refused by a new slave, which keeps its log.
+#[test]
+fn a_slave_refuses_a_version_1_master_naming_the_upgrade() {
+    let d = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.peer = Some(l.local_addr().unwrap());
+    cfg.segment_bytes = SEG;
+    cfg.record_bytes_max = 4096;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 20;
+    let node = Node::start(cfg, Role::Slave, Count::default()).unwrap();
+    let (mut s, _hello) = accept_hello(&l);
+    let welcome = Frame::Welcome {
+        history: HISTORY,
+        epoch: 1,
+        segment_bytes: SEG,
+        action: Action::Continue,
+        start: 0,
+        snapshot_bytes: 0,
+        node: 77,
+    };
+    s.write_all(&as_version_1(&welcome)).unwrap();
+    let reason = wait_rejection(&node);
+    assert!(
+        reason.contains("protocol version 1") && reason.contains("upgrade the peer"),
+        "{reason}"
+    );
+    assert!(closed_by_peer(&mut s), "slave kept a version-1 master");
+    assert_eq!(node.stats().records_applied, 0);
+}
+
+/// A log directory of the old on-disk format (CRC32, meta HSMETA02) is refused
+/// at start with an error that tells the operator what to do; nothing in it
+/// is touched.
+#[test]
+fn a_node_refuses_an_old_format_log_directory() {
+    let d = tempfile::tempdir().unwrap();
+    // A format-2 meta file, as the previous version wrote it.
+    let mut meta = Vec::new();
+    meta.extend_from_slice(b"HSMETA02");
+    meta.extend_from_slice(&HISTORY.to_le_bytes());
+    meta.extend_from_slice(&3u32.to_le_bytes());
+    meta.extend_from_slice(&SEG.to_le_bytes());
+    meta.extend_from_slice(&1u64.to_le_bytes());
+    meta.extend_from_slice(&2u64.to_le_bytes());
+    let crc = crc32fast::hash(&meta);
+    meta.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(d.path().join("meta"), &meta).unwrap();
+    let seg = d.path().join(format!("{:020}.seg", 0));
+    std::fs::write(&seg, b"HSSEG001 old segment").unwrap();
+    let mut cfg = Config::new(d.path());
+    cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.segment_bytes = SEG;
+    cfg.record_bytes_max = 4096;
+    let err = match Node::start(cfg, Role::Master, Count::default()) {
+        Ok(_) => panic!("a node started on an old-format log"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, hs::NodeError::Log(hs::LogError::OldFormat { found, .. }) if found == "HSMETA02"),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("older hs") && msg.contains("move the directory away"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(d.path().join("meta")).unwrap(), meta);
+    assert_eq!(std::fs::read(&seg).unwrap(), b"HSSEG001 old segment");
 }

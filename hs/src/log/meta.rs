@@ -3,7 +3,7 @@
 //! the node accepts a single write in it.
 //!
 //! ```text
-//! <dir>/meta: { magic "HSMETA02" 8 | history u128 | epoch u32 | segment_bytes u64 | node u64 | peer u64 | crc u32 (of the 52 bytes before) }
+//! <dir>/meta: { magic "HSMETA03" 8 | history u128 | epoch u32 | segment_bytes u64 | node u64 | peer u64 | crc u32 (CRC32C of the 52 bytes before) }
 //! ```
 //! Replaced atomically (write `meta.tmp`, fsync, rename, fsync the directory):
 //! a crash leaves the old meta or the new one.
@@ -13,7 +13,10 @@ use std::path::Path;
 
 use super::storage::Storage;
 
-const MAGIC: &[u8; 8] = b"HSMETA02";
+const MAGIC: &[u8; 8] = b"HSMETA03";
+/// Magics of earlier formats: a log this build refuses (`old_format`).
+/// HSMETA02 is format 2: CRC32 (IEEE) checksums in every file.
+const OLD_MAGICS: [&[u8; 8]; 2] = [b"HSMETA01", b"HSMETA02"];
 const LEN: usize = 56;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +42,7 @@ impl Meta {
         b[28..36].copy_from_slice(&self.segment_bytes.to_le_bytes());
         b[36..44].copy_from_slice(&self.node.to_le_bytes());
         b[44..52].copy_from_slice(&self.peer.to_le_bytes());
-        let crc = crc32fast::hash(&b[0..52]);
+        let crc = crate::proto::checksum::crc(&b[0..52]);
         b[52..56].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -47,7 +50,7 @@ impl Meta {
     pub fn decode(b: &[u8]) -> Option<Meta> {
         if b.len() != LEN
             || &b[0..8] != MAGIC
-            || crc32fast::hash(&b[0..52]).to_le_bytes() != b[52..56]
+            || crate::proto::checksum::crc(&b[0..52]).to_le_bytes() != b[52..56]
         {
             return None;
         }
@@ -71,6 +74,17 @@ impl Meta {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The magic of `dir`'s meta file if it is an earlier format this build
+    /// cannot read (its checksums are CRC32, not CRC32C).
+    pub fn old_format(storage: &dyn Storage, dir: &Path) -> Option<String> {
+        let b = storage.read(&dir.join("meta")).ok()?;
+        let magic = b.get(0..8)?;
+        OLD_MAGICS
+            .iter()
+            .any(|m| &m[..] == magic)
+            .then(|| String::from_utf8_lossy(magic).into_owned())
     }
 
     pub fn store(&self, storage: &dyn Storage, dir: &Path) -> io::Result<()> {

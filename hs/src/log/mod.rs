@@ -10,8 +10,10 @@
 //! Crash behaviour, step by step (see ARCHITECTURE.md for the whole picture):
 //! - during `append`: the length word is stored last; a record whose length is
 //!   there but whose body is torn fails its CRC on recovery and is cut off.
-//! - during segment preparation: the file is `*.seg.tmp` until complete; a
-//!   leftover tmp is deleted on open.
+//! - during segment preparation (new or recycled): the file is `*.seg.*.tmp`
+//!   until complete; a leftover tmp is deleted on open. A recycled segment's
+//!   old records that a power cut brings back past the tail carry their old
+//!   positions and fail the position check: recovery cuts there.
 //! - during compaction: the snapshot is durable before any segment is deleted;
 //!   segments wholly below the newest snapshot are deleted on open.
 
@@ -122,6 +124,10 @@ pub enum LogError {
     Locked { dir: PathBuf, pid: Option<u32> },
     #[error("log directory {dir} is inconsistent: {what}; move it away to resync this node from its peer")]
     Inconsistent { dir: PathBuf, what: String },
+    /// The directory holds a log of an earlier on-disk format (`found`: its
+    /// meta file's magic), whose checksums this build does not compute.
+    #[error("log directory {} was written by an older hs (format {found}, CRC32 checksums); this build reads only format HSMETA03 (CRC32C): move the directory away and start the node again, to resync it from its peer (or to start a new history if it is alone)", dir.display())]
+    OldFormat { dir: PathBuf, found: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
@@ -161,6 +167,16 @@ pub const LOCK_FILE: &str = "lock";
 
 /// Longest a blocking roll (the slave's) waits for the preparer.
 const SEGMENT_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Segments the preparer keeps ready past the writing one. Two, so that a roll
+/// finds one even while the next is still being prepared; each costs
+/// `segment_bytes` of disk and of page cache.
+const SPARE_SEGMENTS: usize = 2;
+
+/// Segments retired by compaction that are kept (under their old names) to be
+/// recycled as spares instead of creating new files; more are deleted. Each
+/// costs `segment_bytes` of disk until it is reused.
+const RETIRED_SEGMENTS_MAX: usize = 4;
 
 struct Appender {
     /// The segment being written; `None` before the log has a history.
@@ -210,7 +226,7 @@ impl Chunk {
     }
 }
 
-/// The next segment, prepared by the `hs-prepare` thread, which holds only this
+/// The next segments, prepared by the `hs-prepare` thread, which holds only this
 /// (never the log, so dropping the log stops it).
 struct SpareShared {
     m: OrderedMutex<Spare>,
@@ -223,14 +239,22 @@ struct SpareShared {
 }
 
 struct Spare {
-    seg: Option<Segment>,
-    /// Base the next spare must have.
+    /// Prepared segments, at consecutive bases from `want_base`; at most
+    /// `SPARE_SEGMENTS`.
+    ready: VecDeque<Segment>,
+    /// Segments compaction retired, to be recycled (once no reader holds them);
+    /// at most `RETIRED_SEGMENTS_MAX`. Their positions are all below the log's
+    /// first position.
+    retired: Vec<Arc<Segment>>,
+    /// Base the first ready spare must have.
     want_base: u64,
     /// Why the last preparation failed; kept until one succeeds, so every caller
     /// that finds the log full is told the cause (a full disk, say).
     error: Option<String>,
     /// A caller hit the error: try again.
     retry: bool,
+    /// Spares made from retired segments (the rest were created).
+    recycled: u64,
     shutdown: bool,
     history: u128,
     segment_bytes: u64,
@@ -299,6 +323,9 @@ impl Log {
         }
         seg_paths.sort();
         snaps.sort();
+        if let Some(found) = Meta::old_format(&*fs, &dir) {
+            return Err(LogError::OldFormat { dir, found });
+        }
         let meta = Meta::load(&*fs, &dir).map_err(io_err("read meta", &dir))?;
         let mut meta = meta.unwrap_or(Meta {
             history: 0,
@@ -520,7 +547,9 @@ impl Log {
                 m: OrderedMutex::new(
                     Rank::Spare,
                     Spare {
-                        seg: None,
+                        ready: VecDeque::new(),
+                        retired: Vec::new(),
+                        recycled: 0,
                         want_base: next_base,
                         error: None,
                         retry: false,
@@ -583,6 +612,10 @@ impl Log {
     }
     pub fn segment_bytes(&self) -> u64 {
         self.app.lock().meta.segment_bytes
+    }
+    /// Spare segments made by recycling a retired one instead of creating a file.
+    pub fn segments_recycled(&self) -> u64 {
+        self.spare.m.lock().recycled
     }
     /// Bytes of segment files on disk.
     pub fn disk_bytes(&self) -> u64 {
@@ -756,7 +789,7 @@ impl Log {
                 Err(LogError::Full { .. }) if Instant::now() < deadline => {
                     // Wait for the preparer's next attempt (it signals after each one).
                     let mut sp = self.spare.m.lock();
-                    if sp.seg.is_none() {
+                    if sp.ready.is_empty() {
                         self.spare.ready_cv.wait_until(sp.guard(), deadline);
                     }
                 }
@@ -776,9 +809,8 @@ impl Log {
             None => a.tail,
         };
         let mut sp = self.spare.m.lock();
-        if sp.seg.as_ref().is_some_and(|s| s.base != next) {
-            let stale = sp.seg.take().unwrap();
-            let _ = self.cfg.storage.remove(&stale.path);
+        if sp.ready.front().is_some_and(|s| s.base != next) {
+            drop_spares(&mut sp, &*self.cfg.storage);
         }
         if sp.want_base != next {
             sp.want_base = next;
@@ -786,16 +818,22 @@ impl Log {
         }
         // Only the preparer creates segments; a blocking caller (the slave) waits for it.
         let deadline = Instant::now() + SEGMENT_WAIT_MAX;
-        while sp.seg.is_none() {
+        while sp.ready.is_empty() {
             if self.cfg.preparer == Preparer::Caller {
+                // No thread: this roll prepares (or recycles) the segment itself.
                 let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
-                let dir = &self.spare.dir;
-                let s = Segment::create(&*self.spare.storage, dir, h, base, size).map_err(|e| {
-                    LogError::Full {
-                        why: format!("preparing segment at {base}: {e}"),
-                    }
+                let old = take_recyclable(&mut sp, base, size);
+                let recycling = old.is_some();
+                let (fs, dir) = (&*self.spare.storage, &self.spare.dir);
+                let s = match old {
+                    Some(old) => old.recycle(fs, dir, h, base),
+                    None => Segment::create(fs, dir, h, base, size),
+                }
+                .map_err(|e| LogError::Full {
+                    why: format!("preparing segment at {base}: {e}"),
                 })?;
-                sp.seg = Some(s);
+                sp.ready.push_back(s);
+                sp.recycled += u64::from(recycling);
                 break;
             }
             if let Some(e) = sp.error.clone() {
@@ -812,7 +850,7 @@ impl Log {
             self.spare.need_cv.notify_one();
             self.spare.ready_cv.wait_until(sp.guard(), deadline);
         }
-        let new = Arc::new(sp.seg.take().unwrap());
+        let new = Arc::new(sp.ready.pop_front().unwrap());
         sp.want_base = new.end();
         self.spare.need_cv.notify_one();
         drop(sp);
@@ -838,12 +876,11 @@ impl Log {
         drop(a);
         let mut sp = self.spare.m.lock();
         if sp
-            .seg
-            .as_ref()
+            .ready
+            .front()
             .is_some_and(|s| s.base != next || s.history != h)
         {
-            let stale = sp.seg.take().unwrap();
-            let _ = self.cfg.storage.remove(&stale.path);
+            drop_spares(&mut sp, &*self.cfg.storage);
         }
         sp.want_base = next;
         sp.history = h;
@@ -1194,8 +1231,12 @@ impl Log {
             }
         }
         {
+            // Retired segments too: the new history may reuse their positions,
+            // and a recycled segment must never hold a stale record whose
+            // position is valid in it.
             let mut sp = self.spare.m.lock();
-            if let Some(s) = sp.seg.take() {
+            drop_spares(&mut sp, &*self.cfg.storage);
+            for s in sp.retired.drain(..) {
                 let _ = self.cfg.storage.remove(&s.path);
             }
         }
@@ -1373,17 +1414,34 @@ impl Log {
             .map_err(io_err("write snapshot", &self.cfg.dir))?;
         self.first.store(cut, Ordering::Release);
         let mut segs = self.segs.write();
+        let mut gone = Vec::new();
         while segs.front().is_some_and(|s| s.end() <= cut) {
-            let s = segs.pop_front().unwrap();
-            let _ = self.cfg.storage.remove(&s.path);
+            gone.push(segs.pop_front().unwrap());
         }
         drop(segs);
+        // Kept for recycling: they are below the durable snapshot, so a crash
+        // before they are reused leaves files that the next open deletes.
+        self.retire(gone);
         let _ = self
             .cfg
             .storage
             .remove(&self.cfg.dir.join(snapshot::file_name(first)));
         tracing::info!(first = cut, "compacted old segments into a snapshot");
         Ok(Some(cut))
+    }
+
+    /// Hands segments compaction dropped to the preparer to recycle (deleting
+    /// those past `RETIRED_SEGMENTS_MAX`).
+    fn retire(&self, gone: Vec<Arc<Segment>>) {
+        let mut sp = self.spare.m.lock();
+        for s in gone {
+            if sp.retired.len() < RETIRED_SEGMENTS_MAX && s.size == sp.segment_bytes {
+                sp.retired.push(s);
+            } else {
+                let _ = self.cfg.storage.remove(&s.path);
+            }
+        }
+        self.spare.need_cv.notify_one();
     }
 
     /// Stops the preparer thread (also happens when the last `Arc<Log>` drops).
@@ -1478,27 +1536,60 @@ pub fn for_each_in(
     Ok((at, false))
 }
 
+/// Deletes the prepared spares (their bases no longer follow the log's).
+fn drop_spares(sp: &mut Spare, storage: &dyn Storage) {
+    for s in sp.ready.drain(..) {
+        let _ = storage.remove(&s.path);
+    }
+}
+
+/// A retired segment that no reader holds any more, if one is of `size` and
+/// wholly below `base` (taken out of the list).
+fn take_recyclable(sp: &mut Spare, base: u64, size: u64) -> Option<Segment> {
+    let i = sp
+        .retired
+        .iter()
+        .position(|s| Arc::strong_count(s) == 1 && s.size == size && s.end() <= base)?;
+    match Arc::try_unwrap(sp.retired.swap_remove(i)) {
+        Ok(s) => Some(s),
+        Err(s) => {
+            // Unreachable (only this list holds it, under the lock), but harmless.
+            sp.retired.push(s);
+            None
+        }
+    }
+}
+
 fn preparer(sh: Arc<SpareShared>) {
     let mut sp = sh.m.lock();
     loop {
         if sp.shutdown {
             return;
         }
-        if sp.seg.is_none() && (sp.error.is_none() || sp.retry) && sp.history != 0 {
-            let (base, h, size) = (sp.want_base, sp.history, sp.segment_bytes);
+        if sp.ready.len() < SPARE_SEGMENTS && (sp.error.is_none() || sp.retry) && sp.history != 0 {
+            let (h, size) = (sp.history, sp.segment_bytes);
+            let base = sp.want_base + sp.ready.len() as u64 * size;
+            let n = sp.ready.len();
             sp.retry = false;
+            let old = take_recyclable(&mut sp, base, size);
             drop(sp);
-            let r = Segment::create(&*sh.storage, &sh.dir, h, base, size);
+            let recycling = old.is_some();
+            let r = match old {
+                Some(old) => old.recycle(&*sh.storage, &sh.dir, h, base),
+                None => Segment::create(&*sh.storage, &sh.dir, h, base, size),
+            };
             sp = sh.m.lock();
             match r {
                 Ok(s)
-                    if sp.want_base == base
+                    if sp.want_base + n as u64 * size == base
                         && sp.history == h
-                        && sp.seg.is_none()
+                        && sp.segment_bytes == size
+                        && sp.ready.len() == n
                         && !sp.shutdown =>
                 {
-                    sp.seg = Some(s);
+                    sp.ready.push_back(s);
                     sp.error = None;
+                    sp.recycled += u64::from(recycling);
                 }
                 Ok(s) => {
                     let _ = sh.storage.remove(&s.path);

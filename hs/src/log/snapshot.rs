@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! <dir>/<pos:020>.snap
-//! { magic "HSSNAP01" 8 | history u128 | pos u64 | n_epochs u32 | { epoch u32 | start u64 } * n_epochs |
-//!   count u64 | { key_len u16 | value_len u32 | key | value } * count | crc u32 (of every byte before it) }
+//! { magic "HSSNAP02" 8 | history u128 | pos u64 | n_epochs u32 | { epoch u32 | start u64 } * n_epochs |
+//!   count u64 | { key_len u16 | value_len u32 | key | value } * count | crc u32 (CRC32C of every byte before it) }
 //! ```
 //! Written to `<name>.tmp`, fsynced, renamed, directory fsynced: a crash leaves
 //! either the old snapshot or the new one, never half of one (a stray `.tmp` is
@@ -20,7 +20,7 @@ use super::storage::{Cursor, Storage, WriteSync};
 use crate::proto::catchup::Epochs;
 use crate::proto::record::{Op, RecordRef};
 
-const MAGIC: &[u8; 8] = b"HSSNAP01";
+const MAGIC: &[u8; 8] = b"HSSNAP02";
 
 pub fn file_name(pos: u64) -> String {
     format!("{pos:020}.snap")
@@ -87,7 +87,7 @@ impl Snapshot {
             out.extend_from_slice(k);
             out.extend_from_slice(v);
         }
-        let crc = crc32fast::hash(&out);
+        let crc = crate::proto::checksum::crc(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
@@ -97,7 +97,7 @@ impl Snapshot {
             return Err("shorter than a snapshot header".into());
         }
         let (body, crc) = b.split_at(b.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != crc {
+        if crate::proto::checksum::crc(body).to_le_bytes() != crc {
             return Err("fails its CRC check".into());
         }
         if &body[0..8] != MAGIC {
@@ -180,7 +180,8 @@ pub struct Incoming {
     file: BufWriter<Box<dyn WriteSync>>,
     storage: std::sync::Arc<dyn Storage>,
     path: PathBuf,
-    hasher: crc32fast::Hasher,
+    /// CRC32C of the bytes hashed so far.
+    hasher: u32,
     /// The last (up to) 4 bytes seen, not yet hashed: the CRC, once all is in.
     held: Vec<u8>,
     len: u64,
@@ -198,7 +199,7 @@ impl Incoming {
             file: BufWriter::with_capacity(STREAM_BUFFER_BYTES, file),
             storage,
             path,
-            hasher: crc32fast::Hasher::new(),
+            hasher: 0,
             held: Vec::with_capacity(8),
             len: 0,
         })
@@ -217,14 +218,15 @@ impl Incoming {
         self.file.write_all(piece)?;
         self.len += piece.len() as u64;
         if piece.len() >= 4 {
-            self.hasher.update(&self.held);
-            self.hasher.update(&piece[..piece.len() - 4]);
+            self.hasher = crate::proto::checksum::crc_append(self.hasher, &self.held);
+            self.hasher =
+                crate::proto::checksum::crc_append(self.hasher, &piece[..piece.len() - 4]);
             self.held.clear();
             self.held.extend_from_slice(&piece[piece.len() - 4..]);
         } else {
             self.held.extend_from_slice(piece);
             let extra = self.held.len().saturating_sub(4);
-            self.hasher.update(&self.held[..extra]);
+            self.hasher = crate::proto::checksum::crc_append(self.hasher, &self.held[..extra]);
             self.held.drain(..extra);
         }
         Ok(())
@@ -244,7 +246,7 @@ impl Incoming {
             len: _,
         } = self;
         let r = (|| {
-            if held.len() != 4 || hasher.finalize().to_le_bytes()[..] != held[..] {
+            if held.len() != 4 || hasher.to_le_bytes()[..] != held[..] {
                 return Err("fails its CRC check".to_string());
             }
             let mut f = file.into_inner().map_err(|e| e.to_string())?;
@@ -365,7 +367,7 @@ mod tests {
                     x ^= x << 17;
                     x as u8
                 }));
-                let crc = crc32fast::hash(&b);
+                let crc = crate::proto::checksum::crc(&b);
                 b.extend_from_slice(&crc.to_le_bytes());
                 let _ = Snapshot::decode(&b);
             }

@@ -505,3 +505,85 @@ fn a_truncation_removes_an_orphan_snapshot_above_it() {
     );
     assert_eq!(all(&log), want);
 }
+
+/// Compaction's retired segments come back as spares (no new files), and a
+/// machine crash that loses a recycled segment's zeroing (its old records
+/// reappear on disk past the tail, at the same offsets) never lets one of them
+/// be read as valid: each carries its old position and recovery cuts there.
+#[test]
+fn retired_segments_are_recycled_and_their_stale_records_never_come_back() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.retention_bytes_max = 2 * SEG;
+    let (log, _) = Log::open(c.clone()).unwrap();
+    log.start_history(9).unwrap();
+    let mut first_segment: Option<Vec<u8>> = None;
+    let mut i = 0u32;
+    // Bounded: 60 segments' worth of records at most.
+    while log.segments_recycled() < 3 && i < 60 * (SEG as u32 / 64) {
+        put(&log, &i.to_le_bytes(), &[(i % 251) as u8 | 1; 40]);
+        i += 1;
+        if first_segment.is_none() && log.tail() >= SEG {
+            log.flush().unwrap();
+            first_segment = Some(std::fs::read(seg_path(d.path(), 0)).unwrap());
+        }
+        if i.is_multiple_of(16) {
+            log.compact().unwrap();
+        }
+    }
+    assert!(
+        log.segments_recycled() >= 3,
+        "no retired segment was recycled after {i} records"
+    );
+    assert!(log.first() > 0);
+    // The writing segment holds records in its first half and zeros after.
+    while log.tail() % SEG < SEG / 2 {
+        put(&log, &i.to_le_bytes(), &[7; 40]);
+        i += 1;
+    }
+    let kept = all(&log);
+    let tail = log.tail();
+    log.flush().unwrap();
+    // Both spares prepared (recycled ones among them), so they are on disk too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sp = log.spare.m.lock();
+    while sp.ready.len() < SPARE_SEGMENTS {
+        assert!(Instant::now() < deadline, "spares never prepared");
+        log.spare.ready_cv.wait_until(sp.guard(), deadline);
+    }
+    drop(sp);
+    drop(log);
+    // Every segment file past the tail gets the old bytes of segment 0 back.
+    let old = first_segment.unwrap();
+    let hdr = segment::SEGMENT_HEADER_BYTES;
+    let mut stale_files = 0;
+    for e in std::fs::read_dir(d.path()).unwrap().flatten() {
+        let Some(base) = segment::parse_name(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        if base + SEG <= tail {
+            continue;
+        }
+        let mut b = std::fs::read(e.path()).unwrap();
+        let from = hdr + tail.saturating_sub(base) as usize;
+        b[from..].copy_from_slice(&old[from..]);
+        std::fs::write(e.path(), b).unwrap();
+        stale_files += 1;
+    }
+    assert_eq!(
+        stale_files,
+        1 + SPARE_SEGMENTS,
+        "writing segment and spares"
+    );
+    let (log, rec) = Log::open(c).unwrap();
+    assert_eq!(rec.tail, tail);
+    assert_eq!(rec.truncated_at, Some(tail), "{:?}", rec.reason);
+    assert!(
+        rec.reason.as_deref().unwrap_or("").contains("position"),
+        "{:?}",
+        rec.reason
+    );
+    assert_eq!(all(&log), kept);
+    // and the log goes on writing at the tail
+    assert_eq!(put(&log, b"after", b"crash"), tail);
+}

@@ -703,6 +703,10 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                 return Ok(());
             }
             None => {
+                // A record due within `spin_us` is sent without a wake-up.
+                if st.lock().is_streaming() && spin_until(s.cfg.spin_us, || log.tail() > tail) {
+                    continue;
+                }
                 // Park until a publisher (or an ack the session waits for) wakes
                 // us, the next tick or rate-limit refill is due, or the slave goes.
                 s.sender_parked.store(true, Ordering::SeqCst);
@@ -745,6 +749,33 @@ fn start_streaming(s: &Shared, node: u64, addr: SocketAddr, start: u64) {
     s.link.catchup_done.store(0, Ordering::Relaxed);
     s.link.catching_up.store(true, Ordering::Relaxed);
 }
+
+/// Checks `ready()` until it holds or `spin_us` microseconds have passed;
+/// returns whether it became ready. Between checks the thread yields its core
+/// (a thread that is ready to run there, the publisher say, goes first: on a
+/// machine short of cores a pure spin would delay the very record it waits
+/// for). Bounded by the clock.
+pub(super) fn spin_until(spin_us: u64, mut ready: impl FnMut() -> bool) -> bool {
+    if spin_us == 0 {
+        return false;
+    }
+    let until = std::time::Instant::now() + Duration::from_micros(spin_us);
+    loop {
+        for _ in 0..SPIN_CHECKS_PER_YIELD {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if std::time::Instant::now() >= until {
+            return ready();
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Checks between two yields of `spin_until` (a check is a load or a `recv`).
+const SPIN_CHECKS_PER_YIELD: u32 = 16;
 
 fn update_lag(s: &Shared, samples: &mut VecDeque<(u64, u64, Instant)>, now: Instant) {
     let applied = s.progress.acked_applied.load(Ordering::Relaxed);

@@ -171,7 +171,24 @@ pub struct Config {
     /// besides the log. A Welcome claiming more is refused at once. Raise it if
     /// the state is larger.
     pub snapshot_bytes_max: u64,
+    /// Microseconds the master's sender (waiting for a new record) and the
+    /// slave's applier (waiting for the next frame) spin, checking, before they
+    /// park: a record that comes within it skips a thread wake-up (tens of µs
+    /// under load), which dominates the publish → applied latency. Costs up to
+    /// this much CPU per idle moment of each; 0: park at once. Default:
+    /// `SPIN_US_DEFAULT` on a machine with at least `SPIN_CORES_MIN` cores, else
+    /// 0 — measured on 2 shared cores, spinning threads delayed the publisher
+    /// and the applier they spin for (`hs-bench latency`, 100,000 rec/s, back
+    /// to back: p99 0.28 ms with 0, 5.0 ms with 50 µs, 6.4 ms with 20 µs).
+    pub spin_us: u64,
 }
+
+/// `Config::spin_us` where there are cores to spin on: about five record
+/// intervals at 100,000 records a second.
+pub const SPIN_US_DEFAULT: u64 = 50;
+/// Cores below which `Config::spin_us` defaults to 0: the publisher, the sender
+/// and (on the standby's machine) the applier each want one.
+pub const SPIN_CORES_MIN: usize = 4;
 
 impl Config {
     /// Defaults for a node storing its log in `dir`.
@@ -199,6 +216,13 @@ impl Config {
             publish_timeout_ms: 100,
             secret: None,
             snapshot_bytes_max: 4 << 30,
+            spin_us: if std::thread::available_parallelism().map_or(1, |n| n.get())
+                >= SPIN_CORES_MIN
+            {
+                SPIN_US_DEFAULT
+            } else {
+                0
+            },
         }
     }
 

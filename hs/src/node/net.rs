@@ -76,6 +76,50 @@ impl FrameReader {
         Ok(Frame::decode(&mut self.buf, self.frame_bytes_max)?)
     }
 
+    /// A frame in the buffer, or one that arrives within `spin_us` microseconds,
+    /// read without parking (a non-blocking `recv` straight on the socket, so
+    /// the runtime's readiness, polled only when the thread parks, is not
+    /// needed). `None`: nothing came, the peer closed, or a socket error; the
+    /// async `next` then finds out which.
+    pub fn spin_next(&mut self, spin_us: u64) -> Result<Option<Frame>, NetError> {
+        use bytes::BufMut;
+        use std::os::fd::AsRawFd;
+        if let Some(f) = self.try_next()? {
+            return Ok(Some(f));
+        }
+        let fd = self.rd.as_ref().as_raw_fd();
+        let mut got = false;
+        super::master::spin_until(spin_us, || {
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(READ_CHUNK_BYTES);
+            }
+            let spare = self.buf.chunk_mut();
+            // SAFETY: `recv` writes at most `spare.len()` bytes into the buffer's
+            // spare capacity, which it owns; the fd is this reader's open socket.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+                unsafe { self.buf.advance_mut(n as usize) };
+                got = true;
+                // Whole frame yet? If not, keep reading.
+                return frame::peek_len(&self.buf).is_some_and(|len| self.buf.len() >= len);
+            }
+            // 0 (closed) or an error other than "nothing yet": stop, `next` reports it.
+            n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+        });
+        if got {
+            return self.try_next();
+        }
+        Ok(None)
+    }
+
     /// The next frame; cancel-safe (bytes read stay in the buffer).
     pub async fn next(&mut self) -> Result<Frame, NetError> {
         loop {

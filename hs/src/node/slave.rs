@@ -813,6 +813,8 @@ async fn stream_loop(
         }
         let first = if let Some(f) = pending.take() {
             Some(f)
+        } else if let Some(f) = reader.spin_next(s.cfg.spin_us)? {
+            Some(f)
         } else {
             tokio::select! {
             f = reader.next() => Some(f?),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! frame:   { len u32 | kind u8 | 0 u8 | 0 u16 | crc u32 } payload[len]
-//!            crc = crc32 of the payload, except for Data, where it covers only the
+//!            crc = CRC32C (`proto::checksum`) of the payload, except for Data, where it covers only the
 //!            first 24 bytes (pos, epoch, tail): the records inside carry their own CRC,
 //!            which the slave checks record by record before writing.
 //!
@@ -43,8 +43,8 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 12;
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"HSRP");
 /// Bytes of a Data frame's own header (pos, epoch, tail), before the records.
 pub(crate) const DATA_SUBHEADER_BYTES: usize = 24;
-/// Protocol version spoken by this build.
-pub(crate) const VERSION: u16 = 1;
+/// Protocol version spoken by this build. 2: every CRC is CRC32C (1: CRC32).
+pub(crate) const VERSION: u16 = 2;
 
 /// How the slave must start following, decided by the master from the slave's Hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,8 +207,18 @@ pub enum FrameError {
     Malformed { kind: u8, what: &'static str },
     #[error("peer is not an hs node (bad magic {0:#010x})")]
     BadMagic(u32),
-    #[error("peer speaks protocol version {0}, this node speaks {VERSION}")]
+    #[error("peer speaks protocol version {0}, this node speaks {VERSION}; run the same hs version on both nodes and the witness")]
     BadVersion(u16),
+    /// The frame's CRC is the CRC32 of protocol version 1, not CRC32C.
+    #[error("peer speaks protocol version 1 (CRC32 frames), this node speaks {VERSION} (CRC32C); upgrade the peer (both nodes and the witness run the same hs version)")]
+    OldVersion,
+}
+
+/// Bytes of the whole frame at the start of `src`, header included, once its
+/// length word is there (not checked against a limit: `Frame::decode` does).
+pub fn peek_len(src: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(src.get(0..4)?.try_into().ok()?);
+    Some(FRAME_HEADER_BYTES + len as usize)
 }
 
 fn put_header(dst: &mut BytesMut, kind: u8, payload_len: usize, crc: u32) {
@@ -234,7 +244,7 @@ pub(crate) fn data_header(
     let mut out = [0u8; FRAME_HEADER_BYTES + DATA_SUBHEADER_BYTES];
     out[0..4].copy_from_slice(&((DATA_SUBHEADER_BYTES + records_len) as u32).to_le_bytes());
     out[4] = K_DATA;
-    out[8..12].copy_from_slice(&crc32fast::hash(&sub).to_le_bytes());
+    out[8..12].copy_from_slice(&crate::proto::checksum::crc(&sub).to_le_bytes());
     out[12..].copy_from_slice(&sub);
     out
 }
@@ -475,7 +485,7 @@ impl Frame {
                 K_ERROR
             }
         };
-        put_header(dst, kind, p.len(), crc32fast::hash(&p));
+        put_header(dst, kind, p.len(), crate::proto::checksum::crc(&p));
         dst.extend_from_slice(&p);
     }
 
@@ -510,7 +520,11 @@ impl Frame {
         } else {
             &p[..]
         };
-        if crc32fast::hash(covered) != crc {
+        if crate::proto::checksum::crc(covered) != crc {
+            // Only on the error path: a version-1 peer's frames carry CRC32.
+            if crate::proto::checksum::legacy(covered) == crc {
+                return Err(FrameError::OldVersion);
+            }
             return Err(FrameError::BadCrc { kind });
         }
         // Every read is checked: a payload shorter than its kind's layout is
@@ -916,7 +930,12 @@ mod tests {
             payload
         };
         let mut b = BytesMut::new();
-        put_header(&mut b, kind, payload.len(), crc32fast::hash(covered));
+        put_header(
+            &mut b,
+            kind,
+            payload.len(),
+            crate::proto::checksum::crc(covered),
+        );
         b.extend_from_slice(payload);
         b
     }
@@ -1126,7 +1145,7 @@ mod tests {
         }
         .encode(&mut hello);
         hello[12] ^= 0xff; // magic, and fix the CRC so only the magic is wrong
-        let crc = crc32fast::hash(&hello[12..]);
+        let crc = crate::proto::checksum::crc(&hello[12..]);
         hello[8..12].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             Frame::decode(&mut hello, 1024),

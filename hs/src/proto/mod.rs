@@ -11,6 +11,7 @@
 
 pub(crate) mod auth;
 pub mod catchup;
+pub mod checksum;
 pub mod election;
 #[doc(hidden)]
 pub mod frame;

@@ -6,11 +6,11 @@
 //! record, 8-byte aligned:
 //! { len u32 | crc u32 | pos u64 | epoch u32 | op u8 | flags u8 | key_len u16 | key | value | pad to 8 }
 //!   len   = 24 + key_len + value_len (padding not counted)
-//!   crc   = crc32 (IEEE, crc32fast) of bytes [8, len): pos, epoch, op, flags, key_len, key, value
+//!   crc   = CRC32C (`proto::checksum`) of bytes [8, len): pos, epoch, op, flags, key_len, key, value
 //!   pos   = the record's own log position (byte offset in the history)
 //!
 //! segment-end marker, written where the next record does not fit:
-//! { 0xFFFF_FFFF u32 | crc32(pos as u64 LE) u32 }   the rest of the segment is skipped
+//! { 0xFFFF_FFFF u32 | crc32c(pos as u64 LE) u32 }   the rest of the segment is skipped
 //!
 //! a zero `len` means "nothing written here yet" (segments are pre-zeroed).
 //! ```
@@ -107,7 +107,7 @@ pub fn encode_into(
     buf[22..24].copy_from_slice(&(key.len() as u16).to_le_bytes());
     buf[24..24 + key.len()].copy_from_slice(key);
     buf[24 + key.len()..len].copy_from_slice(value);
-    let crc = crc32fast::hash(&buf[8..len]);
+    let crc = crate::proto::checksum::crc(&buf[8..len]);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
     // The length goes last: a reader that sees a non-zero length in a
     // pre-zeroed segment after a crash also sees a CRC over what follows.
@@ -118,7 +118,7 @@ pub fn encode_into(
 /// Writes the segment-end marker for position `pos` into `buf[..8]`.
 pub(crate) fn encode_skip(buf: &mut [u8], pos: u64) {
     buf[0..4].copy_from_slice(&SKIP_MARKER.to_le_bytes());
-    buf[4..8].copy_from_slice(&crc32fast::hash(&pos.to_le_bytes()).to_le_bytes());
+    buf[4..8].copy_from_slice(&crate::proto::checksum::crc(&pos.to_le_bytes()).to_le_bytes());
 }
 
 /// What is found at a position of a log or a frame.
@@ -196,7 +196,7 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
             });
         }
         let stored = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-        if stored != crc32fast::hash(&pos.to_le_bytes()) {
+        if stored != crate::proto::checksum::crc(&pos.to_le_bytes()) {
             return Err(RecordError::BadSkip { pos });
         }
         return Ok(Decoded::Skip);
@@ -217,7 +217,7 @@ pub fn decode(buf: &[u8], pos: u64, record_bytes_max: usize) -> Result<Decoded<'
         });
     }
     let stored = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-    let computed = crc32fast::hash(&buf[8..len]);
+    let computed = crate::proto::checksum::crc(&buf[8..len]);
     if stored != computed {
         return Err(RecordError::BadCrc {
             pos,

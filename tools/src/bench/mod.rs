@@ -14,7 +14,12 @@
 //!   `--rate-limit` when one is set.
 //! - `recovery`: write `--volume` of log, close it, time `Log::open` (the recovery
 //!   scan) and `Node::start` (scan + replay through `Apply`).
+//! - `loopback`: one TCP stream on 127.0.0.1 between two threads, bytes/s: the
+//!   ceiling of any replication stream on this machine, measured beside it.
 //! - `report`: merge hs and Redis results, print the side-by-side table, write SVGs.
+//!
+//! With `--runs` > 1 the JSON line is the median of each number, with the
+//! runs' `min` and `max` of each beside it.
 //!
 //! Record size means the value's bytes (as `redis-benchmark -d`); keys are 16
 //! bytes, `key:000000001234`, like redis-benchmark's `-r` keys.
@@ -51,6 +56,8 @@ enum Cmd {
     Catchup(CatchupArgs),
     /// Time to reopen (recover) a log of a given volume.
     Recovery(RecoveryArgs),
+    /// One loopback TCP stream between two threads: bytes/s (the ceiling).
+    Loopback(LoopbackArgs),
     /// Merge hs and Redis results: side-by-side table, JSON and SVG plots.
     Report(report::ReportArgs),
     /// The slave side (started by the other scenarios).
@@ -83,6 +90,9 @@ pub struct Common {
     /// What the slave's `Apply` does: count (touch each record) or kv (a HashMap, as a Redis replica's dict).
     #[arg(long, default_value = "count")]
     pub apply: String,
+    /// Microseconds both nodes spin before parking (`Config::spin_us`).
+    #[arg(long, default_value_t = hs::Config::new("").spin_us)]
+    pub spin_us: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -138,6 +148,18 @@ pub struct CatchupArgs {
     /// Distinct keys (default: every record its own key, as a filled Redis).
     #[arg(long, default_value_t = 0)]
     pub keys: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LoopbackArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds of writing per run.
+    #[arg(long, default_value_t = 2.0)]
+    pub secs: f64,
+    /// Bytes per write call (as the sender's largest Data frame).
+    #[arg(long, default_value_t = 256 << 10)]
+    pub write_bytes: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -199,6 +221,7 @@ pub fn main() -> ExitCode {
         Cmd::Recovery(a) => runs(&a.common.clone(), "recovery", |dir| {
             scenarios::recovery(&a, dir)
         }),
+        Cmd::Loopback(a) => runs(&a.common.clone(), "loopback", |_| scenarios::loopback(&a)),
         Cmd::Report(a) => report::run(&a),
         Cmd::Slave(a) => slave::run(&a),
     };
@@ -283,6 +306,20 @@ fn median_row(rows: &[Row]) -> Row {
         } else {
             out.insert(k.clone(), v.clone());
         }
+    }
+    // The spread beside the median: `min` and `max` of each number over the runs.
+    if rows.len() > 1 {
+        let (mut lo, mut hi) = (Row::new(), Row::new());
+        for (k, v) in first {
+            if !v.is_number() {
+                continue;
+            }
+            let xs = rows.iter().filter_map(|r| r.get(k).and_then(Value::as_f64));
+            lo.insert(k.clone(), num(xs.clone().fold(f64::INFINITY, f64::min)));
+            hi.insert(k.clone(), num(xs.fold(f64::NEG_INFINITY, f64::max)));
+        }
+        out.insert("min".into(), Value::Object(lo));
+        out.insert("max".into(), Value::Object(hi));
     }
     out.insert("runs".into(), json!(rows.len()));
     out

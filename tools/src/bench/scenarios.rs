@@ -10,8 +10,8 @@ use hs::{Apply, Config, Durability, FlushPolicy, Node, Op, RecordRef, Role};
 use serde_json::json;
 
 use super::{
-    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, RecoveryArgs, ReplicateArgs, Row,
-    SlaveProc,
+    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, LoopbackArgs, RecoveryArgs,
+    ReplicateArgs, Row, SlaveProc,
 };
 
 /// Retention for benchmark logs: large enough that compaction never runs
@@ -45,6 +45,7 @@ fn master_config(c: &Common, dir: &Path) -> Result<Config, String> {
     cfg.segment_bytes = c.segment_bytes;
     cfg.batch_bytes_max = c.batch_bytes;
     cfg.retention_bytes_max = RETENTION_BYTES;
+    cfg.spin_us = c.spin_us;
     cfg.flush = tools::cli::parse_flush(&c.flush)?;
     // A publisher outrunning segment preparation waits rather than failing.
     cfg.publish_timeout_ms = 2000;
@@ -72,6 +73,8 @@ fn spawn_slave(c: &Common, dir: &Path, master: &Node, apply: &str) -> Result<Sla
         c.segment_bytes.to_string(),
         "--batch-bytes".into(),
         c.batch_bytes.to_string(),
+        "--spin-us".into(),
+        c.spin_us.to_string(),
     ];
     let mut p = SlaveProc::spawn(&args)?;
     p.expect("READY", SLAVE_START_TIMEOUT)?;
@@ -451,5 +454,44 @@ pub fn recovery(a: &RecoveryArgs, dir: &Path) -> Result<Row, String> {
         "bytes_per_s".into(),
         num((tail as f64 / open.as_secs_f64()).round()),
     );
+    Ok(r)
+}
+
+/// One TCP stream on 127.0.0.1: a thread writes `write_bytes` at a time for
+/// `secs`, another reads and discards. What any replication stream here can
+/// reach at most.
+pub fn loopback(a: &LoopbackArgs) -> Result<Row, String> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || -> Result<u64, String> {
+        let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(n),
+                Ok(k) => n += k as u64,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    });
+    let mut w = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let _ = w.set_nodelay(true);
+    let buf = vec![7u8; a.write_bytes.max(1)];
+    let secs = Duration::from_secs_f64(a.secs);
+    let t0 = Instant::now();
+    while t0.elapsed() < secs {
+        w.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    }
+    drop(w);
+    let got = reader.join().map_err(|_| "reader panicked".to_string())??;
+    let el = t0.elapsed().as_secs_f64();
+    let mut r = Row::new();
+    r.insert("scenario".into(), json!("loopback"));
+    r.insert("write_bytes".into(), json!(a.write_bytes));
+    r.insert("bytes".into(), json!(got));
+    r.insert("secs".into(), num((el * 1000.0).round() / 1000.0));
+    r.insert("bytes_per_s".into(), num((got as f64 / el).round()));
     Ok(r)
 }

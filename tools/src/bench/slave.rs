@@ -31,6 +31,8 @@ pub struct SlaveArgs {
     pub segment_bytes: u64,
     #[arg(long, default_value_t = 256 << 10)]
     pub batch_bytes: usize,
+    #[arg(long, default_value_t = hs::Config::new("").spin_us)]
+    pub spin_us: u64,
 }
 
 /// Latency samples are nanoseconds from 1 ns to 60 s, 3 significant digits.
@@ -152,6 +154,7 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
     cfg.segment_bytes = a.segment_bytes;
     cfg.batch_bytes_max = a.batch_bytes;
     cfg.retention_bytes_max = super::scenarios::RETENTION_BYTES;
+    cfg.spin_us = a.spin_us;
     cfg.flush = tools::cli::parse_flush(&a.flush)?;
     let counters = Arc::new(Counters::default());
     let hist = (a.apply == "latency").then(|| Arc::new(Mutex::new(new_histogram())));
