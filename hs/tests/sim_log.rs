@@ -132,6 +132,8 @@ struct Stats {
     crashes_inside_a_step: u64,
     sync_errors: u64,
     disk_full_refusals: u64,
+    /// Spares made from retired segments (summed over every log opened).
+    segments_recycled: u64,
 }
 
 fn dir() -> PathBuf {
@@ -322,6 +324,7 @@ impl Sim {
 
     /// Drops the running log and opens the disk a crash of `kind` left.
     fn reopen_from(&mut self, image: MemStorage, kind: Crash, before: &Model, after: &Model) {
+        self.stats.segments_recycled += self.log().segments_recycled();
         self.log = None;
         self.disk = image;
         self.failed = false;
@@ -597,6 +600,7 @@ fn the_log_keeps_its_promises_across_crashes_power_cuts_and_failing_disks() {
     for &seed in &seeds {
         let mut sim = Sim::new(seed);
         sim.run(steps);
+        sim.stats.segments_recycled += sim.log().segments_recycled();
         let s = sim.stats;
         total.appends += s.appends;
         total.flushes += s.flushes;
@@ -607,6 +611,7 @@ fn the_log_keeps_its_promises_across_crashes_power_cuts_and_failing_disks() {
         total.crashes_inside_a_step += s.crashes_inside_a_step;
         total.sync_errors += s.sync_errors;
         total.disk_full_refusals += s.disk_full_refusals;
+        total.segments_recycled += s.segments_recycled;
     }
     println!(
         "{} seeds x {steps} steps in {:.1} s: {total:?}",
@@ -617,5 +622,9 @@ fn the_log_keeps_its_promises_across_crashes_power_cuts_and_failing_disks() {
     if seeds.len() >= 100 {
         assert!(total.power_cuts > 0 && total.crashes_inside_a_step > 0 && total.sync_errors > 0);
         assert!(total.disk_full_refusals > 0 && total.truncates > 0 && total.compactions > 0);
+        assert!(
+            total.segments_recycled > 0,
+            "no retired segment was ever recycled"
+        );
     }
 }
