@@ -9,6 +9,10 @@
 #
 #   scripts/fuzz.sh <crate>/fuzz [seconds] [target ...]
 #   CARGO_TARGET_DIR=/somewhere scripts/fuzz.sh hs/fuzz 10 frame_payload
+#   FUZZ_SANITIZER=none scripts/fuzz.sh gameserver/fuzz 10
+# FUZZ_SANITIZER (default address) is cargo-fuzz's -s: `none` builds about
+# twice as fast and runs faster; AddressSanitizer only adds checks to unsafe
+# code, which a crate of safe decoders does not reach.
 set -euo pipefail
 
 here="$(cd "${1:?usage: $0 <crate>/fuzz [seconds] [target ...]}" && pwd)"
@@ -38,7 +42,7 @@ scratch="$target_dir/fuzz-corpus"
 triple="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 # Build once, then run the binaries: `cargo fuzz run` would rebuild the
 # whole tree whenever a source changed in between.
-cargo +nightly fuzz build
+cargo +nightly fuzz build -s "${FUZZ_SANITIZER:-address}"
 failed=()
 for t in "${targets[@]}"; do
   mkdir -p "$scratch/$t" "$here/artifacts/$t"
