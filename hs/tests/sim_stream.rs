@@ -842,23 +842,9 @@ impl Sim {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
-    })
-}
-
 #[test]
 fn replication_keeps_its_promises_through_cuts_crashes_failovers_and_a_broken_network() {
-    let steps = env_u64("HS_SIM_STEPS").unwrap_or(STEPS_DEFAULT);
-    let seeds: Vec<u64> = match env_u64("HS_SIM_SEED") {
-        Some(s) => vec![s],
-        None => {
-            let first = env_u64("HS_SIM_FIRST_SEED").unwrap_or(1);
-            (first..first + env_u64("HS_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect()
-        }
-    };
+    let (seeds, steps) = testkit::sim_seeds(SEEDS_DEFAULT, STEPS_DEFAULT);
     let t0 = Instant::now();
     let mut total = Stats::default();
     for &seed in &seeds {

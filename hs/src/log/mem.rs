@@ -389,6 +389,15 @@ impl fmt::Debug for MemStorage {
 }
 
 impl MemStorage {
+    /// A mapping of `inode` (whose pages are `pages`) on this disk.
+    fn region(&self, pages: Arc<Pages>, inode: Arc<Inode>) -> Box<dyn Region> {
+        Box::new(MemRegion {
+            pages,
+            inode,
+            fs: self.fs.clone(),
+        })
+    }
+
     /// An empty disk; `seed` drives every random choice it makes.
     pub fn new(seed: u64) -> MemStorage {
         MemStorage {
@@ -662,11 +671,7 @@ impl Storage for MemStorage {
         let pages = Arc::new(Pages::from_vec(vec![0u8; len as usize]));
         let inode = Inode::new(Data::Mapped(pages.clone()), Vec::new());
         fs.link(path, inode.clone())?;
-        Ok(Box::new(MemRegion {
-            pages,
-            inode,
-            fs: self.fs.clone(),
-        }))
+        Ok(self.region(pages, inode))
     }
 
     fn open_mapped(&self, path: &Path) -> io::Result<Box<dyn Region>> {
@@ -684,11 +689,7 @@ impl Storage for MemStorage {
                 }
             }
         };
-        Ok(Box::new(MemRegion {
-            pages,
-            inode,
-            fs: self.fs.clone(),
-        }))
+        Ok(self.region(pages, inode))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {

@@ -112,6 +112,28 @@ pub fn temp_dir(tag: &str) -> tempfile::TempDir {
         .unwrap_or_else(|e| panic!("cannot make a temp dir for {tag}: {e}"))
 }
 
+/// What a deterministic simulation runs: `HS_SIM_SEED=<n>` replays one seed;
+/// otherwise `HS_SIM_SEEDS` seeds (default `seeds`) from `HS_SIM_FIRST_SEED`
+/// (default 1); `HS_SIM_STEPS` steps each (default `steps`). Returns
+/// (seeds, steps).
+pub fn sim_seeds(seeds: u64, steps: u64) -> (Vec<u64>, u64) {
+    fn env(name: &str) -> Option<u64> {
+        std::env::var(name).ok().map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
+        })
+    }
+    let steps = env("HS_SIM_STEPS").unwrap_or(steps);
+    let list = match env("HS_SIM_SEED") {
+        Some(s) => vec![s],
+        None => {
+            let first = env("HS_SIM_FIRST_SEED").unwrap_or(1);
+            (first..first + env("HS_SIM_SEEDS").unwrap_or(seeds)).collect()
+        }
+    };
+    (list, steps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
