@@ -18,8 +18,10 @@ use super::net::{
 };
 use super::{Event, Outcome, Shared};
 use crate::proto::catchup::{decide, Decision, MasterView, SlaveView};
-use crate::proto::election::{lease_ms, CALL_AFTER_QUIET_TICKS};
 use crate::proto::frame::{code, Action, Frame};
+use crate::proto::role::{
+    after_call, after_renewal, lease_holds, may_fence, should_call_peer, Lease, Renewal,
+};
 use crate::proto::stream::{MasterConfig, MasterEvent, MasterStream, MasterTransmit};
 
 /// How long a connecting slave has to say Hello.
@@ -162,11 +164,7 @@ pub async fn run(s: Arc<Shared>, listener: Arc<tokio::net::TcpListener>) -> Outc
 /// newer epoch means another node is master: step down.
 async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
     let hb = Duration::from_millis(s.cfg.heartbeat_interval_ms);
-    let lease = Duration::from_millis(lease_ms(
-        s.cfg.heartbeat_interval_ms,
-        s.cfg.heartbeat_dead_ticks,
-    ))
-    .as_nanos() as u64;
+    let cfg = s.role_config();
     // The connection of the latest granted renewal, held open until the next
     // one is answered: the witness takes its close (this process's death) as
     // proof beside a refusal it confirms itself.
@@ -187,21 +185,20 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             }
             r
         });
-        match answer {
-            Some(r) if r.granted => s.renew_lease(sent + lease),
-            Some(r) if r.epoch > epoch => {
-                s.request_step_down(format!(
-                    "the witness holds epoch {} (node {}): this master is stale",
-                    r.epoch, r.holder
-                ));
+        match after_renewal(&cfg, epoch, sent, answer.as_ref()) {
+            Renewal::Extend(until) => s.renew_lease(until),
+            Renewal::StepDown(why) => {
+                s.request_step_down(why);
                 return;
             }
-            Some(r) => tracing::warn!(
-                epoch = r.epoch,
-                holder = r.holder,
-                "witness refused the lease renewal"
-            ),
-            None => tracing::debug!("witness unreachable"),
+            Renewal::Nothing => match answer {
+                Some(r) => tracing::warn!(
+                    epoch = r.epoch,
+                    holder = r.holder,
+                    "witness refused the lease renewal"
+                ),
+                None => tracing::debug!("witness unreachable"),
+            },
         }
         tokio::time::sleep(hb).await;
     }
@@ -218,11 +215,11 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
 ///   steps down (then follows it). A peer at an older epoch is fenced by the Hello.
 async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
     let tick = Duration::from_millis(s.cfg.heartbeat_interval_ms);
-    let quiet_ns = (tick * CALL_AFTER_QUIET_TICKS as u32).as_nanos() as u64;
+    let cfg = s.role_config();
     loop {
         tokio::time::sleep(tick).await;
         let heard = s.link.last_slave_frame_ns.load(Ordering::Acquire);
-        if heard != 0 && s.now_ns().saturating_sub(heard) < quiet_ns {
+        if !should_call_peer(&cfg, s.now_ns(), heard) {
             continue;
         }
         let ask = async {
@@ -257,10 +254,8 @@ async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
             ..
         }) = answer
         {
-            if theirs > epoch {
-                s.request_step_down(format!(
-                    "the peer at {peer} (node {node}) serves as master at epoch {theirs}, newer than this master's {epoch}"
-                ));
+            if let Some(why) = after_call(epoch, theirs, node) {
+                s.request_step_down(format!("{why} (at {peer})"));
                 return;
             }
         }
@@ -271,16 +266,11 @@ async fn look_for_a_newer_master(s: Arc<Shared>, peer: SocketAddr, epoch: u32) {
 /// down: by then its slave may have been promoted.
 async fn watch_lease(s: Arc<Shared>) {
     // A fresh master gets one lease period to hear from its slave or the witness.
-    let grace = Duration::from_millis(lease_ms(
-        s.cfg.heartbeat_interval_ms,
-        s.cfg.heartbeat_dead_ticks,
-    ))
-    .as_nanos() as u64;
-    s.renew_lease(s.now_ns() + grace);
+    s.renew_lease(Lease::start(&s.role_config(), true, s.now_ns()).until_ns);
     loop {
         let until = s.lease.until_ns.load(Ordering::Acquire);
         let now = s.now_ns();
-        if now >= until {
+        if !lease_holds(true, until, now) {
             s.request_step_down(
                 "lease expired: neither the slave nor the witness confirmed this master in time"
                     .into(),
@@ -370,14 +360,7 @@ async fn handshake(
     if epoch > mine.epoch {
         // Only the pair's other node may fence this master. A lone master has none;
         // without a secret, a known peer is known by its id.
-        let stranger = if s.cfg.peer.is_none() {
-            Some("this master serves alone (no `peer`): no Hello can fence it")
-        } else if hs.is_none() && mine.peer != 0 && node != mine.peer {
-            Some("the Hello is not from this pair's other node")
-        } else {
-            None
-        };
-        if let Some(why) = stranger {
+        if let Err(why) = may_fence(s.cfg.peer.is_some(), hs.is_some(), mine.peer, node) {
             let msg = format!("refused a Hello of epoch {epoch} from node {node} at {addr}: {why}");
             let _ = write_first(
                 &mut wr,
@@ -518,12 +501,10 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
             catchup_rate_bytes_per_s: s.cfg.catchup_rate_bytes_per_s,
             batch_bytes_max: s.cfg.batch_bytes_max,
             frame_bytes_max: s.cfg.frame_bytes_max(),
-            lease: s.lease.required.then(|| {
-                Duration::from_millis(lease_ms(
-                    s.cfg.heartbeat_interval_ms,
-                    s.cfg.heartbeat_dead_ticks,
-                ))
-            }),
+            lease: s
+                .lease
+                .required
+                .then(|| Duration::from_nanos(s.role_config().lease_ns())),
         },
         start,
         snapshot.as_ref().map(|src| src.len()),

@@ -543,6 +543,17 @@ pub(crate) struct Lease {
 }
 
 impl Shared {
+    /// What the role decisions (`proto::role`) need of the configuration.
+    pub fn role_config(&self) -> crate::proto::role::RoleConfig {
+        crate::proto::role::RoleConfig {
+            heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
+            heartbeat_dead_ticks: self.cfg.heartbeat_dead_ticks,
+            has_witness: self.cfg.witness.is_some(),
+            accept_split_risk: self.cfg.accept_split_risk,
+            prefer_master: self.prefer_master,
+        }
+    }
+
     /// Monotonic nanoseconds since this node started.
     pub fn now_ns(&self) -> u64 {
         self.clock.elapsed().as_nanos() as u64
@@ -863,8 +874,13 @@ impl Node {
         // The lease watcher clears `writable` when the lease ends, but a process
         // resumed after a long stop must not take a write before it runs: the lease
         // is checked under the append lock, so no stop between check and write.
-        let lease_holds =
-            || !s.lease.required || s.now_ns() < s.lease.until_ns.load(Ordering::Acquire);
+        let lease_holds = || {
+            crate::proto::role::lease_holds(
+                s.lease.required,
+                s.lease.until_ns.load(Ordering::Acquire),
+                s.now_ns(),
+            )
+        };
         let r = if s.cfg.publish_timeout_ms == 0 {
             s.log.append_if(op, key, value, lease_holds)
         } else {

@@ -16,10 +16,12 @@ use super::net::{
 use super::{Event, FlushPolicy, Outcome, Role, Shared};
 use crate::log::for_each_checked;
 use crate::log::snapshot::{for_each_entry, Incoming};
-use crate::proto::election::{
-    lease_ms, next_epoch, refusal_hold_ms, settle, verdict, Cause, Rank, Verdict,
-};
+use crate::proto::election::{Cause, Rank};
 use crate::proto::frame::{code, Action, Frame};
+use crate::proto::role::{
+    accept_welcome, after_probe, after_session, consider, promotion_granted, retry_wait,
+    witness_epoch_seen, AfterSession, Follow, Heard, Probe, SessionEnd, SlaveLog, Step,
+};
 use crate::proto::stream::{SlaveAction, SlaveConfig, SlaveStream, StreamError};
 
 /// How long connecting and the Welcome may take.
@@ -48,6 +50,8 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
     );
     let mut backoff = min;
     let mut attempt = 0u64;
+    // The highest epoch the witness said it holds for the pair.
+    let mut witness_epoch = 0;
     while !s.is_shutdown() {
         attempt += 1;
         let span = tracing::info_span!("master_conn", attempt, %peer);
@@ -72,10 +76,10 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
             s.set_role(Role::Candidate, "lost the master");
         }
         let mut peer_epoch = 0;
-        let cause = match r {
+        let next = match r {
             Ok(End::Shutdown) => return Outcome::Shutdown,
-            Ok(End::Handover) => Some(Cause::Handover),
-            Ok(_) => None,
+            Ok(End::Handover) => AfterSession::Consider(Cause::Handover),
+            Ok(_) => AfterSession::Retry,
             Err(Failure {
                 err,
                 connected,
@@ -99,34 +103,40 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                     tracing::debug!(error = %err, ?backoff, "no master at the peer yet");
                 }
                 s.link.reconnects.fetch_add(1, Ordering::Relaxed);
-                match end {
+                let end = match end {
                     End::PeerStatus(p) => {
                         peer_epoch = p.epoch;
-                        settle(my_rank(&s), p).then_some(Cause::Settled)
+                        SessionEnd::PeerStatus(p)
                     }
-                    End::Silent => Some(Cause::MasterSilent),
-                    // The connection ended without a goodbye: knock once. Refused means
-                    // the master's process is gone, or something in between refuses
-                    // for it (confirmed before promoting: `try_promote`); an answer
-                    // means it lives (follow it again); no answer means it may be cut
-                    // off (treat as silence).
-                    End::Closed if connected => {
-                        match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer)).await {
+                    End::Silent => SessionEnd::Silent,
+                    End::Closed => SessionEnd::Closed,
+                    End::ConnectRefused => SessionEnd::ConnectRefused,
+                    End::ConnectTimeout => SessionEnd::ConnectTimeout,
+                    End::Shutdown | End::Handover | End::Other => SessionEnd::Other,
+                };
+                match after_session(end, connected, connected_before(&s), my_rank(&s)) {
+                    AfterSession::Probe => {
+                        let p = match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(peer))
+                            .await
+                        {
                             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                                Some(Cause::MasterRefused)
+                                Probe::Refused
                             }
-                            Ok(_) => None,
-                            Err(_) => Some(Cause::MasterSilent),
-                        }
+                            Ok(_) => Probe::Answered,
+                            Err(_) => Probe::NoAnswer,
+                        };
+                        after_probe(p)
                     }
-                    End::ConnectRefused if connected_before(&s) => Some(Cause::MasterRefused),
-                    End::ConnectRefused | End::ConnectTimeout => Some(Cause::PeerUnreachable),
-                    _ => None,
+                    next => next,
                 }
             }
         };
+        let cause = match next {
+            AfterSession::Consider(c) => Some(c),
+            AfterSession::Probe | AfterSession::Retry => None,
+        };
         if let (Some(cause), true) = (cause, can_promote) {
-            if let Some(why) = try_promote(&s, cause, peer_epoch).await {
+            if let Some(why) = try_promote(&s, cause, peer_epoch, &mut witness_epoch).await {
                 return Outcome::Promoted(why);
             }
         }
@@ -137,11 +147,7 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
         }
         // A promotion that was refused (the witness still hears the master, or the
         // peer outranks us) is retried within a tick, not after a long backoff.
-        let wait = if cause.is_some() {
-            min.min(Duration::from_millis(s.cfg.heartbeat_interval_ms))
-        } else {
-            backoff
-        };
+        let wait = retry_wait(&s.role_config(), cause.is_some(), backoff, min);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown => return Outcome::Shutdown,
@@ -155,12 +161,13 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
 /// fenced it): it asks the witness to serve again every tick, until shutdown.
 async fn lone(s: &Arc<Shared>) -> Outcome {
     let tick = Duration::from_millis(s.cfg.heartbeat_interval_ms);
+    let mut witness_epoch = 0;
     loop {
         let shutdown = s.shutdown_notify.notified();
         if s.is_shutdown() || s.poisoned() {
             return Outcome::Shutdown;
         }
-        if let Some(why) = try_promote(s, Cause::PeerUnreachable, 0).await {
+        if let Some(why) = try_promote(s, Cause::PeerUnreachable, 0, &mut witness_epoch).await {
             return Outcome::Promoted(why);
         }
         tokio::select! {
@@ -189,108 +196,76 @@ fn my_rank(s: &Shared) -> Rank {
 
 /// Decides on promotion for `cause`, asking the witness where the policy says
 /// so; on yes, makes epoch+1 durable before anything is served in it.
-async fn try_promote(s: &Arc<Shared>, cause: Cause, peer_epoch: u32) -> Option<String> {
-    if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable) {
-        // The old master's lease may still run on acks this node sent (maybe in a
-        // previous life): only a full silence period heard by this node ends it.
-        let silence_ns =
-            Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
-                .as_nanos() as u64;
-        if s.now_ns()
-            .saturating_sub(s.link.last_master_frame_ns.load(Ordering::Acquire))
-            < silence_ns
-        {
-            tracing::debug!(
-                ?cause,
-                "not promoting yet: a master may still hold a lease on our acks"
-            );
+async fn try_promote(
+    s: &Arc<Shared>,
+    cause: Cause,
+    peer_epoch: u32,
+    witness_epoch: &mut u32,
+) -> Option<String> {
+    let cfg = s.role_config();
+    let heard = Heard {
+        now_ns: s.now_ns(),
+        last_master_frame_ns: s.link.last_master_frame_ns.load(Ordering::Acquire),
+        master_called_ns: s.link.master_called_ns.load(Ordering::Acquire),
+    };
+    let meta = s.log.meta();
+    let epoch = match consider(
+        &cfg,
+        cause,
+        heard,
+        meta.epoch.max(peer_epoch).max(*witness_epoch),
+        s.node_id,
+        meta.peer,
+    ) {
+        Step::Wait(why) => {
+            tracing::debug!(?cause, "not promoting yet: {why}");
             return None;
         }
-    }
-    let meta = s.log.meta();
-    let epoch = next_epoch(meta.epoch.max(peer_epoch), s.node_id, meta.peer);
-    let yes = match verdict(
-        cause,
-        s.cfg.witness.is_some(),
-        s.cfg.accept_split_risk,
-        s.prefer_master,
-    ) {
-        Verdict::Refuse => {
-            tracing::warn!(?cause, "not promoting: without a witness, silence alone must not make a second master (set accept_split_risk to allow it)");
-            false
+        Step::Refuse(why) => {
+            tracing::warn!(?cause, "not promoting: {why}");
+            return None;
         }
-        Verdict::Promote => true,
-        Verdict::Confirm => {
-            // Refused, but a filter or relay in front of a live master refuses too.
-            // A live master whose slave is gone calls this node every tick: only
-            // silence from it — no frame, no call — for the whole hold confirms.
-            let hold = Duration::from_millis(refusal_hold_ms(
-                s.cfg.heartbeat_interval_ms,
-                s.cfg.heartbeat_dead_ticks,
-            ))
-            .as_nanos() as u64;
-            let heard = s
-                .link
-                .last_master_frame_ns
-                .load(Ordering::Acquire)
-                .max(s.link.master_called_ns.load(Ordering::Acquire));
-            let quiet = s.now_ns().saturating_sub(heard);
-            if quiet < hold {
-                tracing::debug!(
-                    quiet_ms = quiet / 1_000_000,
-                    "the master's port refuses; not promoting until it has been quiet for the whole hold"
-                );
-                return None;
-            }
-            true
-        }
-        Verdict::AskWitness => {
-            let w = s.cfg.witness.expect("verdict asks only when there is one");
+        Step::Promote { epoch } => epoch,
+        Step::AskWitness { epoch, dead } => {
+            let w = s
+                .cfg
+                .witness
+                .expect("the policy asks only when there is one");
             let sent = s.now_ns();
             let req = crate::proto::witness::Request::Promote {
                 pair: s.cfg.pair_id,
                 node: s.node_id,
                 epoch,
                 // The witness tries the master itself: a refusal it gets too is the proof.
-                dead: cause == Cause::MasterRefused,
+                dead,
             };
-            match super::witness::ask_with(
+            let reply = super::witness::ask_with(
                 w,
                 req,
                 Duration::from_millis(s.cfg.heartbeat_interval_ms.max(50) * 2),
                 s.cfg.secret.as_ref(),
             )
-            .await
-            {
-                Some(r) if r.granted => {
-                    let lease = Duration::from_millis(lease_ms(
-                        s.cfg.heartbeat_interval_ms,
-                        s.cfg.heartbeat_dead_ticks,
-                    ))
-                    .as_nanos() as u64;
-                    s.renew_lease(sent + lease);
-                    true
-                }
-                Some(r) => {
+            .await;
+            *witness_epoch = witness_epoch_seen(*witness_epoch, reply.as_ref());
+            match (promotion_granted(&cfg, sent, reply.as_ref()), reply) {
+                (Some(until), _) => s.renew_lease(until),
+                (None, Some(r)) => {
                     tracing::warn!(
                         ?cause,
                         witness_epoch = r.epoch,
                         holder = r.holder,
                         "the witness refused the promotion"
                     );
-                    false
+                    return None;
                 }
-                // Every promotion needs the witness's grant, or epochs could be reused.
-                None => {
+                (None, None) => {
                     tracing::warn!(?cause, "the witness cannot be reached: not promoting");
-                    false
+                    return None;
                 }
             }
+            epoch
         }
     };
-    if !yes {
-        return None;
-    }
     if let Err(e) = s.log.set_epoch(epoch) {
         tracing::error!(error = %e, "cannot make the new epoch durable; not promoting");
         return None;
@@ -516,60 +491,43 @@ async fn follow(
         }
         other => return Err(proto_err(format!("expected Welcome, got {other:?}")).into()),
     };
-    if epoch < meta.epoch {
-        let msg = format!(
-            "master is at epoch {epoch}, this node has seen {}: refusing a stale master",
-            meta.epoch
-        );
-        let _ = write_frame(
-            &mut wr,
-            &Frame::Error {
-                code: code::FENCED,
-                message: msg.clone(),
-            },
-        )
-        .await;
-        return Err(proto_err(msg).into());
-    }
-    if history == 0 {
-        return Err(proto_err("master sent no history id").into());
-    }
-    if segment_bytes % 4096 != 0 || segment_bytes == 0 {
-        return Err(proto_err(format!(
-            "master's segment size {segment_bytes} is not a multiple of 4096"
-        ))
-        .into());
-    }
+    let follow = accept_welcome(
+        SlaveLog {
+            history: meta.history,
+            epoch: meta.epoch,
+            tail: log.tail(),
+        },
+        history,
+        epoch,
+        segment_bytes,
+        action,
+        start,
+    );
+    let follow = match follow {
+        Ok(f) => f,
+        Err(msg) => {
+            if epoch < meta.epoch {
+                // Tell the stale master why, so it steps down.
+                let _ = write_frame(
+                    &mut wr,
+                    &Frame::Error {
+                        code: code::FENCED,
+                        message: msg.clone(),
+                    },
+                )
+                .await;
+            }
+            return Err(proto_err(msg).into());
+        }
+    };
     let map_log = |e: crate::log::LogError| proto_err(format!("log: {e}"));
     // A frame the master sent while a resync's snapshot was still loading.
     let mut pending: Option<Frame> = None;
-    match action {
-        Action::Continue => {
-            if meta.history == 0 {
-                if start != 0 {
-                    return Err(proto_err(
-                        "master continues an empty slave at a non-zero position",
-                    )
-                    .into());
-                }
-                log.adopt_history(history, segment_bytes).map_err(map_log)?;
-            } else if history != meta.history || start != log.tail() {
-                return Err(proto_err(format!(
-                    "master continues at {start} of history {history:x}; we are at {} of {:x}",
-                    log.tail(),
-                    meta.history
-                ))
-                .into());
-            }
-        }
-        Action::Truncate => {
+    match follow {
+        Follow::Adopt => log.adopt_history(history, segment_bytes).map_err(map_log)?,
+        Follow::Continue => {}
+        Follow::Truncate => {
             let old = log.tail();
-            if history != meta.history || start > old {
-                return Err(proto_err(format!(
-                    "master asks to truncate to {start}, our tail is {old}"
-                ))
-                .into());
-            }
             let records = log.truncate(start).map_err(map_log)?;
             // The application saw records past `start`: rebuild it without them.
             s.replay()
@@ -586,7 +544,7 @@ async fn follow(
                 records,
             });
         }
-        Action::Resync => {
+        Follow::Resync => {
             let keys = resync(
                 s,
                 &mut reader,

@@ -18,5 +18,6 @@ pub mod frame;
 pub(crate) mod heartbeat;
 pub mod ratelimit;
 pub mod record;
+pub mod role;
 pub mod stream;
 pub mod witness;

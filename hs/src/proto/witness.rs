@@ -197,6 +197,13 @@ impl Witness {
                 let fresh = now.saturating_duration_since(started) <= self.hold;
                 let hold = self.hold;
                 match self.pairs.get(&pair) {
+                    // The holder asks again for the epoch it was granted: its
+                    // grant never became durable (a failed sync, a crash in
+                    // between), so it never served in it. Granted again, or
+                    // the pair would wait forever for an epoch nobody holds.
+                    Some(p) if p.holder == node && p.epoch == epoch => {
+                        self.record(now, pair, node, epoch, p.addr)
+                    }
                     Some(p) if epoch <= p.epoch => refuse(p),
                     // Refused both to the requester and to the witness, but the
                     // holder still renews and holds its renewal link open:
@@ -233,6 +240,27 @@ impl Witness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_that_never_became_durable_is_granted_again_to_its_holder_only() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = Witness::new(Duration::from_millis(300));
+        let promote = |node, epoch| Request::Promote {
+            pair: 1,
+            node,
+            epoch,
+            dead: false,
+        };
+        assert!(!w.handle(ms(0), promote(20, 3)).granted, "fresh");
+        assert!(w.handle(ms(400), promote(20, 3)).granted);
+        // Node 20 failed to make epoch 3 durable and asks again: granted.
+        assert!(w.handle(ms(410), promote(20, 3)).granted);
+        // Nobody else gets it, nor anything at or below it.
+        assert!(!w.handle(ms(420), promote(10, 3)).granted);
+        assert!(!w.handle(ms(420), promote(10, 2)).granted);
+        assert!(!w.handle(ms(420), promote(20, 2)).granted);
+    }
 
     #[test]
     fn grants_only_newer_epochs_and_only_when_the_master_is_silent() {
