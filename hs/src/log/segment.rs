@@ -253,7 +253,7 @@ impl Segment {
     /// Only the log's appender, holding the append lock, writing at or past the
     /// committed tail (or truncating on a slave with no reader past the new tail).
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, pos: u64, len: usize) -> &mut [u8] {
+    pub(crate) unsafe fn slice_mut(&self, pos: u64, len: usize) -> &mut [u8] {
         assert!(self.contains(pos, len), "write outside segment");
         let off = SEGMENT_HEADER_BYTES + (pos - self.base) as usize;
         // SAFETY: in bounds, and the caller guarantees exclusive access to the range.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::proto::record::{self, Op};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
