@@ -17,8 +17,8 @@
 //! any two of the three, one-way too (a blocked direction holds its frames, as
 //! TCP does, until the connection times out); a filter on a node's host that
 //! refuses every connection to it while it lives; frames duplicated and
-//! reordered (the receiver must end the session); syncs that fail; the
-//! witness restarting with nothing remembered.
+//! reordered (the receiver must end the session); syncs that fail; a full
+//! disk; planned switchovers; the witness restarting with nothing remembered.
 //!
 //! After every step it checks:
 //! 1. never two nodes that accept writes at the same instant (master, up, and
@@ -52,13 +52,14 @@ use hs::proto::role::{
     Heard, Lease, Probe, Renewal, RoleConfig, SessionEnd, SlaveLog, Step,
 };
 use hs::proto::stream::{
-    MasterConfig, MasterStream, MasterTransmit, SlaveAction, SlaveConfig, SlaveStream, StreamError,
+    MasterConfig, MasterStream, MasterTransmit, Receive, SlaveAction, SlaveConfig, SlaveStream,
+    SnapshotReceiver, StreamError,
 };
 use hs::proto::witness::{Reply, Request, Witness};
 use hs::Op;
 
 const SEGMENT_BYTES: u64 = 4096;
-const SEEDS_DEFAULT: u64 = 300;
+const SEEDS_DEFAULT: u64 = 500;
 const STEPS_DEFAULT: u64 = 1500;
 const HEARTBEAT_MS: u64 = 50;
 const DEAD_TICKS: u32 = 5;
@@ -67,6 +68,8 @@ const PAIR: u64 = 7;
 const W: usize = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// How long a planned switchover waits for the slave before giving up.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(1);
 
 type State = HashMap<Vec<u8>, Vec<u8>>;
 
@@ -103,6 +106,7 @@ struct Node {
     /// The node's clock readings of what it heard (global virtual ns).
     last_master_frame: u64,
     master_called: u64,
+    handed_over: u64,
     last_slave_frame: u64,
     followed_before: bool,
     /// The highest epoch the witness said it holds (this process's life).
@@ -113,6 +117,8 @@ struct Node {
     next_tick: Instant,
     /// Master: when the witness recorded its latest granted renewal (the held link).
     held_renewal: Option<Instant>,
+    /// Master: a planned switchover runs since then (writes sealed).
+    handing_over: Option<Instant>,
 }
 
 fn config(disk: &MemStorage) -> LogConfig {
@@ -176,6 +182,7 @@ impl Node {
             // (`role::consider` waits a whole silence from here).
             last_master_frame: now_ns,
             master_called: 0,
+            handed_over: 0,
             last_slave_frame: 0,
             followed_before: false,
             witness_epoch: 0,
@@ -183,6 +190,7 @@ impl Node {
             backoff: BACKOFF_MIN,
             next_tick: now,
             held_renewal: None,
+            handing_over: None,
         })
     }
 
@@ -212,8 +220,10 @@ struct Session {
     epoch: u32,
     to_slave: VecDeque<(Instant, Msg)>,
     to_master: VecDeque<(Instant, Msg)>,
-    /// A resync: the snapshot's bytes (master side) and what arrived (slave side).
-    snapshot: Option<(Vec<u8>, Vec<u8>)>,
+    /// A resync: the snapshot's bytes (master side), and the slave's
+    /// receiver with what arrived (its snapshot file).
+    snapshot: Option<Vec<u8>>,
+    rx: Option<(SnapshotReceiver, Vec<u8>)>,
     /// The slave has its starting point (a resync's snapshot is loaded).
     started: bool,
     /// The highest Received ack counted into `Sim::acked`.
@@ -240,6 +250,8 @@ struct Stats {
     truncations: u64,
     resyncs: u64,
     fenced: u64,
+    switchovers: u64,
+    disk_full: u64,
     corrupted_streams: u64,
 }
 
@@ -340,7 +352,7 @@ impl Sim {
     /// Whether node `i` accepts a write now.
     fn writable(&self, i: usize) -> bool {
         let n = &self.nodes[i];
-        n.up && n.role == Role::Master && n.lease.holds(self.ns())
+        n.up && n.role == Role::Master && n.handing_over.is_none() && n.lease.holds(self.ns())
     }
 
     // ---- the candidate's side --------------------------------------------
@@ -366,9 +378,10 @@ impl Sim {
         } else if self.nodes[j].role != Role::Master {
             // The peer answers the Hello with its rank (`answer_hellos`).
             let p = self.nodes[j].rank(self.cfg[j].prefer_master);
+            let following = self.nodes[j].role == Role::Slave;
             self.remember_peer(i, j);
             let next = after_session(
-                SessionEnd::PeerStatus(p),
+                SessionEnd::PeerStatus { rank: p, following },
                 false,
                 self.nodes[i].followed_before,
                 self.nodes[i].rank(self.cfg[i].prefer_master),
@@ -447,6 +460,7 @@ impl Sim {
             now_ns,
             last_master_frame_ns: n.last_master_frame,
             master_called_ns: n.master_called,
+            handed_over_ns: n.handed_over,
         };
         let meta = n.log.meta();
         let step = consider(
@@ -576,6 +590,7 @@ impl Sim {
             return;
         }
         n.role = Role::Candidate;
+        n.handing_over = None;
         n.next_try = self.now;
         n.backoff = BACKOFF_MIN;
         // The renewal task ends: its held link closes from this end.
@@ -603,6 +618,14 @@ impl Sim {
                 "lease expired: neither the slave nor the witness confirmed it in time".into(),
             );
         }
+        if n.handing_over
+            .is_some_and(|t| self.now >= t + SWITCHOVER_TIMEOUT)
+        {
+            // `Node::switchover` gives up: writes resume.
+            self.nodes[i].handing_over = None;
+            self.note(format!("node {i}'s switchover timed out"));
+        }
+        let n = &self.nodes[i];
         if self.now < n.next_tick {
             return;
         }
@@ -736,7 +759,7 @@ impl Sim {
                 let mut buf = vec![0u8; src.len() as usize];
                 src.read_at(0, &mut buf).unwrap();
                 self.stats.resyncs += 1;
-                snapshot = Some((buf, Vec::new()));
+                snapshot = Some(buf);
             }
         }
         if mm.epoch > sl.meta().epoch {
@@ -758,7 +781,7 @@ impl Sim {
                 lease: Some(Duration::from_nanos(self.cfg[m].lease_ns())),
             },
             start,
-            snapshot.as_ref().map(|(b, _)| b.len() as u64),
+            snapshot.as_ref().map(|b| b.len() as u64),
         );
         let slave = SlaveStream::new(
             self.now,
@@ -790,6 +813,11 @@ impl Sim {
             to_slave: VecDeque::new(),
             to_master: VecDeque::new(),
             started: snapshot.is_none(),
+            rx: snapshot.as_ref().map(|b| {
+                let rx = SnapshotReceiver::new(mm.epoch, start, b.len() as u64, 1 << 30)
+                    .expect("within the limit");
+                (rx, Vec::new())
+            }),
             snapshot,
             counted: start,
         });
@@ -913,7 +941,9 @@ impl Sim {
         }
         let log = self.nodes[mi].log.clone();
         let mut failed = None;
-        while let Some(t) = ms.poll_transmit(now, log.tail(), false) {
+        let mut handed_over = None;
+        let handing_over = self.nodes[mi].handing_over.is_some();
+        while let Some(t) = ms.poll_transmit(now, log.tail(), handing_over) {
             let f = match t {
                 MasterTransmit::Heartbeat => Frame::Heartbeat {
                     epoch: ss.epoch,
@@ -922,7 +952,7 @@ impl Sim {
                     sent_ns: (now - self.t0).as_nanos() as u64 + 1,
                 },
                 MasterTransmit::Snapshot { offset, len } => {
-                    let (src, _) = ss.snapshot.as_ref().expect("snapshot");
+                    let src = ss.snapshot.as_ref().expect("snapshot");
                     let b = Bytes::copy_from_slice(&src[offset as usize..(offset + len) as usize]);
                     ms.snapshot_sent(len);
                     Frame::Snapshot { offset, bytes: b }
@@ -946,7 +976,13 @@ impl Sim {
                     ms.data_sent(now, pos, end);
                     f
                 }
-                MasterTransmit::Handover { .. } => unreachable!("no switchover in this simulation"),
+                MasterTransmit::Handover { tail } => {
+                    handed_over = Some(tail);
+                    Frame::Handover {
+                        epoch: ss.epoch,
+                        tail,
+                    }
+                }
             };
             let at = now + Duration::from_micros(100 + self.rng.below(3000));
             // TCP keeps order: a frame never overtakes the one before it.
@@ -957,6 +993,12 @@ impl Sim {
         self.session = Some(ss);
         if let Some(why) = failed {
             self.close_master_half(&why);
+        }
+        if let Some(tail) = handed_over {
+            // Sent: this node steps down and will follow the slave.
+            self.nodes[mi].handing_over = None;
+            self.nodes[mi].handed_over = self.ns();
+            self.step_down(mi, format!("planned switchover at {tail}"));
         }
     }
 
@@ -1034,18 +1076,25 @@ impl Sim {
                 Msg::Frame(f) => f,
             };
             self.nodes[si].last_master_frame = self.ns();
-            if let Frame::Snapshot { offset, bytes } = &f {
-                let (src, got) = ss.snapshot.as_mut().expect("a snapshot in a resync");
-                if *offset != got.len() as u64 {
-                    ended = Some((
-                        SessionEnd::Other,
-                        format!("snapshot bytes at {offset}, expected {}", got.len()),
-                    ));
-                    break;
+            if let Some((rx, file)) = ss.rx.as_mut() {
+                // A resync: `SnapshotReceiver` says what to do with each frame.
+                match rx.handle_frame(f) {
+                    Ok(Receive::Piece(bytes)) => file.extend_from_slice(&bytes),
+                    Ok(Receive::Echo(ack)) => {
+                        let at = self.now + self.latency();
+                        let at = ss.to_master.back().map_or(at, |b| at.max(b.0));
+                        ss.to_master.push_back((at, Msg::Frame(ack)));
+                    }
+                    Ok(Receive::Hold(_)) => unreachable!("the simulation loads at once"),
+                    Err(e) => {
+                        ended = Some((SessionEnd::Other, e.to_string()));
+                        break;
+                    }
                 }
-                got.extend_from_slice(bytes);
-                if got.len() == src.len() {
-                    let got = got.clone();
+                if rx.is_complete() {
+                    let ack = rx.loaded_ack();
+                    let got = std::mem::take(file);
+                    ss.rx = None;
                     let snap = Snapshot::decode(&got).expect("the master's snapshot");
                     let node = &mut self.nodes[si];
                     if let Err(e) = node.log.reset_to(&snap, &got, SEGMENT_BYTES) {
@@ -1056,31 +1105,10 @@ impl Sim {
                     node.app = snap.state.map.clone();
                     node.applied = snap.pos;
                     ss.started = true;
-                    let ack = Frame::Ack {
-                        epoch: ss.epoch,
-                        received: snap.pos,
-                        flushed: node.log.flushed(),
-                        applied: snap.pos,
-                        echo_ns: 0,
-                    };
                     let at = self.now + self.latency();
+                    let at = ss.to_master.back().map_or(at, |b| at.max(b.0));
                     ss.to_master.push_back((at, Msg::Frame(ack)));
                     self.note(format!("slave {si} resynced at {}", snap.pos));
-                }
-                continue;
-            }
-            if !ss.started {
-                // Heartbeats during a resync are echoed at once (the lease runs on them).
-                if let Frame::Heartbeat { sent_ns, .. } = f {
-                    let ack = Frame::Ack {
-                        epoch: ss.epoch,
-                        received: 0,
-                        flushed: 0,
-                        applied: 0,
-                        echo_ns: sent_ns,
-                    };
-                    let at = self.now + self.latency();
-                    ss.to_master.push_back((at, Msg::Frame(ack)));
                 }
                 continue;
             }
@@ -1110,7 +1138,13 @@ impl Sim {
                     }
                 }
                 Ok(SlaveAction::None) => {}
-                Ok(SlaveAction::Handover { .. }) => unreachable!("no switchover here"),
+                Ok(SlaveAction::Handover { tail }) => {
+                    ended = Some((
+                        SessionEnd::Handover,
+                        format!("the master handed over at {tail}"),
+                    ));
+                    break;
+                }
                 Err(e) => {
                     ended = Some((SessionEnd::Other, e.to_string()));
                     break;
@@ -1258,6 +1292,18 @@ impl Sim {
             .retain(|&pos, (_, holder)| *holder != i || pos < tail);
         self.nodes[i] = n;
         self.note(format!("node {i} restarted at tail {tail}"));
+    }
+
+    /// A planned switchover, as `Node::switchover` starts it: writes sealed,
+    /// the master hands over once its slave has applied everything.
+    fn switchover(&mut self) {
+        let Some(ss) = &self.session else { return };
+        let m = ss.master;
+        if ss.started && ss.ms.is_some() && ss.ss.is_some() && self.writable(m) {
+            self.nodes[m].handing_over = Some(self.now);
+            self.stats.switchovers += 1;
+            self.note(format!("node {m} starts a switchover"));
+        }
     }
 
     fn partition(&mut self) {
@@ -1418,6 +1464,18 @@ impl Sim {
                         n.disk.set_faults(Faults::default());
                     }
                 }
+                72..=73 => self.switchover(),
+                74 => {
+                    // The disk fills up: appends, rolls, snapshots and meta
+                    // updates fail with ENOSPC until it is freed.
+                    let space = (2 + self.rng.below(6)) * SEGMENT_BYTES;
+                    self.nodes[who].disk.set_faults(Faults {
+                        space_bytes: Some(space),
+                        ..Faults::default()
+                    });
+                    self.stats.disk_full += 1;
+                    self.note(format!("node {who}'s disk holds {space} bytes at most"));
+                }
                 71 => {
                     self.witness = Witness::new(Duration::from_millis(
                         hs::proto::election::lease_ms(HEARTBEAT_MS, DEAD_TICKS) + HEARTBEAT_MS,
@@ -1525,6 +1583,8 @@ fn a_pair_and_its_witness_keep_their_promises_through_crashes_partitions_and_fil
         total.truncations += s.truncations;
         total.resyncs += s.resyncs;
         total.fenced += s.fenced;
+        total.switchovers += s.switchovers;
+        total.disk_full += s.disk_full;
         total.corrupted_streams += s.corrupted_streams;
     }
     println!(
@@ -1535,6 +1595,6 @@ fn a_pair_and_its_witness_keep_their_promises_through_crashes_partitions_and_fil
     if seeds.len() >= 100 {
         assert!(total.promotions > 0 && total.step_downs > 0 && total.witness_refusals > 0);
         assert!(total.truncations > 0 && total.resyncs > 0 && total.corrupted_streams > 0);
-        assert!(total.fenced > 0 && total.filters > 0);
+        assert!(total.fenced > 0 && total.filters > 0 && total.switchovers > 0);
     }
 }

@@ -680,6 +680,10 @@ async fn session(s: &Arc<Shared>, p: Proven) -> Result<(), NetError> {
                 write_frame(&mut wr, &Frame::Handover { epoch, tail }).await?;
                 tracing::info!(pos = tail, "handed over to the slave");
                 s.handover.store(false, Ordering::Release);
+                // This node takes over again only after a whole silence
+                // from now (`role::consider`): the slave promotes on the
+                // Handover without the witness, which still holds this node.
+                s.link.handed_over_ns.store(s.now_ns(), Ordering::Release);
                 s.request_step_down(format!("planned switchover at {tail}"));
                 return Ok(());
             }

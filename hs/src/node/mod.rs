@@ -171,6 +171,9 @@ pub(crate) struct Link {
     /// When the pair's master last called this node's port (a Hello as master,
     /// `clock` ns; 0 = never): it lives, whatever its port says to this node.
     pub master_called_ns: AtomicU64,
+    /// When this node last handed over to its peer (`clock` ns; 0 = never):
+    /// it takes over again only after a whole silence from then.
+    pub handed_over_ns: AtomicU64,
     /// Master: when the current slave's last ack arrived (`clock` ns; 0 = none yet).
     pub last_slave_frame_ns: AtomicU64,
 }

@@ -22,7 +22,9 @@ use crate::proto::role::{
     accept_welcome, after_probe, after_session, consider, promotion_granted, retry_wait,
     witness_epoch_seen, AfterSession, Follow, Heard, Probe, SessionEnd, SlaveLog, Step,
 };
-use crate::proto::stream::{SlaveAction, SlaveConfig, SlaveStream, StreamError};
+use crate::proto::stream::{
+    Receive, SlaveAction, SlaveConfig, SlaveStream, SnapshotReceiver, StreamError,
+};
 
 /// How long connecting and the Welcome may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -104,9 +106,9 @@ pub async fn run(s: Arc<Shared>, listener: Option<Arc<tokio::net::TcpListener>>)
                 }
                 s.link.reconnects.fetch_add(1, Ordering::Relaxed);
                 let end = match end {
-                    End::PeerStatus(p) => {
-                        peer_epoch = p.epoch;
-                        SessionEnd::PeerStatus(p)
+                    End::PeerStatus(rank, following) => {
+                        peer_epoch = rank.epoch;
+                        SessionEnd::PeerStatus { rank, following }
                     }
                     End::Silent => SessionEnd::Silent,
                     End::Closed => SessionEnd::Closed,
@@ -207,6 +209,7 @@ async fn try_promote(
         now_ns: s.now_ns(),
         last_master_frame_ns: s.link.last_master_frame_ns.load(Ordering::Acquire),
         master_called_ns: s.link.master_called_ns.load(Ordering::Acquire),
+        handed_over_ns: s.link.handed_over_ns.load(Ordering::Acquire),
     };
     let meta = s.log.meta();
     let epoch = match consider(
@@ -338,8 +341,8 @@ enum End {
     Shutdown,
     /// The master handed over (planned switchover): take over now.
     Handover,
-    /// The peer is not master; its rank.
-    PeerStatus(Rank),
+    /// The peer is not master; its rank, and whether it says it is a slave.
+    PeerStatus(Rank, bool),
     Silent,
     Closed,
     ConnectRefused,
@@ -467,7 +470,7 @@ async fn follow(
             last_epoch,
             tail,
             prefer,
-            ..
+            role,
         } => {
             if node != 0 && node != s.node_id {
                 log.set_ids(0, node)
@@ -483,7 +486,7 @@ async fn follow(
             return Err(Failure {
                 err: proto_err(format!("peer is not master ({rank:?})")),
                 connected: false,
-                end: End::PeerStatus(rank),
+                end: End::PeerStatus(rank, Role::from_u8(role) == Role::Slave),
             });
         }
         Frame::Error { code, message } => {
@@ -623,61 +626,36 @@ async fn resync(
     pending: &mut Option<Frame>,
 ) -> Result<u64, Failure> {
     let log = &s.log;
-    if snapshot_bytes > s.cfg.snapshot_bytes_max {
-        return Err(proto_err(format!(
-            "the master's snapshot is {snapshot_bytes} bytes, over snapshot_bytes_max ({} bytes): raise it on this node if the state really is that large",
-            s.cfg.snapshot_bytes_max
-        ))
-        .into());
-    }
+    let mut rx = SnapshotReceiver::new(epoch, start, snapshot_bytes, s.cfg.snapshot_bytes_max)
+        .map_err(NetError::Stream)?;
     let io = |e: std::io::Error| proto_err(format!("writing the snapshot: {e}"));
     s.link.resync_received.store(0, Ordering::Relaxed);
     let mut inc = Incoming::create(log.config().storage.clone(), log.dir(), start).map_err(io)?;
     let stall =
         Duration::from_millis(s.cfg.heartbeat_interval_ms * s.cfg.heartbeat_dead_ticks as u64)
             .max(CONNECT_TIMEOUT);
-    while inc.len() < snapshot_bytes {
+    while !rx.is_complete() {
         let f = tokio::time::timeout(stall, reader.next())
             .await
             .map_err(|_| proto_err("snapshot transfer stalled"))??;
         s.link
             .last_master_frame_ns
             .store(s.now_ns(), Ordering::Release);
-        match f {
-            Frame::Snapshot { offset, bytes }
-                if offset == inc.len() && inc.len() + bytes.len() as u64 <= snapshot_bytes =>
-            {
+        match rx.handle_frame(f).map_err(NetError::Stream)? {
+            Receive::Piece(bytes) => {
                 s.link
                     .resync_buffer_max
                     .fetch_max(bytes.len() as u64, Ordering::Relaxed);
                 inc.write(&bytes).map_err(io)?;
-                s.link.resync_received.store(inc.len(), Ordering::Relaxed);
+                s.link
+                    .resync_received
+                    .store(rx.received(), Ordering::Relaxed);
             }
-            Frame::Heartbeat {
-                epoch: e, sent_ns, ..
-            } if e == epoch => {
+            Receive::Echo(ack) => {
                 s.link.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
-                // Nothing of this session's log is here yet: positions 0.
-                write_frame(
-                    wr,
-                    &Frame::Ack {
-                        epoch,
-                        received: 0,
-                        flushed: 0,
-                        applied: 0,
-                        echo_ns: sent_ns,
-                    },
-                )
-                .await?;
+                write_frame(wr, &ack).await?;
             }
-            other => {
-                return Err(proto_err(format!(
-                    "expected snapshot bytes at {}, got {}",
-                    inc.len(),
-                    super::net::kind_name(&other)
-                ))
-                .into())
-            }
+            Receive::Hold(_) => unreachable!("held only once the snapshot is whole"),
         }
     }
     // Checking, storing and loading a large snapshot takes a while: on a
@@ -708,7 +686,6 @@ async fn resync(
         Ok(head.count)
     });
     tokio::pin!(load);
-    let mut echo_ns = 0u64;
     let keys = loop {
         tokio::select! {
             r = &mut load => {
@@ -717,30 +694,20 @@ async fn resync(
             f = reader.next(), if pending.is_none() => {
                 let f = f?;
                 s.link.last_master_frame_ns.store(s.now_ns(), Ordering::Release);
-                match f {
-                    Frame::Heartbeat { epoch: e, sent_ns, .. } if e == epoch => {
+                match rx.handle_frame(f).map_err(NetError::Stream)? {
+                    Receive::Echo(ack) => {
                         s.link.resync_heartbeats.fetch_add(1, Ordering::Relaxed);
-                        echo_ns = sent_ns;
-                        write_frame(wr, &Frame::Ack { epoch, received: 0, flushed: 0, applied: 0, echo_ns }).await?;
+                        write_frame(wr, &ack).await?;
                     }
                     // Anything else waits for the load (read no further meanwhile).
-                    other => *pending = Some(other),
+                    Receive::Hold(f) => *pending = Some(f),
+                    Receive::Piece(_) => unreachable!("the snapshot is whole"),
                 }
             }
         }
     };
     // Loaded: the master may stream the log from `start` now.
-    write_frame(
-        wr,
-        &Frame::Ack {
-            epoch,
-            received: start,
-            flushed: start,
-            applied: start,
-            echo_ns,
-        },
-    )
-    .await?;
+    write_frame(wr, &rx.loaded_ack()).await?;
     Ok(keys)
 }
 

@@ -61,7 +61,11 @@ pub enum SessionEnd {
     /// The master handed over (planned switchover) after everything was applied.
     Handover,
     /// The peer answered the Hello with its rank: it is not serving.
-    PeerStatus(Rank),
+    /// `following`: it says it is a slave — it follows a master (this node's
+    /// previous life, or this node that just handed over to it), so it is
+    /// not a start-up to settle: it takes over, or finds its master gone,
+    /// on its own.
+    PeerStatus { rank: Rank, following: bool },
     /// No frame from the master for the dead ticks.
     Silent,
     /// The connection ended without a goodbye.
@@ -100,8 +104,11 @@ pub fn after_session(
     use AfterSession::{Consider, Probe, Retry};
     match end {
         SessionEnd::Handover => Consider(Cause::Handover),
-        SessionEnd::PeerStatus(peer) if settle(me, peer) => Consider(Cause::Settled),
-        SessionEnd::PeerStatus(_) => Retry,
+        SessionEnd::PeerStatus {
+            rank,
+            following: false,
+        } if settle(me, rank) => Consider(Cause::Settled),
+        SessionEnd::PeerStatus { .. } => Retry,
         SessionEnd::Silent => Consider(Cause::MasterSilent),
         // Ended without a goodbye: refused means the process is gone, an
         // answer that it lives, no answer that it may be cut off.
@@ -136,6 +143,8 @@ pub struct Heard {
     pub last_master_frame_ns: u64,
     /// The last call of a living master at this node's port (0: none).
     pub master_called_ns: u64,
+    /// When this node last handed over to its peer (0: never).
+    pub handed_over_ns: u64,
 }
 
 /// A candidate's decision about taking over.
@@ -165,6 +174,16 @@ pub fn consider(
     node: u64,
     peer: u64,
 ) -> Step {
+    if heard.handed_over_ns != 0
+        && heard.now_ns.saturating_sub(heard.handed_over_ns) < cfg.silence_ns()
+    {
+        // The peer took over on this node's Handover, without the witness,
+        // which still holds this node and would grant it a newer epoch at
+        // once: whatever the cause, wait until the lease the peer started
+        // with has run out. A peer that serves renews with the witness
+        // meanwhile and holds the pair from then on.
+        return Step::Wait("handed over: the new master's first lease may run");
+    }
     if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable)
         && heard.now_ns.saturating_sub(heard.last_master_frame_ns) < cfg.silence_ns()
     {
@@ -447,11 +466,41 @@ mod tests {
             AfterSession::Consider(Cause::PeerUnreachable)
         );
         assert_eq!(
-            after_session(SessionEnd::PeerStatus(rank(3, 50, 2)), false, false, me),
+            after_session(
+                SessionEnd::PeerStatus {
+                    rank: rank(3, 50, 2),
+                    following: false
+                },
+                false,
+                false,
+                me
+            ),
             AfterSession::Consider(Cause::Settled)
         );
+        // A peer that follows a master (maybe this node, which just handed
+        // over to it) is not settled against, however it ranks.
         assert_eq!(
-            after_session(SessionEnd::PeerStatus(rank(3, 500, 2)), false, false, me),
+            after_session(
+                SessionEnd::PeerStatus {
+                    rank: rank(3, 50, 2),
+                    following: true
+                },
+                false,
+                false,
+                me
+            ),
+            AfterSession::Retry
+        );
+        assert_eq!(
+            after_session(
+                SessionEnd::PeerStatus {
+                    rank: rank(3, 500, 2),
+                    following: false
+                },
+                false,
+                false,
+                me
+            ),
             AfterSession::Retry
         );
         assert_eq!(
@@ -469,6 +518,7 @@ mod tests {
             now_ns: now,
             last_master_frame_ns: 1_000,
             master_called_ns: 0,
+            handed_over_ns: 0,
         };
         assert!(matches!(
             consider(&c, Cause::MasterSilent, heard(1_000 + silence - 1), 4, 1, 2),
@@ -492,6 +542,27 @@ mod tests {
     }
 
     #[test]
+    fn after_a_handover_no_cause_takes_over_before_a_whole_silence() {
+        let c = cfg(true);
+        let h = |now| Heard {
+            now_ns: now,
+            last_master_frame_ns: 0,
+            master_called_ns: 0,
+            handed_over_ns: 1_000,
+        };
+        for cause in [Cause::MasterRefused, Cause::MasterSilent, Cause::Settled] {
+            assert!(matches!(
+                consider(&c, cause, h(1_000 + c.silence_ns() - 1), 4, 1, 2),
+                Step::Wait(_)
+            ));
+            assert!(matches!(
+                consider(&c, cause, h(1_000 + c.silence_ns()), 4, 1, 2),
+                Step::AskWitness { .. }
+            ));
+        }
+    }
+
+    #[test]
     fn without_a_witness_a_refusal_waits_out_the_masters_calls() {
         let c = cfg(false);
         let hold = c.refusal_hold_ns();
@@ -499,6 +570,7 @@ mod tests {
             now_ns: 10_000 + hold,
             last_master_frame_ns: 10_000,
             master_called_ns: 0,
+            handed_over_ns: 0,
         };
         assert!(matches!(
             consider(&c, Cause::MasterRefused, h, 2, 1, 2),

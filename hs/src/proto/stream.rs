@@ -55,6 +55,15 @@ pub enum StreamError {
         peer: &'static str,
         kind: &'static str,
     },
+    #[error("the master's snapshot is {bytes} bytes, over snapshot_bytes_max ({max} bytes): raise it on this node if the state really is that large")]
+    SnapshotTooLarge { bytes: u64, max: u64 },
+    #[error("snapshot bytes at {offset} (+{len}), expected {expected} of {total}")]
+    SnapshotOutOfOrder {
+        offset: u64,
+        len: u64,
+        expected: u64,
+        total: u64,
+    },
 }
 
 /// The master side's settings for one session.
@@ -538,6 +547,125 @@ impl SlaveStream {
     }
 }
 
+/// What the slave's driver does with a frame during a resync.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// Append these bytes to the snapshot file (they follow what came before).
+    Piece(bytes::Bytes),
+    /// Send this ack now: a heartbeat's echo (the master's lease runs on it),
+    /// at positions 0 — nothing of the session's log is here yet.
+    Echo(Frame),
+    /// The snapshot is whole and loading: keep this frame for after the load
+    /// (read no further meanwhile).
+    Hold(Frame),
+}
+
+/// The slave's side of a resync, before it has a log to stream into: the
+/// snapshot's pieces, in order and within the announced size, and the
+/// master's heartbeats meanwhile. Once the snapshot is whole the driver
+/// checks, stores and loads it (which takes a while) and then sends
+/// [`SnapshotReceiver::loaded_ack`]; a `SlaveStream` from `start` takes over.
+#[derive(Debug)]
+pub struct SnapshotReceiver {
+    epoch: u32,
+    start: u64,
+    total: u64,
+    got: u64,
+    echo_ns: u64,
+}
+
+impl SnapshotReceiver {
+    /// A Welcome announced `snapshot_bytes` at `start`; refused at once past
+    /// `snapshot_bytes_max` (it bounds the disk a resync takes).
+    pub fn new(
+        epoch: u32,
+        start: u64,
+        snapshot_bytes: u64,
+        snapshot_bytes_max: u64,
+    ) -> Result<Self, StreamError> {
+        if snapshot_bytes > snapshot_bytes_max {
+            return Err(StreamError::SnapshotTooLarge {
+                bytes: snapshot_bytes,
+                max: snapshot_bytes_max,
+            });
+        }
+        Ok(SnapshotReceiver {
+            epoch,
+            start,
+            total: snapshot_bytes,
+            got: 0,
+            echo_ns: 0,
+        })
+    }
+
+    /// Bytes of the snapshot received so far.
+    pub fn received(&self) -> u64 {
+        self.got
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.got == self.total
+    }
+
+    pub fn handle_frame(&mut self, f: Frame) -> Result<Receive, StreamError> {
+        match f {
+            Frame::Heartbeat { epoch, sent_ns, .. } => {
+                if epoch != self.epoch {
+                    return Err(StreamError::WrongEpoch {
+                        what: "heartbeat",
+                        got: epoch,
+                        session: self.epoch,
+                    });
+                }
+                self.echo_ns = sent_ns;
+                Ok(Receive::Echo(Frame::Ack {
+                    epoch,
+                    received: 0,
+                    flushed: 0,
+                    applied: 0,
+                    echo_ns: sent_ns,
+                }))
+            }
+            f if self.is_complete() => Ok(Receive::Hold(f)),
+            Frame::Snapshot { offset, bytes } => {
+                let len = bytes.len() as u64;
+                if offset != self.got || self.got + len > self.total {
+                    return Err(StreamError::SnapshotOutOfOrder {
+                        offset,
+                        len,
+                        expected: self.got,
+                        total: self.total,
+                    });
+                }
+                self.got += len;
+                Ok(Receive::Piece(bytes))
+            }
+            Frame::Error { code, message } => Err(StreamError::PeerError {
+                peer: "master",
+                code,
+                message,
+            }),
+            other => Err(StreamError::Unexpected {
+                peer: "master",
+                kind: kind_name(&other),
+            }),
+        }
+    }
+
+    /// The snapshot is stored and loaded: the ack of `start` (echoing the
+    /// latest heartbeat) after which the master streams records.
+    pub fn loaded_ack(&self) -> Frame {
+        assert!(self.is_complete(), "acknowledged a snapshot not yet whole");
+        Frame::Ack {
+            epoch: self.epoch,
+            received: self.start,
+            flushed: self.start,
+            applied: self.start,
+            echo_ns: self.echo_ns,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,5 +883,68 @@ mod tests {
                 ticks: 2
             })
         );
+    }
+
+    #[test]
+    fn a_resync_takes_pieces_in_order_within_the_size_and_echoes_heartbeats() {
+        use bytes::Bytes;
+        assert!(matches!(
+            SnapshotReceiver::new(3, 100, 11, 10),
+            Err(StreamError::SnapshotTooLarge { bytes: 11, max: 10 })
+        ));
+        let mut r = SnapshotReceiver::new(3, 100, 10, 10).unwrap();
+        let piece = |offset, n| Frame::Snapshot {
+            offset,
+            bytes: Bytes::from(vec![7u8; n]),
+        };
+        let hb = |epoch, sent_ns| Frame::Heartbeat {
+            epoch,
+            tail: 0,
+            flushed: 0,
+            sent_ns,
+        };
+        assert!(matches!(r.handle_frame(piece(0, 6)), Ok(Receive::Piece(b)) if b.len() == 6));
+        assert!(matches!(
+            r.handle_frame(hb(3, 42)),
+            Ok(Receive::Echo(Frame::Ack {
+                received: 0,
+                echo_ns: 42,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            r.handle_frame(hb(2, 43)),
+            Err(StreamError::WrongEpoch { .. })
+        ));
+        // A gap, a repeat or a piece past the size ends the session.
+        for (off, n) in [(7, 2), (0, 2), (6, 5)] {
+            let mut r2 = SnapshotReceiver::new(3, 100, 10, 10).unwrap();
+            r2.handle_frame(piece(0, 6)).unwrap();
+            assert!(matches!(
+                r2.handle_frame(piece(off, n)),
+                Err(StreamError::SnapshotOutOfOrder { .. })
+            ));
+        }
+        assert!(!r.is_complete());
+        r.handle_frame(piece(6, 4)).unwrap();
+        assert!(r.is_complete() && r.received() == 10);
+        // Loading: records wait, heartbeats are still echoed.
+        let data = Frame::Data {
+            pos: 100,
+            epoch: 3,
+            tail: 100,
+            records: Bytes::new(),
+        };
+        assert!(matches!(r.handle_frame(data), Ok(Receive::Hold(_))));
+        r.handle_frame(hb(3, 50)).unwrap();
+        assert!(matches!(
+            r.loaded_ack(),
+            Frame::Ack {
+                received: 100,
+                applied: 100,
+                echo_ns: 50,
+                ..
+            }
+        ));
     }
 }
