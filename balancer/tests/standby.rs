@@ -405,6 +405,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             node: 1,
             epoch: 1,
             dead: false,
+            tail: None,
         },
         t,
     )
@@ -428,6 +429,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             node: 1,
             epoch: 1,
             addr: Some(master_addr),
+            acked: None,
         },
         t,
     )
@@ -444,6 +446,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             node: 1,
             epoch: 1,
             addr: Some(master_addr),
+            acked: None,
         },
         t,
         None,
@@ -456,6 +459,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
         node: 2,
         epoch: 2,
         dead,
+        tail: None,
     };
     let r = hs::node::witness::ask(w, promote(false), t).await.unwrap();
     assert!(
@@ -490,6 +494,7 @@ async fn the_balancer_answers_as_an_hs_witness() {
             node: 1,
             epoch: 1,
             addr: Some(master_addr),
+            acked: None,
         },
         t,
     )
@@ -513,6 +518,7 @@ async fn a_witness_with_a_secret_refuses_an_unauthenticated_request() {
         node: 1,
         epoch: 1,
         addr: None,
+        acked: None,
     };
     let t = Duration::from_secs(2);
     assert_eq!(

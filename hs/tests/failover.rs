@@ -271,6 +271,7 @@ fn a_witness_fences_a_stale_master() {
             node: 2,
             epoch: a.stats().epoch + 1,
             dead: false,
+            tail: None,
         },
         Duration::from_secs(1),
     ));
@@ -286,6 +287,7 @@ fn a_witness_fences_a_stale_master() {
             node: 2,
             epoch: a.stats().epoch + 1,
             dead: true,
+            tail: None,
         },
         Duration::from_secs(1),
     ));
@@ -304,6 +306,7 @@ fn a_witness_fences_a_stale_master() {
             node: 2,
             epoch: a.stats().epoch + 1,
             addr: None,
+            acked: None,
         },
         Duration::from_secs(1),
     ));
@@ -878,6 +881,7 @@ fn the_witness_grants_on_a_confirmed_refusal_once_the_held_renewal_link_closes()
             node: 20,
             epoch: 2,
             addr: Some(refusing),
+            acked: None,
         };
         let (r, link) = hs::node::witness::renew_held(waddr, renew, t, None)
             .await
@@ -888,6 +892,7 @@ fn the_witness_grants_on_a_confirmed_refusal_once_the_held_renewal_link_closes()
             node: 10,
             epoch: 3,
             dead: true,
+            tail: None,
         };
         for _ in 0..5 {
             let r = hs::node::witness::ask(waddr, promote, t).await.unwrap();

@@ -225,6 +225,8 @@ impl Sim {
                     node: self.nodes[i].id,
                     epoch,
                     dead: cause == Cause::MasterRefused,
+                    // The model's logs have no history ids: not compared.
+                    tail: None,
                 };
                 self.ask_witness(i, req).is_some_and(|r| r.granted)
             }
@@ -380,6 +382,7 @@ impl Sim {
                     node: self.nodes[m].id,
                     epoch,
                     addr: None,
+                    acked: None,
                 },
             ) {
                 if r.granted {

@@ -307,6 +307,7 @@ fn a_witness_with_a_secret_answers_only_proven_requests() {
         node: 1,
         epoch: 1,
         addr: None,
+        acked: None,
     };
     let t = Duration::from_secs(2);
     let ok = rt.block_on(hs::node::witness::ask_with(w, req, t, Some(&secret)));

@@ -113,6 +113,7 @@ mod tests {
             node: 1,
             epoch: 1,
             addr: None,
+            acked: None,
         };
         let t = Duration::from_secs(2);
         assert_eq!(

@@ -177,6 +177,8 @@ async fn renew_with_witness(s: Arc<Shared>, w: SocketAddr, epoch: u32) {
             epoch,
             // Where the witness tries this master itself when a slave reports it refused.
             addr: *s.local_addr.lock(),
+            // What the slave holds: the witness refuses a promotion from a log below it.
+            acked: s.log_mark(s.progress.acked_received.load(Ordering::Acquire)),
         };
         let answer = super::witness::renew_held(w, req, hb, s.cfg.secret.as_ref()).await;
         let answer = answer.map(|(r, link)| {

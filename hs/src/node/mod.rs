@@ -207,6 +207,12 @@ impl Shared {
         }
     }
 
+    /// `pos` in this node's history, for the witness (none before it has one).
+    pub fn log_mark(&self, pos: u64) -> Option<crate::proto::witness::LogMark> {
+        let history = self.log.meta().history;
+        (history != 0).then_some(crate::proto::witness::LogMark { history, pos })
+    }
+
     /// Monotonic nanoseconds since this node started.
     pub fn now_ns(&self) -> u64 {
         self.clock.elapsed().as_nanos() as u64

@@ -241,6 +241,8 @@ async fn try_promote(
                 epoch,
                 // The witness tries the master itself: a refusal it gets too is the proof.
                 dead,
+                // A log below what the pair acknowledged is refused.
+                tail: s.log_mark(s.log.tail()),
             };
             let reply = super::witness::ask_with(
                 w,

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::net::{await_challenge, challenge, read_first, write_first, FrameReader};
 use super::Secret;
 use crate::proto::frame::Frame;
-use crate::proto::witness::{Reply, Request, Witness};
+use crate::proto::witness::{LogMark, Reply, Request, Witness};
 
 /// Largest frame a witness accepts (requests are a few dozen bytes).
 const WITNESS_FRAME_BYTES_MAX: usize = 256;
@@ -96,6 +96,7 @@ async fn exchange(
                 node,
                 epoch,
                 addr,
+                acked,
             } => Frame::WitnessRequest {
                 pair,
                 node,
@@ -104,12 +105,14 @@ async fn exchange(
                 dead: false,
                 linger,
                 addr,
+                mark: acked.map(|m| (m.history, m.pos)),
             },
             Request::Promote {
                 pair,
                 node,
                 epoch,
                 dead,
+                tail,
             } => Frame::WitnessRequest {
                 pair,
                 node,
@@ -118,6 +121,7 @@ async fn exchange(
                 dead,
                 linger: false,
                 addr: None,
+                mark: tail.map(|m| (m.history, m.pos)),
             },
         };
         write_first(&mut wr, &hs, &f).await.ok()?;
@@ -203,7 +207,9 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                     dead,
                     linger,
                     addr,
+                    mark,
                 } => {
+                    let mark = mark.map(|(history, pos)| LogMark { history, pos });
                     held = (!promote && linger).then_some((pair, node, epoch));
                     if promote {
                         // "Refused", as the requester saw it, is confirmed from here
@@ -222,6 +228,7 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                             node,
                             epoch,
                             dead: confirmed,
+                            tail: mark,
                         }
                     } else {
                         // An unspecified IP: the master serves on the address it
@@ -238,6 +245,7 @@ pub async fn serve_with(listener: TcpListener, hold: Duration, secret: Option<Se
                             node,
                             epoch,
                             addr,
+                            acked: mark,
                         }
                     }
                 }

@@ -143,6 +143,12 @@ pub enum Frame {
         /// witness tries itself when a slave reports it refused. Appended;
         /// older nodes omit it.
         addr: Option<SocketAddr>,
+        /// A renewal: the master's history and the position its slave has
+        /// acknowledged at Received; a promotion: the requester's history and
+        /// tail. The witness refuses a promotion from a log below what was
+        /// acknowledged in its history. Appended after `addr` (a family byte
+        /// of 0 stands for no address then); older nodes omit it.
+        mark: Option<(u128, u64)>,
     },
     WitnessReply {
         granted: bool,
@@ -433,6 +439,7 @@ impl Frame {
                 dead,
                 linger,
                 addr,
+                mark,
             } => {
                 p.put_u64_le(*pair);
                 p.put_u64_le(*node);
@@ -441,7 +448,9 @@ impl Frame {
                 // { dead bit 0 | linger bit 1 }
                 p.put_u8(*dead as u8 | (*linger as u8) << 1);
                 // { family u8 (4 | 6) | port u16 | ip [4 | 16] }, only when known
+                // (family 0: none, when a mark follows)
                 match addr {
+                    None if mark.is_some() => p.put_u8(0),
                     None => {}
                     Some(SocketAddr::V4(a)) => {
                         p.put_u8(4);
@@ -453,6 +462,11 @@ impl Frame {
                         p.put_u16_le(a.port());
                         p.extend_from_slice(&a.ip().octets());
                     }
+                }
+                // { history u128 | pos u64 }
+                if let Some((history, pos)) = mark {
+                    p.put_u128_le(*history);
+                    p.put_u64_le(*pos);
                 }
                 K_WITNESS_REQ
             }
@@ -657,6 +671,40 @@ impl Frame {
                 r.need(22, "witness request shorter than 22 bytes")?;
                 let (pair, node, epoch, promote) = (r.u64()?, r.u64()?, r.u32()?, r.u8()? != 0);
                 let bits = r.u8()?;
+                let addr = match r.p.len() {
+                    0 => None,
+                    _ => match r.u8()? {
+                        0 => None,
+                        4 => {
+                            r.need(6, "witness request: short IPv4 address")?;
+                            let port = r.u16()?;
+                            let ip: [u8; 4] = r.array()?;
+                            Some(SocketAddr::from((ip, port)))
+                        }
+                        6 => {
+                            r.need(18, "witness request: short IPv6 address")?;
+                            let port = r.u16()?;
+                            let ip: [u8; 16] = r.array()?;
+                            Some(SocketAddr::from((ip, port)))
+                        }
+                        _ => {
+                            return Err(FrameError::Malformed {
+                                kind,
+                                what: "witness request: unknown address family",
+                            })
+                        }
+                    },
+                };
+                let mark = match r.p.len() {
+                    0 => None,
+                    24 => Some((r.u128()?, r.u64()?)),
+                    _ => {
+                        return Err(FrameError::Malformed {
+                            kind,
+                            what: "witness request: a log mark is 24 bytes",
+                        })
+                    }
+                };
                 Frame::WitnessRequest {
                     pair,
                     node,
@@ -664,29 +712,8 @@ impl Frame {
                     promote,
                     dead: bits & 1 != 0,
                     linger: bits & 2 != 0,
-                    addr: match r.p.len() {
-                        0 => None,
-                        _ => match r.u8()? {
-                            4 => {
-                                r.need(6, "witness request: short IPv4 address")?;
-                                let port = r.u16()?;
-                                let ip: [u8; 4] = r.array()?;
-                                Some(SocketAddr::from((ip, port)))
-                            }
-                            6 => {
-                                r.need(18, "witness request: short IPv6 address")?;
-                                let port = r.u16()?;
-                                let ip: [u8; 16] = r.array()?;
-                                Some(SocketAddr::from((ip, port)))
-                            }
-                            _ => {
-                                return Err(FrameError::Malformed {
-                                    kind,
-                                    what: "witness request: unknown address family",
-                                })
-                            }
-                        },
-                    },
+                    addr,
+                    mark,
                 }
             }
             K_WITNESS_REP => {
@@ -855,9 +882,10 @@ mod tests {
                 proptest::option::of(prop_oneof![
                     (any::<[u8; 4]>(), any::<u16>()).prop_map(SocketAddr::from),
                     (any::<[u8; 16]>(), any::<u16>()).prop_map(SocketAddr::from),
-                ])
+                ]),
+                proptest::option::of((any::<u128>(), any::<u64>()))
             )
-                .prop_map(|(pair, node, epoch, promote, dead, linger, addr)| {
+                .prop_map(|(pair, node, epoch, promote, dead, linger, addr, mark)| {
                     Frame::WitnessRequest {
                         pair,
                         node,
@@ -866,6 +894,7 @@ mod tests {
                         dead,
                         linger,
                         addr,
+                        mark,
                     }
                 }),
             (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(granted, epoch, holder)| {
@@ -1016,6 +1045,17 @@ mod tests {
                 dead: false,
                 linger: false,
                 addr: None,
+                mark: None,
+            },
+            Frame::WitnessRequest {
+                pair: 1,
+                node: 2,
+                epoch: 3,
+                promote: true,
+                dead: true,
+                linger: false,
+                addr: None,
+                mark: Some((0xabc, 4096)),
             },
             Frame::WitnessRequest {
                 pair: 1,
@@ -1025,6 +1065,17 @@ mod tests {
                 dead: false,
                 linger: true,
                 addr: Some("[::1]:7".parse().unwrap()),
+                mark: None,
+            },
+            Frame::WitnessRequest {
+                pair: 1,
+                node: 2,
+                epoch: 3,
+                promote: false,
+                dead: false,
+                linger: true,
+                addr: Some("127.0.0.1:9".parse().unwrap()),
+                mark: Some((7, 1 << 40)),
             },
             Frame::WitnessReply {
                 granted: true,

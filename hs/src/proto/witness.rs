@@ -17,6 +17,14 @@ use std::time::{Duration, Instant};
 /// Most pairs one witness tracks; a request for a new pair past it is refused.
 pub const PAIRS_MAX: usize = 100_000;
 
+/// A position in a pair's history: what a master's slave has acknowledged
+/// (in a renewal), or where a candidate's log ends (in a promotion request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMark {
+    pub history: u128,
+    pub pos: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// "I am master of `pair` in `epoch`; keep my lease." `addr`: its replication
@@ -26,6 +34,9 @@ pub enum Request {
         node: u64,
         epoch: u32,
         addr: Option<SocketAddr>,
+        /// Where its slave's acknowledgements at Received have reached (the
+        /// witness keeps the highest per history). None from older nodes.
+        acked: Option<LogMark>,
     },
     /// "May I become master of `pair` in `epoch`?" `dead`: the old master's port
     /// refused the requester. The witness's server tries the holder's address
@@ -38,6 +49,12 @@ pub enum Request {
         node: u64,
         epoch: u32,
         dead: bool,
+        /// Where the requester's log ends. A log below what the pair's slave
+        /// acknowledged in the same history is refused: taking over from it
+        /// would lose acknowledged writes (a master back from a power cut
+        /// that lost its page cache, while its slave holds them). None from
+        /// older nodes: not checked.
+        tail: Option<LogMark>,
     },
 }
 
@@ -64,6 +81,9 @@ struct PairState {
     link_closed: bool,
     /// The holder's replication address, from its renewals.
     addr: Option<SocketAddr>,
+    /// The highest position acknowledged at Received that the pair's
+    /// masters reported, in their latest history. Kept across grants.
+    acked: Option<LogMark>,
 }
 
 impl PairState {
@@ -119,6 +139,7 @@ impl Witness {
                 holder: 0,
             };
         }
+        let acked = self.pairs.get(&pair).and_then(|p| p.acked);
         self.pairs.insert(
             pair,
             PairState {
@@ -128,6 +149,7 @@ impl Witness {
                 gap: None,
                 link_closed: false,
                 addr,
+                acked,
             },
         );
         Reply {
@@ -165,8 +187,10 @@ impl Witness {
                 node,
                 epoch,
                 addr,
+                acked,
             } => match self.pairs.get_mut(&pair) {
                 Some(p) if p.holder == node && p.epoch == epoch => {
+                    p.acked = merge(p.acked, acked);
                     let gap = now.saturating_duration_since(p.renewed);
                     p.gap = Some(match p.gap {
                         Some(g) => gap.max(g - g / 8),
@@ -186,17 +210,29 @@ impl Witness {
                 // A master the witness has not heard of (first contact, or the
                 // witness restarted): recorded if nothing newer is known.
                 Some(p) if epoch <= p.epoch => refuse(p),
-                _ => self.record(now, pair, node, epoch, addr),
+                _ => {
+                    let r = self.record(now, pair, node, epoch, addr);
+                    if let Some(p) = self.pairs.get_mut(&pair) {
+                        p.acked = merge(p.acked, acked);
+                    }
+                    r
+                }
             },
             Request::Promote {
                 pair,
                 node,
                 epoch,
                 dead,
+                tail,
             } => {
                 let fresh = now.saturating_duration_since(started) <= self.hold;
                 let hold = self.hold;
                 match self.pairs.get(&pair) {
+                    // The requester's log ends below what the pair's slave
+                    // acknowledged: granting would lose acknowledged writes.
+                    // The node that holds them takes over (or the operator
+                    // restarts the witness to accept the loss).
+                    Some(p) if behind(p.acked, tail) => refuse(p),
                     // The holder asks again for the epoch it was granted: its
                     // grant never became durable (a failed sync, a crash in
                     // between), so it never served in it. Granted again, or
@@ -237,9 +273,79 @@ impl Witness {
     }
 }
 
+/// The higher of two acknowledged marks; a new history replaces the old.
+fn merge(known: Option<LogMark>, new: Option<LogMark>) -> Option<LogMark> {
+    match (known, new) {
+        (Some(k), Some(n)) if k.history == n.history => Some(LogMark {
+            history: k.history,
+            pos: k.pos.max(n.pos),
+        }),
+        (k, None) => k,
+        (_, n) => n,
+    }
+}
+
+/// Whether a log ending at `tail` lacks records acknowledged at `acked`.
+/// Another history (or an older node that does not say) is not compared.
+fn behind(acked: Option<LogMark>, tail: Option<LogMark>) -> bool {
+    matches!((acked, tail), (Some(a), Some(t)) if a.history == t.history && t.pos < a.pos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_below_what_the_slave_acknowledged_is_never_granted() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = Witness::new(Duration::from_millis(300));
+        let h = 0xabc;
+        let mark = |history, pos| Some(LogMark { history, pos });
+        let renew = |acked| Request::Renew {
+            pair: 1,
+            node: 10,
+            epoch: 1,
+            addr: None,
+            acked,
+        };
+        let promote = |node, epoch, tail| Request::Promote {
+            pair: 1,
+            node,
+            epoch,
+            dead: false,
+            tail,
+        };
+        assert!(w.handle(ms(0), renew(mark(h, 1000))).granted);
+        // A lower report never lowers what was acknowledged.
+        assert!(w.handle(ms(10), renew(mark(h, 400))).granted);
+        // The holder back from a power cut with 800: refused, at once or later.
+        assert!(!w.handle(ms(20), promote(10, 3, mark(h, 800))).granted);
+        assert!(!w.handle(ms(900), promote(10, 3, mark(h, 800))).granted);
+        // Its slave, holding 1000, is granted once the holder is silent.
+        assert!(w.handle(ms(900), promote(20, 2, mark(h, 1000))).granted);
+        // Kept across the grant: the old holder still cannot take over below it.
+        assert!(!w.handle(ms(2000), promote(10, 5, mark(h, 999))).granted);
+        assert!(w.handle(ms(2000), promote(10, 5, mark(h, 1000))).granted);
+        // Another history (a blank node) and an older node (no mark) are not compared.
+        assert!(w.handle(ms(3000), promote(20, 6, mark(7, 0))).granted);
+        assert!(w.handle(ms(4000), promote(10, 9, None)).granted);
+        // A new history replaces the old mark.
+        assert!(
+            w.handle(
+                ms(4010),
+                Request::Renew {
+                    pair: 1,
+                    node: 10,
+                    epoch: 9,
+                    addr: None,
+                    acked: mark(8, 5),
+                }
+            )
+            .granted
+        );
+        assert!(w.handle(ms(5000), promote(20, 10, mark(8, 5))).granted);
+    }
 
     #[test]
     fn a_grant_that_never_became_durable_is_granted_again_to_its_holder_only() {
@@ -251,6 +357,7 @@ mod tests {
             node,
             epoch,
             dead: false,
+            tail: None,
         };
         assert!(!w.handle(ms(0), promote(20, 3)).granted, "fresh");
         assert!(w.handle(ms(400), promote(20, 3)).granted);
@@ -274,7 +381,8 @@ mod tests {
                     pair: 1,
                     node: 10,
                     epoch: 1,
-                    addr: None
+                    addr: None,
+                    acked: None,
                 }
             )
             .granted
@@ -287,7 +395,8 @@ mod tests {
                     pair: 3,
                     node: 10,
                     epoch: 1,
-                    dead: false
+                    dead: false,
+                    tail: None,
                 }
             )
             .granted
@@ -300,7 +409,8 @@ mod tests {
                     pair: 1,
                     node: 10,
                     epoch: 1,
-                    addr: None
+                    addr: None,
+                    acked: None,
                 }
             )
             .granted
@@ -312,7 +422,8 @@ mod tests {
                     pair: 1,
                     node: 20,
                     epoch: 2,
-                    dead: false
+                    dead: false,
+                    tail: None,
                 }
             )
             .granted
@@ -325,7 +436,8 @@ mod tests {
                     pair: 1,
                     node: 20,
                     epoch: 2,
-                    dead: false
+                    dead: false,
+                    tail: None,
                 }
             )
             .granted
@@ -337,7 +449,8 @@ mod tests {
                     pair: 1,
                     node: 30,
                     epoch: 2,
-                    dead: false
+                    dead: false,
+                    tail: None,
                 }
             )
             .granted
@@ -350,6 +463,7 @@ mod tests {
                 node: 10,
                 epoch: 1,
                 addr: None,
+                acked: None,
             },
         );
         assert_eq!(
@@ -372,6 +486,7 @@ mod tests {
                     node: 20,
                     epoch: 2,
                     addr: None,
+                    acked: None,
                 },
             )
             .granted
@@ -384,6 +499,7 @@ mod tests {
                     node: 10,
                     epoch,
                     dead: true,
+                    tail: None,
                 },
             )
             .granted
@@ -433,7 +549,8 @@ mod tests {
                     pair: 1,
                     node: 10,
                     epoch: 3,
-                    dead: false
+                    dead: false,
+                    tail: None,
                 }
             )
             .granted
@@ -446,7 +563,8 @@ mod tests {
                     pair: 2,
                     node: 10,
                     epoch: 1,
-                    dead: false
+                    dead: false,
+                    tail: None,
                 }
             )
             .granted
