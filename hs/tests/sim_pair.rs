@@ -59,7 +59,7 @@ use hs::proto::witness::{LogMark, Reply, Request, Witness};
 use hs::Op;
 
 const SEGMENT_BYTES: u64 = 4096;
-const SEEDS_DEFAULT: u64 = 500;
+const SEEDS_DEFAULT: u64 = 1000;
 const STEPS_DEFAULT: u64 = 1500;
 const HEARTBEAT_MS: u64 = 50;
 const DEAD_TICKS: u32 = 5;
