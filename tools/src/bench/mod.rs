@@ -93,6 +93,10 @@ pub struct Common {
     /// Microseconds both nodes spin before parking (`Config::spin_us`).
     #[arg(long, default_value_t = hs::Config::new("").spin_us)]
     pub spin_us: u64,
+    /// Retention of both logs (`Config::retention_bytes_max`); by default so
+    /// large that compaction never runs during a measurement.
+    #[arg(long, default_value_t = scenarios::RETENTION_BYTES, value_parser = parse_bytes)]
+    pub retention_bytes: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,6 +115,12 @@ pub struct ReplicateArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Before the measurement, publish this many value bytes and compact both
+    /// logs, so that (with a `--retention-bytes` below it) both are at their
+    /// retention and later rolls recycle retired segments, as a long-running
+    /// node's do. The row's scenario is then `replicate_at_retention`.
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    pub warm_bytes: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -209,7 +219,7 @@ pub fn main() -> ExitCode {
         .try_init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Replicate(a) => runs(&a.common.clone(), "replicate", |dir| {
+        Cmd::Replicate(a) => runs(&a.common.clone(), scenarios::replicate_name(&a), |dir| {
             scenarios::replicate(&a, dir)
         }),
         Cmd::Latency(a) => runs(&a.common.clone(), "latency", |dir| {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use hs::log::segment::{prepare_stats, PrepareStats};
 use hs::log::{Log, LogConfig};
 use hs::{Apply, Config, Durability, FlushPolicy, Node, Op, RecordRef, Role};
 use serde_json::json;
@@ -44,7 +45,7 @@ fn master_config(c: &Common, dir: &Path) -> Result<Config, String> {
     cfg.listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.segment_bytes = c.segment_bytes;
     cfg.batch_bytes_max = c.batch_bytes;
-    cfg.retention_bytes_max = RETENTION_BYTES;
+    cfg.retention_bytes_max = c.retention_bytes;
     cfg.spin_us = c.spin_us;
     cfg.flush = tools::cli::parse_flush(&c.flush)?;
     // A publisher outrunning segment preparation waits rather than failing.
@@ -75,6 +76,8 @@ fn spawn_slave(c: &Common, dir: &Path, master: &Node, apply: &str) -> Result<Sla
         c.batch_bytes.to_string(),
         "--spin-us".into(),
         c.spin_us.to_string(),
+        "--retention-bytes".into(),
+        c.retention_bytes.to_string(),
     ];
     let mut p = SlaveProc::spawn(&args)?;
     p.expect("READY", SLAVE_START_TIMEOUT)?;
@@ -119,13 +122,78 @@ fn check_slave(res: &Row, want_records: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The scenario's name: `replicate`, or `replicate_at_retention` after a warm-up.
+pub fn replicate_name(a: &ReplicateArgs) -> &'static str {
+    if a.warm_bytes > 0 {
+        "replicate_at_retention"
+    } else {
+        "replicate"
+    }
+}
+
+/// Segment preparation counts as row fields, names prefixed by `prefix`.
+pub fn prepare_fields(p: &PrepareStats, prefix: &str, r: &mut Row) {
+    let ms = |ns: u64, n: u64| num((ns as f64 / 1e6 / n.max(1) as f64 * 100.0).round() / 100.0);
+    r.insert(format!("{prefix}segments_created"), json!(p.created));
+    r.insert(format!("{prefix}segments_recycled"), json!(p.recycled));
+    r.insert(
+        format!("{prefix}create_ms_each"),
+        ms(p.create_ns, p.created),
+    );
+    r.insert(
+        format!("{prefix}recycle_ms_each"),
+        ms(p.recycle_ns, p.recycled),
+    );
+    r.insert(format!("{prefix}roll_waits"), json!(p.roll_waits));
+    r.insert(format!("{prefix}roll_wait_ms"), ms(p.roll_wait_ns, 1));
+}
+
+/// The warm-up of `replicate --warm-bytes`: publishes `bytes` of values, waits
+/// until the slave applied them, and compacts both logs, so both are at their
+/// retention with retired segments waiting to be recycled. Returns the records
+/// published.
+fn warm_up(
+    a: &ReplicateArgs,
+    node: &Node,
+    slave: &mut SlaveProc,
+    ks: &[[u8; 16]],
+    value: &[u8],
+) -> Result<u64, String> {
+    let n = a.warm_bytes / a.record_size.max(1) as u64;
+    let mut last = 0;
+    for i in 0..n {
+        last = node
+            .publish(&ks[(i % ks.len() as u64) as usize], Op::Put, value)
+            .map_err(|e| format!("publish: {e}"))?;
+    }
+    node.wait(last, Durability::Applied, APPLY_TIMEOUT)
+        .map_err(|e| format!("waiting for the slave to apply the warm-up: {e}"))?;
+    node.compact().map_err(|e| format!("compact: {e}"))?;
+    slave.send("COMPACT")?;
+    slave.expect("COMPACTED", APPLY_TIMEOUT)?;
+    if node.stats().first == 0 {
+        return Err(format!(
+            "--warm-bytes {} did not bring the log to its retention ({} bytes): nothing was compacted",
+            a.warm_bytes, a.common.retention_bytes
+        ));
+    }
+    Ok(n)
+}
+
 pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     let c = &a.common;
     let node = start_master(c, dir, 0)?;
-    let slave = spawn_slave(c, dir, &node, &c.apply)?;
+    let mut slave = spawn_slave(c, dir, &node, &c.apply)?;
     wait_live(&node)?;
     let ks = keys(a.keys);
     let value = value_of(a.record_size);
+    let warm = if a.warm_bytes > 0 {
+        warm_up(a, &node, &mut slave, &ks, &value)?
+    } else {
+        0
+    };
+    let prep0 = prepare_stats();
+    let tail0 = node.stats().written;
     let limit = if a.records == 0 { u64::MAX } else { a.records };
     let secs = Duration::from_secs_f64(a.secs);
     // Publish cost: each batch of 64 calls is timed together; the histogram holds
@@ -158,15 +226,20 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     node.wait(last, Durability::Applied, APPLY_TIMEOUT)
         .map_err(|e| format!("waiting for the slave to apply: {e}"))?;
     let t_all = t0.elapsed();
+    let prep = prepare_stats().since(&prep0);
     let res = slave.finish(Duration::from_secs(10))?;
-    check_slave(&res, n)?;
+    check_slave(&res, warm + n)?;
     let st = node.stats();
     drop(node);
     let secs_all = t_all.as_secs_f64();
     let mut r = Row::new();
-    r.insert("scenario".into(), json!("replicate"));
+    r.insert("scenario".into(), json!(replicate_name(a)));
     r.insert("record_size".into(), json!(a.record_size));
     r.insert("apply".into(), json!(c.apply));
+    if a.warm_bytes > 0 {
+        r.insert("warm_bytes".into(), json!(a.warm_bytes));
+        r.insert("retention_bytes".into(), json!(c.retention_bytes));
+    }
     r.insert("records".into(), json!(n));
     r.insert("secs".into(), num((secs_all * 1000.0).round() / 1000.0));
     r.insert("records_per_s".into(), num((n as f64 / secs_all).round()));
@@ -176,7 +249,7 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     );
     r.insert(
         "log_bytes_per_s".into(),
-        num((st.written as f64 / secs_all).round()),
+        num(((st.written - tail0) as f64 / secs_all).round()),
     );
     r.insert(
         "publish_records_per_s".into(),
@@ -194,6 +267,13 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
         "drain_ms".into(),
         num(((t_all - t_pub).as_secs_f64() * 1e3).round()),
     );
+    // Segments prepared during the measurement, by each side.
+    prepare_fields(&prep, "", &mut r);
+    for (k, v) in &res {
+        if k.starts_with("slave_") && k != "slave_records" && k != "slave_value_bytes" {
+            r.insert(k.clone(), v.clone());
+        }
+    }
     Ok(r)
 }
 
@@ -356,6 +436,12 @@ pub fn catchup(a: &CatchupArgs, dir: &Path) -> Result<Row, String> {
             "limit_error_pct".into(),
             num(((tail as f64 / transfer / a.rate_limit as f64 - 1.0) * 1e4).round() / 100.0),
         );
+    }
+    // The slave's segment preparation while it caught up.
+    for (k, v) in &res {
+        if k.starts_with("slave_") && k != "slave_records" && k != "slave_value_bytes" {
+            r.insert(k.clone(), v.clone());
+        }
     }
     Ok(r)
 }
