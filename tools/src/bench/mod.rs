@@ -58,6 +58,8 @@ enum Cmd {
     Recovery(RecoveryArgs),
     /// One loopback TCP stream between two threads: bytes/s (the ceiling).
     Loopback(LoopbackArgs),
+    /// Segment preparation alone: create, first touch, recycle (ms each).
+    Prepare(PrepareArgs),
     /// Merge hs and Redis results: side-by-side table, JSON and SVG plots.
     Report(report::ReportArgs),
     /// The slave side (started by the other scenarios).
@@ -173,6 +175,15 @@ pub struct LoopbackArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct PrepareArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Segments to create, then to recycle (each `--segment-bytes`).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct RecoveryArgs {
     #[command(flatten)]
     pub common: Common,
@@ -232,6 +243,9 @@ pub fn main() -> ExitCode {
             scenarios::recovery(&a, dir)
         }),
         Cmd::Loopback(a) => runs(&a.common.clone(), "loopback", |_| scenarios::loopback(&a)),
+        Cmd::Prepare(a) => runs(&a.common.clone(), "prepare", |dir| {
+            scenarios::prepare(&a, dir)
+        }),
         Cmd::Report(a) => report::run(&a),
         Cmd::Slave(a) => slave::run(&a),
     };

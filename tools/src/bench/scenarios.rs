@@ -11,8 +11,8 @@ use hs::{Apply, Config, Durability, FlushPolicy, Node, Op, RecordRef, Role};
 use serde_json::json;
 
 use super::{
-    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, LoopbackArgs, RecoveryArgs,
-    ReplicateArgs, Row, SlaveProc,
+    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, LoopbackArgs, PrepareArgs,
+    RecoveryArgs, ReplicateArgs, Row, SlaveProc,
 };
 
 /// Retention for benchmark logs: large enough that compaction never runs
@@ -579,5 +579,69 @@ pub fn loopback(a: &LoopbackArgs) -> Result<Row, String> {
     r.insert("bytes".into(), json!(got));
     r.insert("secs".into(), num((el * 1000.0).round() / 1000.0));
     r.insert("bytes_per_s".into(), num((got as f64 / el).round()));
+    Ok(r)
+}
+
+/// Segment preparation alone, one thread, real files: what the `hs-prepare`
+/// thread pays per segment. Creates `count` segments (each timed), then
+/// stores over every record byte of each as a publisher would (timed: the
+/// faults a publisher would take, if the preparation left any), then
+/// recycles each at a later base (timed; every other one written back to disk
+/// first). Medians of the segments, in ms.
+pub fn prepare(a: &PrepareArgs, dir: &Path) -> Result<Row, String> {
+    use hs::log::segment::Segment;
+    use hs::log::storage::FileStorage;
+    let size = a.common.segment_bytes;
+    let n = a.count.max(1);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        num((v[v.len() / 2] * 100.0).round() / 100.0)
+    };
+    let (mut create, mut touch, mut recycle) = (Vec::new(), Vec::new(), Vec::new());
+    let mut segs = Vec::new();
+    for i in 0..n as u64 {
+        let t = Instant::now();
+        let s = Segment::create(&FileStorage, dir, 1, i * size, size)
+            .map_err(|e| format!("create: {e}"))?;
+        create.push(ms(t.elapsed()));
+        let t = Instant::now();
+        // SAFETY: this thread is the only user of the new segment.
+        unsafe { s.slice_mut(i * size, size as usize) }.fill(0x5a);
+        touch.push(ms(t.elapsed()));
+        segs.push(s);
+    }
+    // Every other one is first written back (msync), as the kernel does to a
+    // retired segment's pages sooner or later: its pages are clean and
+    // write-protected again, so re-zeroing them faults.
+    let mut recycle_clean = Vec::new();
+    for (i, s) in segs.into_iter().enumerate() {
+        let clean = i % 2 == 1;
+        if clean {
+            s.flush(s.base, s.end())
+                .map_err(|e| format!("msync: {e}"))?;
+        }
+        let t = Instant::now();
+        let s = s
+            .recycle(&FileStorage, dir, 1, (n + i) as u64 * size)
+            .map_err(|e| format!("recycle: {e}"))?;
+        if clean {
+            &mut recycle_clean
+        } else {
+            &mut recycle
+        }
+        .push(ms(t.elapsed()));
+        drop(s);
+    }
+    let mut r = Row::new();
+    r.insert("scenario".into(), json!("prepare"));
+    r.insert("segment_bytes".into(), json!(size));
+    r.insert("segments".into(), json!(n));
+    r.insert("create_ms".into(), med(create));
+    r.insert("first_fill_ms".into(), med(touch));
+    r.insert("recycle_dirty_ms".into(), med(recycle));
+    if !recycle_clean.is_empty() {
+        r.insert("recycle_written_back_ms".into(), med(recycle_clean));
+    }
     Ok(r)
 }
