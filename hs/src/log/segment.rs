@@ -208,6 +208,9 @@ impl Segment {
         let tmp = tmp_path(dir, base);
         storage.rename(&old, &tmp)?;
         let placed = (|| {
+            // Pages written back since they were last stored into are
+            // write-protected again: take those faults in one call.
+            map.populate();
             let p = map.as_mut_ptr();
             // SAFETY: the mapping is `SEGMENT_HEADER_BYTES + size` bytes, and the
             // caller holds the only reference to it.
