@@ -36,8 +36,9 @@ else
 fi
 RATE=${RATE:-100000}              # latency scenario: records per second
 RETENTION_SIZES=${RETENTION_SIZES:-"64 1024"}   # replicate at retention: value sizes
-RETENTION=${RETENTION:-256MiB}    # ... each log's retention (4 segments of 64 MiB)
-WARM=${WARM:-640MiB}              # ... published and compacted before measuring
+RETENTION=${RETENTION:-1GiB}      # ... each log's retention (16 segments of 64 MiB; a slave lagging
+                                  #     past twice it would be resynced and the row fail)
+WARM=${WARM:-1280MiB}             # ... published and compacted before measuring (retires 4-5 segments)
 LIMIT=${LIMIT:-100MB}             # catch-up rate-limit scenario
 PIPELINE=${PIPELINE:-64}          # redis-benchmark -P
 CLIENTS=${CLIENTS:-50}            # redis-benchmark -c

@@ -114,6 +114,15 @@ fn check_slave(res: &Row, want_records: u64) -> Result<(), String> {
         .get("slave_records")
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
+    let resync = res
+        .get("slave_resync_bytes")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if resync > 0 && got != want_records {
+        return Err(format!(
+            "the slave was resynced from a {resync}-byte snapshot (it lagged more than twice the retention behind; raise --retention-bytes): applied {got} of {want_records} records through Apply"
+        ));
+    }
     if got != want_records {
         return Err(format!(
             "the slave applied {got} records, the master published {want_records}"

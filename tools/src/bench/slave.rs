@@ -210,6 +210,9 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
     out.insert("slave_applied_pos".into(), json!(st.applied));
     out.insert("slave_reconnects".into(), json!(st.reconnects));
     out.insert("slave_first".into(), json!(st.first));
+    // Snapshot bytes of a resync (the master's log no longer held what this
+    // slave needed): its records then never went through `Apply`.
+    out.insert("slave_resync_bytes".into(), json!(st.resync_received_bytes));
     super::scenarios::prepare_fields(
         &hs::log::segment::prepare_stats().since(&prep0),
         "slave_",
