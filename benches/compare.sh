@@ -16,7 +16,10 @@
 #   4. hs-bench for the same sizes and volume (master and slave as two processes):
 #      one loopback TCP stream first (the ceiling of any stream, in this run);
 #      each size with `--apply kv` (the slave keeps a map, as a Redis replica:
-#      the headline rows) and `--apply count` (the second row);
+#      the headline rows) and `--apply count` (the second row); then, as extra
+#      rows, RETENTION_SIZES with `--apply kv` on logs already at their
+#      retention (RETENTION kept, WARM published and compacted first), where
+#      segment rolls recycle retired segments as a long-running node's do;
 #   5. the side-by-side table (markdown, ratio hs / Redis; hs's median with the
 #      worst run beside it), benches/results/*.json and the SVG plots, through
 #      `hs-bench report`.
@@ -32,6 +35,10 @@ else
   RUNS=${RUNS:-3}; SECS=${SECS:-3}; VOLUME=${VOLUME:-1GiB}; LIMIT_VOLUME=${LIMIT_VOLUME:-256MiB}; RECOVERY_VOLUME=${RECOVERY_VOLUME:-1GiB}
 fi
 RATE=${RATE:-100000}              # latency scenario: records per second
+RETENTION_SIZES=${RETENTION_SIZES:-"64 1024"}   # replicate at retention: value sizes
+RETENTION=${RETENTION:-1GiB}      # ... each log's retention (16 segments of 64 MiB; a slave lagging
+                                  #     past twice it would be resynced and the row fail)
+WARM=${WARM:-1280MiB}             # ... published and compacted before measuring (retires 4-5 segments)
 LIMIT=${LIMIT:-100MB}             # catch-up rate-limit scenario
 PIPELINE=${PIPELINE:-64}          # redis-benchmark -P
 CLIENTS=${CLIENTS:-50}            # redis-benchmark -c
@@ -160,6 +167,11 @@ for size in $SIZES; do
     log "hs replicate $size B, --apply $apply"
     "$HSB" replicate --record-size "$size" --apply "$apply" --secs "$SECS" --runs "$RUNS" --dir "$WORK" --json | tail -n 1 >> "$HS_JSON"
   done
+done
+for size in $RETENTION_SIZES; do
+  log "hs replicate $size B, --apply kv, at retention ($RETENTION kept, $WARM first)"
+  "$HSB" replicate --record-size "$size" --apply kv --secs "$SECS" --runs "$RUNS" --dir "$WORK" \
+    --retention-bytes "$RETENTION" --warm-bytes "$WARM" --json | tail -n 1 >> "$HS_JSON"
 done
 log "hs latency 64 B at $RATE rec/s"
 "$HSB" latency --record-size 64 --rate "$RATE" --secs "$SECS" --runs "$RUNS" --dir "$WORK" --json | tail -n 1 >> "$HS_JSON"

@@ -131,6 +131,7 @@ impl Log {
             return first;
         }
         let deadline = deadline_after(timeout);
+        let waited = Instant::now();
         loop {
             match self.append_if(op, key, value, &admit) {
                 Err(LogError::Full { .. }) if Instant::now() < deadline => {
@@ -140,7 +141,10 @@ impl Log {
                         self.spare.ready_cv.wait_until(sp.guard(), deadline);
                     }
                 }
-                r => return r,
+                r => {
+                    super::segment::note_roll_wait(waited.elapsed());
+                    return r;
+                }
             }
         }
     }
@@ -165,6 +169,8 @@ impl Log {
         }
         // Only the preparer creates segments; a blocking caller (the slave) waits for it.
         let deadline = Instant::now() + SEGMENT_WAIT_MAX;
+        let waited =
+            (sp.ready.is_empty() && self.cfg.preparer != Preparer::Caller).then(Instant::now);
         while sp.ready.is_empty() {
             if self.cfg.preparer == Preparer::Caller {
                 // No thread: this roll prepares (or recycles) the segment itself.
@@ -196,6 +202,9 @@ impl Log {
             }
             self.spare.need_cv.notify_one();
             self.spare.ready_cv.wait_until(sp.guard(), deadline);
+        }
+        if let Some(t) = waited {
+            super::segment::note_roll_wait(t.elapsed());
         }
         let new = Arc::new(sp.ready.pop_front().unwrap());
         sp.want_base = new.end();

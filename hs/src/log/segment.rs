@@ -10,6 +10,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use super::storage::{Region, Storage};
 
@@ -34,6 +36,60 @@ pub struct Segment {
 // the discipline above (disjoint regions, tail published with Release/Acquire).
 unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
+
+/// Counts of segment preparation by every log of this process, for benchmarks
+/// and diagnostics (`hs-bench` reports them): how many segments were created
+/// or recycled, the time spent on each kind, and how often a roll found no
+/// prepared spare and had to wait for (or build) one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrepareStats {
+    pub created: u64,
+    pub recycled: u64,
+    pub create_ns: u64,
+    pub recycle_ns: u64,
+    pub roll_waits: u64,
+    pub roll_wait_ns: u64,
+}
+
+static CREATED: AtomicU64 = AtomicU64::new(0);
+static RECYCLED: AtomicU64 = AtomicU64::new(0);
+static CREATE_NS: AtomicU64 = AtomicU64::new(0);
+static RECYCLE_NS: AtomicU64 = AtomicU64::new(0);
+static ROLL_WAITS: AtomicU64 = AtomicU64::new(0);
+static ROLL_WAIT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// This process's segment preparation counts so far.
+pub fn prepare_stats() -> PrepareStats {
+    PrepareStats {
+        created: CREATED.load(Ordering::Relaxed),
+        recycled: RECYCLED.load(Ordering::Relaxed),
+        create_ns: CREATE_NS.load(Ordering::Relaxed),
+        recycle_ns: RECYCLE_NS.load(Ordering::Relaxed),
+        roll_waits: ROLL_WAITS.load(Ordering::Relaxed),
+        roll_wait_ns: ROLL_WAIT_NS.load(Ordering::Relaxed),
+    }
+}
+
+impl PrepareStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &PrepareStats) -> PrepareStats {
+        PrepareStats {
+            created: self.created - earlier.created,
+            recycled: self.recycled - earlier.recycled,
+            create_ns: self.create_ns - earlier.create_ns,
+            recycle_ns: self.recycle_ns - earlier.recycle_ns,
+            roll_waits: self.roll_waits - earlier.roll_waits,
+            roll_wait_ns: self.roll_wait_ns - earlier.roll_wait_ns,
+        }
+    }
+}
+
+/// A roll found no prepared spare and waited `d` for one (counted in
+/// [`prepare_stats`]).
+pub(crate) fn note_roll_wait(d: std::time::Duration) {
+    ROLL_WAITS.fetch_add(1, Ordering::Relaxed);
+    ROLL_WAIT_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+}
 
 pub fn file_name(base: u64) -> String {
     format!("{base:020}.seg")
@@ -77,6 +133,7 @@ impl Segment {
         base: u64,
         size: u64,
     ) -> io::Result<Segment> {
+        let t0 = Instant::now();
         let path = dir.join(file_name(base));
         let tmp = tmp_path(dir, base);
         let total = SEGMENT_HEADER_BYTES as u64 + size;
@@ -104,6 +161,8 @@ impl Segment {
         // cut can lose the whole segment although its records were msynced (meta
         // and snapshots do the same). Off the hot path: `hs-prepare` runs it.
         storage.sync_dir(dir)?;
+        CREATED.fetch_add(1, Ordering::Relaxed);
+        CREATE_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(Segment {
             base,
             size,
@@ -145,9 +204,13 @@ impl Segment {
             map,
             ..
         } = self;
+        let t0 = Instant::now();
         let tmp = tmp_path(dir, base);
         storage.rename(&old, &tmp)?;
         let placed = (|| {
+            // Pages written back since they were last stored into are
+            // write-protected again: take those faults in one call.
+            map.populate();
             let p = map.as_mut_ptr();
             // SAFETY: the mapping is `SEGMENT_HEADER_BYTES + size` bytes, and the
             // caller holds the only reference to it.
@@ -164,13 +227,17 @@ impl Segment {
             Ok(path)
         })();
         match placed {
-            Ok(path) => Ok(Segment {
-                base,
-                size,
-                history,
-                path,
-                map,
-            }),
+            Ok(path) => {
+                RECYCLED.fetch_add(1, Ordering::Relaxed);
+                RECYCLE_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                Ok(Segment {
+                    base,
+                    size,
+                    history,
+                    path,
+                    map,
+                })
+            }
             Err(e) => {
                 let _ = storage.remove(&tmp);
                 Err(e)

@@ -79,7 +79,6 @@ pub(super) fn preparer(sh: Arc<SpareShared>) {
         if sp.ready.len() < SPARE_SEGMENTS && (sp.error.is_none() || sp.retry) && sp.history != 0 {
             let (h, size) = (sp.history, sp.segment_bytes);
             let base = sp.want_base + sp.ready.len() as u64 * size;
-            let n = sp.ready.len();
             sp.retry = false;
             let old = take_recyclable(&mut sp, base, size);
             drop(sp);
@@ -90,11 +89,12 @@ pub(super) fn preparer(sh: Arc<SpareShared>) {
             };
             sp = sh.m.lock();
             match r {
+                // Still the one after the ready spares: a roll that took a spare
+                // meanwhile moved `want_base` past it, and this one is still next.
                 Ok(s)
-                    if sp.want_base + n as u64 * size == base
+                    if sp.want_base + sp.ready.len() as u64 * size == base
                         && sp.history == h
                         && sp.segment_bytes == size
-                        && sp.ready.len() == n
                         && !sp.shutdown =>
                 {
                     sp.ready.push_back(s);

@@ -588,3 +588,74 @@ fn retired_segments_are_recycled_and_their_stale_records_never_come_back() {
     // and the log goes on writing at the tail
     assert_eq!(put(&log, b"after", b"crash"), tail);
 }
+
+/// Real files, but each segment creation is slow and counted.
+#[derive(Debug, Default)]
+struct SlowCreate(AtomicU64);
+
+impl Storage for SlowCreate {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        FileStorage.create_dir_all(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> Result<Box<dyn Send + Sync>, LockError> {
+        FileStorage.lock_dir(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        FileStorage.list(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        FileStorage.read(path)
+    }
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        FileStorage.write_synced(path, bytes)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        FileStorage.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        FileStorage.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        FileStorage.sync_dir(dir)
+    }
+    fn create_mapped(&self, path: &Path, len: u64) -> io::Result<Box<dyn storage::Region>> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        FileStorage.create_mapped(path, len)
+    }
+    fn open_mapped(&self, path: &Path) -> io::Result<Box<dyn storage::Region>> {
+        FileStorage.open_mapped(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        FileStorage.open_read(path)
+    }
+    fn create_write(&self, path: &Path) -> io::Result<Box<dyn storage::WriteSync>> {
+        FileStorage.create_write(path)
+    }
+}
+
+/// A writer faster than segment preparation: each roll takes the spare at the
+/// front while the preparer is finishing the one after it. That one is then
+/// exactly the next segment needed and must be kept, not deleted and prepared
+/// again (which doubled the preparation work of a fast publisher).
+#[test]
+fn a_spare_finished_while_a_roll_took_the_one_before_it_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let st = Arc::new(SlowCreate::default());
+    let (log, _) = Log::open(LogConfig {
+        storage: st.clone(),
+        ..cfg(d.path())
+    })
+    .unwrap();
+    log.start_history(0xabc).unwrap();
+    let v = vec![7u8; 1000];
+    while log.tail() < 16 * SEG {
+        put(&log, b"k", &v);
+    }
+    let used = log.tail().div_ceil(SEG);
+    let created = st.0.load(Ordering::Relaxed);
+    assert!(
+        created <= used + SPARE_SEGMENTS as u64 + 2,
+        "{created} segments created for {used} used: prepared spares were thrown away"
+    );
+}

@@ -58,6 +58,8 @@ enum Cmd {
     Recovery(RecoveryArgs),
     /// One loopback TCP stream between two threads: bytes/s (the ceiling).
     Loopback(LoopbackArgs),
+    /// Segment preparation alone: create, first touch, recycle (ms each).
+    Prepare(PrepareArgs),
     /// Merge hs and Redis results: side-by-side table, JSON and SVG plots.
     Report(report::ReportArgs),
     /// The slave side (started by the other scenarios).
@@ -93,6 +95,10 @@ pub struct Common {
     /// Microseconds both nodes spin before parking (`Config::spin_us`).
     #[arg(long, default_value_t = hs::Config::new("").spin_us)]
     pub spin_us: u64,
+    /// Retention of both logs (`Config::retention_bytes_max`); by default so
+    /// large that compaction never runs during a measurement.
+    #[arg(long, default_value_t = scenarios::RETENTION_BYTES, value_parser = parse_bytes)]
+    pub retention_bytes: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,6 +117,12 @@ pub struct ReplicateArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Before the measurement, publish this many value bytes and compact both
+    /// logs, so that (with a `--retention-bytes` below it) both are at their
+    /// retention and later rolls recycle retired segments, as a long-running
+    /// node's do. The row's scenario is then `replicate_at_retention`.
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    pub warm_bytes: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -163,6 +175,15 @@ pub struct LoopbackArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct PrepareArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Segments to create, then to recycle (each `--segment-bytes`).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct RecoveryArgs {
     #[command(flatten)]
     pub common: Common,
@@ -209,7 +230,7 @@ pub fn main() -> ExitCode {
         .try_init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Replicate(a) => runs(&a.common.clone(), "replicate", |dir| {
+        Cmd::Replicate(a) => runs(&a.common.clone(), scenarios::replicate_name(&a), |dir| {
             scenarios::replicate(&a, dir)
         }),
         Cmd::Latency(a) => runs(&a.common.clone(), "latency", |dir| {
@@ -222,6 +243,9 @@ pub fn main() -> ExitCode {
             scenarios::recovery(&a, dir)
         }),
         Cmd::Loopback(a) => runs(&a.common.clone(), "loopback", |_| scenarios::loopback(&a)),
+        Cmd::Prepare(a) => runs(&a.common.clone(), "prepare", |dir| {
+            scenarios::prepare(&a, dir)
+        }),
         Cmd::Report(a) => report::run(&a),
         Cmd::Slave(a) => slave::run(&a),
     };

@@ -200,6 +200,36 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
             }
         }
     }
+    // Extra rows: the same replication on logs already at their retention
+    // (`replicate --warm-bytes`), where rolls recycle retired segments; beside
+    // the Redis number of the same size, as the fresh-log rows.
+    for h in hs
+        .iter()
+        .filter(|r| r.get("scenario").and_then(Value::as_str) == Some("replicate_at_retention"))
+    {
+        let s = h.get("record_size").and_then(Value::as_u64).unwrap_or(0);
+        let apply = h.get("apply").and_then(Value::as_str).unwrap_or("count");
+        let r = find(&redis, "replicate", Some(s));
+        let (unit, key) = if s >= 1024 {
+            ("MB/s", "bytes_per_s")
+        } else {
+            ("rec/s", "records_per_s")
+        };
+        lines.push(Line {
+            what: format!(
+                "replication {}, `--apply {apply}`, both logs at their retention ({} kept; {} + {} segments recycled by master + slave)",
+                size_label(s),
+                bytes_label(f(h, "retention_bytes").unwrap_or(0.0)),
+                fmt_num(f(h, "segments_recycled").unwrap_or(0.0)),
+                fmt_num(f(h, "slave_segments_recycled").unwrap_or(0.0)),
+            ),
+            hs: f(h, key),
+            worst: worst(h, key, true),
+            redis: r.and_then(|r| f(r, key)),
+            unit,
+            ..Default::default()
+        });
+    }
     if let Some(h) = find(&hs, "replicate", Some(64)).or_else(|| find(&hs, "replicate", None)) {
         lines.push(Line {
             what: format!(

@@ -5,13 +5,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use hs::log::segment::{prepare_stats, PrepareStats};
 use hs::log::{Log, LogConfig};
 use hs::{Apply, Config, Durability, FlushPolicy, Node, Op, RecordRef, Role};
 use serde_json::json;
 
 use super::{
-    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, LoopbackArgs, RecoveryArgs,
-    ReplicateArgs, Row, SlaveProc,
+    key_of, mono_ns, num, CatchupArgs, Common, LatencyArgs, LoopbackArgs, PrepareArgs,
+    RecoveryArgs, ReplicateArgs, Row, SlaveProc,
 };
 
 /// Retention for benchmark logs: large enough that compaction never runs
@@ -44,7 +45,7 @@ fn master_config(c: &Common, dir: &Path) -> Result<Config, String> {
     cfg.listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.segment_bytes = c.segment_bytes;
     cfg.batch_bytes_max = c.batch_bytes;
-    cfg.retention_bytes_max = RETENTION_BYTES;
+    cfg.retention_bytes_max = c.retention_bytes;
     cfg.spin_us = c.spin_us;
     cfg.flush = tools::cli::parse_flush(&c.flush)?;
     // A publisher outrunning segment preparation waits rather than failing.
@@ -75,6 +76,8 @@ fn spawn_slave(c: &Common, dir: &Path, master: &Node, apply: &str) -> Result<Sla
         c.batch_bytes.to_string(),
         "--spin-us".into(),
         c.spin_us.to_string(),
+        "--retention-bytes".into(),
+        c.retention_bytes.to_string(),
     ];
     let mut p = SlaveProc::spawn(&args)?;
     p.expect("READY", SLAVE_START_TIMEOUT)?;
@@ -111,6 +114,15 @@ fn check_slave(res: &Row, want_records: u64) -> Result<(), String> {
         .get("slave_records")
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
+    let resync = res
+        .get("slave_resync_bytes")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if resync > 0 && got != want_records {
+        return Err(format!(
+            "the slave was resynced from a {resync}-byte snapshot (it lagged more than twice the retention behind; raise --retention-bytes): applied {got} of {want_records} records through Apply"
+        ));
+    }
     if got != want_records {
         return Err(format!(
             "the slave applied {got} records, the master published {want_records}"
@@ -119,13 +131,78 @@ fn check_slave(res: &Row, want_records: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The scenario's name: `replicate`, or `replicate_at_retention` after a warm-up.
+pub fn replicate_name(a: &ReplicateArgs) -> &'static str {
+    if a.warm_bytes > 0 {
+        "replicate_at_retention"
+    } else {
+        "replicate"
+    }
+}
+
+/// Segment preparation counts as row fields, names prefixed by `prefix`.
+pub fn prepare_fields(p: &PrepareStats, prefix: &str, r: &mut Row) {
+    let ms = |ns: u64, n: u64| num((ns as f64 / 1e6 / n.max(1) as f64 * 100.0).round() / 100.0);
+    r.insert(format!("{prefix}segments_created"), json!(p.created));
+    r.insert(format!("{prefix}segments_recycled"), json!(p.recycled));
+    r.insert(
+        format!("{prefix}create_ms_each"),
+        ms(p.create_ns, p.created),
+    );
+    r.insert(
+        format!("{prefix}recycle_ms_each"),
+        ms(p.recycle_ns, p.recycled),
+    );
+    r.insert(format!("{prefix}roll_waits"), json!(p.roll_waits));
+    r.insert(format!("{prefix}roll_wait_ms"), ms(p.roll_wait_ns, 1));
+}
+
+/// The warm-up of `replicate --warm-bytes`: publishes `bytes` of values, waits
+/// until the slave applied them, and compacts both logs, so both are at their
+/// retention with retired segments waiting to be recycled. Returns the records
+/// published.
+fn warm_up(
+    a: &ReplicateArgs,
+    node: &Node,
+    slave: &mut SlaveProc,
+    ks: &[[u8; 16]],
+    value: &[u8],
+) -> Result<u64, String> {
+    let n = a.warm_bytes / a.record_size.max(1) as u64;
+    let mut last = 0;
+    for i in 0..n {
+        last = node
+            .publish(&ks[(i % ks.len() as u64) as usize], Op::Put, value)
+            .map_err(|e| format!("publish: {e}"))?;
+    }
+    node.wait(last, Durability::Applied, APPLY_TIMEOUT)
+        .map_err(|e| format!("waiting for the slave to apply the warm-up: {e}"))?;
+    node.compact().map_err(|e| format!("compact: {e}"))?;
+    slave.send("COMPACT")?;
+    slave.expect("COMPACTED", APPLY_TIMEOUT)?;
+    if node.stats().first == 0 {
+        return Err(format!(
+            "--warm-bytes {} did not bring the log to its retention ({} bytes): nothing was compacted",
+            a.warm_bytes, a.common.retention_bytes
+        ));
+    }
+    Ok(n)
+}
+
 pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     let c = &a.common;
     let node = start_master(c, dir, 0)?;
-    let slave = spawn_slave(c, dir, &node, &c.apply)?;
+    let mut slave = spawn_slave(c, dir, &node, &c.apply)?;
     wait_live(&node)?;
     let ks = keys(a.keys);
     let value = value_of(a.record_size);
+    let warm = if a.warm_bytes > 0 {
+        warm_up(a, &node, &mut slave, &ks, &value)?
+    } else {
+        0
+    };
+    let prep0 = prepare_stats();
+    let tail0 = node.stats().written;
     let limit = if a.records == 0 { u64::MAX } else { a.records };
     let secs = Duration::from_secs_f64(a.secs);
     // Publish cost: each batch of 64 calls is timed together; the histogram holds
@@ -158,15 +235,20 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     node.wait(last, Durability::Applied, APPLY_TIMEOUT)
         .map_err(|e| format!("waiting for the slave to apply: {e}"))?;
     let t_all = t0.elapsed();
+    let prep = prepare_stats().since(&prep0);
     let res = slave.finish(Duration::from_secs(10))?;
-    check_slave(&res, n)?;
+    check_slave(&res, warm + n)?;
     let st = node.stats();
     drop(node);
     let secs_all = t_all.as_secs_f64();
     let mut r = Row::new();
-    r.insert("scenario".into(), json!("replicate"));
+    r.insert("scenario".into(), json!(replicate_name(a)));
     r.insert("record_size".into(), json!(a.record_size));
     r.insert("apply".into(), json!(c.apply));
+    if a.warm_bytes > 0 {
+        r.insert("warm_bytes".into(), json!(a.warm_bytes));
+        r.insert("retention_bytes".into(), json!(c.retention_bytes));
+    }
     r.insert("records".into(), json!(n));
     r.insert("secs".into(), num((secs_all * 1000.0).round() / 1000.0));
     r.insert("records_per_s".into(), num((n as f64 / secs_all).round()));
@@ -176,7 +258,7 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
     );
     r.insert(
         "log_bytes_per_s".into(),
-        num((st.written as f64 / secs_all).round()),
+        num(((st.written - tail0) as f64 / secs_all).round()),
     );
     r.insert(
         "publish_records_per_s".into(),
@@ -194,6 +276,13 @@ pub fn replicate(a: &ReplicateArgs, dir: &Path) -> Result<Row, String> {
         "drain_ms".into(),
         num(((t_all - t_pub).as_secs_f64() * 1e3).round()),
     );
+    // Segments prepared during the measurement, by each side.
+    prepare_fields(&prep, "", &mut r);
+    for (k, v) in &res {
+        if k.starts_with("slave_") && k != "slave_records" && k != "slave_value_bytes" {
+            r.insert(k.clone(), v.clone());
+        }
+    }
     Ok(r)
 }
 
@@ -357,6 +446,12 @@ pub fn catchup(a: &CatchupArgs, dir: &Path) -> Result<Row, String> {
             num(((tail as f64 / transfer / a.rate_limit as f64 - 1.0) * 1e4).round() / 100.0),
         );
     }
+    // The slave's segment preparation while it caught up.
+    for (k, v) in &res {
+        if k.starts_with("slave_") && k != "slave_records" && k != "slave_value_bytes" {
+            r.insert(k.clone(), v.clone());
+        }
+    }
     Ok(r)
 }
 
@@ -493,5 +588,69 @@ pub fn loopback(a: &LoopbackArgs) -> Result<Row, String> {
     r.insert("bytes".into(), json!(got));
     r.insert("secs".into(), num((el * 1000.0).round() / 1000.0));
     r.insert("bytes_per_s".into(), num((got as f64 / el).round()));
+    Ok(r)
+}
+
+/// Segment preparation alone, one thread, real files: what the `hs-prepare`
+/// thread pays per segment. Creates `count` segments (each timed), then
+/// stores over every record byte of each as a publisher would (timed: the
+/// faults a publisher would take, if the preparation left any), then
+/// recycles each at a later base (timed; every other one written back to disk
+/// first). Medians of the segments, in ms.
+pub fn prepare(a: &PrepareArgs, dir: &Path) -> Result<Row, String> {
+    use hs::log::segment::Segment;
+    use hs::log::storage::FileStorage;
+    let size = a.common.segment_bytes;
+    let n = a.count.max(1);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        num((v[v.len() / 2] * 100.0).round() / 100.0)
+    };
+    let (mut create, mut touch, mut recycle) = (Vec::new(), Vec::new(), Vec::new());
+    let mut segs = Vec::new();
+    for i in 0..n as u64 {
+        let t = Instant::now();
+        let s = Segment::create(&FileStorage, dir, 1, i * size, size)
+            .map_err(|e| format!("create: {e}"))?;
+        create.push(ms(t.elapsed()));
+        let t = Instant::now();
+        // SAFETY: this thread is the only user of the new segment.
+        unsafe { s.slice_mut(i * size, size as usize) }.fill(0x5a);
+        touch.push(ms(t.elapsed()));
+        segs.push(s);
+    }
+    // Every other one is first written back (msync), as the kernel does to a
+    // retired segment's pages sooner or later: its pages are clean and
+    // write-protected again, so re-zeroing them faults.
+    let mut recycle_clean = Vec::new();
+    for (i, s) in segs.into_iter().enumerate() {
+        let clean = i % 2 == 1;
+        if clean {
+            s.flush(s.base, s.end())
+                .map_err(|e| format!("msync: {e}"))?;
+        }
+        let t = Instant::now();
+        let s = s
+            .recycle(&FileStorage, dir, 1, (n + i) as u64 * size)
+            .map_err(|e| format!("recycle: {e}"))?;
+        if clean {
+            &mut recycle_clean
+        } else {
+            &mut recycle
+        }
+        .push(ms(t.elapsed()));
+        drop(s);
+    }
+    let mut r = Row::new();
+    r.insert("scenario".into(), json!("prepare"));
+    r.insert("segment_bytes".into(), json!(size));
+    r.insert("segments".into(), json!(n));
+    r.insert("create_ms".into(), med(create));
+    r.insert("first_fill_ms".into(), med(touch));
+    r.insert("recycle_dirty_ms".into(), med(recycle));
+    if !recycle_clean.is_empty() {
+        r.insert("recycle_written_back_ms".into(), med(recycle_clean));
+    }
     Ok(r)
 }

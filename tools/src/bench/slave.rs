@@ -33,6 +33,8 @@ pub struct SlaveArgs {
     pub batch_bytes: usize,
     #[arg(long, default_value_t = hs::Config::new("").spin_us)]
     pub spin_us: u64,
+    #[arg(long, default_value_t = super::scenarios::RETENTION_BYTES)]
+    pub retention_bytes: u64,
 }
 
 /// Latency samples are nanoseconds from 1 ns to 60 s, 3 significant digits.
@@ -153,7 +155,7 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
     cfg.peer = Some(a.master);
     cfg.segment_bytes = a.segment_bytes;
     cfg.batch_bytes_max = a.batch_bytes;
-    cfg.retention_bytes_max = super::scenarios::RETENTION_BYTES;
+    cfg.retention_bytes_max = a.retention_bytes;
     cfg.spin_us = a.spin_us;
     cfg.flush = tools::cli::parse_flush(&a.flush)?;
     let counters = Arc::new(Counters::default());
@@ -173,6 +175,8 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
         ));
     }
     let node = Node::start(cfg, Role::Slave, app).map_err(|e| format!("slave: {e}"))?;
+    // Segment preparation counted from here, or from the last `COMPACT`.
+    let mut prep0 = hs::log::segment::prepare_stats();
     println!("READY");
     let stdin = std::io::stdin();
     let mut line = String::new();
@@ -185,6 +189,11 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
                 return Ok(());
             }
             Ok(_) if line.trim() == "STOP" => break,
+            Ok(_) if line.trim() == "COMPACT" => {
+                let first = node.compact().map_err(|e| format!("slave compact: {e}"))?;
+                prep0 = hs::log::segment::prepare_stats();
+                println!("COMPACTED {}", first.unwrap_or(0));
+            }
             Ok(_) => {}
         }
     }
@@ -200,6 +209,15 @@ pub fn run(a: &SlaveArgs) -> Result<(), String> {
     );
     out.insert("slave_applied_pos".into(), json!(st.applied));
     out.insert("slave_reconnects".into(), json!(st.reconnects));
+    out.insert("slave_first".into(), json!(st.first));
+    // Snapshot bytes of a resync (the master's log no longer held what this
+    // slave needed): its records then never went through `Apply`.
+    out.insert("slave_resync_bytes".into(), json!(st.resync_received_bytes));
+    super::scenarios::prepare_fields(
+        &hs::log::segment::prepare_stats().since(&prep0),
+        "slave_",
+        &mut out,
+    );
     out.insert(
         "touch".into(),
         json!(counters.touch.load(Ordering::Relaxed)),
