@@ -327,6 +327,15 @@ impl Segment {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) }
     }
 
+    /// Overwrites every record byte with `byte`, as a publisher filling the
+    /// segment would (what `hs-bench prepare` times). A segment in a log is
+    /// shared (`Arc`); `&mut self` means nobody else reads this one.
+    pub fn fill(&mut self, byte: u8) {
+        let len = (self.end() - self.base) as usize;
+        // SAFETY: `&mut self`: no other reference to this segment's bytes.
+        unsafe { self.slice_mut(self.base, len) }.fill(byte);
+    }
+
     /// Writes positions `[from, to)` of this segment to disk (msync).
     pub fn flush(&self, from: u64, to: u64) -> io::Result<()> {
         let from = from.max(self.base);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::log::storage::{LockError, ReadAt};
 use crate::proto::record::{self, Op};
 use proptest::prelude::*;
 use std::collections::HashMap;
