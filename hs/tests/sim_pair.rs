@@ -16,8 +16,8 @@
 //! and directory entries lost), each followed by a restart; partitions between
 //! any two of the three, one-way too (a blocked direction holds its frames, as
 //! TCP does, until the connection times out); a filter on a node's host that
-//! refuses every connection to it while it lives; frames duplicated and
-//! reordered (the receiver must end the session); syncs that fail; a full
+//! refuses every connection to it while it lives; frames duplicated,
+//! reordered and dropped (the receiver must end the session); syncs that fail; a full
 //! disk; planned switchovers; the witness restarting with nothing remembered.
 //!
 //! After every step it checks:
@@ -27,7 +27,8 @@
 //!    over and when a slave says Hello, holds every acknowledged record;
 //!    an ack never names more than the slave's log holds;
 //! 3. a slave in session holds a prefix of its master's log;
-//! 4. each node's application state equals a replay of its log;
+//! 4. each node's application state equals a replay of its log, and no
+//!    log says more is flushed than it holds;
 //! 5. at the end, with faults stopped, one master serves within a bounded time
 //!    and its slave catches up: equal logs and equal states.
 //!
@@ -1391,16 +1392,22 @@ impl Sim {
             };
             if q.len() >= 2 {
                 let i = (r >> 8) as usize % (q.len() - 1);
-                if r & 4 == 0 {
-                    let f = q[i].1.clone();
-                    let at = q[i].0;
-                    q.insert(i + 1, (at, f));
-                } else {
-                    let (a, b) = (q[i].1.clone(), q[i + 1].1.clone());
-                    q[i].1 = b;
-                    q[i + 1].1 = a;
+                match (r >> 2) % 3 {
+                    0 => {
+                        let f = q[i].1.clone();
+                        let at = q[i].0;
+                        q.insert(i + 1, (at, f));
+                    }
+                    1 => {
+                        let (a, b) = (q[i].1.clone(), q[i + 1].1.clone());
+                        q[i].1 = b;
+                        q[i + 1].1 = a;
+                    }
+                    _ => {
+                        q.remove(i);
+                    }
                 }
-                self.note("network duplicated or reordered a frame".into());
+                self.note("network duplicated, reordered or dropped a frame".into());
             }
         }
     }
@@ -1416,9 +1423,20 @@ impl Sim {
                 self.ns()
             ));
         }
-        // 4: each application equals its log's replay.
+        // 4: each application equals its log's replay; the log never says
+        // more is flushed than it holds.
         for (i, n) in self.nodes.iter().enumerate() {
-            if !n.up || n.log.meta().history == 0 {
+            if !n.up {
+                continue;
+            }
+            if n.log.flushed() > n.log.tail() {
+                self.fail(format!(
+                    "node {i}'s log says {} is flushed, past its tail {}",
+                    n.log.flushed(),
+                    n.log.tail()
+                ));
+            }
+            if n.log.meta().history == 0 {
                 continue;
             }
             match replay(&n.log) {
