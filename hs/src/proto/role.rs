@@ -174,14 +174,16 @@ pub fn consider(
     node: u64,
     peer: u64,
 ) -> Step {
-    if heard.handed_over_ns != 0
+    if cause != Cause::Handover
+        && heard.handed_over_ns != 0
         && heard.now_ns.saturating_sub(heard.handed_over_ns) < cfg.silence_ns()
     {
         // The peer took over on this node's Handover, without the witness,
         // which still holds this node and would grant it a newer epoch at
         // once: whatever the cause, wait until the lease the peer started
         // with has run out. A peer that serves renews with the witness
-        // meanwhile and holds the pair from then on.
+        // meanwhile and holds the pair from then on. (A Handover back from
+        // that peer is the planned path: it stopped writing first.)
         return Step::Wait("handed over: the new master's first lease may run");
     }
     if matches!(cause, Cause::MasterSilent | Cause::PeerUnreachable)
@@ -550,6 +552,11 @@ mod tests {
             master_called_ns: 0,
             handed_over_ns: 1_000,
         };
+        // A switchover back from the new master is the planned path, at once.
+        assert!(matches!(
+            consider(&c, Cause::Handover, h(1_001), 4, 1, 2),
+            Step::Promote { .. }
+        ));
         for cause in [Cause::MasterRefused, Cause::MasterSilent, Cause::Settled] {
             assert!(matches!(
                 consider(&c, cause, h(1_000 + c.silence_ns() - 1), 4, 1, 2),
