@@ -44,6 +44,7 @@ use bytes::Bytes;
 use hs::log::mem::{Crash, Faults, MemStorage, Rng};
 use hs::log::snapshot::Snapshot;
 use hs::log::{for_each_checked, Log, LogConfig, Preparer};
+use hs::node::witness::hold_for;
 use hs::proto::catchup::{decide, Decision, MasterView, SlaveView};
 use hs::proto::election::{Cause, Rank};
 use hs::proto::frame::{Action, Frame};
@@ -152,6 +153,14 @@ fn replay(log: &Log) -> Result<State, String> {
     })
     .map_err(|e| e.to_string())?;
     Ok(st)
+}
+
+/// `records`, by position.
+fn records_at(log: &Log, from: u64, to: u64) -> BTreeMap<u64, Rec> {
+    records(log, from, to)
+        .into_iter()
+        .map(|r| (r.0, r))
+        .collect()
 }
 
 fn records(log: &Log, from: u64, to: u64) -> Vec<Rec> {
@@ -305,9 +314,6 @@ impl Sim {
         // is preferred), and the witness grants the first epoch.
         let a = Node::open(1, MemStorage::new(seed), t0, 0).unwrap();
         let b = Node::open(2, MemStorage::new(seed ^ 0xb), t0, 0).unwrap();
-        let hold = Duration::from_millis(
-            hs::proto::election::lease_ms(HEARTBEAT_MS, DEAD_TICKS) + HEARTBEAT_MS,
-        );
         let _ = rng.next_u64();
         Sim {
             seed,
@@ -316,7 +322,7 @@ impl Sim {
             now: t0,
             cfg: [cfg(true), cfg(false)],
             nodes: vec![a, b],
-            witness: Witness::new(hold),
+            witness: Witness::new(hold_for(HEARTBEAT_MS, DEAD_TICKS)),
             blocked: [[false; 3]; 3],
             filter: [false; 2],
             session: None,
@@ -388,29 +394,18 @@ impl Sim {
             SessionEnd::ConnectRefused
         } else if self.nodes[j].role != Role::Master {
             // The peer answers the Hello with its rank (`answer_hellos`).
-            let p = self.nodes[j].rank(self.cfg[j].prefer_master);
-            let following = self.nodes[j].role == Role::Slave;
             self.remember_peer(i, j);
-            let next = after_session(
-                SessionEnd::PeerStatus { rank: p, following },
-                false,
-                self.nodes[i].followed_before,
-                self.nodes[i].rank(self.cfg[i].prefer_master),
-            );
-            return self.decide_next(i, next, p.epoch);
+            SessionEnd::PeerStatus {
+                rank: self.nodes[j].rank(self.cfg[j].prefer_master),
+                following: self.nodes[j].role == Role::Slave,
+            }
         } else {
             match self.handshake(j, i) {
                 Ok(()) => return,
                 Err(()) => SessionEnd::Other,
             }
         };
-        let next = after_session(
-            end,
-            false,
-            self.nodes[i].followed_before,
-            self.nodes[i].rank(self.cfg[i].prefer_master),
-        );
-        self.decide_next(i, next, 0);
+        self.decide_next(i, end, false);
     }
 
     fn remember_peer(&mut self, i: usize, j: usize) {
@@ -425,17 +420,23 @@ impl Sim {
         if self.nodes[i].role == Role::Slave {
             self.nodes[i].role = Role::Candidate;
         }
+        self.decide_next(i, end, true);
+    }
+
+    /// What node `i` does after a session (or an attempt at one) ended:
+    /// `role::after_session`, a probe if it says so, then `consider`.
+    fn decide_next(&mut self, i: usize, end: SessionEnd, connected: bool) {
+        let j = 1 - i;
+        let peer_epoch = match end {
+            SessionEnd::PeerStatus { rank, .. } => rank.epoch,
+            _ => 0,
+        };
         let next = after_session(
             end,
-            true,
+            connected,
             self.nodes[i].followed_before,
             self.nodes[i].rank(self.cfg[i].prefer_master),
         );
-        self.decide_next(i, next, 0);
-    }
-
-    fn decide_next(&mut self, i: usize, next: AfterSession, peer_epoch: u32) {
-        let j = 1 - i;
         let next = match next {
             AfterSession::Probe => {
                 let p = if !self.link(i, j) || !self.link(j, i) {
@@ -482,12 +483,6 @@ impl Sim {
             n.id,
             meta.peer,
         );
-        if std::env::var("HS_SIM_DEBUG").is_ok() {
-            eprintln!(
-                "{} ms: node {i} considers {cause:?}: {step:?}",
-                now_ns / 1_000_000
-            );
-        }
         let (epoch, lease_until) = match step {
             Step::Wait(_) | Step::Refuse(_) => return false,
             Step::Promote { epoch } => (epoch, 0),
@@ -502,9 +497,6 @@ impl Sim {
                         tail: mark(&self.nodes[i].log, self.nodes[i].log.tail()),
                     },
                 );
-                if std::env::var("HS_SIM_DEBUG").is_ok() {
-                    eprintln!("  witness: {reply:?}");
-                }
                 let seen = self.nodes[i].witness_epoch;
                 self.nodes[i].witness_epoch = witness_epoch_seen(seen, reply.as_ref());
                 match promotion_granted(&self.cfg[i], now_ns, reply.as_ref()) {
@@ -584,16 +576,8 @@ impl Sim {
         let reply = self.witness.handle(self.now, req);
         if let (Request::Renew { acked, .. }, true) = (req, reply.granted) {
             self.nodes[i].held_renewal = Some(self.now);
-            // What the witness now knows was acknowledged (`Witness` keeps
-            // the highest per history).
-            self.witness_acked = match (self.witness_acked, acked) {
-                (Some(k), Some(n)) if k.history == n.history => Some(LogMark {
-                    history: k.history,
-                    pos: k.pos.max(n.pos),
-                }),
-                (k, None) => k,
-                (_, n) => n,
-            };
+            // What the witness now knows was acknowledged.
+            self.witness_acked = LogMark::higher(self.witness_acked, acked);
         }
         self.link(W, i).then_some(reply)
     }
@@ -855,10 +839,7 @@ impl Sim {
             return;
         };
         let first = log.first();
-        let have: BTreeMap<u64, Rec> = records(log, first, last + 1)
-            .into_iter()
-            .map(|r| (r.0, r))
-            .collect();
+        let have = records_at(log, first, last + 1);
         for (pos, (want, _)) in self.acked.range(first..) {
             if have.get(pos) != Some(want) {
                 self.fail(format!(
@@ -1265,11 +1246,8 @@ impl Sim {
         let known = self.witness_acked;
         let history = self.nodes[i].log.meta().history;
         let first = self.nodes[i].log.first();
-        let have: BTreeMap<u64, Rec> = match self.acked.last_key_value() {
-            Some((&last, _)) => records(&self.nodes[i].log, first, last + 1)
-                .into_iter()
-                .map(|r| (r.0, r))
-                .collect(),
+        let have = match self.acked.last_key_value() {
+            Some((&last, _)) => records_at(&self.nodes[i].log, first, last + 1),
             None => return,
         };
         let before = self.acked.len();
@@ -1300,11 +1278,8 @@ impl Sim {
             return;
         };
         let other = &self.nodes[1 - i];
-        let have: BTreeMap<u64, Rec> = if other.up {
-            records(&other.log, lo, hi + 1)
-                .into_iter()
-                .map(|r| (r.0, r))
-                .collect()
+        let have = if other.up {
+            records_at(&other.log, lo, hi + 1)
         } else {
             BTreeMap::new()
         };
@@ -1547,9 +1522,7 @@ impl Sim {
                     self.note(format!("node {who}'s disk holds {space} bytes at most"));
                 }
                 71 => {
-                    self.witness = Witness::new(Duration::from_millis(
-                        hs::proto::election::lease_ms(HEARTBEAT_MS, DEAD_TICKS) + HEARTBEAT_MS,
-                    ));
+                    self.witness = Witness::new(hold_for(HEARTBEAT_MS, DEAD_TICKS));
                     self.nodes.iter_mut().for_each(|n| n.held_renewal = None);
                     self.witness_acked = None;
                     self.note("the witness restarted".into());

@@ -25,6 +25,21 @@ pub struct LogMark {
     pub pos: u64,
 }
 
+impl LogMark {
+    /// What the witness keeps of what it knew and what a renewal reports:
+    /// the higher position in one history; a new history replaces the old.
+    pub fn higher(known: Option<LogMark>, new: Option<LogMark>) -> Option<LogMark> {
+        match (known, new) {
+            (Some(k), Some(n)) if k.history == n.history => Some(LogMark {
+                history: k.history,
+                pos: k.pos.max(n.pos),
+            }),
+            (k, None) => k,
+            (_, n) => n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// "I am master of `pair` in `epoch`; keep my lease." `addr`: its replication
@@ -190,7 +205,7 @@ impl Witness {
                 acked,
             } => match self.pairs.get_mut(&pair) {
                 Some(p) if p.holder == node && p.epoch == epoch => {
-                    p.acked = merge(p.acked, acked);
+                    p.acked = LogMark::higher(p.acked, acked);
                     let gap = now.saturating_duration_since(p.renewed);
                     p.gap = Some(match p.gap {
                         Some(g) => gap.max(g - g / 8),
@@ -213,7 +228,7 @@ impl Witness {
                 _ => {
                     let r = self.record(now, pair, node, epoch, addr);
                     if let Some(p) = self.pairs.get_mut(&pair) {
-                        p.acked = merge(p.acked, acked);
+                        p.acked = LogMark::higher(p.acked, acked);
                     }
                     r
                 }
@@ -270,18 +285,6 @@ impl Witness {
                 }
             }
         }
-    }
-}
-
-/// The higher of two acknowledged marks; a new history replaces the old.
-fn merge(known: Option<LogMark>, new: Option<LogMark>) -> Option<LogMark> {
-    match (known, new) {
-        (Some(k), Some(n)) if k.history == n.history => Some(LogMark {
-            history: k.history,
-            pos: k.pos.max(n.pos),
-        }),
-        (k, None) => k,
-        (_, n) => n,
     }
 }
 
