@@ -1,6 +1,6 @@
 //! Every bad input gets a clear 4xx and leaves the registry as it was.
 
-mod common;
+use crate::common;
 
 use balancer::api::ErrorBody;
 use balancer::client::Client;

@@ -2,7 +2,7 @@
 //! head, open more connections than `connections_max`, flood picks, or find
 //! a public balancer without a secret.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

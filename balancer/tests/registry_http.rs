@@ -1,6 +1,6 @@
 //! Probes, lists, picks and drain against real TCP listeners on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Rolling restart under a steady stream of simulated players: no player is
 //! kicked, no pick lands on a dead process.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! Spawn when full: real child processes from the zone's command template.
 
-mod common;
+use crate::common;
 
 use balancer::client::ClientError;
 use balancer::config::SpawnConfig;

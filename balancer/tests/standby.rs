@@ -5,7 +5,7 @@
 //! library reaches it without being told. Also: a standby refuses mutations
 //! with 503 `not_master`, and the balancer answers as an hs witness.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

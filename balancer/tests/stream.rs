@@ -2,7 +2,7 @@
 //! its stream closing, not by the next probe round; an open stream spares
 //! the prober; bad lines are refused one by one and lose nothing else.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! 127.0.0.1 and a free port, its socket and data in a temp dir, and stops it
 //! at the end, on a panic too.
 
-#[path = "common/store_suite.rs"]
-mod store_suite;
+use crate::store_suite;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,8 +9,7 @@
 //! as in `tests/gateway.rs`. Honest clients connect from 127.0.0.1, the
 //! attackers from other addresses of 127.0.0.0/8 (the per-address cap).
 
-#[path = "common/fake_room.rs"]
-mod fake_room;
+use crate::fake_room;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

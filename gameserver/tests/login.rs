@@ -1,8 +1,7 @@
 //! The login server over real HTTP on 127.0.0.1, accounts in SQLite; and the
 //! Store suite against SQLite.
 
-#[path = "common/store_suite.rs"]
-mod store_suite;
+use crate::store_suite;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
