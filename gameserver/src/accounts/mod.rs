@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "db")]
 pub mod postgres;
+#[cfg(feature = "db")]
 pub mod sqlite;
 
 /// Player ids stay below 2^53 so JavaScript's numbers hold them exactly.
@@ -152,9 +154,18 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A build without the `db` feature (the fuzz targets') has no store to open.
+#[cfg(not(feature = "db"))]
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Db(format!(
+        "cannot open {url:?}: this build has no database (build gameserver with its `db` feature, the default)"
+    )))
+}
+
 /// Opens (and migrates) the store at `url`: `postgres://...` or
 /// `postgresql://...` is PostgreSQL; `sqlite:<path>`, `sqlite::memory:` or a
 /// plain path is SQLite.
+#[cfg(feature = "db")]
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Arc::new(postgres::PgStore::open(url)?));
@@ -181,6 +192,7 @@ pub fn name_key(name: &str) -> String {
 }
 
 /// A database id as a player id, refused past [`PLAYER_ID_MAX`].
+#[cfg(feature = "db")]
 fn player_id(id: i64) -> Result<u64, StoreError> {
     u64::try_from(id)
         .ok()
@@ -189,6 +201,7 @@ fn player_id(id: i64) -> Result<u64, StoreError> {
 }
 
 /// A player id as the database's integer.
+#[cfg(feature = "db")]
 fn db_id(player: u64) -> Result<i64, StoreError> {
     if player > PLAYER_ID_MAX {
         return Err(StoreError::Db(format!("player id {player} is over 2^53")));
